@@ -1,0 +1,45 @@
+"""Multi-head self-attention, eq. (2)'s MSA, written out as in paper App. A, eqs. (5)-(8):
+
+    [q, k, v] = z U_qkv                      U_qkv ∈ R^{D×3D_h} per head
+    A = softmax(q kᵀ / √D_h)                 A ∈ R^{N×N}
+    SA(z) = A v
+    MSA(z) = [SA_1(z); …; SA_k(z)] U_msa     U_msa ∈ R^{k·D_h×D}
+
+Weights use the layout of `torch.nn.MultiheadAttention` and timm: `w_qkv` (3D, D) holds the rows of q, then
+k, then v, each block head-major (head 0's D_h rows first); `w_out` (D, D) is the output projection.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eqs. (6)-(7): softmax(q kᵀ/√D_h) v. q, k, v: (B, H, N, D_h) -> output (B, H, N, D_h), probabilities (B, H, N, N)."""
+    scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5  # (B, H, N, N); row i: query i against every key
+    probs = scores.softmax(dim=-1)                          # each query's weights over the keys sum to 1
+    return probs @ v, probs
+
+
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, N, D) -> (B, H, N, D_h)."""
+    b, n, d = x.shape
+    return x.reshape(b, n, num_heads, d // num_heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, N, D_h) -> (B, N, D): [SA_1; …; SA_k], heads concatenated in order."""
+    b, h, n, dh = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * dh)
+
+
+def multi_head_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor | None,
+                         w_out: torch.Tensor, b_out: torch.Tensor | None, num_heads: int, *,
+                         return_attention: bool = False):
+    """Eq. (8): MSA(x). x (B, N, D) -> (B, N, D), and the probabilities (B, H, N, N) when return_attention."""
+    d = x.shape[-1]
+    if d % num_heads:
+        raise ValueError(f"num_heads: expected a divisor of the input dim {d}, got {num_heads}")
+    q, k, v = F.linear(x, w_qkv, b_qkv).chunk(3, dim=-1)   # (B, N, 3D) -> 3 × (B, N, D)
+    out, probs = scaled_dot_product_attention(split_heads(q, num_heads), split_heads(k, num_heads),
+                                              split_heads(v, num_heads))
+    out = F.linear(merge_heads(out), w_out, b_out)          # (B, N, D)
+    return (out, probs) if return_attention else out

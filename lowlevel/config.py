@@ -1,0 +1,67 @@
+"""The model's hyper-parameters, with every numerical choice that differs between implementations named.
+
+Paper Table 1 gives D, L, MLP size and heads; the rest is what the official code and timm choose, written
+out so that nothing hides in a library default (sources in ../shared/ANCHORS.md §B.2).
+"""
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    image_size: tuple[int, int] = (224, 224)  # (H, W); an int means a square image
+    patch_size: int = 16                      # P
+    in_channels: int = 3                      # C
+    dim: int = 768                            # D, the hidden size
+    depth: int = 12                           # L, encoder blocks
+    num_heads: int = 12                       # k heads, D_h = D / k
+    mlp_dim: int = 3072                       # MLP size
+    num_classes: int = 1000                   # K; 0 means no head (the model returns features)
+    representation_size: int | None = None    # pre-training head's hidden "pre-logits" layer (tanh); None = linear head
+    class_token: bool = True                  # prepend x_class (paper) or not (GAP-only models)
+    pool: str = "token"                       # "token": y = LN(z_L^0) (eq. 4); "avg": mean of patch tokens, then LN (timm fc_norm)
+    pos_embed: str = "learned"                # "learned" 1-D (paper), "sincos2d" fixed (big_vision), "none"
+    qkv_bias: bool = True                     # biases on q, k, v (timm, HF and Flax have them)
+    layer_norm_eps: float = 1e-6              # Flax and timm 1e-6; Hugging Face configs 1e-12
+    gelu: str = "exact"                       # "exact" erf (timm, HF) or "tanh" approximation (Flax nn.gelu, official JAX)
+    dropout: float = 0.0                      # after pos-add, attention out-proj, GELU and fc2 (paper App. B.1)
+
+    def __post_init__(self):
+        if isinstance(self.image_size, int):
+            object.__setattr__(self, "image_size", (self.image_size, self.image_size))
+        else:
+            object.__setattr__(self, "image_size", tuple(self.image_size))
+        h, w = self.image_size
+        p = self.patch_size
+        if p <= 0 or h % p or w % p:
+            raise ValueError(f"image_size: expected height and width divisible by patch_size={p}, got {(h, w)}")
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim: expected a multiple of num_heads={self.num_heads}, got dim={self.dim}")
+        choices = {"pool": ("token", "avg"), "pos_embed": ("learned", "sincos2d", "none"), "gelu": ("exact", "tanh")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: expected one of {allowed}, got {getattr(self, name)!r}")
+        if self.pool == "token" and not self.class_token:
+            raise ValueError("pool: 'token' pooling needs class_token=True, got class_token=False")
+        if self.pos_embed == "sincos2d" and self.dim % 4:
+            raise ValueError(f"dim: 2-D sin-cos position embeddings need a multiple of 4, got {self.dim}")
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """(H/P, W/P): the patch grid."""
+        return self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        """N = HW/P²."""
+        gh, gw = self.grid_size
+        return gh * gw
+
+    @property
+    def num_tokens(self) -> int:
+        """N + 1 with the class token, N without."""
+        return self.num_patches + int(self.class_token)
+
+    @property
+    def head_dim(self) -> int:
+        """D_h = D / k (paper App. A)."""
+        return self.dim // self.num_heads

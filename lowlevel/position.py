@@ -1,0 +1,40 @@
+"""Eq. (1), second half: prepend the class token and add position embeddings.
+
+    z_0 = [x_class; x_p¹E; …; x_pᴺE] + E_pos,   E_pos ∈ R^{(N+1)×D}
+
+Three kinds of E_pos (cfg.pos_embed):
+- "learned": the paper's "standard learnable 1D position embeddings", a parameter with a row for the class token.
+- "sincos2d": fixed 2-D sin-cos embeddings (big_vision `posemb_sincos_2d`, used by "Better plain ViT
+  baselines"); the class token gets none, which is the same as adding a zero row.
+- "none": no position information (paper Table 8, first row).
+"""
+import torch
+
+
+def class_token(x: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    """[x_class; x]: (B, N, D) with cls (1, 1, D) -> (B, N+1, D)."""
+    return torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
+
+
+def sincos_2d(grid_size: tuple[int, int], dim: int, temperature: float = 10_000.0,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Fixed 2-D embedding, (gh·gw, D) in row-major patch order: [sin x·ω, cos x·ω, sin y·ω, cos y·ω],
+    ω_k = temperature^(-k/(D/4 - 1)) for k = 0 … D/4-1, exactly as big_vision's `posemb_sincos_2d`."""
+    gh, gw = grid_size
+    y, x = torch.meshgrid(torch.arange(gh, dtype=dtype), torch.arange(gw, dtype=dtype), indexing="ij")
+    quarter = dim // 4
+    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=dtype) / (quarter - 1))  # (D/4,)
+    x = x.reshape(-1, 1) * omega                                                        # (N, D/4)
+    y = y.reshape(-1, 1) * omega
+    return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)                        # (N, D)
+
+
+def embed_positions(x: torch.Tensor, params: dict, cfg) -> torch.Tensor:
+    """(B, N, D) patch embeddings -> z_0, (B, N+1, D) with a class token, (B, N, D) without."""
+    if cfg.pos_embed == "sincos2d":
+        x = x + sincos_2d(cfg.grid_size, cfg.dim, dtype=x.dtype).to(x.device)
+    if cfg.class_token:
+        x = class_token(x, params["cls"])
+    if cfg.pos_embed == "learned":
+        x = x + params["pos"]
+    return x

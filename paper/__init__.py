@@ -1,0 +1,1 @@
+"""The paper-faithful layer over `lowlevel`: model configs, heads, checkpoint formats, recipes, data, figures."""

@@ -1,0 +1,43 @@
+"""The paper's models by name: Table 1 (Base, Large, Huge) plus Tiny and Small from DeiT, patch 8, 14, 16 or 32.
+
+Addressable by the paper's names ("ViT-B/16") and timm's ("vit_base_patch16_384"). Layer-norm eps is 1e-6 as in
+the official code (Flax's default). The GELU flavour stays a choice: the official checkpoints were trained with the
+tanh approximation (Flax `nn.gelu`), timm and Hugging Face use the exact erf, so `gelu` is an override.
+"""
+import re
+
+from lowlevel import ViTConfig
+
+# name: (hidden size D, layers L, MLP size, heads); D_h = 64 throughout (paper App. A, DeiT §5.1)
+VARIANTS = {
+    "Ti": (192, 12, 768, 3),     # DeiT-Ti; vit_jax configs/models.py get_ti16_config
+    "S": (384, 12, 1536, 6),     # DeiT-S;  get_s16_config
+    "B": (768, 12, 3072, 12),    # paper Table 1, "taken directly from BERT"
+    "L": (1024, 24, 4096, 16),   # paper Table 1
+    "H": (1280, 32, 5120, 16),   # paper Table 1, "new"
+}
+TIMM_VARIANTS = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H"}
+PATCH_SIZES = (8, 14, 16, 32)
+
+
+def parse_name(name: str) -> tuple[str, int, int | None]:
+    """"ViT-B/16" -> ("B", 16, None); "vit_large_patch16_384" -> ("L", 16, 384)."""
+    m = re.fullmatch(r"ViT-(Ti|S|B|L|H)/(\d+)", name)
+    if m:
+        return m[1], int(m[2]), None
+    m = re.fullmatch(r"vit_(tiny|small|base|large|huge)_patch(\d+)_(\d+)", name)
+    if m:
+        return TIMM_VARIANTS[m[1]], int(m[2]), int(m[3])
+    raise ValueError(f"name: expected a paper name like 'ViT-B/16' or a timm name like 'vit_base_patch16_224', got {name!r}")
+
+
+def paper_config(name: str, **overrides) -> ViTConfig:
+    """The exact config for a paper or timm model name; image size 224 unless the name or overrides say otherwise,
+    1000 classes unless overridden."""
+    variant, patch, size = parse_name(name)
+    if patch not in PATCH_SIZES:
+        raise ValueError(f"name: expected patch size one of {PATCH_SIZES}, got {patch} in {name!r}")
+    dim, depth, mlp_dim, heads = VARIANTS[variant]
+    fields = dict(image_size=size or 224, patch_size=patch, dim=dim, depth=depth, mlp_dim=mlp_dim, num_heads=heads,
+                  num_classes=1000, layer_norm_eps=1e-6)
+    return ViTConfig(**{**fields, **overrides})
