@@ -1,0 +1,24 @@
+"""The two heads of paper §3.1-§3.2 and the switch between them.
+
+- Pre-training: "a MLP with one hidden layer" with tanh (App. D.3); its hidden size is not stated in the paper,
+  the released checkpoints use D ("pre_logits", representation_size = D).
+- Fine-tuning: "we remove the pre-trained prediction head and attach a zero-initialized D × K feedforward layer".
+"""
+import dataclasses
+
+import torch
+
+
+def pretraining_head(cfg, num_classes: int):
+    """The config with the pre-training head: pre-logits Dense(D) + tanh, then a K-way linear layer."""
+    return dataclasses.replace(cfg, representation_size=cfg.dim, num_classes=num_classes)
+
+
+def finetuning_head(params: dict, cfg, num_classes: int) -> tuple[dict, object]:
+    """Drop the whole head (both layers) and attach a zero-initialised D × K linear layer. -> (params, cfg)."""
+    cfg = dataclasses.replace(cfg, representation_size=None, num_classes=num_classes)
+    params = {k: v for k, v in params.items() if not k.startswith(("pre_logits.", "head."))}
+    like = params["norm.weight"]
+    params["head.weight"] = torch.zeros(num_classes, cfg.dim, dtype=like.dtype, device=like.device)
+    params["head.bias"] = torch.zeros(num_classes, dtype=like.dtype, device=like.device)
+    return params, cfg
