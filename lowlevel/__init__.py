@@ -2,8 +2,8 @@
 
 Tensor ops and torch.nn.functional only: params in, tensors out."""
 from .attention import multi_head_attention, scaled_dot_product_attention
-from .config import ViTConfig
 from .checks import check_params
+from .config import ViTConfig
 from .encoder import encoder, encoder_block
 from .mlp import mlp_block
 from .model import embed, forward, pool
