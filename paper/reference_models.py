@@ -34,7 +34,8 @@ HF_ACTIVATIONS = {"exact": "gelu", "tanh": "gelu_pytorch_tanh"}
 def hf_config(cfg: ViTConfig):
     """transformers' ViTConfig computing the same model as `cfg`. Its layer-norm eps and activation are set to ours:
     transformers' defaults (eps 1e-12) differ from the official 1e-6 by ~7e-4 in the logits of ViT-B/16.
-    The pre-logits layer maps to ViTModel's pooler (Dense + tanh), which has no classifier after it."""
+    The pre-logits layer maps to ViTModel's pooler (Dense + tanh), which has no classifier after it. In training
+    mode the two differ: transformers drops out after the embeddings, attention and MLP but not after the GELU."""
     from transformers import ViTConfig as HFViTConfig
     problems = {"pool": cfg.pool != "token", "class_token": not cfg.class_token,
                 "pos_embed": cfg.pos_embed != "learned",

@@ -304,6 +304,12 @@ def test_missing_unexpected_and_misshaped_keys_are_named(tmp_path):
     del arrays["Transformer/encoderblock_1/MlpBlock_3/Dense_1/bias"]
     with pytest.raises(ValueError, match="missing key: Transformer/encoderblock_1/MlpBlock_3/Dense_1/bias"):
         from_npz(arrays)
+    del arrays["Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel"]
+    with pytest.raises(ValueError, match="missing key 'Transformer/encoderblock_0/MultiHeadDotProductAttention_1/q"):
+        from_npz(arrays)
+    del hf_sd["vit.embeddings.position_embeddings"]
+    with pytest.raises(ValueError, match="missing key 'embeddings.position_embeddings'"):
+        from_hf(hf_sd)
 
 
 def test_wrong_config_is_refused_before_anything_is_written(tmp_path):

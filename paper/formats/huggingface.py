@@ -128,7 +128,10 @@ def from_hf(state_dict: dict, config: dict | None = None, **overrides) -> tuple[
                          "'embeddings.patch_embeddings.projection.weight'")
     if "classifier.weight" in sd:          # ViTForImageClassification has no pooler; a leftover one is not ours
         sd = {k: v for k, v in sd.items() if not k.startswith("pooler.")}
-    fields = config_from_hf_state_dict(sd)
+    try:
+        fields = config_from_hf_state_dict(sd)
+    except KeyError as e:
+        raise ValueError(f"transformers state_dict: missing key {e.args[0]!r}, needed to infer the config") from e
     if config is not None:
         fields.update(config_from_hf_config(config))
     cfg = ViTConfig(**{**fields, **overrides})

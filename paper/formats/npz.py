@@ -144,19 +144,18 @@ def strip_prefix_and_unscan(arrays: dict) -> dict:
 def config_from_npz(arrays: dict, numbering: str, pos_key: str) -> dict:
     """What the arrays say: everything but the image size, taken as a square grid from E_pos's rows."""
     p, _, c, d = arrays["embedding/kernel"].shape
-    mha = NUMBERING[numbering][0]
+    mha, _, mlp = NUMBERING[numbering]
     rows = arrays[pos_key].shape[1]
     side = int(round(rows ** 0.5))
     if side * side != rows:                                                  # a class-token row as well
         side = int(round((rows - 1) ** 0.5))
-    fields = {"patch_size": p, "in_channels": c, "dim": d, "image_size": side * p, "gelu": "tanh",
-              "layer_norm_eps": 1e-6,
-              "depth": len({k.split("/")[1] for k in arrays if k.startswith("Transformer/encoderblock_")}),
-              "num_heads": arrays[f"Transformer/encoderblock_0/{mha}/query/kernel"].shape[1],
-              "mlp_dim": arrays[f"Transformer/encoderblock_0/{NUMBERING[numbering][2]}/Dense_0/kernel"].shape[1],
-              "num_classes": arrays["head/bias"].shape[0] if "head/bias" in arrays else 0,
-              "representation_size": arrays["pre_logits/bias"].shape[0] if "pre_logits/bias" in arrays else None}
-    return fields
+    return {"patch_size": p, "in_channels": c, "dim": d, "image_size": side * p, "gelu": "tanh",
+            "layer_norm_eps": 1e-6,
+            "depth": len({k.split("/")[1] for k in arrays if k.startswith("Transformer/encoderblock_")}),
+            "num_heads": arrays[f"Transformer/encoderblock_0/{mha}/query/kernel"].shape[1],
+            "mlp_dim": arrays[f"Transformer/encoderblock_0/{mlp}/Dense_0/kernel"].shape[1],
+            "num_classes": arrays["head/bias"].shape[0] if "head/bias" in arrays else 0,
+            "representation_size": arrays["pre_logits/bias"].shape[0] if "pre_logits/bias" in arrays else None}
 
 
 def from_npz(arrays: dict, **overrides) -> tuple[ViTConfig, dict]:
@@ -171,7 +170,11 @@ def from_npz(arrays: dict, **overrides) -> tuple[ViTConfig, dict]:
     pos_key = next((k for k in POS_KEYS.values() if k in arrays), None)
     if pos_key is None:
         raise ValueError(f"npz: expected a learned position embedding, missing {' or '.join(POS_KEYS.values())}")
-    cfg = ViTConfig(**{**config_from_npz(arrays, numbering, pos_key), **overrides})
+    try:
+        fields = config_from_npz(arrays, numbering, pos_key)
+    except KeyError as e:
+        raise ValueError(f"npz arrays: missing key {e.args[0]!r}, needed to infer the config") from e
+    cfg = ViTConfig(**{**fields, **overrides})
     rows = arrays[pos_key].shape[1]
     check_params(arrays, npz_shapes(cfg, numbering, pos_key, rows if rows == cfg.num_patches else cfg.num_tokens),
                  what="npz arrays")
