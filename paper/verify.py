@@ -3,7 +3,8 @@
 For each config: build random weights, load them into our model, into timm's VisionTransformer and into
 transformers' ViTForImageClassification, run one batch, and print the largest absolute and relative differences of
 the logits and of the features (y of eq. (4), what the classifier reads), in float32 and float64, next to the
-parameter counts of all three and the paper's. Configs that would not fit in free memory are listed, not run.
+parameter counts of all three and the paper's. Relative means max |ours − theirs| / max |theirs|. Configs that
+would not fit in free memory are listed, not run.
 
     python -m paper.verify                                 # every paper model
     python -m paper.verify --models ViT-B/16 --dtypes float64
@@ -138,10 +139,11 @@ def main(argv=None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(PAPER_MODELS), metavar="NAME",
                         help=f"paper or timm model names (default: {' '.join(PAPER_MODELS)})")
-    parser.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=list(DTYPES))
+    parser.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=list(DTYPES),
+                        help="precisions to compare in (default: both)")
     parser.add_argument("--batch", type=int, default=1, help="images per forward (default 1, so ViT-H/14 in float64 "
                                                              "fits in 24 GiB)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and images (default 0)")
     args = parser.parse_args(argv)
     if args.batch < 1:
         parser.error(f"--batch: expected a positive number of images, got {args.batch}")
