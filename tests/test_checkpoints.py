@@ -6,6 +6,8 @@ import os
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from timm.models.vision_transformer import _load_weights
 from transformers import ViTForImageClassification, ViTModel
 
@@ -335,3 +337,45 @@ def test_unknown_files_are_refused(tmp_path):
         detect_format(tmp_path / "y.pth")
     with pytest.raises(ValueError, match="does not exist"):
         detect_format(tmp_path / "nothing.npz")
+
+
+@st.composite
+def configs(draw):
+    """Small configs across the fields the formats must carry: heads, widths, depth, classes, grid, bias, eps."""
+    heads = draw(st.integers(1, 4))
+    patch = draw(st.sampled_from([2, 4]))
+    return vit.ViTConfig(image_size=(patch * draw(st.integers(1, 4)), patch * draw(st.integers(1, 4))),
+                         patch_size=patch, in_channels=draw(st.integers(1, 3)), dim=heads * draw(st.integers(1, 3)) * 2,
+                         depth=draw(st.integers(1, 3)), num_heads=heads, mlp_dim=draw(st.integers(1, 12)),
+                         num_classes=draw(st.integers(0, 4)), qkv_bias=draw(st.booleans()),
+                         layer_norm_eps=draw(st.sampled_from([1e-6, 1e-12])),
+                         gelu=draw(st.sampled_from(["exact", "tanh"])))
+
+
+def fields(cfg):
+    """What a reader must be told when the weights cannot say it."""
+    return {"num_heads": cfg.num_heads, "image_size": cfg.image_size, "layer_norm_eps": cfg.layer_norm_eps,
+            "gelu": cfg.gelu}
+
+
+@given(cfg=configs(), seed=st.integers(0, 2**16))
+def test_in_memory_conversions_are_lossless_for_any_config(cfg, seed):
+    params = random_params(cfg, seed, dtype=torch.float32)
+    cfg_t, params_t = vit.from_timm(vit.to_timm(params, cfg), **fields(cfg))
+    assert cfg_t == cfg
+    assert_same_params(params_t, params)
+    cfg_h, params_h = from_hf(to_hf(params, cfg)[0], hf_config(cfg).to_dict())
+    assert cfg_h == cfg
+    assert_same_params(params_h, params)
+    if cfg.qkv_bias:                                   # the official format always has q, k, v biases
+        cfg_n, params_n = from_npz(to_npz(params, cfg), **fields(cfg))
+        assert cfg_n == cfg
+        assert_same_params(params_n, params)
+        rep = pretraining_head(cfg, num_classes=3)
+        rep_params = random_params(rep, seed, dtype=torch.float32)
+        _, back = from_npz(to_npz(rep_params, rep, "big_vision"), **fields(rep))
+        moved = ("cls", "pos")                         # big_vision folds E_pos's class row into the token
+        assert_same_params({k: v for k, v in back.items() if k not in moved},
+                           {k: v for k, v in rep_params.items() if k not in moved})
+        assert torch.equal(back["cls"], rep_params["cls"] + rep_params["pos"][:, :1]) and not back["pos"][:, 0].any()
+        assert torch.equal(back["pos"][:, 1:], rep_params["pos"][:, 1:])
