@@ -126,14 +126,14 @@ def from_hf(state_dict: dict, config: dict | None = None, **overrides) -> tuple[
     if "embeddings.patch_embeddings.projection.weight" not in sd:
         raise ValueError("state_dict: expected a transformers ViT state_dict, missing key "
                          "'embeddings.patch_embeddings.projection.weight'")
-    if "classifier.weight" in sd:          # ViTForImageClassification has no pooler; a leftover one is not ours
+    if "classifier.weight" in sd:    # ViTForImageClassification computes no pooler: one saved beside it goes unused
         sd = {k: v for k, v in sd.items() if not k.startswith("pooler.")}
     try:
         fields = config_from_hf_state_dict(sd)
+        if config is not None:
+            fields.update(config_from_hf_config(config))
     except KeyError as e:
-        raise ValueError(f"transformers state_dict: missing key {e.args[0]!r}, needed to infer the config") from e
-    if config is not None:
-        fields.update(config_from_hf_config(config))
+        raise ValueError(f"transformers checkpoint: missing key {e.args[0]!r}, needed to infer the config") from e
     cfg = ViTConfig(**{**fields, **overrides})
     check_params(sd, hf_shapes(cfg), what="transformers state_dict")
     params = {}
@@ -187,8 +187,9 @@ def read_hf(path, **overrides) -> tuple[ViTConfig, dict]:
         path = weights[0]
     else:
         overrides = {"layer_norm_eps": 1e-6, **overrides}
+    sd = load_tensors(path)
     try:
-        return from_hf(load_tensors(path), config, **overrides)
+        return from_hf(sd, config, **overrides)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
 
