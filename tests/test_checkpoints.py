@@ -139,6 +139,22 @@ def test_hf_save_pretrained_directory_reads_with_equal_outputs(tmp_path):
     torch.testing.assert_close(vit.forward(params3, x, cfg3), model(x).logits, **F64)
 
 
+def test_hf_default_eps_and_activation_would_not_match():
+    """Why the written config carries eps and activation: transformers' defaults (eps 1e-12, exact GELU) give a
+    different model, far outside the float64 tolerance the equality tests use."""
+    cfg = tiny_cfg(gelu="tanh")
+    params = random_params(cfg)
+    x = images(cfg)
+    ours = vit.forward(params, x, cfg)
+    for change in ({"layer_norm_eps": 1e-12}, {"hidden_act": "gelu"}):
+        config = hf_config(cfg)
+        for k, v in change.items():
+            setattr(config, k, v)
+        model = ViTForImageClassification(config).double().eval()
+        model.load_state_dict(to_hf(params, cfg)[0])
+        assert (model(x).logits - ours).abs().max() > 1e-8
+
+
 def test_hf_refuses_what_it_cannot_express():
     with pytest.raises(ValueError, match="pool"):
         hf_config(tiny_cfg(pool="avg"))
