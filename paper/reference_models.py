@@ -9,7 +9,8 @@ from lowlevel import ViTConfig
 def timm_kwargs(cfg: ViTConfig) -> dict:
     """Arguments for timm's VisionTransformer that build the same model as `cfg` (eps and GELU made explicit)."""
     if cfg.representation_size or cfg.pos_embed == "sincos2d":
-        raise ValueError("cfg: timm's VisionTransformer has no pre-logits layer and no fixed sin-cos position embedding")
+        raise ValueError("cfg: timm's VisionTransformer has no pre-logits layer and no fixed sin-cos position "
+                         "embedding")
     return dict(img_size=cfg.image_size, patch_size=cfg.patch_size, in_chans=cfg.in_channels,
                 num_classes=cfg.num_classes, embed_dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads,
                 mlp_ratio=cfg.mlp_dim / cfg.dim, qkv_bias=cfg.qkv_bias, class_token=cfg.class_token,
@@ -24,3 +25,43 @@ def timm_vit(cfg: ViTConfig, **kwargs):
     """timm's VisionTransformer for `cfg` (random weights; load ours with `lowlevel.to_timm`)."""
     from timm.models.vision_transformer import VisionTransformer
     return VisionTransformer(**timm_kwargs(cfg), **kwargs)
+
+
+# Our GELU flavour -> transformers' ACT2FN name: "gelu" is erf GELU, "gelu_pytorch_tanh" F.gelu(approximate="tanh").
+HF_ACTIVATIONS = {"exact": "gelu", "tanh": "gelu_pytorch_tanh"}
+
+
+def hf_config(cfg: ViTConfig):
+    """transformers' ViTConfig computing the same model as `cfg`. Its layer-norm eps and activation are set to ours:
+    transformers' defaults (eps 1e-12) differ from the official 1e-6 by ~7e-4 in the logits of ViT-B/16.
+    The pre-logits layer maps to ViTModel's pooler (Dense + tanh), which has no classifier after it. In training
+    mode the two differ: transformers drops out after the embeddings, attention and MLP but not after the GELU."""
+    from transformers import ViTConfig as HFViTConfig
+    problems = {"pool": cfg.pool != "token", "class_token": not cfg.class_token,
+                "pos_embed": cfg.pos_embed != "learned",
+                "representation_size": bool(cfg.representation_size and cfg.num_classes)}
+    bad = [name for name, is_bad in problems.items() if is_bad]
+    if bad:
+        raise ValueError(f"{bad[0]}: transformers' ViT has a class token, token pooling, learned position embeddings "
+                         f"and no classifier after the pooler; got {bad[0]}={getattr(cfg, bad[0])!r}")
+    h, w = cfg.image_size
+    config = HFViTConfig(hidden_size=cfg.dim, num_hidden_layers=cfg.depth, num_attention_heads=cfg.num_heads,
+                         intermediate_size=cfg.mlp_dim, hidden_act=HF_ACTIVATIONS[cfg.gelu],
+                         hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=0.0,
+                         layer_norm_eps=cfg.layer_norm_eps, image_size=h if h == w else [h, w],
+                         patch_size=cfg.patch_size, num_channels=cfg.in_channels, qkv_bias=cfg.qkv_bias,
+                         num_labels=cfg.num_classes, pooler_output_size=cfg.representation_size or cfg.dim,
+                         pooler_act="tanh")
+    config.architectures = ["ViTForImageClassification" if cfg.num_classes else "ViTModel"]
+    return config
+
+
+def hf_vit(cfg: ViTConfig):
+    """transformers' ViTForImageClassification for `cfg` (ViTModel when cfg has no classifier; its pooler is the
+    pre-logits layer when cfg.representation_size is set). Random weights; load ours with
+    `paper.formats.huggingface.to_hf`."""
+    from transformers import ViTForImageClassification, ViTModel
+    config = hf_config(cfg)
+    if cfg.num_classes:
+        return ViTForImageClassification(config)
+    return ViTModel(config, add_pooling_layer=bool(cfg.representation_size))

@@ -3,7 +3,7 @@ interpolation of the pre-trained position embeddings, according to their locatio
 
 The anchors disagree by up to 2e-2 here (../shared/ANCHORS.md §B.3), so the method is named:
 - "official": scipy.ndimage.zoom with an order-1 spline (vision_transformer checkpoint.py, big_vision);
-- "timm":     F.interpolate bicubic with antialias (timm resample_abs_pos_embed);
+- "timm":     F.interpolate bicubic with antialias, computed in float32 (timm resample_abs_pos_embed);
 - "hf":       F.interpolate bicubic, align_corners=False, no antialias (transformers interpolate_pos_encoding).
 The class token's row is kept apart and unchanged.
 """
@@ -27,7 +27,10 @@ def resample_grid(grid: torch.Tensor, new_grid: tuple[int, int], method: str = "
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
     x = grid.permute(2, 0, 1).unsqueeze(0)                                   # (1, D, gh, gw)
-    x = F.interpolate(x, size=new_grid, mode="bicubic", align_corners=False, antialias=(method == "timm"))
+    if method == "timm":                                                     # timm interpolates in float32
+        x = F.interpolate(x.float(), size=new_grid, mode="bicubic", align_corners=False, antialias=True)
+        return x[0].permute(1, 2, 0).to(grid.dtype)
+    x = F.interpolate(x, size=new_grid, mode="bicubic", align_corners=False, antialias=False)
     return x[0].permute(1, 2, 0)
 
 

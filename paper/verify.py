@@ -1,0 +1,159 @@
+"""Verify numerical equivalence: our forward against timm's and transformers' on the same random weights.
+
+For each config: build random weights, load them into our model, into timm's VisionTransformer and into
+transformers' ViTForImageClassification, run one batch, and print the largest absolute and relative differences of
+the logits and of the features (y of eq. (4), what the classifier reads), in float32 and float64, next to the
+parameter counts of all three and the paper's. Relative means max |ours − theirs| / max |theirs|. Configs that
+would not fit in free memory are listed, not run.
+
+    python -m paper.verify                                 # every paper model
+    python -m paper.verify --models ViT-B/16 --dtypes float64
+"""
+import argparse
+import gc
+import sys
+
+import torch
+from tqdm import tqdm
+
+import lowlevel as vit
+from paper.configs import PAPER_MODELS, TABLE1_PARAMS, model_name, paper_config, param_count, parse_name
+from paper.formats.huggingface import to_hf
+from paper.reference_models import hf_vit, timm_vit
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def random_weights(cfg, dtype, seed: int) -> dict:
+    """The official initialisation, every tensor then perturbed by N(0, 0.02): the zero head and the unit LN scales
+    would otherwise hide mapping errors."""
+    g = torch.Generator().manual_seed(seed)
+    params = vit.init_params(cfg, g)
+    for k in params:
+        params[k] = params[k].add_(torch.randn(params[k].shape, generator=g), alpha=0.02).to(dtype)
+    return params
+
+
+def available_bytes() -> int:
+    """MemAvailable from /proc/meminfo (Linux)."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("/proc/meminfo has no MemAvailable")
+
+
+def bytes_needed(cfg, dtype, batch: int) -> int:
+    """Two copies of the weights (ours and one reference at a time), our kept attention maps and hidden states,
+    and the float32 weights they are drawn from."""
+    size = torch.finfo(dtype).bits // 8
+    weights = param_count(cfg) * (2 * size + 4)
+    n = cfg.num_tokens
+    activations = batch * cfg.depth * (cfg.num_heads * n * n + 8 * n * cfg.dim + n * cfg.mlp_dim) * size
+    return weights + activations
+
+
+def diffs(ours: torch.Tensor, theirs: torch.Tensor) -> tuple[float, float]:
+    """(max |ours − theirs|, max |ours − theirs| / max |theirs|)."""
+    d = (ours - theirs).abs().max().item()
+    return d, d / theirs.abs().max().item()
+
+
+@torch.no_grad()
+def verify_config(cfg, dtype=torch.float64, batch: int = 1, seed: int = 0, name: str | None = None) -> dict:
+    """One row of the table: differences to timm and transformers, and the parameter counts."""
+    row = {"model": name or model_name(cfg) or "custom", "dtype": str(dtype).removeprefix("torch."),
+           "ours": param_count(cfg)}
+    params = random_weights(cfg, dtype, seed)
+    x = torch.randn(batch, cfg.in_channels, *cfg.image_size, generator=torch.Generator().manual_seed(seed + 1),
+                    dtype=dtype)
+    logits, out = vit.forward(params, x, cfg, return_attention=True)
+    features = out["features"]
+    del out
+
+    with torch.device("meta"):                       # build without allocating, then adopt the converted tensors
+        model = timm_vit(cfg)
+    model.load_state_dict(vit.to_timm(params, cfg), assign=True)
+    model.eval()
+    row["timm"] = sum(p.numel() for p in model.parameters())
+    theirs = model.forward_head(model.forward_features(x), pre_logits=True)
+    row["timm_logits"], row["timm_features"] = diffs(logits, model.head(theirs)), diffs(features, theirs)
+    del model, theirs
+    gc.collect()
+
+    sd, config = to_hf(params, cfg)
+    with torch.device("meta"):
+        model = hf_vit(cfg)
+    model.load_state_dict(sd, assign=True)
+    del sd
+    model.eval()
+    row["hf"] = sum(p.numel() for p in model.parameters())
+    theirs = model.vit(x).last_hidden_state[:, 0]    # ViTForImageClassification.forward: classifier(LN(z_L)[:, 0])
+    row["hf_logits"], row["hf_features"] = diffs(logits, model.classifier(theirs)), diffs(features, theirs)
+    del model, theirs, params
+    gc.collect()
+    return row
+
+
+def paper_count(name: str) -> str:
+    try:
+        return TABLE1_PARAMS.get(parse_name(name)[0], "-")
+    except ValueError:
+        return "-"
+
+
+def format_table(rows: list[dict]) -> str:
+    """A markdown table: one row per (model, dtype)."""
+    head = ("| model | dtype | logits vs timm (abs / rel) | features vs timm | logits vs HF | features vs HF | "
+            "params ours | timm | HF | paper |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['model']} | {r['dtype']} | {r['skipped']} | | | | {r['ours']:,} | | | "
+                         f"{paper_count(r['model'])} |")
+            continue
+        cells = [f"{a:.1e} / {b:.1e}" for a, b in (r["timm_logits"], r["timm_features"], r["hf_logits"],
+                                                    r["hf_features"])]
+        lines.append(f"| {r['model']} | {r['dtype']} | {' | '.join(cells)} | {r['ours']:,} | {r['timm']:,} | "
+                     f"{r['hf']:,} | {paper_count(r['model'])} |")
+    return "\n".join(lines)
+
+
+def verify(models=PAPER_MODELS, dtypes=("float32", "float64"), batch: int = 1, seed: int = 0) -> list[dict]:
+    """verify_config for every model and dtype that fits in memory; the others get a row saying why not."""
+    rows = []
+    jobs = [(m, d) for m in models for d in dtypes]
+    for name, dtype_name in tqdm(jobs, desc="verify", unit="run", file=sys.stderr):
+        cfg, dtype = paper_config(name), DTYPES[dtype_name]
+        need, free = bytes_needed(cfg, dtype, batch), available_bytes()
+        if need > free:
+            rows.append({"model": name, "dtype": dtype_name, "ours": param_count(cfg),
+                         "skipped": f"not run: needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"})
+            continue
+        rows.append(verify_config(cfg, dtype, batch, seed, name))
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m paper.verify", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(PAPER_MODELS), metavar="NAME",
+                        help=f"paper or timm model names (default: {' '.join(PAPER_MODELS)})")
+    parser.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=list(DTYPES),
+                        help="precisions to compare in (default: both)")
+    parser.add_argument("--batch", type=int, default=1, help="images per forward (default 1, so ViT-H/14 in float64 "
+                                                             "fits in 24 GiB)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and images (default 0)")
+    args = parser.parse_args(argv)
+    if args.batch < 1:
+        parser.error(f"--batch: expected a positive number of images, got {args.batch}")
+    try:
+        for name in args.models:
+            paper_config(name)
+    except ValueError as e:
+        parser.error(str(e))
+    print(format_table(verify(args.models, args.dtypes, args.batch, args.seed)))
+
+
+if __name__ == "__main__":
+    main()
