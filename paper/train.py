@@ -26,10 +26,10 @@ from tqdm import tqdm
 
 import lowlevel as vit
 
+from . import recipes
 from .configs import paper_config
 from .data import DATASETS, EvalView, TrainStream, load_data, shard_positions
 from .heads import finetuning_head, pretraining_head
-from .recipes import DIGITS_FINETUNE, DIGITS_MODEL, DIGITS_PRETRAIN, TABLE_3, TABLE_4, finetune_recipe, pretrain_recipe
 from .resolution import change_resolution
 from .schedules import Schedule
 from .train_state import atomic_write, check_same_run, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -269,7 +269,7 @@ def write_json(obj, path: str) -> None:
 def model_config(name: str, in_channels: int) -> vit.ViTConfig:
     """The small digits model, or a paper model by name (e.g. "ViT-B/16")."""
     if name == "digits":
-        return DIGITS_MODEL
+        return recipes.DIGITS_MODEL
     return paper_config(name, in_channels=in_channels)
 
 
@@ -283,17 +283,17 @@ def with_steps(recipe, steps: int | None, batch_size: int | None):
     return recipe
 
 
-def recipes(args, model: str) -> tuple:
+def stage_recipes(args) -> tuple:
+    """The two stages' recipes the command line names, with its overrides."""
     if args.pretrain == "digits":
-        pre = DIGITS_PRETRAIN
+        pre = recipes.DIGITS_PRETRAIN
     else:
-        pre = pretrain_recipe(args.pretrain, model, args.pretrain_epochs)
+        pre = recipes.pretrain_recipe(args.pretrain, args.model, args.pretrain_epochs)
     if args.finetune == "digits":
-        fine = DIGITS_FINETUNE
+        fine = recipes.DIGITS_FINETUNE
+        fine = dataclasses.replace(fine, base_lr=args.finetune_lr or fine.base_lr)
     else:
-        fine = finetune_recipe(args.finetune, args.finetune_lr or 0.03)
-    if args.finetune_lr and args.finetune == "digits":
-        fine = dataclasses.replace(fine, base_lr=args.finetune_lr)
+        fine = recipes.finetune_recipe(args.finetune, args.finetune_lr or recipes.FINETUNE_LR)
     return (with_steps(pre, args.pretrain_steps, args.pretrain_batch),
             with_steps(fine, args.finetune_steps, args.finetune_batch))
 
@@ -309,10 +309,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="'digits' (the main job's small ViT) or a paper name, e.g. ViT-B/16")
     p.add_argument("--stages", nargs="+", choices=("pretrain", "finetune"), default=["pretrain", "finetune"])
     p.add_argument("--init", help="a pretrain.pt to fine-tune from when --stages is only finetune")
-    p.add_argument("--pretrain", default="digits", choices=["digits"] + sorted({d for d, _ in TABLE_3}),
+    p.add_argument("--pretrain", default="digits", choices=["digits"] + sorted({d for d, _ in recipes.TABLE_3}),
                    help="pre-training recipe: 'digits', or a Table 3 data set (its row for --model)")
     p.add_argument("--pretrain-epochs", type=int, help="Table 3's epoch choice where it gives two (7/14, 30/90)")
-    p.add_argument("--finetune", default="digits", choices=["digits"] + sorted(TABLE_4),
+    p.add_argument("--finetune", default="digits", choices=["digits"] + sorted(recipes.TABLE_4),
                    help="fine-tuning recipe: 'digits', or a Table 4 data set")
     p.add_argument("--finetune-lr", type=float, help="fine-tuning base learning rate, one of Table 4's sweep")
     p.add_argument("--pretrain-steps", type=int, help="override the recipe's steps (warm-up scaled in proportion)")
@@ -344,7 +344,7 @@ def main(argv=None) -> dict:
     train, test, num_classes = load_data(args.data, args.data_dir)
     in_channels = train[0][0].shape[0]
     base = model_config(args.model, in_channels)
-    pre, fine = recipes(args, args.model)
+    pre, fine = stage_recipes(args)
     log = {"command": vars(args), "world_size": procs.world_size, "stages": {}}
     started = time.perf_counter()
 
