@@ -324,6 +324,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="float64 for numerical checks")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads per process (default 1: the main job's small matrices gain little from more, and "
+                        "OpenMP threads slow down many-fold when other programs share the cores; torchrun also gives "
+                        "each process one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join("runs", "main"), help="output directory")
     p.add_argument("--resume", action="store_true", help="go on from the checkpoints in --out")
@@ -338,6 +342,7 @@ def main(argv=None) -> dict:
         raise ValueError("bf16: expected float32 parameters for bfloat16 autocast, got --dtype float64")
     if args.stages == ["finetune"] and not args.init:
         raise ValueError("init: expected a pretrain.pt to fine-tune from when --stages is finetune alone, got none")
+    torch.set_num_threads(args.threads)
     procs = start_processes(args.device)
     run = Run(out=args.out, procs=procs, dtype=DTYPES[args.dtype], bf16=args.bf16, accum_steps=args.accum,
               seed=args.seed, resume=args.resume, workers=args.workers, save_every=args.save_every)
