@@ -2,7 +2,7 @@
 
     python -m paper.train                                # the main job: digits, pre-train at 8×8, fine-tune at 12×12
     python -m paper.train --resume                       # go on from the checkpoints in --out
-    torchrun --nproc_per_node=2 -m paper.train           # data-parallel over 2 processes (gloo on CPU, NCCL on GPU)
+    torchrun --standalone --nproc_per_node=2 -m paper.train   # data-parallel, 2 processes (gloo on CPU, NCCL on GPU)
 
 Each stage is: build the optimizer of its recipe (Adam or SGD), then for step = 1 … T take the global batch,
 split it over the processes and into micro-batches, average the gradients (accumulated over micro-batches,

@@ -1,5 +1,5 @@
 """A short pre-training stage in float64 on a small random data set: tests/test_training.py runs it in-process as one
-process and under `torch.distributed.run` as 2 gloo processes (`python tests/distributed_worker.py OUT_DIR`)."""
+process and under `torch.distributed.run` as 2 gloo processes (`tests/distributed_worker.py OUT_DIR ACCUM_STEPS`)."""
 import sys
 
 import torch
@@ -25,5 +25,5 @@ def pretrain(out: str, accum_steps: int, procs: Processes) -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    pretrain(sys.argv[1], 1, start_processes("cpu"))
+    pretrain(sys.argv[1], int(sys.argv[2]), start_processes("cpu"))
     torch.distributed.destroy_process_group()

@@ -222,14 +222,15 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_equal_one_process_on_the_same_global_batch(tmp_path):
-    # float64 and dropout 0; the two differ only in how the gradient's sum is split (over 2 processes and all-reduced,
-    # or over 2 micro-batches of one process), ~1e-16 relative per step, so 1e-10 after 4 Adam steps.
-    distributed_worker.pretrain(str(tmp_path / "one"), 2, Processes())
+    # One process takes the global batch of 16 whole; two processes take 8 each in 2 accumulated micro-batches of 4
+    # (DDP's no_sync, then an all-reduce). float64 and dropout 0: they differ only in the order the gradient's terms
+    # are summed, ~1e-16 relative per step, so 1e-10 after 4 Adam steps.
+    distributed_worker.pretrain(str(tmp_path / "one"), 1, Processes())
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo",
            "OMP_NUM_THREADS": "1"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
               "--master_addr=127.0.0.1", f"--master_port={free_port()}"]
-    two = subprocess.run(launch + [str(ROOT / "tests" / "distributed_worker.py"), str(tmp_path / "two")], env=env,
+    two = subprocess.run(launch + [str(ROOT / "tests" / "distributed_worker.py"), str(tmp_path / "two"), "2"], env=env,
                          capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr
     a, b = (load_checkpoint(str(tmp_path / d / "pretrain.pt")) for d in ("one", "two"))
@@ -238,3 +239,37 @@ def test_two_processes_equal_one_process_on_the_same_global_batch(tmp_path):
     assert a["log"]["train"][-1]["loss"] == pytest.approx(b["log"]["train"][-1]["loss"], abs=1e-12)
     start = vit.init_params(distributed_worker.CFG, torch.Generator().manual_seed(0))
     assert max((a["params"][k].float() - start[k]).abs().max().item() for k in start) > 1e-4  # the stage trained
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_training_step_equals_timms_model_stepped_by_torch(optimizer):
+    # timm's VisionTransformer with our weights, its loss, global-norm clipping and the same torch optimizer, written
+    # out by hand: after two steps its weights equal ours. float64, dropout 0: the two sum terms in other orders
+    # (~1e-16 relative); 1e-10 leaves room for Adam's division by √v on near-zero gradients (seen: 1.7e-12).
+    from paper.reference_models import timm_vit
+
+    cfg = TINY
+    g = torch.Generator().manual_seed(3)
+    params = {k: v.double() + 0.02 * torch.randn(v.shape, generator=g, dtype=torch.float64)
+              for k, v in vit.init_params(cfg, g).items()}
+    timm_model = timm_vit(cfg).double()
+    timm_model.load_state_dict(vit.to_timm(params, cfg))
+    rec = recipe(optimizer, grad_clip=0.5)
+    timm_opt = make_optimizer(timm_model.parameters(), rec)
+    timm_sched = torch.optim.lr_scheduler.LambdaLR(timm_opt, lambda i: (i + 1) / 2 if i < 2 else 1.0)
+    ours = ExplicitParams({k: v.clone() for k, v in params.items()}, cfg)
+    our_opt = make_optimizer(ours.parameters(), rec)
+    our_sched = torch.optim.lr_scheduler.LambdaLR(our_opt, Schedule(rec.base_lr, rec.total_steps, rec.warmup_steps,
+                                                                    rec.decay))
+    for _ in range(2):
+        images = torch.rand(8, 1, 8, 8, generator=g, dtype=torch.float64) * 2 - 1
+        labels = torch.randint(0, 5, (8,), generator=g)
+        train_step(ours, our_opt, our_sched, images, labels, accum_steps=2, grad_clip=0.5, procs=Processes())
+        timm_opt.zero_grad()
+        torch.nn.functional.cross_entropy(timm_model(images), labels).backward()
+        torch.nn.utils.clip_grad_norm_(timm_model.parameters(), 0.5)
+        timm_opt.step()
+        timm_sched.step()
+    _, stepped = vit.from_timm(timm_model)
+    assert max((stepped[k] - v).abs().max().item() for k, v in ours.as_dict().items()) < 1e-10
+    assert max((stepped[k] - params[k]).abs().max().item() for k in params) > 1e-4  # both moved
