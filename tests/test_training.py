@@ -3,9 +3,11 @@ and the whole pipeline (pre-train -> resolution change -> fine-tune -> checkpoin
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import distributed_worker
@@ -273,3 +275,29 @@ def test_a_training_step_equals_timms_model_stepped_by_torch(optimizer):
     _, stepped = vit.from_timm(timm_model)
     assert max((stepped[k] - v).abs().max().item() for k, v in ours.as_dict().items()) < 1e-10
     assert max((stepped[k] - params[k]).abs().max().item() for k in params) > 1e-4  # both moved
+
+
+@pytest.mark.slow
+def test_a_process_killed_with_sigkill_resumes_to_exactly_the_same_weights(tmp_path, deterministic):
+    # The real thing: `python -m paper.train` killed by SIGKILL at whatever instruction it is on once its second
+    # checkpoint exists (mid-step, mid-write or between), then resumed by a new command.
+    args = ["--pretrain-steps", "60", "--finetune-steps", "4", "--pretrain-batch", "16", "--finetune-batch", "16",
+            "--eval-every", "30", "--save-every", "1"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "paper.train", *args, "--out", str(killed)], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None and not (killed / "pretrain.pt").exists():
+            time.sleep(0.01)
+        while proc.poll() is None and load_checkpoint(str(killed / "pretrain.pt"))["step"] < 2:
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # killed, not finished
+    assert load_checkpoint(str(killed / "pretrain.pt"))["step"] < 60  # part-way, and its checkpoint still reads
+    main(args + ["--out", str(killed), "--resume"])
+    main(args + ["--out", str(tmp_path / "whole")])
+    whole, resumed = final_params(tmp_path / "whole"), final_params(killed)
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
