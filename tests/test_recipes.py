@@ -16,6 +16,7 @@ from paper.train import make_optimizer
     ("imagenet21k", "ViT-B/32", None, 1e-3, "linear", 0.03, 0.1, 307_618),
     ("imagenet21k", "ViT-L/16", 30, 1e-3, "linear", 0.03, 0.1, 102_540),
     ("imagenet", "ViT-B/16", None, 3e-3, "cosine", 0.3, 0.1, 93_836),
+    ("imagenet", "ViT-Ti/16", None, 3e-3, "cosine", 0.3, 0.1, 93_836),  # "ViT-∗"
 ])
 def test_pretraining_presets_are_table_3(dataset, model, epochs, lr, decay, wd, dropout, steps):
     r = pretrain_recipe(dataset, model, epochs)
