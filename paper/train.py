@@ -85,8 +85,9 @@ def all_reduce_sum(x: torch.Tensor, procs: Processes) -> torch.Tensor:
 
 
 def make_optimizer(parameters, recipe) -> torch.optim.Optimizer:
-    """Pre-training: Adam, β1 0.9, β2 0.999 (§4.1), weight decay decoupled and multiplied by the learning rate
-    (the paper does not give the form; this is AdamW's, and flax.optim.Adam's of the 2020 code base).
+    """Pre-training: Adam, β1 0.9, β2 0.999 (§4.1), weight decay decoupled and multiplied by the learning rate:
+    AdamW's form. The paper does not give the form; the same team's AugReg paper describes its own as "decoupled …
+    but multiplied by the learning-rate" (../shared/REFERENCE.md §7.2).
     Fine-tuning: SGD with momentum 0.9, no weight decay (Table 4 caption)."""
     if recipe.optimizer == "adam":
         return torch.optim.AdamW(parameters, lr=recipe.base_lr, betas=(0.9, 0.999), weight_decay=recipe.weight_decay)
