@@ -1,0 +1,131 @@
+"""The paper's training recipes as named presets: pre-training (§4.1, App. B.1, Table 3) and fine-tuning
+(§3.2, App. B.1.1, Table 4), plus the small recipes of the main job on the bundled digits.
+
+Every value is from ../shared/REFERENCE.md §3 (pre-training) and §4 (fine-tuning), or from the official code
+where the paper is silent (../shared/ANCHORS.md §B.7); the comment on each line says which.
+"""
+import math
+from dataclasses import dataclass
+
+from lowlevel import ViTConfig
+
+from .schedules import DECAYS
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one stage trains. Adam is (β1, β2) = (0.9, 0.999) and SGD has momentum 0.9 (both fixed by the paper)."""
+    stage: str                    # "pretrain": MLP head (pre-logits + tanh); "finetune": zero-initialised linear head
+    optimizer: str                # "adam" (pre-training) or "sgd" (fine-tuning)
+    base_lr: float
+    total_steps: int
+    warmup_steps: int
+    decay: str                    # "linear" (to 1e-5) or "cosine"
+    batch_size: int               # the global batch, over all processes and accumulated micro-batches
+    weight_decay: float = 0.0     # decoupled and multiplied by the learning rate (torch.optim.AdamW)
+    grad_clip: float | None = 1.0 # clip the global gradient norm to this value; None: no clipping
+    dropout: float = 0.0
+    image_size: int = 224
+    lr_sweep: tuple[float, ...] = ()  # the base learning rates the paper tried (Table 4)
+    crop_area: tuple[float, float] = (0.05, 1.0)  # random crop's area range (vision_transformer input_pipeline.py)
+    flip: bool = True             # random horizontal flip (input_pipeline.py)
+
+    def __post_init__(self):
+        choices = {"stage": ("pretrain", "finetune"), "optimizer": OPTIMIZERS, "decay": DECAYS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: expected one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("total_steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+        if not 0 <= self.warmup_steps < self.total_steps:
+            raise ValueError(f"warmup_steps: expected 0 <= warmup_steps < total_steps={self.total_steps}, "
+                             f"got {self.warmup_steps}")
+
+
+# ---- Pre-training (REFERENCE §3) -------------------------------------------------------------------------------
+# Shared: Adam (0.9, 0.999), batch 4096, 10k linear warm-up steps, resolution 224 (§4.1, Table 3 caption).
+PRETRAIN_BATCH = 4096
+PRETRAIN_WARMUP = 10_000
+# Images per data set (§4.1; ImageNet's exact train-split size, as REFERENCE §3 uses for its step counts).
+DATASET_IMAGES = {"imagenet": 1_281_167, "imagenet21k": 14_000_000, "jft": 303_000_000}
+# Table 3: (data set, model) -> (epochs the paper ran, base LR, LR decay, weight decay, dropout).
+TABLE_3 = {
+    ("jft", "ViT-B/16"): ((7,), 8e-4, "linear", 0.1, 0.0),
+    ("jft", "ViT-B/32"): ((7,), 8e-4, "linear", 0.1, 0.0),
+    ("jft", "ViT-L/32"): ((7,), 6e-4, "linear", 0.1, 0.0),
+    ("jft", "ViT-L/16"): ((7, 14), 4e-4, "linear", 0.1, 0.0),
+    ("jft", "ViT-H/14"): ((14,), 3e-4, "linear", 0.1, 0.0),
+    ("imagenet21k", "ViT-B/16"): ((90,), 1e-3, "linear", 0.03, 0.1),
+    ("imagenet21k", "ViT-B/32"): ((90,), 1e-3, "linear", 0.03, 0.1),
+    ("imagenet21k", "ViT-L/16"): ((30, 90), 1e-3, "linear", 0.03, 0.1),
+    ("imagenet21k", "ViT-L/32"): ((30, 90), 1e-3, "linear", 0.03, 0.1),
+    ("imagenet", "ViT-*"): ((300,), 3e-3, "cosine", 0.3, 0.1),  # "ViT-∗": every ViT
+}
+
+
+def pretrain_recipe(dataset: str, model: str, epochs: int | None = None) -> Recipe:
+    """Table 3's row for (dataset, model), e.g. ("imagenet21k", "ViT-B/16"); `epochs` picks between the paper's
+    7 and 14 (JFT, L/16) or 30 and 90 (ImageNet-21k, L); the default is the longest.
+    Steps = ⌈images · epochs / 4096⌉."""
+    row = TABLE_3.get((dataset, model)) or TABLE_3.get((dataset, "ViT-*"))
+    if row is None:
+        raise ValueError(f"dataset, model: expected a row of Table 3, one of {sorted(TABLE_3)}, got {(dataset, model)}")
+    epoch_options, lr, decay, wd, dropout = row
+    epochs = epochs or max(epoch_options)
+    if epochs not in epoch_options:
+        raise ValueError(f"epochs: expected one of {epoch_options} for {model} on {dataset}, got {epochs}")
+    steps = math.ceil(DATASET_IMAGES[dataset] * epochs / PRETRAIN_BATCH)
+    return Recipe(stage="pretrain", optimizer="adam", base_lr=lr, decay=decay, weight_decay=wd, dropout=dropout,
+                  total_steps=steps, warmup_steps=PRETRAIN_WARMUP, batch_size=PRETRAIN_BATCH, image_size=224,
+                  # "For ImageNet we found it beneficial to additionally apply gradient clipping at global norm 1."
+                  grad_clip=1.0 if dataset == "imagenet" else None)
+
+
+# ---- Fine-tuning (REFERENCE §4) --------------------------------------------------------------------------------
+# Shared: SGD momentum 0.9, cosine decay, batch 512, no weight decay, clipping at global norm 1, resolution 384
+# (Table 4 caption, App. B.1.1). Warm-up is not in the paper: 500 steps is the code's default
+# (vision_transformer configs/common.py), 100 for the 500-step data sets (big_vision configs/transfer.py).
+# Table 4: data set -> (steps, base-LR sweep, warm-up steps).
+TABLE_4 = {
+    "imagenet": (20_000, (0.003, 0.01, 0.03, 0.06), 500),
+    "cifar100": (10_000, (0.001, 0.003, 0.01, 0.03), 500),
+    "cifar10": (10_000, (0.001, 0.003, 0.01, 0.03), 500),
+    "pets": (500, (0.001, 0.003, 0.01, 0.03), 100),
+    "flowers": (500, (0.001, 0.003, 0.01, 0.03), 100),
+    "vtab": (2_500, (0.01,), 500),
+}
+# The code's default base_lr (configs/common.py); configs/vit.py lowers it to 0.01 for B/16 on CIFAR-10.
+FINETUNE_LR = 0.03
+
+
+def finetune_recipe(dataset: str, base_lr: float = FINETUNE_LR, image_size: int = 384) -> Recipe:
+    """Table 4's row for `dataset`; `base_lr` is one of its sweep. Table 2 fine-tunes ViT-L/16 at 512 and ViT-H/14
+    at 518 on ImageNet; Table 5 (and the default here) uses 384."""
+    if dataset not in TABLE_4:
+        raise ValueError(f"dataset: expected one of {sorted(TABLE_4)}, got {dataset!r}")
+    steps, sweep, warmup = TABLE_4[dataset]
+    if base_lr not in sweep:
+        raise ValueError(f"base_lr: expected one of the paper's sweep {sweep} for {dataset}, got {base_lr}")
+    return Recipe(stage="finetune", optimizer="sgd", base_lr=base_lr, total_steps=steps, warmup_steps=warmup,
+                  decay="cosine", batch_size=512, weight_decay=0.0, grad_clip=1.0, dropout=0.0,
+                  image_size=image_size, lr_sweep=sweep)
+
+
+# ---- The main job: a small ViT on scikit-learn's bundled 8×8 digits --------------------------------------------
+# The paper's recipes scaled down to a 1,437-image training set and 2 CPU cores: the same optimizers, schedule
+# shapes, clipping, heads and resolution change; fewer steps and smaller batches. Pre-training takes ImageNet's
+# row of Table 3 (cosine, dropout 0.1, clipping) with its learning rate 3e-3; fine-tuning takes Table 4's largest
+# learning rate, 0.03. Digits are not flipped (a mirrored digit is another glyph or none), and crops keep at least
+# 80% of the area (an 8×8 digit cut to 5% is a pixel or two). The step counts were chosen on a validation split
+# carved from the training images, never on the test split.
+DIGITS_MODEL = ViTConfig(image_size=8, patch_size=2, in_channels=1, dim=64, depth=4, num_heads=4, mlp_dim=128,
+                         num_classes=10)
+DIGITS_PRETRAIN = Recipe(stage="pretrain", optimizer="adam", base_lr=3e-3, total_steps=800, warmup_steps=80,
+                         decay="cosine", batch_size=64, weight_decay=0.1, grad_clip=1.0, dropout=0.1, image_size=8,
+                         crop_area=(0.8, 1.0), flip=False)
+DIGITS_FINETUNE = Recipe(stage="finetune", optimizer="sgd", base_lr=0.03, total_steps=300, warmup_steps=30,
+                         decay="cosine", batch_size=64, grad_clip=1.0, dropout=0.0, image_size=12,
+                         lr_sweep=(0.001, 0.003, 0.01, 0.03), crop_area=(0.8, 1.0), flip=False)

@@ -1,0 +1,98 @@
+"""Checkpoints: everything a run needs to go on exactly where it stopped, written so that a good file is never
+replaced by a broken or half-written one.
+
+A checkpoint holds the model config, the recipe, the params, the optimizer and scheduler state, the step, the
+random-number state of every process (dropout draws from it) and the log so far. The data stream needs no state:
+it is a pure function of (seed, step) (see data.py).
+"""
+import dataclasses
+import os
+import tempfile
+
+import torch
+
+from lowlevel import ViTConfig
+
+from .recipes import Recipe
+
+KEYS = ("config", "recipe", "params", "optimizer", "scheduler", "step", "rng", "log")
+
+
+def atomic_write(path: str, write) -> None:
+    """write(temporary path) and then move it over `path` in one step (os.replace), so readers see the old file
+    or the new one, never a partial one. The temporary file is removed if writing fails."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def non_finite(tensors: dict) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return sorted(k for k, v in tensors.items()
+                  if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all())
+
+
+def optimizer_tensors(state_dict: dict) -> dict:
+    return {f"optimizer.{i}.{name}": v for i, s in state_dict["state"].items() for name, v in s.items()}
+
+
+def save_checkpoint(path: str, *, cfg: ViTConfig, recipe: Recipe, params: dict, optimizer: dict, scheduler: dict,
+                    step: int, rng: list, log: dict) -> None:
+    """Write a checkpoint atomically; refuse (ValueError, the existing file untouched) if any value is not finite."""
+    params = {k: v.detach().cpu() for k, v in params.items()}
+    bad = non_finite(params) + non_finite(optimizer_tensors(optimizer))
+    if bad:
+        raise ValueError(f"params: expected finite values to save at step {step}, got NaN or inf in {bad[:5]}"
+                         f"{' …' if len(bad) > 5 else ''}; {path} is left as it was")
+    state = {"config": dataclasses.asdict(cfg), "recipe": dataclasses.asdict(recipe), "params": params,
+             "optimizer": optimizer, "scheduler": scheduler, "step": step, "rng": rng, "log": log}
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: str) -> dict:
+    """Read a checkpoint onto the CPU; a missing, unreadable or foreign file is a ValueError naming it."""
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint: expected a checkpoint file, got {path!r}, which does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load raises pickle, zip and OS errors alike
+        raise ValueError(f"checkpoint: expected a checkpoint written by paper.train, "
+                         f"could not read {path!r} ({e})") from e
+    missing = [k for k in KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"checkpoint: expected the keys {KEYS} in {path!r}, missing {missing}")
+    return state
+
+
+def check_same_run(state: dict, cfg: ViTConfig, recipe: Recipe, path: str) -> None:
+    """A checkpoint may only be resumed by the run that wrote it: same model config, same recipe."""
+    for what, saved, current in (("config", state["config"], dataclasses.asdict(cfg)),
+                                 ("recipe", state["recipe"], dataclasses.asdict(recipe))):
+        saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
+        diff = [f"{k}: checkpoint {saved.get(k)!r}, this run {current.get(k)!r}"
+                for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+        if diff:
+            raise ValueError(f"checkpoint: expected a checkpoint of this run's {what}, got {path!r} with a different "
+                             f"one:\n  " + "\n  ".join(diff))
+
+
+def rng_state() -> dict:
+    """This process's random-number state (CPU, and CUDA where there is one)."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

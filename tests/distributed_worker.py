@@ -1,0 +1,29 @@
+"""A short pre-training stage in float64 on a small random data set: tests/test_training.py runs it in-process as one
+process and under `torch.distributed.run` as 2 gloo processes (`tests/distributed_worker.py OUT_DIR ACCUM_STEPS`)."""
+import sys
+
+import torch
+
+import lowlevel as vit
+from paper.data import ImageArray
+from paper.heads import pretraining_head
+from paper.recipes import Recipe
+from paper.train import Processes, Run, start_processes, train_stage
+
+CFG = pretraining_head(vit.ViTConfig(image_size=8, patch_size=4, in_channels=1, dim=16, depth=1, num_heads=2,
+                                     mlp_dim=32), 10)  # dropout 0: the processes' dropout streams differ
+RECIPE = Recipe(stage="pretrain", optimizer="adam", base_lr=1e-3, total_steps=4, warmup_steps=1, decay="cosine",
+                batch_size=16, weight_decay=0.1, grad_clip=1.0, image_size=8, crop_area=(0.5, 1.0), flip=True)
+
+
+def pretrain(out: str, accum_steps: int, procs: Processes) -> None:
+    g = torch.Generator().manual_seed(0)
+    data = ImageArray(torch.rand(40, 1, 8, 8, generator=g), torch.randint(0, 10, (40,), generator=g))
+    run = Run(out=out, procs=procs, dtype=torch.float64, accum_steps=accum_steps)
+    train_stage("pretrain", vit.init_params(CFG, torch.Generator().manual_seed(0)), CFG, RECIPE, data, data, run)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    pretrain(sys.argv[1], int(sys.argv[2]), start_processes("cpu"))
+    torch.distributed.destroy_process_group()
