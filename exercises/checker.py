@@ -66,27 +66,27 @@ def check_workbook(path: Path, *, timeout: float = 120.0, output_dir: Path | Non
     except (OSError, UnicodeDecodeError) as e:
         return [Result(0, path.name, False, f"cannot read the workbook: {e}", "pass the path of a .md workbook")]
     numbers = [n for n in sorted(graders) if only is None or n == only]
-    results = {n: Result(n, found[n][0], False, f"the workbook has no '## Task {n}' section",
+    results = {n: Result(n, f"task {n}", False, f"the workbook has no '## Task {n}' section",
                          f"keep the '## Task {n}: ...' heading of the original workbook")
                for n in numbers if n not in found}
     runnable = [n for n in sorted(graders) if n in found and (only is None or n <= only)]
     if only is not None and only not in found:
         runnable = []
     if runnable:
-        results.update(run_tasks(path.stem, setup, {n: found[n] for n in runnable}, timeout,
+        results.update(run_in_child(path.stem, setup, {n: found[n] for n in runnable}, timeout,
                                  Path(output_dir or path.parent).resolve(), only))
     return [results[n] for n in numbers]
 
 
-def run_tasks(workbook: str, setup: str, tasks: dict[int, tuple[str, str]], timeout: float, output_dir: Path,
-              only: int | None) -> dict[int, Result]:
+def run_in_child(workbook: str, setup: str, tasks: dict[int, tuple[str, str]], timeout: float,
+                 output_dir: Path, only: int | None) -> dict[int, Result]:
     """Run the tasks in a child process (exercises/runner.py) and collect its per-task results."""
     output_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         spec, results_file = Path(tmp) / "spec.json", Path(tmp) / "results.jsonl"
         spec.write_text(json.dumps({"workbook": workbook, "setup": setup, "timeout": timeout, "only": only,
                                     "output_dir": str(output_dir), "results": str(results_file),
-                                    "tasks": [{"number": n, "code": code} for n, (_, code) in tasks.items()]}))
+                                    "tasks": {n: code for n, (_, code) in tasks.items()}}))
         env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": str(REPO)}
         try:
             proc = subprocess.run([sys.executable, "-m", "exercises.runner", str(spec)], cwd=REPO, env=env,

@@ -76,34 +76,38 @@ def grade(grader, ns: dict, output_dir: Path, seconds: float) -> tuple[str, str]
     return None
 
 
+def run_tasks(workbook: str, setup: str, tasks: dict[int, str], output_dir: Path, seconds: float,
+              only: int | None, report) -> None:
+    """Run the setup and the tasks' code in order in one namespace and grade each task (or only task `only`),
+    calling report(task number, None or (message, hint)) as each result is known."""
+    graders = GRADERS[workbook]
+    ns = {"__name__": "__workbook__", "OUTPUT_DIR": output_dir}
+    setup_failure = run_block(setup, "setup", ns, seconds) if setup else None
+    for number, code in tasks.items():
+        graded = only is None or number == only
+        if setup_failure:
+            if graded:
+                report(number, (f"the setup block failed: {setup_failure[0]}", setup_failure[1]))
+            continue
+        failure = run_block(code, f"task {number}", ns, seconds)
+        if graded:
+            report(number, failure or grade(graders[number], ns, output_dir, seconds))
+        if number == only:
+            break
+
+
 def main(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(1)   # workbook tensors are small: one thread is faster and gives the same numbers each run
-    graders = GRADERS[spec["workbook"]]
-    output_dir = Path(spec["output_dir"])
-    seconds = spec["timeout"]
-    results = open(spec["results"], "a")
+    with open(spec["results"], "a") as results:
+        def report(number: int, failure: tuple[str, str] | None) -> None:
+            message, hint = failure or ("", "")
+            results.write(json.dumps({"task": number, "passed": failure is None, "message": message,
+                                      "hint": hint}) + "\n")
+            results.flush()
 
-    def report(task: dict, failure: tuple[str, str] | None) -> None:
-        message, hint = failure or ("", "")
-        results.write(json.dumps({"task": task["number"], "passed": failure is None, "message": message,
-                                  "hint": hint}) + "\n")
-        results.flush()
-
-    ns = {"__name__": "__workbook__", "OUTPUT_DIR": output_dir}
-    setup_failure = run_block(spec["setup"], "setup", ns, seconds) if spec["setup"] else None
-    for task in spec["tasks"]:
-        graded = spec["only"] is None or task["number"] == spec["only"]
-        if setup_failure:
-            if graded:
-                report(task, (f"the setup block failed: {setup_failure[0]}", setup_failure[1]))
-            continue
-        failure = run_block(task["code"], f"task {task['number']}", ns, seconds)
-        if graded:
-            report(task, failure or grade(graders[task["number"]], ns, output_dir, seconds))
-        if task["number"] == spec["only"]:
-            break
-    results.close()
+        run_tasks(spec["workbook"], spec["setup"], {int(n): code for n, code in spec["tasks"].items()},
+                  Path(spec["output_dir"]), spec["timeout"], spec["only"], report)
 
 
 if __name__ == "__main__":

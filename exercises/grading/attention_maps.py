@@ -92,17 +92,15 @@ def wrong_encoder(params, images, cfg, mistake):
         a, probs = vit.multi_head_attention(h, p["qkv.weight"], p["qkv.bias"], p["proj.weight"],
                                             p["proj.bias"], cfg.num_heads, return_attention=True)
         maps.append(probs)
-        if mistake == "no residual":
-            z = a
-            z = vit.mlp_block(layer_norm(z, p, "ln2", cfg.layer_norm_eps), p, cfg.gelu)
-        else:
-            z = z + a
-            z = z + vit.mlp_block(layer_norm(z, p, "ln2", cfg.layer_norm_eps), p, cfg.gelu)
+        z = a if mistake == "no attention residual" else z + a
+        m = vit.mlp_block(layer_norm(z, p, "ln2", cfg.layer_norm_eps), p, cfg.gelu)
+        z = m if mistake == "no mlp residual" else z + m
     return torch.stack(maps)
 
 
 def task_per_layer(ns, output_dir):
-    hints = {"no residual": "the residual connections are missing: z' = MSA(LN(z)) + z and z = MLP(LN(z')) + z'",
+    hints = {"no attention residual": "the residual connection of eq. (2) is missing: z' = MSA(LN(z)) + z",
+             "no mlp residual": "the residual connection of eq. (3) is missing: z = MLP(LN(z')) + z'",
              "no ln": "LN comes before attention (pre-norm): MSA(LN(z)), not MSA(z)"}
     for seed in (3, 4):
         cfg, params, images = tiny_model(seed)
