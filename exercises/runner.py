@@ -16,6 +16,8 @@ import torch
 from exercises.grading import GRADERS
 from exercises.grading.common import Mistake
 
+SETUP_SECONDS = 120.0
+
 
 class TaskTimeout(BaseException):
     """Raised by the alarm; a BaseException so that a learner's `except Exception` cannot swallow it."""
@@ -82,7 +84,9 @@ def run_tasks(workbook: str, setup: str, tasks: dict[int, str], output_dir: Path
     calling report(task number, None or (message, hint)) as each result is known."""
     graders = GRADERS[workbook]
     ns = {"__name__": "__workbook__", "OUTPUT_DIR": output_dir}
-    setup_failure = run_block(setup, "setup", ns, seconds) if setup else None
+    # the setup block is the workbook's own imports and helpers: it gets at least SETUP_SECONDS however short the
+    # learner's time limit, so that a slow import is never reported as a hang
+    setup_failure = run_block(setup, "setup", ns, max(seconds, SETUP_SECONDS)) if setup else None
     for number, code in tasks.items():
         graded = only is None or number == only
         if setup_failure:

@@ -168,12 +168,13 @@ def test_checker_reports_syntax_errors_wrong_shapes_hangs_and_crashes_per_task(t
         text = text.replace(old, new)
     path = tmp_path / "03_position_embeddings.md"
     path.write_text(text)
-    results = {r.task: r for r in check_workbook(path, timeout=6, output_dir=tmp_path)}
+    results = {r.task: r for r in check_workbook(path, timeout=2, output_dir=tmp_path)}
     assert "syntax error in task 1, line" in results[1].message
     assert "wrong shape: expected (2, 7, 8), got (2, 6, 8)" in results[2].message
-    assert "task 3 did not finish within 6 s" in results[3].message
+    assert "task 3 did not finish within 2 s" in results[3].message
     assert "exit code 3" in results[4].message
     assert all(not r.passed and r.hint for r in results.values())
+
 
 
 def test_checker_reports_missing_sections_and_unknown_workbooks(tmp_path):
@@ -184,6 +185,7 @@ def test_checker_reports_missing_sections_and_unknown_workbooks(tmp_path):
     empty.write_text("# nothing here\n")
     results = check_workbook(empty, output_dir=tmp_path)
     assert len(results) == 4 and all("no '## Task" in r.message and r.hint for r in results)
+    assert [r.task for r in check_workbook(empty, output_dir=tmp_path, only=2)] == [2]     # `--task 2`
 
 
 def test_help_and_usage_errors(capsys):
