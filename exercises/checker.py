@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exercises.grading import GRADERS
+from exercises.runner import SETUP_SECONDS
 
 REPO = Path(__file__).resolve().parent.parent
 WORKBOOKS = REPO / "exercises"
@@ -90,7 +91,8 @@ def run_in_child(workbook: str, setup: str, tasks: dict[int, tuple[str, str]], t
         env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": str(REPO)}
         try:
             proc = subprocess.run([sys.executable, "-m", "exercises.runner", str(spec)], cwd=REPO, env=env,
-                                  capture_output=True, text=True, timeout=timeout * (len(tasks) + 1) + 30)
+                                  capture_output=True, text=True,
+                                  timeout=2 * timeout * len(tasks) + SETUP_SECONDS + 30)   # code + checks per task
             ended = f"the checking process ended with exit code {proc.returncode}"
             detail = (proc.stderr.strip().splitlines() or [""])[-1]
         except subprocess.TimeoutExpired:
@@ -98,7 +100,10 @@ def run_in_child(workbook: str, setup: str, tasks: dict[int, tuple[str, str]], t
         lines = results_file.read_text().splitlines() if results_file.exists() else []
     done = {}
     for line in lines:
-        r = json.loads(line)
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:   # a line cut short by a process that died while writing it
+            continue
         done[r["task"]] = Result(r["task"], tasks[r["task"]][0], r["passed"], r["message"], r["hint"])
     graded = [n for n in tasks if only is None or n == only]
     missing = [n for n in graded if n not in done]
@@ -106,7 +111,8 @@ def run_in_child(workbook: str, setup: str, tasks: dict[int, tuple[str, str]], t
         message = f"{ended} while running this task{': ' + detail if detail else ''}" if i == 0 else \
             f"not checked: {ended} during task {missing[0]}"
         done[n] = Result(n, tasks[n][0], False, message,
-                         "something in your code stops Python itself (os._exit, a crash, memory): run it alone")
+                         "something in your code stopped or froze Python itself (os._exit, a crash, running out of "
+                         "memory, a hang inside a C call): run the task's code on its own")
     return done
 
 

@@ -1,5 +1,6 @@
 """Checks for 01_patch_embedding.md, against lowlevel/patches.py, lowlevel/params.py and paper/analysis.py."""
 import math
+import numbers
 import random
 
 import torch
@@ -90,6 +91,8 @@ def task_count(ns, output_dir):
     for image_size, p in sizes:
         n = (image_size[0] // p) * (image_size[1] // p)
         got = call(ns, "count_tokens", image_size, p)
+        if not isinstance(got, numbers.Integral):
+            raise Mistake(f"count_tokens returned {type(got).__name__}, expected an integer", "return an int")
         if got != n + 1:
             hint = ("the class token is a token too: N + 1" if got == n else
                     "N = HW/P²: the patch area is P², and non-square images have (H/P)·(W/P) patches")
@@ -99,6 +102,8 @@ def task_count(ns, output_dir):
     for cfg in cfgs:
         want = sum(math.prod(s) for s in vit.param_shapes(cfg).values())
         got = call(ns, "count_params", cfg)
+        if not isinstance(got, numbers.Integral):
+            raise Mistake(f"count_params returned {type(got).__name__}, expected an integer", "return an int")
         if got != want:
             d = cfg.dim
             hints = {want - d: "x_class has D parameters and E_pos has N+1 rows (one for the class token)",
@@ -106,7 +111,7 @@ def task_count(ns, output_dir):
                      want - cfg.depth * (6 * d + cfg.mlp_dim): "count the biases: q, k, v, projection, MLP",
                      want - cfg.depth * 4 * d: "each block has two LayerNorms, 2D parameters each"}
             raise Mistake(f"count_params for D={d}, L={cfg.depth}, MLP={cfg.mlp_dim}, K={cfg.num_classes}: expected "
-                          f"{want:,}, got {got:,}" if isinstance(got, int) else f"count_params returned {got!r}",
+                          f"{want:,}, got {got:,}",
                           hints.get(got, "per block: 4D² + 2D·MLP + 9D + MLP; add patch embedding, x_class, E_pos, "
                                          "the final LN and the head"))
 
