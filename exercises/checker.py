@@ -73,16 +73,20 @@ def check_workbook(path: Path, *, timeout: float = 120.0, output_dir: Path | Non
     runnable = [n for n in sorted(graders) if n in found and (only is None or n <= only)]
     if only is not None and only not in found:
         runnable = []
+    output_dir = Path(output_dir or path.parent).resolve()
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return [Result(n, f"task {n}", False, f"cannot write plots to {output_dir}: {e}",
+                       "pass a writable folder with --output-dir") for n in numbers]
     if runnable:
-        results.update(run_in_child(path.stem, setup, {n: found[n] for n in runnable}, timeout,
-                                 Path(output_dir or path.parent).resolve(), only))
+        results.update(run_in_child(path.stem, setup, {n: found[n] for n in runnable}, timeout, output_dir, only))
     return [results[n] for n in numbers]
 
 
 def run_in_child(workbook: str, setup: str, tasks: dict[int, tuple[str, str]], timeout: float,
                  output_dir: Path, only: int | None) -> dict[int, Result]:
     """Run the tasks in a child process (exercises/runner.py) and collect its per-task results."""
-    output_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         spec, results_file = Path(tmp) / "spec.json", Path(tmp) / "results.jsonl"
         spec.write_text(json.dumps({"workbook": workbook, "setup": setup, "timeout": timeout, "only": only,

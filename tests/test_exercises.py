@@ -278,3 +278,39 @@ def test_untrained_model_attends_almost_uniformly():
         d = analysis.mean_attention_distance(a, cfg.grid_size, cfg.patch_size)
         # 64 of the 65 keys are patches, so uniform attention over all 65 tokens gives 64/65 of the uniform value
         assert torch.allclose(d, torch.full_like(d, uniform * 64 / 65), rtol=0.05)
+
+
+# The numbers the workbooks state.
+
+def test_workbook_01_vit_b16_counts():
+    """86,567,656 is the count the official code's models_test.py pins for ViT-B/16 at 224 px, 1000 classes."""
+    cfg = vit.ViTConfig()
+    assert sum(math.prod(s) for s in vit.param_shapes(cfg).values()) == 86_567_656
+    assert cfg.num_tokens == 197
+
+
+def test_workbook_02_random_vit_ti_attends_about_116_pixels():
+    from paper.configs import paper_config
+    cfg = paper_config("ViT-Ti/16", num_classes=10)
+    params = vit.init_params(cfg, torch.Generator().manual_seed(0))
+    images = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        _, out = vit.forward(params, images, cfg, return_attention=True)
+    uniform = analysis.patch_distances(cfg.grid_size, 16).mean().item() * 196 / 197   # 196 of 197 keys are patches
+    assert uniform == pytest.approx(115.9, abs=0.05)
+    for a in out["attention"]:
+        assert torch.allclose(analysis.mean_attention_distance(a, cfg.grid_size, 16), torch.tensor(uniform),
+                              rtol=0.03)
+
+
+def test_workbook_04_zero_head_starts_at_log_k():
+    from paper.heads import finetuning_head
+    cfg = vit.ViTConfig(image_size=8, patch_size=2, in_channels=1, dim=32, depth=2, num_heads=4, mlp_dim=64,
+                        num_classes=10, representation_size=32)
+    params = vit.init_params(cfg, torch.Generator().manual_seed(0))
+    params, cfg = finetuning_head(params, cfg, 5)
+    images = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    logits = vit.forward(params, images, cfg)
+    assert torch.equal(logits, torch.zeros(6, 5))
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3, 4, 0]))
+    assert loss.item() == pytest.approx(math.log(5), abs=1e-6)
