@@ -1,0 +1,186 @@
+"""Checks for 02_attention_maps.md, against lowlevel/attention.py, lowlevel.forward and paper/analysis.py."""
+import torch
+
+import lowlevel as vit
+from lowlevel.attention import merge_heads, split_heads
+from paper import analysis
+
+from .common import Mistake, call, expect, expect_png
+
+SHAPES = [(2, 3, 5, 4), (1, 2, 7, 7), (3, 1, 4, 6)]   # (B, H, N, D_h); N = D_h once so that kᵀ and k both fit
+
+
+def softmax_attention(q, k, v, scale, dim=-1):
+    probs = (q @ k.transpose(-2, -1) * scale).softmax(dim=dim)
+    return probs @ v, probs
+
+
+def task_scaled_dot_product(ns, output_dir):
+    g = torch.Generator().manual_seed(201)
+    for b, h, n, dh in SHAPES:
+        q, k, v = (3 * torch.randn(b, h, n, dh, generator=g) for _ in range(3))
+        got = call(ns, "scaled_dot_product_attention", q.clone(), k.clone(), v.clone())
+        if not (isinstance(got, tuple) and len(got) == 2):
+            raise Mistake(f"scaled_dot_product_attention returned {type(got).__name__}, not (output, probabilities)",
+                          "return a pair: (probs @ v, probs)")
+        want_out, want_probs = vit.scaled_dot_product_attention(q, k, v)
+        mistakes = {"the scores are not scaled: divide q kᵀ by √D_h": softmax_attention(q, k, v, 1.0),
+                    "the scale is 1/√D_h, not 1/D_h": softmax_attention(q, k, v, 1 / dh),
+                    "softmax is over the wrong axis: each query's weights over the keys (the last axis) sum to 1":
+                        softmax_attention(q, k, v, dh ** -0.5, dim=-2),
+                    "the scores are k qᵀ, transposed: use q @ k.transpose(-2, -1)":
+                        softmax_attention(k, q, v, dh ** -0.5)}
+        expect(got[1], want_probs, f"probabilities for q (B, H, N, D_h) = {(b, h, n, dh)}",
+               {hint: probs for hint, (_, probs) in mistakes.items()},
+               hint="probabilities = softmax(q kᵀ / √D_h) over the keys")
+        expect(got[0], want_out, f"output for {(b, h, n, dh)}", {hint: out for hint, (out, _) in mistakes.items()},
+               hint="the output is probabilities @ v")
+
+
+def wrong_mha(x, w_qkv, b_qkv, w_out, b_out, heads, mistake):
+    """The reference MSA with one deliberate mistake, for recognising what the learner did."""
+    b, n, d = x.shape
+    q, k, v = torch.nn.functional.linear(x, w_qkv, b_qkv).chunk(3, dim=-1)
+    if mistake == "qkv order":
+        v, k, q = q, k, v
+    split = (lambda t: t.reshape(b, heads, n, d // heads)) if mistake == "split" else (lambda t: split_heads(t, heads))
+    out, probs = vit.scaled_dot_product_attention(split(q), split(k), split(v))
+    out = out.reshape(b, n, d) if mistake == "merge" else merge_heads(out)
+    return (out if mistake == "no projection" else torch.nn.functional.linear(out, w_out, b_out)), probs
+
+
+def task_multi_head(ns, output_dir):
+    g = torch.Generator().manual_seed(202)
+    hints = {"split": "heads are split wrongly: reshape (B, N, D) to (B, N, H, D_h), then transpose(1, 2); a "
+                      "reshape straight to (B, H, N, D_h) mixes tokens and heads",
+             "merge": "heads are merged wrongly: transpose (B, H, N, D_h) back to (B, N, H, D_h) before reshaping "
+                      "to (B, N, D)",
+             "qkv order": "the rows of w_qkv are q, then k, then v: chunk(3, dim=-1) gives them in that order",
+             "no projection": "the output projection U_msa is missing: apply w_out, b_out after merging the heads"}
+    for b, n, d, heads in [(2, 5, 12, 3), (1, 4, 8, 2), (3, 6, 16, 4)]:
+        x = torch.randn(b, n, d, generator=g)
+        w_qkv, b_qkv = torch.randn(3 * d, d, generator=g) / d ** 0.5, torch.randn(3 * d, generator=g)
+        w_out, b_out = torch.randn(d, d, generator=g) / d ** 0.5, torch.randn(d, generator=g)
+        args = (x, w_qkv, b_qkv, w_out, b_out, heads)
+        got = call(ns, "multi_head_attention", *(a.clone() if torch.is_tensor(a) else a for a in args))
+        if not (isinstance(got, tuple) and len(got) == 2):
+            raise Mistake("multi_head_attention must return (output, probabilities)", "return (out, probs)")
+        want = vit.multi_head_attention(*args, return_attention=True)
+        wrong = {m: wrong_mha(*args, m) for m in hints}
+        expect(got[1], want[1], f"probabilities for x {(b, n, d)}, {heads} heads",
+               {hints[m]: w[1] for m, w in wrong.items()}, hint="probabilities are (B, H, N, N), one map per head")
+        expect(got[0], want[0], f"output for x {(b, n, d)}, {heads} heads",
+               {hints[m]: w[0] for m, w in wrong.items()}, hint="MSA(z) = [SA_1(z); …; SA_k(z)] U_msa + b")
+
+
+def tiny_model(seed: int, **overrides):
+    fields = dict(image_size=(8, 12), patch_size=4, in_channels=3, dim=16, depth=3, num_heads=2, mlp_dim=24,
+                  num_classes=5)
+    cfg = vit.ViTConfig(**{**fields, **overrides})
+    g = torch.Generator().manual_seed(seed)
+    params = vit.init_params(cfg, g)
+    params = {k: v + 0.3 * torch.randn(v.shape, generator=g) for k, v in params.items()}  # no zero head, no unit LN
+    return cfg, params, torch.randn(2, 3, *cfg.image_size, generator=g)
+
+
+def wrong_encoder(params, images, cfg, mistake):
+    from lowlevel.encoder import block_params, layer_norm
+    z, maps = vit.embed(params, images, cfg), []
+    for i in range(cfg.depth):
+        p = block_params(params, i)
+        h = z if mistake == "no ln" else layer_norm(z, p, "ln1", cfg.layer_norm_eps)
+        a, probs = vit.multi_head_attention(h, p["qkv.weight"], p["qkv.bias"], p["proj.weight"],
+                                            p["proj.bias"], cfg.num_heads, return_attention=True)
+        maps.append(probs)
+        z = a if mistake == "no attention residual" else z + a
+        m = vit.mlp_block(layer_norm(z, p, "ln2", cfg.layer_norm_eps), p, cfg.gelu)
+        z = m if mistake == "no mlp residual" else z + m
+    return torch.stack(maps)
+
+
+def task_per_layer(ns, output_dir):
+    hints = {"no attention residual": "the residual connection of eq. (2) is missing: z' = MSA(LN(z)) + z",
+             "no mlp residual": "the residual connection of eq. (3) is missing: z = MLP(LN(z')) + z'",
+             "no ln": "LN comes before attention (pre-norm): MSA(LN(z)), not MSA(z)"}
+    for seed in (3, 4):
+        cfg, params, images = tiny_model(seed)
+        got = call(ns, "attention_per_layer", params, images.clone(), cfg)
+        if not isinstance(got, (list, tuple)) or len(got) != cfg.depth or not all(torch.is_tensor(a) for a in got):
+            raise Mistake(f"attention_per_layer must return a list of {cfg.depth} tensors, one per layer",
+                          "append each block's probabilities to a list and return it")
+        want = torch.stack(vit.forward(params, images, cfg, return_attention=True)[1]["attention"])
+        expect(torch.stack(list(got)) if len({a.shape for a in got}) == 1 else got[0], want,
+               f"the {cfg.depth} layers' attention (stacked)",
+               {hints[m]: wrong_encoder(params, images, cfg, m) for m in hints},
+               hint="each block: a, probs = MSA(LN1(z)); z = z + a; z = z + MLP(LN2(z)); keep probs")
+
+
+def attention_cases(g):
+    for b, h, (gh, gw) in [(2, 3, (2, 3)), (1, 2, (3, 3)), (3, 4, (4, 2))]:
+        t = 1 + gh * gw
+        yield torch.randn(b, h, t, t, generator=g).mul(2).softmax(-1), (gh, gw)
+
+
+def task_class_token_map(ns, output_dir):
+    g = torch.Generator().manual_seed(204)
+    for a, grid in attention_cases(g):
+        mean = a.mean(1)
+        expect(call(ns, "class_token_map", a.clone(), grid), analysis.class_token_map(a, grid),
+               f"class_token_map of attention {tuple(a.shape)}, grid {grid}", {
+                   "this is column 0, what the patches draw from the class token; the map is row 0, what the class "
+                   "token draws from each patch": mean[:, 1:, 0].reshape(-1, *grid),
+                   "average over the heads (dim 1) first": a[:, 0, 0, 1:].reshape(-1, *grid),
+                   "drop the class token's own column: keep columns 1…N": mean[:, 0, :-1].reshape(-1, *grid)},
+               hint="mean over heads, then row 0, columns 1: (the patches), reshaped to the (gh, gw) grid")
+    expect_png(output_dir / "class_token_attention.png", "the class-token attention map over the photo")
+
+
+def task_rollout(ns, output_dir):
+    g = torch.Generator().manual_seed(205)
+    for layers in (1, 3, 4):
+        a, _ = next(attention_cases(g))
+        maps = [torch.randn(a.shape, generator=g).mul(2).softmax(-1) for _ in range(layers)]
+        eye = torch.eye(a.shape[-1])
+        no_identity, reversed_order, unnormalised, max_heads = None, None, None, None
+        for m in maps:
+            w = m.mean(1)
+            no_identity = w if no_identity is None else w @ no_identity
+            reversed_order = 0.5 * w + 0.5 * eye if reversed_order is None else reversed_order @ (0.5 * w + 0.5 * eye)
+            unnormalised = w + eye if unnormalised is None else (w + eye) @ unnormalised
+            mx = 0.5 * m.amax(1) + 0.5 * eye
+            max_heads = mx if max_heads is None else mx @ max_heads
+        mistakes = {"the residual is missing: add the identity, Â = ½W + ½I (Abnar & Zuidema)": no_identity,
+                    "re-normalise after adding the identity: ½(W + I), so rows still sum to 1": unnormalised,
+                    "average the heads, not the maximum": max_heads}
+        if layers > 1:
+            mistakes["multiply later layers from the left: Ã_ℓ = Â_ℓ Ã_(ℓ-1)"] = reversed_order
+        expect(call(ns, "attention_rollout", [m.clone() for m in maps]), analysis.attention_rollout(maps),
+               f"attention_rollout of {layers} layer(s) of {tuple(a.shape)}", mistakes,
+               hint="W = mean over heads; Â = ½W + ½I; Ã = Â_L ⋯ Â_2 Â_1")
+    expect_png(output_dir / "attention_rollout.png", "the attention rollout map over the photo")
+
+
+def task_distance(ns, output_dir):
+    g = torch.Generator().manual_seed(206)
+    for a, grid in attention_cases(g):
+        p = 16
+        want = analysis.mean_attention_distance(a, grid, p)
+        gh, gw = grid
+        rows, cols = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+        r, c = rows.reshape(-1).double(), cols.reshape(-1).double()
+        manhattan = ((r[:, None] - r[None]).abs() + (c[:, None] - c[None]).abs()) * p
+        patch_a = a[:, :, 1:, 1:].double()
+        expect(call(ns, "mean_attention_distance", a.clone(), grid, p), want,
+               f"mean_attention_distance of {tuple(a.shape)}, grid {grid}, P={p}", {
+                   "the distance is in pixels: multiply the grid distance by the patch size P": want / p,
+                   "the distance is Euclidean, √(Δrow² + Δcol²), not |Δrow| + |Δcol|":
+                       (patch_a * manhattan).sum(-1).mean(-1).mean(0),
+                   "do not re-normalise the rows after dropping the class token (REFERENCE §6)":
+                       (patch_a / patch_a.sum(-1, keepdim=True) * analysis.patch_distances(grid, p)).sum(-1)
+                       .mean(-1).mean(0)},
+               hint="per head: mean over images and query patches of Σ_j A[i, j]·dist(i, j), patches only")
+    expect_png(output_dir / "attention_distance.png", "the mean attention distance per head and layer")
+
+
+TASKS = {1: task_scaled_dot_product, 2: task_multi_head, 3: task_per_layer, 4: task_class_token_map,
+         5: task_rollout, 6: task_distance}
