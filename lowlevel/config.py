@@ -1,7 +1,7 @@
 """The model's hyper-parameters, with every numerical choice that differs between implementations named.
 
 Paper Table 1 gives D, L, MLP size and heads; the rest is what the official code and timm choose, written
-out so that nothing hides in a library default (sources in ../shared/ANCHORS.md §B.2).
+out so that nothing hides in a library default (the comment on each field names its source).
 """
 from dataclasses import dataclass
 

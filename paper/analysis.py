@@ -5,7 +5,7 @@ out["attention"] (per layer (B, H, T, T), T = prefix tokens + N) and of the para
   residual, re-normalise, multiply the layers' matrices.
 - Fig. 7 right / Fig. 11: mean attention distance, in pixels, per head and layer.
 - Fig. 7 centre / Fig. 10: cosine similarity of the position embeddings.
-The algorithms and what the paper leaves open are in ../shared/REFERENCE.md §6. `patch_grid` draws an image's
+Where the paper leaves a detail open, the function says which choice it makes. `patch_grid` draws an image's
 patch grid, the x_p of eq. (1).
 """
 import torch
@@ -71,7 +71,7 @@ def mean_attention_distance(attention: torch.Tensor, grid_size: tuple[int, int],
     """Fig. 11: "the distance between the query pixel and all other pixels, weighted by the attention weight",
     averaged over query patches and images. attention (B, H, T, T) -> (H,) in pixels.
     Patch-to-patch entries only: the class token's row and column are dropped, rows are not re-normalised
-    (REFERENCE.md §6: the common reimplementation; the paper does not say)."""
+    (as the common reimplementation, sayakpaul/probing-vits, does; the paper does not say)."""
     gh, gw = grid_size
     if attention.ndim != 4 or attention.shape[-1] != num_prefix_tokens + gh * gw:
         raise ValueError(f"attention: expected (B, H, {num_prefix_tokens + gh * gw}, {num_prefix_tokens + gh * gw}) "

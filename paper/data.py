@@ -1,7 +1,7 @@
 """Data: scikit-learn's bundled digits (works offline on a fresh machine), CIFAR-10/100 and image folders through
 torchvision for those who have the files (never downloaded), and the official preprocessing.
 
-Preprocessing as in vision_transformer `input_pipeline.py` (../shared/REFERENCE.md §4):
+Preprocessing as in vision_transformer `input_pipeline.py` (paper App. B.1.1 follows BiT):
   train: random crop of a random area (5%-100% of the image, aspect ratio 3/4-4/3, TF's
          `sample_distorted_bounding_box` defaults), resize to the crop size, random horizontal flip;
   eval:  resize to the crop size;

@@ -1,8 +1,9 @@
 """The paper's training recipes as named presets: pre-training (§4.1, App. B.1, Table 3) and fine-tuning
 (§3.2, App. B.1.1, Table 4), plus the small recipes of the main job on the bundled digits.
 
-Every value is from ../shared/REFERENCE.md §3 (pre-training) and §4 (fine-tuning), or from the official code
-where the paper is silent (../shared/ANCHORS.md §B.7); the comment on each line says which.
+Every value is from the paper (§4.1, App. B.1, Table 3 for pre-training; App. B.1.1, Table 4 for fine-tuning),
+or from the official code where the paper is silent (vision_transformer configs/common.py); the comment on each
+line says which.
 """
 import math
 from dataclasses import dataclass
@@ -45,11 +46,11 @@ class Recipe:
                              f"got {self.warmup_steps}")
 
 
-# ---- Pre-training (REFERENCE §3) -------------------------------------------------------------------------------
+# ---- Pre-training (§4.1, Table 3) -----------------------------------------------------------------------------
 # Shared: Adam (0.9, 0.999), batch 4096, 10k linear warm-up steps, resolution 224 (§4.1, Table 3 caption).
 PRETRAIN_BATCH = 4096
 PRETRAIN_WARMUP = 10_000
-# Images per data set (§4.1; ImageNet's exact train-split size, as REFERENCE §3 uses for its step counts).
+# Images per data set (§4.1; ImageNet's exact train-split size).
 DATASET_IMAGES = {"imagenet": 1_281_167, "imagenet21k": 14_000_000, "jft": 303_000_000}
 # Table 3: (data set, model) -> (epochs the paper ran, base LR, LR decay, weight decay, dropout).
 TABLE_3 = {
@@ -84,7 +85,7 @@ def pretrain_recipe(dataset: str, model: str, epochs: int | None = None) -> Reci
                   grad_clip=1.0 if dataset == "imagenet" else None)
 
 
-# ---- Fine-tuning (REFERENCE §4) --------------------------------------------------------------------------------
+# ---- Fine-tuning (Table 4) ------------------------------------------------------------------------------------
 # Shared: SGD momentum 0.9, cosine decay, batch 512, no weight decay, clipping at global norm 1, resolution 384
 # (Table 4 caption, App. B.1.1). Warm-up is not in the paper: 500 steps is the code's default
 # (vision_transformer configs/common.py), 100 for the 500-step data sets (big_vision configs/transfer.py).

@@ -1,7 +1,7 @@
 """Resolution change for fine-tuning (paper §3.2): keep the patch size, so the sequence grows, and "perform 2D
 interpolation of the pre-trained position embeddings, according to their location in the original image".
 
-The anchors disagree by up to 2e-2 here (../shared/ANCHORS.md §B.3), so the method is named:
+Implementations disagree by up to 2e-2 here (14×14 → 24×24, random E_pos), so the method is named:
 - "official": scipy.ndimage.zoom with an order-1 spline (vision_transformer checkpoint.py, big_vision);
 - "timm":     F.interpolate bicubic with antialias, computed in float32 (timm resample_abs_pos_embed);
 - "hf":       F.interpolate bicubic, align_corners=False, no antialias (transformers interpolate_pos_encoding).

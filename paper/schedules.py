@@ -1,7 +1,7 @@
 """The learning-rate schedule of the paper: linear warm-up, then linear or cosine decay (paper §4.1, App. B.1).
 
 Written as the official code writes it (vision_transformer `utils.create_learning_rate_schedule`, the same
-20 lines in the first public commit's `hyper.py`; ../shared/ANCHORS.md §B.7), with steps counted from 1:
+20 lines in the first public commit's `hyper.py`), with steps counted from 1:
 
     progress = clip((step - warmup) / (total - warmup), 0, 1)
     linear:  lr = end + (base - end) · (1 - progress)         end = 1e-5 ("linear_end")

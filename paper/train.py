@@ -87,7 +87,7 @@ def all_reduce_sum(x: torch.Tensor, procs: Processes) -> torch.Tensor:
 def make_optimizer(parameters, recipe) -> torch.optim.Optimizer:
     """Pre-training: Adam, β1 0.9, β2 0.999 (§4.1), weight decay decoupled and multiplied by the learning rate:
     AdamW's form. The paper does not give the form; the same team's AugReg paper describes its own as "decoupled …
-    but multiplied by the learning-rate" (../shared/REFERENCE.md §7.2).
+    but multiplied by the learning-rate" (Steiner et al. 2021, §3).
     Fine-tuning: SGD with momentum 0.9, no weight decay (Table 4 caption)."""
     if recipe.optimizer == "adam":
         return torch.optim.AdamW(parameters, lr=recipe.base_lr, betas=(0.9, 0.999), weight_decay=recipe.weight_decay)

@@ -86,7 +86,7 @@ def test_forward_equals_vit_for_image_classification_float64(gelu):
 
 def test_forward_equals_vit_for_image_classification_float32():
     """fp32: SDPA vs our explicit softmax, and HF's conv patch embedding vs our matmul, differ by rounding (~1e-6
-    on outputs of size ~1); 1e-5 is the tolerance ../shared/ANCHORS.md §B.2 measured for ViT-B/16 per block."""
+    on outputs of size ~1); 1e-5 is what independent implementations agree to per block on ViT-B/16."""
     cfg = tiny_cfg()
     params = random_params(cfg, dtype=torch.float32)
     model = hf_vit(cfg).eval()
@@ -198,7 +198,7 @@ def test_big_vision_npz_loads_in_timms_npz_loader(tmp_path):
 
 
 def export_npz_from_timm(model) -> dict:
-    """An npz exporter written from ../shared/ANCHORS.md §C, independent of paper/formats/npz.py: timm's `_n2p`
+    """An npz exporter written from the official key list, independent of paper/formats/npz.py: timm's `_n2p`
     transforms run backwards, reading timm's modules directly."""
     d, h = model.embed_dim, model.blocks[0].attn.num_heads
     a = {"embedding/kernel": model.patch_embed.proj.weight.permute(2, 3, 1, 0),

@@ -9,7 +9,7 @@ import lowlevel as vit
 from paper.configs import PAPER_MODELS, TABLE1_PARAMS, VARIANTS, model_name, paper_config, param_count, timm_name
 from paper.heads import finetuning_head, pretraining_head
 
-# vit_jax/models_test.py MODEL_SIZES (224 px, 1000 classes), copied in ../shared/REFERENCE.md §1.3.
+# vit_jax/models_test.py MODEL_SIZES (224 px, 1000 classes).
 OFFICIAL_MODEL_SIZES = {"ViT-Ti/16": 5_717_416, "ViT-S/16": 22_050_664, "ViT-S/32": 22_878_952,
                         "ViT-B/16": 86_567_656, "ViT-B/32": 88_224_232, "ViT-B/8": 86_576_872,
                         "ViT-L/16": 304_326_632, "ViT-L/32": 306_535_400, "ViT-H/14": 632_045_800}
@@ -89,7 +89,7 @@ def test_bad_names_are_refused_by_name(bad):
 
 
 def test_pretraining_head_counts_equal_reference():
-    """21,843-class in21k head with the pre-logits layer (R = D): ../shared/REFERENCE.md §1.3 table."""
+    """21,843-class in21k head with the pre-logits layer (R = D), from the closed-form count 4D² + 2DM + 9D + M per block."""
     assert param_count(pretraining_head(paper_config("ViT-B/16"), 21843)) == 103_186_515
     assert param_count(pretraining_head(paper_config("ViT-H/14"), 21843)) == 660_385_363
 

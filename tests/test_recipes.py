@@ -1,4 +1,4 @@
-"""The presets hold the paper's numbers (../shared/REFERENCE.md §3, §4), typed in here from the paper, not from
+"""The presets hold the paper's numbers (§4.1, Tables 3 and 4), typed in here from the paper, not from
 our code, and the optimizers are built as the paper says."""
 import pytest
 import torch
@@ -8,7 +8,7 @@ from paper.train import make_optimizer
 
 
 @pytest.mark.parametrize("dataset, model, epochs, lr, decay, wd, dropout, steps", [
-    # Table 3; steps at batch 4096 as derived in REFERENCE §3 (ImageNet 93,836; JFT 7 ep ≈ 517.8k; i21k 90 ep ≈ 307.6k)
+    # Table 3; steps at batch 4096 = ⌈images · epochs / 4096⌉ (ImageNet 93,836; JFT 7 ep ≈ 517.8k; i21k 90 ep ≈ 307.6k)
     ("jft", "ViT-B/16", None, 8e-4, "linear", 0.1, 0.0, 517_823),
     ("jft", "ViT-L/32", None, 6e-4, "linear", 0.1, 0.0, 517_823),
     ("jft", "ViT-L/16", 7, 4e-4, "linear", 0.1, 0.0, 517_823),

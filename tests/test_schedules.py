@@ -1,5 +1,5 @@
 """The learning-rate schedule against two implementations we did not write: timm's schedulers and transformers'
-cosine schedule, which compute the same warm-up + decay (the official formula, ../shared/ANCHORS.md §B.7)."""
+cosine schedule, which compute the same warm-up + decay (the official formula, vision_transformer utils.py)."""
 import pytest
 import torch
 from hypothesis import given

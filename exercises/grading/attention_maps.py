@@ -175,7 +175,7 @@ def task_distance(ns, output_dir):
                    "the distance is in pixels: multiply the grid distance by the patch size P": want / p,
                    "the distance is Euclidean, √(Δrow² + Δcol²), not |Δrow| + |Δcol|":
                        (patch_a * manhattan).sum(-1).mean(-1).mean(0),
-                   "do not re-normalise the rows after dropping the class token (REFERENCE §6)":
+                   "do not re-normalise the rows after dropping the class token (as the common reimplementation does)":
                        (patch_a / patch_a.sum(-1, keepdim=True) * analysis.patch_distances(grid, p)).sum(-1)
                        .mean(-1).mean(0)},
                hint="per head: mean over images and query patches of Σ_j A[i, j]·dist(i, j), patches only")

@@ -1,5 +1,5 @@
 """Checks for 04_fine_tuning.md, against paper/heads.py, paper/resolution.py, torch.optim.SGD with
-clip_grad_norm_ (the official optimiser, ../shared/ANCHORS.md §B.7) and a held-out split of the digits."""
+clip_grad_norm_ (the official optimiser, vision_transformer train.py) and a held-out split of the digits."""
 import dataclasses
 
 import torch
