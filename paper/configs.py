@@ -23,7 +23,8 @@ PATCH_SIZES = (8, 14, 16, 32)
 # The models the official code defines and counts (vit_jax/models_test.py MODEL_SIZES), smallest first.
 PAPER_MODELS = ("ViT-Ti/16", "ViT-S/32", "ViT-S/16", "ViT-B/32", "ViT-B/16", "ViT-B/8", "ViT-L/32", "ViT-L/16",
                 "ViT-H/14")
-# Paper Table 1's rounded parameter counts ("307M" matches no exact L/16 count; the exact counts are vit_jax/models_test.py MODEL_SIZES).
+# Paper Table 1's rounded parameter counts ("307M" matches no exact L/16 count;
+# the exact counts are vit_jax/models_test.py MODEL_SIZES)..
 TABLE1_PARAMS = {"B": "86M", "L": "307M", "H": "632M"}
 
 
