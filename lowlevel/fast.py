@@ -5,8 +5,8 @@ approximation (tests/test_fast_path.py checks outputs and gradients against the 
 
 1. Attention, eqs. (5)-(8), through `F.scaled_dot_product_attention`: one fused kernel (flash attention on CPU and
    GPU) that never stores the (B, H, N, N) probabilities, so the fast path cannot return them.
-2. q, k and v are views into the one qkv projection, and the kernel writes its output as (B, N, H, D_h), so
-   neither splitting nor concatenating the heads copies anything.
+2. q, k and v are views into the one qkv projection, and the fused kernels write their output as (B, N, H, D_h),
+   so neither splitting nor concatenating the heads copies anything.
 3. Each residual add shares its pass with the preceding projection: z + (x Wᵀ + b) is one GEMM accumulating into
    a copy of z + b (BLAS's C ← C + A·B), instead of a GEMM, a bias pass and a separate add.
 """
@@ -23,7 +23,7 @@ def fused_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor | 
     qkv = F.linear(x, w_qkv, b_qkv).view(b, n, 3, num_heads, d // num_heads)  # (B, N, 3·D) -> (B, N, 3, H, D_h)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                           # 3 × (B, H, N, D_h), views
     out = F.scaled_dot_product_attention(q, k, v)                              # softmax(q kᵀ/√D_h) v, (B, H, N, D_h)
-    return out.transpose(1, 2).reshape(b, n, d)                                # (B, N, H·D_h), a view
+    return out.transpose(1, 2).reshape(b, n, d)          # (B, N, H·D_h), a view when laid out as (B, N, H, D_h)
 
 
 def residual_linear(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

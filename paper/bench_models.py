@@ -1,7 +1,8 @@
 """The contenders of the benchmark (`python -m paper.bench`): one model, four implementations, the same weights.
 
-Each contender offers `infer(images) -> logits` and `train_step(images, labels)` (forward, cross-entropy, backward,
-SGD with momentum 0.9 as in the official fine-tuning recipe), so the benchmark times all of them the same way.
+Each contender offers `infer(images) -> logits`, `train_logits(images)` (dropout mode, autograd recording) and
+`train_step(images, labels)` (forward, cross-entropy, backward, SGD with momentum 0.9 as in the official fine-tuning
+recipe), so the benchmark times all of them the same way.
 """
 from dataclasses import dataclass
 from functools import partial
@@ -22,15 +23,19 @@ LEARNING_RATE = 1e-3  # any small value; the benchmark measures time, not learni
 class Contender:
     name: str
     infer: Callable[[torch.Tensor], torch.Tensor]
-    train_step: Callable[[torch.Tensor, torch.Tensor], None]
+    train_logits: Callable[[torch.Tensor], torch.Tensor]
+    parameters: list
+    optimizer: torch.optim.Optimizer
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """One step: logits, cross-entropy, backward, update."""
+        self.optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(self.train_logits(images), labels).backward()
+        self.optimizer.step()
 
 
-def sgd_train_step(logits_of: Callable, images: torch.Tensor, labels: torch.Tensor,
-                   optimizer: torch.optim.Optimizer) -> None:
-    """One step: logits, cross-entropy, backward, update."""
-    optimizer.zero_grad(set_to_none=True)
-    F.cross_entropy(logits_of(images), labels).backward()
-    optimizer.step()
+def sgd(parameters: list) -> torch.optim.Optimizer:
+    return torch.optim.SGD(parameters, lr=LEARNING_RATE, momentum=0.9)
 
 
 def hf_config(cfg: ViTConfig):
@@ -72,9 +77,8 @@ def ours(params: dict, cfg: ViTConfig, fast: bool, compile: bool) -> Contender:
     train = partial(forward, params, cfg=cfg, fast=fast, train=True)
     if compile:
         run, train = torch.compile(run), torch.compile(train)
-    optimizer = torch.optim.SGD(params.values(), lr=LEARNING_RATE, momentum=0.9)
-    return Contender(f"ours {'fast' if fast else 'explicit'}", run,
-                     partial(sgd_train_step, train, optimizer=optimizer))
+    return Contender(f"ours {'fast' if fast else 'explicit'}", run, train, list(params.values()),
+                     sgd(list(params.values())))
 
 
 def module_contender(name: str, model: torch.nn.Module, compile: bool, logits_of=lambda out: out) -> Contender:
@@ -89,8 +93,7 @@ def module_contender(name: str, model: torch.nn.Module, compile: bool, logits_of
         model.train()
         return logits_of(call(images))
 
-    optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=0.9)
-    return Contender(name, infer, partial(sgd_train_step, logits, optimizer=optimizer))
+    return Contender(name, infer, logits, list(model.parameters()), sgd(list(model.parameters())))
 
 
 def build(name: str, params: dict, cfg: ViTConfig, *, dtype: torch.dtype, device: str, compile: bool = False):

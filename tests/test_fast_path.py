@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from lowlevel import ViTConfig, forward, to_timm
 from paper import bench
+from paper.bench_models import build
 from paper.configs import paper_config
 from paper.reference_models import timm_vit
 from tests.helpers import random_images, random_params, vit_configs
@@ -122,7 +123,7 @@ def test_bench_command_runs_and_contenders_agree(tmp_path):
     assert saved["main"]["contenders"].keys() == {"ours fast", "timm"}
     for c in saved["main"]["contenders"].values():
         assert c["infer_images_per_s"] > 0 and c["train_images_per_s"] > 0
-        assert c["max_abs_logit_diff_vs_first"] < 1e-5
+        assert c["max_abs_logit_diff_vs_first"] < 1e-5 and c["saved_activations_mib"] > 0
         assert c["vs_timm"]["infer"]["median"] > 0
     assert saved["main"]["contenders"]["timm"]["vs_timm"]["train"]["median"] == 1.0
     assert [list(p["contenders"]) for p in saved["sweep"]] == [["ours explicit", "ours fast"]]
@@ -131,6 +132,19 @@ def test_bench_command_runs_and_contenders_agree(tmp_path):
     assert "| ours fast |" in table and "| timm |" in table and "| 16 | 2 | ours explicit |" in table
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result["run"]["batch"] == 2
+
+
+def test_fast_path_saves_fewer_activations_than_timm():
+    """ViT-B/16: the tensors kept for the backward. Per layer the explicit path keeps the (B, H, N, N)
+    probabilities, the fused kernel keeps only their log-normaliser (B, H, N) instead, and nothing else differs;
+    timm keeps more than the fast path (it normalises every token before taking the class token)."""
+    cfg = paper_config("ViT-B/16")
+    images = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    saved = {name: bench.activation_bytes(build(name, bench.weights(cfg), cfg, dtype=torch.float32, device="cpu"),
+                                          images) for name in ("ours explicit", "ours fast", "timm")}
+    probabilities, logsumexp = (cfg.depth * cfg.num_heads * cfg.num_tokens ** k * 4 for k in (2, 1))
+    assert saved["ours fast"] < saved["timm"]
+    assert saved["ours explicit"] - saved["ours fast"] == probabilities - logsumexp
 
 
 @pytest.mark.slow
