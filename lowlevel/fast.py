@@ -28,10 +28,12 @@ def fused_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor | 
 
 def residual_linear(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """z + (x Wᵀ + b) with one GEMM: z (B, N, D), x (B, N, M), w (D, M) -> (B, N, D).
-    `z + b` is a fresh tensor no other operation saved, so accumulating into it in place is safe for autograd."""
-    out = z + b                                                                # (B, N, D)
-    out.view(-1, out.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]), w.t())     # (B·N, D) += (B·N, M) @ (M, D)
-    return out
+    `z + b` is a fresh tensor that no other operation saved, so accumulating into it in place is safe for autograd;
+    it is made 2-D before, not viewed after, so that the in-place product is not on a view (which autograd would
+    undo with extra copies in the backward)."""
+    out = z.flatten(0, -2) + b                                                 # (B·N, D)
+    out.addmm_(x.flatten(0, -2), w.t())                                        # += (B·N, M) @ (M, D)
+    return out.view(z.shape)
 
 
 def residual_dropout_linear(z, x, w, b, dropout: float, train: bool) -> torch.Tensor:
