@@ -27,6 +27,7 @@ import dataclasses
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -383,7 +384,7 @@ def main(argv=None) -> dict:
     run = {"model": args.model, "batch": args.batch, "dtype": args.dtype, "device": args.device,
            "device_name": device_name, "threads": args.threads, "compile": args.compile, "repeats": args.repeats,
            "torch": torch.__version__, "python": platform.python_version(),
-           "command": "python -m paper.bench " + " ".join(sys.argv[1:] if argv is None else argv)}
+           "command": shlex.join(["python", "-m", "paper.bench", *(sys.argv[1:] if argv is None else argv)])}
     with tqdm(total=steps, desc="benchmark", unit="run") as progress:
         result = {"run": run, "config": dataclasses.asdict(cfg), "main": measure(cfg, tuple(names), args, progress),
                   "sweep": [measure(dataclasses.replace(cfg, image_size=s), SWEEP_CONTENDERS, args, progress)
