@@ -82,8 +82,13 @@ def matmul_gflops(a: torch.Tensor, b: torch.Tensor, device: str) -> float:
 
 
 def weights(cfg: ViTConfig) -> dict:
-    """The weights every contender holds: the official initialisation, seed 0."""
-    return init_params(cfg, torch.Generator().manual_seed(0))
+    """The weights every contender holds: the official initialisation, seed 0, except the head, drawn N(0, 0.02)
+    rather than zero so that the logits, which the contenders must agree on, depend on every layer."""
+    g = torch.Generator().manual_seed(0)
+    params = init_params(cfg, g)
+    if "head.weight" in params:
+        params["head.weight"] = 0.02 * torch.randn(params["head.weight"].shape, generator=g)
+    return params
 
 
 def batch_of(cfg: ViTConfig, batch: int, dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,7 +198,8 @@ def measure(cfg: ViTConfig, names: tuple, args, progress: tqdm) -> dict:
         c.train_step(images, labels)
         if not contenders:
             reference = logits
-        diffs[name] = (logits - reference).abs().max().item()
+        diffs[name] = {"max_abs_logit": logits.abs().max().item(),
+                       "max_abs_logit_diff_vs_first": (logits - reference).abs().max().item()}
         contenders.append(c)
         progress.update()
     times = time_rounds(contenders, images, labels, args.repeats, device, dtype, progress)
@@ -214,7 +220,7 @@ def measure(cfg: ViTConfig, names: tuple, args, progress: tqdm) -> dict:
             "infer_fraction_of_peak": spread([flops / t / 1e9 / p for t, p in zip(infer, times["matmul"], strict=True)]),
             "train_memory_mib": memory,
             "saved_activations_mib": None if args.compile else activation_bytes(c, images) / MIB,
-            "max_abs_logit_diff_vs_first": diffs[c.name]}
+            **diffs[c.name]}
     if "timm" in names:
         for c in contenders:
             result["contenders"][c.name]["vs_timm"] = {

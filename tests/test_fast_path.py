@@ -123,7 +123,8 @@ def test_bench_command_runs_and_contenders_agree(tmp_path):
     assert saved["main"]["contenders"].keys() == {"ours fast", "timm"}
     for c in saved["main"]["contenders"].values():
         assert c["infer_images_per_s"] > 0 and c["train_images_per_s"] > 0
-        assert c["max_abs_logit_diff_vs_first"] < 1e-5 and c["saved_activations_mib"] > 0
+        assert c["max_abs_logit"] > 1e-2 and c["max_abs_logit_diff_vs_first"] < 1e-5
+        assert c["saved_activations_mib"] > 0
         assert c["vs_timm"]["infer"]["median"] > 0
     assert saved["main"]["contenders"]["timm"]["vs_timm"]["train"]["median"] == 1.0
     assert [list(p["contenders"]) for p in saved["sweep"]] == [["ours explicit", "ours fast"]]
