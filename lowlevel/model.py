@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from .checks import check_images
 from .encoder import encoder, layer_norm
+from .fast import fast_encoder
 from .patches import patch_embedding
 from .position import embed_positions
 
@@ -47,19 +48,24 @@ def classifier(params: dict, features: torch.Tensor, cfg) -> torch.Tensor:
     return F.linear(features, params["head.weight"], params["head.bias"])
 
 
-def forward(params: dict, images: torch.Tensor, cfg, *, train: bool = False, return_attention: bool = False):
+def forward(params: dict, images: torch.Tensor, cfg, *, train: bool = False, return_attention: bool = False,
+            fast: bool = False):
     """images (B, C, H, W) -> logits (B, K).
 
     With return_attention=True returns (logits, out), where out holds
       "attention": per layer, the probabilities (B, H, N+1, N+1),
       "hidden":    z_0 … z_L, each (B, N+1, D),
       "features":  the pooled representation the classifier reads, (B, D) (or (B, R) after pre-logits).
-    `train` turns dropout on (cfg.dropout)."""
+    `train` turns dropout on (cfg.dropout). `fast` runs the encoder of fast.py: the same function computed with a
+    fused attention kernel that never forms the probabilities, so it cannot be combined with return_attention."""
+    if fast and return_attention:
+        raise ValueError("return_attention: the fast path never forms the attention probabilities; "
+                         "expected fast=False to get them, got fast=True")
     out = {"attention": [], "hidden": []} if return_attention else None
     z = embed(params, images, cfg, train)
     if out is not None:
         out["hidden"].append(z)
-    z = encoder(z, params, cfg, train, out)
+    z = fast_encoder(z, params, cfg, train) if fast else encoder(z, params, cfg, train, out)
     features = pre_logits(params, pool(params, z, cfg), cfg)
     logits = classifier(params, features, cfg)
     if out is None:

@@ -1,0 +1,407 @@
+"""Benchmark: our functional ViT (explicit and fast path) against timm and transformers, same weights, same batch.
+
+    python -m paper.bench                              # ViT-B/16 @224, batch 8, fp32, CPU, all threads torch uses
+    python -m paper.bench --sweep                      # and the sequence-length sweep, 224/384/512 for /16
+    python -m paper.bench --dtype bf16 --device cuda --compile
+
+Method. One process holds every contender with the same weights (`init_params`, seed 0). Each round runs, for every
+contender in a rotated order, one inference call (`torch.inference_mode`) and one training step (forward,
+cross-entropy, backward, SGD momentum 0.9), and times one large square matmul; rounds repeat `--repeats` times.
+So noise from other work on the machine falls on all contenders alike, and each ratio ours/timm is taken within
+a round, then summarised by its median and range over the rounds.
+
+- images/s = batch / median time of one call.
+- GFLOP/s = analytic forward FLOPs (2 × multiply-accumulates of every matmul, REFERENCE §7.5) / time;
+  a training step counts 3 × forward. "% of peak" divides by the same round's matmul GFLOP/s.
+- Peak training memory: on CPU, each contender runs in a fresh process (so libraries and other contenders do not
+  count) with glibc's mmap threshold fixed at 64 KiB (so freed tensors return to the system), and a thread samples
+  the resident set size every millisecond during two training steps; the figure is the peak minus the resident set
+  size just before the first step: activations, gradients, optimizer state and kernel workspace. On CUDA it is
+  `torch.cuda.max_memory_allocated` above the allocation before the step.
+- Activations saved: the bytes of the tensors autograd keeps from the forward for the backward (parameters left
+  out), exact and allocator-independent; not measured under --compile.
+"""
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import torch
+from tqdm import tqdm
+
+from lowlevel import ViTConfig, init_params
+
+from .bench_models import CONTENDERS, build
+from .configs import paper_config
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SWEEP = (224, 384, 512)
+SWEEP_CONTENDERS = ("ours explicit", "ours fast")
+MIB = 2 ** 20
+
+
+def forward_flops(cfg: ViTConfig) -> float:
+    """FLOPs of one image's forward pass: 2 × the multiply-accumulates of every matmul (LN, softmax, GELU not
+    counted), the count of REFERENCE §7.5: patch embedding, per block qkv, q kᵀ, A v, out-projection and MLP, head."""
+    n, t, d, m = cfg.num_patches, cfg.num_tokens, cfg.dim, cfg.mlp_dim
+    macs = n * cfg.in_channels * cfg.patch_size ** 2 * d                      # x_p E
+    macs += cfg.depth * (t * d * 3 * d + 2 * t * t * d + t * d * d + 2 * t * d * m)
+    width = cfg.representation_size or d
+    macs += d * width if cfg.representation_size else 0
+    macs += width * cfg.num_classes
+    return 2.0 * macs
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: str) -> float:
+    """Seconds for one call of fn()."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def matmul_gflops(a: torch.Tensor, b: torch.Tensor, device: str) -> float:
+    """GFLOP/s of one (n × n) @ (n × n) product: the machine's practical matmul peak for this dtype and device."""
+    n = a.shape[0]
+    return 2 * n ** 3 / timed(lambda: a @ b, device) / 1e9
+
+
+def weights(cfg: ViTConfig) -> dict:
+    """The weights every contender holds: the official initialisation, seed 0, except the head, drawn N(0, 0.02)
+    rather than zero so that the logits, which the contenders must agree on, depend on every layer."""
+    g = torch.Generator().manual_seed(0)
+    params = init_params(cfg, g)
+    if "head.weight" in params:
+        params["head.weight"] = 0.02 * torch.randn(params["head.weight"].shape, generator=g)
+    return params
+
+
+def batch_of(cfg: ViTConfig, batch: int, dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(batch, cfg.in_channels, *cfg.image_size, generator=g).to(device=device, dtype=dtype)
+    labels = torch.randint(0, max(cfg.num_classes, 1), (batch,), generator=g).to(device)
+    return images, labels
+
+
+def time_rounds(contenders: list, images, labels, repeats: int, device: str, dtype, progress: tqdm) -> dict:
+    """Interleaved rounds -> {"infer": {name: [s, …]}, "train": {name: [s, …]}, "matmul": [GFLOP/s, …]}."""
+    n = 4096 if device == "cpu" else 8192
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    matmul_gflops(a, b, device)                                                 # warm-up
+    times = {"infer": {c.name: [] for c in contenders}, "train": {c.name: [] for c in contenders}, "matmul": []}
+    for r in range(repeats):
+        order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
+        for c in order:
+            with torch.inference_mode():
+                times["infer"][c.name].append(timed(lambda c=c: c.infer(images), device))
+            times["train"][c.name].append(timed(lambda c=c: c.train_step(images, labels), device))
+            progress.update()
+        times["matmul"].append(matmul_gflops(a, b, device))
+    return times
+
+
+def resident_bytes() -> int:
+    """The resident set size of this process (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def training_memory_here(name: str, cfg: ViTConfig, batch: int, dtype_name: str, threads: int, compile: bool) -> int:
+    """In a fresh process: bytes by which the resident set grows, at its peak, over two training steps."""
+    torch.set_num_threads(threads)
+    contender = build(name, weights(cfg), cfg, dtype=DTYPES[dtype_name], device="cpu", compile=compile)
+    images, labels = batch_of(cfg, batch, DTYPES[dtype_name], "cpu")
+    peak, done = [resident_bytes()], threading.Event()
+    base = peak[0]
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], resident_bytes())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    for _ in range(2):
+        contender.train_step(images, labels)
+    done.set()
+    sampler.join()
+    return max(peak[0], resident_bytes()) - base
+
+
+def training_memory(name: str, cfg: ViTConfig, batch: int, dtype, device: str, threads: int, compile: bool,
+                    contender=None, images=None, labels=None) -> int:
+    """Peak training memory in bytes (see the module docstring for how it is measured)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        contender.train_step(images, labels)
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    dtype_name = next(k for k, v in DTYPES.items() if v == dtype)
+    call = (f"from paper.bench import *; print(training_memory_here({name!r}, ViTConfig(**{dataclasses.asdict(cfg)!r}), "
+            f"{batch}, {dtype_name!r}, {threads}, {compile}))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536",
+           "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    done = subprocess.run([sys.executable, "-c", call], env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"measuring the training memory of {name!r} failed:\n{done.stderr[-3000:]}")
+    return int(done.stdout.split()[-1])
+
+
+def activation_bytes(contender, images: torch.Tensor) -> int:
+    """Bytes of the tensors autograd keeps from a training forward for the backward, parameters left out: the
+    activation memory of the implementation, exact and independent of the allocator."""
+    saved = {}
+
+    def keep(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        contender.train_logits(images)
+    for p in contender.parameters:
+        saved.pop(p.untyped_storage().data_ptr(), None)
+    return sum(saved.values())
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def measure(cfg: ViTConfig, names: tuple, args, progress: tqdm) -> dict:
+    """Build the contenders, check they compute the same logits, time them in rounds, measure their memory."""
+    dtype, device = DTYPES[args.dtype], args.device
+    images, labels = batch_of(cfg, args.batch, dtype, device)
+    params = weights(cfg)
+    contenders, diffs = [], {}
+    for name in names:
+        c = build(name, params, cfg, dtype=dtype, device=device, compile=args.compile)
+        with torch.inference_mode():                                            # warm-up (and compilation)
+            logits = c.infer(images).float()
+        c.train_step(images, labels)
+        if not contenders:
+            reference = logits
+        diffs[name] = {"max_abs_logit": logits.abs().max().item(),
+                       "max_abs_logit_diff_vs_first": (logits - reference).abs().max().item()}
+        contenders.append(c)
+        progress.update()
+    times = time_rounds(contenders, images, labels, args.repeats, device, dtype, progress)
+    flops = forward_flops(cfg) * args.batch
+    result = {"tokens": cfg.num_tokens, "image_size": list(cfg.image_size), "forward_gflop_per_image":
+              forward_flops(cfg) / 1e9, "matmul_peak_gflops": spread(times["matmul"]), "contenders": {}}
+    for c in contenders:
+        infer, train = times["infer"][c.name], times["train"][c.name]
+        memory = None if args.no_memory else \
+            training_memory(c.name, cfg, args.batch, dtype, device, args.threads, args.compile, c, images, labels) / MIB
+        progress.update()
+        result["contenders"][c.name] = {
+            "infer_s": infer, "train_s": train,
+            "infer_images_per_s": args.batch / statistics.median(infer),
+            "train_images_per_s": args.batch / statistics.median(train),
+            "infer_gflops": flops / statistics.median(infer) / 1e9,
+            "train_gflops": 3 * flops / statistics.median(train) / 1e9,
+            "infer_fraction_of_peak": spread([flops / t / 1e9 / p for t, p in zip(infer, times["matmul"], strict=True)]),
+            "train_memory_mib": memory,
+            "saved_activations_mib": None if args.compile else activation_bytes(c, images) / MIB,
+            **diffs[c.name]}
+    if "timm" in names:
+        for c in contenders:
+            result["contenders"][c.name]["vs_timm"] = {
+                kind: spread([t_timm / t for t, t_timm in zip(times[kind][c.name], times[kind]["timm"], strict=True)])
+                for kind in ("infer", "train")}
+    return result
+
+
+def sweep_sizes(text: str, patch_size: int) -> list[int]:
+    """"224,384,512" -> [224, 384, 512], each rounded to a multiple of the patch size."""
+    try:
+        sizes = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--sweep: expected comma-separated resolutions like '224,384,512', got {text!r}") from None
+    return [patch_size * max(1, round(s / patch_size)) for s in sizes]
+
+
+def mib(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
+def fmt_ratio(r: dict) -> str:
+    return f"{r['median']:.2f}× ({r['min']:.2f}–{r['max']:.2f})"
+
+
+def markdown(result: dict) -> str:
+    """The README table: one row per contender, then the sweep."""
+    run, main = result["run"], result["main"]
+    lines = [f"{run['model']} @{main['image_size'][0]}×{main['image_size'][1]}, batch {run['batch']}, {run['dtype']}, "
+             f"{run['device_name']}, {run['threads']} threads, torch {run['torch']}, "
+             f"{'torch.compile, ' if run['compile'] else ''}{run['repeats']} interleaved rounds; "
+             f"matmul peak {main['matmul_peak_gflops']['median']:.0f} GFLOP/s "
+             f"({main['forward_gflop_per_image']:.1f} GFLOP per image forward).",
+             f"Command: `{run['command']}`", "",
+             "| contender | inference img/s | × timm (median, range) | train step img/s | × timm (median, range) "
+             "| peak train memory MiB | activations saved MiB | inference GFLOP/s | % of matmul peak |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, c in main["contenders"].items():
+        vs = c.get("vs_timm")
+        lines.append(f"| {name} | {c['infer_images_per_s']:.2f} | {fmt_ratio(vs['infer']) if vs else '–'} "
+                     f"| {c['train_images_per_s']:.2f} | {fmt_ratio(vs['train']) if vs else '–'} "
+                     f"| {mib(c['train_memory_mib'])} | {mib(c['saved_activations_mib'])} | {c['infer_gflops']:.1f} "
+                     f"| {100 * c['infer_fraction_of_peak']['median']:.0f}% |")
+    if result.get("sweep"):
+        lines += ["", "| resolution | tokens | contender | inference s/batch | train step s/batch | peak train memory MiB "
+                  "| activations saved MiB |", "|---:|---:|---|---:|---:|---:|---:|"]
+        for point in result["sweep"]:
+            for name, c in point["contenders"].items():
+                lines.append(f"| {point['image_size'][0]} | {point['tokens']} | {name} "
+                             f"| {statistics.median(c['infer_s']):.3f} | {statistics.median(c['train_s']):.3f} "
+                             f"| {mib(c['train_memory_mib'])} | {mib(c['saved_activations_mib'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: str) -> None:
+    """Images/s with their range for inference and training; with a sweep, time and memory against tokens."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sweep = result.get("sweep")
+    fig, axes = plt.subplots(1, 3 if sweep else 1, figsize=(15 if sweep else 6, 4.5), squeeze=False)
+    ax = axes[0][0]
+    names = list(result["main"]["contenders"])
+    batch = result["run"]["batch"]
+    for offset, kind in ((-0.2, "infer"), (0.2, "train")):
+        per = [result["main"]["contenders"][n][f"{kind}_s"] for n in names]
+        mid = [batch / statistics.median(t) for t in per]
+        low = [m - batch / max(t) for m, t in zip(mid, per, strict=True)]
+        high = [batch / min(t) - m for m, t in zip(mid, per, strict=True)]
+        ax.bar([i + offset for i in range(len(names))], mid, 0.4, yerr=[low, high], capsize=3,
+               label="inference" if kind == "infer" else "training step")
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    ax.set_ylabel("images/s (median, range over rounds)")
+    ax.set_title(f"{result['run']['model']}, batch {batch}, {result['run']['dtype']}, {result['run']['device_name']}")
+    ax.legend()
+    if sweep:
+        for ax, key, label in ((axes[0][1], "train_s", "training step s/batch"),
+                               (axes[0][2], "saved_activations_mib", "activations saved for backward, MiB")):
+            if any(p["contenders"][n][key] is None for p in sweep for n in p["contenders"]):
+                continue                                                        # not measured under torch.compile
+            for name in sweep[0]["contenders"]:
+                tokens = [p["tokens"] for p in sweep]
+                values = [p["contenders"][name][key] for p in sweep]
+                values = [statistics.median(v) if isinstance(v, list) else v for v in values]
+                ax.plot(tokens, values, "o-", label=name)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("tokens N+1")
+            ax.set_ylabel(label)
+            ax.legend()
+    fig.tight_layout()
+    write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
+    plt.close(fig)
+
+
+def write_atomically(path: str, write, binary: bool = False) -> None:
+    """write(file) into a temporary file beside `path`, then rename it over `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux /proc/cpuinfo), else what platform knows."""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m paper.bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p.add_argument("--model", default="ViT-B/16", help="paper or timm name, e.g. ViT-B/16, vit_small_patch16_384")
+    p.add_argument("--resolution", type=int, help="image side in pixels (default: from the name, else 224)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights, activations and matmul peak")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                   help="torch.set_num_threads for every contender (default: torch's, %(default)s here)")
+    p.add_argument("--compile", action="store_true", help="torch.compile every contender's forward")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
+    p.add_argument("--only", default=",".join(CONTENDERS),
+                   help=f"comma-separated contenders (default all: {', '.join(CONTENDERS)})")
+    p.add_argument("--sweep", nargs="?", const=",".join(map(str, SWEEP)), metavar="SIZES",
+                   help="also time explicit vs fast attention at these resolutions (default %(const)s)")
+    p.add_argument("--no-memory", action="store_true",
+                   help="skip the peak-memory measurement (a fresh process per contender, seconds each)")
+    p.add_argument("--out", default="runs/bench", help="folder for bench.json, bench.md and bench.png")
+    return p.parse_args(argv)
+
+
+def check_args(args) -> list[str]:
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CONTENDERS]
+    if unknown or not names:
+        raise ValueError(f"--only: expected names among {CONTENDERS}, got {args.only!r}")
+    for flag in ("batch", "repeats", "threads"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag}: expected a positive integer, got {getattr(args, flag)}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device: expected an available device, got {args.device!r} (torch sees no CUDA device)")
+    if not args.device.startswith("cuda") and args.device != "cpu":
+        raise ValueError(f"--device: expected cpu, cuda or cuda:N, got {args.device!r}")
+    return names
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    names = check_args(args)
+    torch.set_num_threads(args.threads)
+    overrides = {"image_size": args.resolution} if args.resolution else {}
+    cfg = paper_config(args.model, **overrides)
+    sizes = sweep_sizes(args.sweep, cfg.patch_size) if args.sweep else []
+    steps = 2 * len(names) + args.repeats * len(names) + sum(2 * len(SWEEP_CONTENDERS) + args.repeats *
+                                                              len(SWEEP_CONTENDERS) for _ in sizes)
+    device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else cpu_name()
+    run = {"model": args.model, "batch": args.batch, "dtype": args.dtype, "device": args.device,
+           "device_name": device_name, "threads": args.threads, "compile": args.compile, "repeats": args.repeats,
+           "torch": torch.__version__, "python": platform.python_version(),
+           "command": shlex.join(["python", "-m", "paper.bench", *(sys.argv[1:] if argv is None else argv)])}
+    with tqdm(total=steps, desc="benchmark", unit="run") as progress:
+        result = {"run": run, "config": dataclasses.asdict(cfg), "main": measure(cfg, tuple(names), args, progress),
+                  "sweep": [measure(dataclasses.replace(cfg, image_size=s), SWEEP_CONTENDERS, args, progress)
+                            for s in sizes]}
+    table = markdown(result)
+    write_atomically(os.path.join(args.out, "bench.json"), lambda f: json.dump(result, f, indent=1))
+    write_atomically(os.path.join(args.out, "bench.md"), lambda f: f.write(table))
+    plot(result, os.path.join(args.out, "bench.png"))
+    print(table)
+    return result
+
+
+if __name__ == "__main__":
+    main()
