@@ -30,9 +30,12 @@ class ViTConfig:
             object.__setattr__(self, "image_size", (self.image_size, self.image_size))
         else:
             object.__setattr__(self, "image_size", tuple(self.image_size))
+        for name in ("patch_size", "in_channels", "dim", "depth", "num_heads", "mlp_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
         h, w = self.image_size
         p = self.patch_size
-        if p <= 0 or h % p or w % p:
+        if h % p or w % p:
             raise ValueError(f"image_size: expected height and width divisible by patch_size={p}, got {(h, w)}")
         if self.dim % self.num_heads:
             raise ValueError(f"dim: expected a multiple of num_heads={self.num_heads}, got dim={self.dim}")

@@ -57,7 +57,8 @@ def forward(params: dict, images: torch.Tensor, cfg, *, train: bool = False, ret
       "hidden":    z_0 … z_L, each (B, N+1, D),
       "features":  the pooled representation the classifier reads, (B, D) (or (B, R) after pre-logits).
     `train` turns dropout on (cfg.dropout). `fast` runs the encoder of fast.py: the same function computed with a
-    fused attention kernel that never forms the probabilities, so it cannot be combined with return_attention."""
+    fused attention kernel that never forms the probabilities, so it cannot be combined with return_attention, and,
+    with class-token pooling, the last block for the class token alone."""
     if fast and return_attention:
         raise ValueError("return_attention: the fast path never forms the attention probabilities; "
                          "expected fast=False to get them, got fast=True")

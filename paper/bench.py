@@ -12,7 +12,9 @@ a round, then summarised by its median and range over the rounds.
 
 - images/s = batch / median time of one call.
 - GFLOP/s = analytic forward FLOPs (2 × multiply-accumulates of every matmul, REFERENCE §7.5) / time;
-  a training step counts 3 × forward. "% of peak" divides by the same round's matmul GFLOP/s.
+  a training step counts 3 × forward. The FLOPs are those the contender performs: the fast path, whose last block
+  computes only the class token, is credited with less work than the others. "% of peak" divides by the same
+  round's matmul GFLOP/s.
 - Peak training memory: on CPU, each contender runs in a fresh process (so libraries and other contenders do not
   count) with glibc's mmap threshold fixed at 64 KiB (so freed tensors return to the system), and a thread samples
   the resident set size every millisecond during two training steps; the figure is the peak minus the resident set
@@ -49,16 +51,30 @@ SWEEP_CONTENDERS = ("ours explicit", "ours fast")
 MIB = 2 ** 20
 
 
-def forward_flops(cfg: ViTConfig) -> float:
+def block_macs(queries: int, tokens: int, d: int, m: int) -> int:
+    """Multiply-accumulates of one encoder block in which `queries` of its `tokens` are computed (all of them, or the
+    class token alone in the fast path's last block): keys and values of every token, then q, q kᵀ, A v, out-projection
+    and MLP for the queries."""
+    return tokens * d * 2 * d + queries * (d * d + 2 * tokens * d + d * d + 2 * d * m)
+
+
+def forward_flops(cfg: ViTConfig, class_token_only: bool = False) -> float:
     """FLOPs of one image's forward pass: 2 × the multiply-accumulates of every matmul (LN, softmax, GELU not
-    counted), the count of REFERENCE §7.5: patch embedding, per block qkv, q kᵀ, A v, out-projection and MLP, head."""
+    counted), the count of REFERENCE §7.5: patch embedding, per block qkv, q kᵀ, A v, out-projection and MLP, head.
+    class_token_only: the count of the fast path with class-token pooling, whose last block computes one query."""
     n, t, d, m = cfg.num_patches, cfg.num_tokens, cfg.dim, cfg.mlp_dim
     macs = n * cfg.in_channels * cfg.patch_size ** 2 * d                      # x_p E
-    macs += cfg.depth * (t * d * 3 * d + 2 * t * t * d + t * d * d + 2 * t * d * m)
+    macs += (cfg.depth - class_token_only) * block_macs(t, t, d, m)
+    macs += block_macs(1, t, d, m) if class_token_only else 0
     width = cfg.representation_size or d
     macs += d * width if cfg.representation_size else 0
     macs += width * cfg.num_classes
     return 2.0 * macs
+
+
+def executed_flops(name: str, cfg: ViTConfig) -> float:
+    """forward_flops of what contender `name` computes: the fast path skips work when only the class token is read."""
+    return forward_flops(cfg, class_token_only=name == "ours fast" and cfg.pool == "token")
 
 
 def synchronize(device: str) -> None:
@@ -203,16 +219,16 @@ def measure(cfg: ViTConfig, names: tuple, args, progress: tqdm) -> dict:
         contenders.append(c)
         progress.update()
     times = time_rounds(contenders, images, labels, args.repeats, device, dtype, progress)
-    flops = forward_flops(cfg) * args.batch
     result = {"tokens": cfg.num_tokens, "image_size": list(cfg.image_size), "forward_gflop_per_image":
               forward_flops(cfg) / 1e9, "matmul_peak_gflops": spread(times["matmul"]), "contenders": {}}
     for c in contenders:
         infer, train = times["infer"][c.name], times["train"][c.name]
+        flops = executed_flops(c.name, cfg) * args.batch
         memory = None if args.no_memory else \
             training_memory(c.name, cfg, args.batch, dtype, device, args.threads, args.compile, c, images, labels) / MIB
         progress.update()
         result["contenders"][c.name] = {
-            "infer_s": infer, "train_s": train,
+            "infer_s": infer, "train_s": train, "forward_gflop_per_image": executed_flops(c.name, cfg) / 1e9,
             "infer_images_per_s": args.batch / statistics.median(infer),
             "train_images_per_s": args.batch / statistics.median(train),
             "infer_gflops": flops / statistics.median(infer) / 1e9,

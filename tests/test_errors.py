@@ -25,6 +25,8 @@ def test_patchify_rejects_sizes_not_divisible_by_the_patch():
 @pytest.mark.parametrize("fields, message", [
     (dict(image_size=(8, 10), patch_size=4), r"image_size: expected height and width divisible by patch_size=4, got \(8, 10\)"),
     (dict(dim=10, num_heads=4), "dim: expected a multiple of num_heads=4, got dim=10"),
+    (dict(depth=0), "depth: expected a positive integer, got 0"),
+    (dict(num_heads=0), "num_heads: expected a positive integer, got 0"),
     (dict(pool="max"), r"pool: expected one of \('token', 'avg'\), got 'max'"),
     (dict(gelu="relu"), r"gelu: expected one of \('exact', 'tanh'\), got 'relu'"),
     (dict(class_token=False), "pool: 'token' pooling needs class_token=True"),
