@@ -39,18 +39,19 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 class ExplicitParams(nn.Module):
     """lowlevel's flat params dict inside an nn.Module, only so that torch.optim and DDP can hold them.
-    Module attribute names cannot contain '.', so 'blocks.0.qkv.weight' is kept as 'blocks/0/qkv/weight'."""
+    Module attribute names cannot contain '.', so 'blocks.0.qkv.weight' is kept as 'blocks/0/qkv/weight'.
+    fast: run lowlevel's fast path (the same function, computed with fused attention)."""
 
-    def __init__(self, params: dict, cfg: vit.ViTConfig):
+    def __init__(self, params: dict, cfg: vit.ViTConfig, fast: bool = False):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.fast = cfg, fast
         self.params = nn.ParameterDict({k.replace(".", "/"): nn.Parameter(v) for k, v in params.items()})
 
     def as_dict(self) -> dict:
         return {k.replace("/", "."): v for k, v in self.params.items()}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return vit.forward(self.as_dict(), images, self.cfg, train=self.training)
+        return vit.forward(self.as_dict(), images, self.cfg, train=self.training, fast=self.fast)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +164,7 @@ class Run:
     procs: Processes
     dtype: torch.dtype = torch.float32
     bf16: bool = False
+    fast: bool = False
     accum_steps: int = 1
     seed: int = 0
     resume: bool = False
@@ -175,7 +177,7 @@ def train_stage(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data,
                 run: Run) -> tuple[dict, dict]:
     """Train `params` by `recipe` for its total_steps, checkpointing to OUT/NAME.pt. -> (params, the stage's log)."""
     procs, path = run.procs, os.path.join(run.out, f"{name}.pt")
-    model = ExplicitParams({k: v.to(procs.device, run.dtype) for k, v in params.items()}, cfg).train()
+    model = ExplicitParams({k: v.to(procs.device, run.dtype) for k, v in params.items()}, cfg, run.fast).train()
     optimizer = make_optimizer(model.parameters(), recipe)
     schedule = Schedule(recipe.base_lr, recipe.total_steps, recipe.warmup_steps, recipe.decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -323,6 +325,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--accum", type=int, default=1, help="micro-batches per step per process (gradient accumulation)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass")
+    p.add_argument("--fast", action="store_true", help="lowlevel's fast path: the same model, fused attention")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="float64 for numerical checks")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--threads", type=int, default=1,
@@ -345,7 +348,7 @@ def main(argv=None) -> dict:
         raise ValueError("init: expected a pretrain.pt to fine-tune from when --stages is finetune alone, got none")
     torch.set_num_threads(args.threads)
     procs = start_processes(args.device)
-    run = Run(out=args.out, procs=procs, dtype=DTYPES[args.dtype], bf16=args.bf16, accum_steps=args.accum,
+    run = Run(out=args.out, procs=procs, dtype=DTYPES[args.dtype], bf16=args.bf16, fast=args.fast, accum_steps=args.accum,
               seed=args.seed, resume=args.resume, workers=args.workers, save_every=args.save_every)
     train, test, num_classes = load_data(args.data, args.data_dir)
     in_channels = train[0][0].shape[0]

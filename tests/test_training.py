@@ -129,6 +129,18 @@ def test_main_pipeline_in_miniature_writes_checkpoint_log_and_curves(tmp_path):
     assert state["step"] == 4 and state["recipe"]["optimizer"] == "sgd"
 
 
+def test_training_on_the_fast_path_ends_with_the_same_weights(tmp_path):
+    """--fast changes how the model is computed, not what: float64, the whole miniature pipeline, dropout on in
+    pre-training (both paths draw the same masks), the final weights agree to rounding."""
+    runs = {fast: tmp_path / f"fast_{fast}" for fast in (False, True)}
+    for fast, out in runs.items():
+        main(TINY_MAIN + ["--dtype", "float64", "--out", str(out)] + (["--fast"] if fast else []))
+    explicit, fast = final_params(runs[False]), final_params(runs[True])
+    assert explicit.keys() == fast.keys()
+    for k in explicit:
+        torch.testing.assert_close(fast[k], explicit[k], rtol=0, atol=1e-10, msg=k)
+
+
 class Killed(Exception):
     """Stands in for the process being killed."""
 
