@@ -6,7 +6,8 @@
 
 Method. One process holds every contender with the same weights (`init_params`, seed 0). Each round runs, for every
 contender in a rotated order, one inference call (`torch.inference_mode`) and one training step (forward,
-cross-entropy, backward, SGD momentum 0.9), and times a large square matmul; rounds repeat `--repeats` times.
+cross-entropy, backward, SGD momentum 0.9), each inference call just after timing a large square matmul; rounds
+repeat `--repeats` times.
 So noise from other work on the machine falls on all contenders alike, and each ratio ours/timm is taken within
 a round, then summarised by its median and range over the rounds.
 
@@ -14,8 +15,10 @@ a round, then summarised by its median and range over the rounds.
 - GFLOP/s = analytic forward FLOPs (2 × multiply-accumulates of every matmul) / time;
   a training step counts 3 × forward. The FLOPs are those the contender performs: the fast path, whose last block
   computes only the class token, is credited with less work than the others. The matmul peak is the fastest of
-  three 4096² products per round, and "% of peak" divides by the fastest over all rounds, so that a round in which
-  the machine happened to be slow does not lower the peak.
+  three 4096² products, timed just before each inference call; "% of peak" divides each call's GFLOP/s by that
+  peak (median and range over the rounds), so that the machine's speed, which drifts on a shared host, is the
+  same on both sides of the ratio. The fraction of the fastest peak of the whole run, a lower bound, is reported
+  too.
 - Peak training memory: on CPU, each contender runs in a fresh process (so libraries and other contenders do not
   count) with glibc's mmap threshold fixed at 64 KiB (so freed tensors return to the system), and a thread samples
   the resident set size every millisecond during two training steps; the figure is the peak minus the resident set
@@ -117,19 +120,20 @@ def batch_of(cfg: ViTConfig, batch: int, dtype, device: str) -> tuple[torch.Tens
 
 
 def time_rounds(contenders: list, images, labels, repeats: int, device: str, dtype, progress: tqdm) -> dict:
-    """Interleaved rounds -> {"infer": {name: [s, …]}, "train": {name: [s, …]}, "matmul": [GFLOP/s, …]}."""
+    """Interleaved rounds -> {"infer": {name: [s, …]}, "train": {name: [s, …]}, "matmul": {name: [GFLOP/s, …]}},
+    "matmul" being the peak measured just before each inference call."""
     n = 4096 if device == "cpu" else 8192
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
     matmul_gflops(a, b, device)                                                 # warm-up
-    times = {"infer": {c.name: [] for c in contenders}, "train": {c.name: [] for c in contenders}, "matmul": []}
+    times = {kind: {c.name: [] for c in contenders} for kind in ("infer", "train", "matmul")}
     for r in range(repeats):
         order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
         for c in order:
+            times["matmul"][c.name].append(max(matmul_gflops(a, b, device) for _ in range(3)))   # best of three
             with torch.inference_mode():
                 times["infer"][c.name].append(timed(lambda c=c: c.infer(images), device))
             times["train"][c.name].append(timed(lambda c=c: c.train_step(images, labels), device))
             progress.update()
-        times["matmul"].append(max(matmul_gflops(a, b, device) for _ in range(3)))   # best of three
     return times
 
 
@@ -221,10 +225,11 @@ def measure(cfg: ViTConfig, names: tuple, args, progress: tqdm) -> dict:
         contenders.append(c)
         progress.update()
     times = time_rounds(contenders, images, labels, args.repeats, device, dtype, progress)
+    peaks = [p for ps in times["matmul"].values() for p in ps]
     result = {"tokens": cfg.num_tokens, "image_size": list(cfg.image_size), "forward_gflop_per_image":
-              forward_flops(cfg) / 1e9, "matmul_peak_gflops": spread(times["matmul"]), "contenders": {}}
+              forward_flops(cfg) / 1e9, "matmul_peak_gflops": spread(peaks), "contenders": {}}
     for c in contenders:
-        infer, train = times["infer"][c.name], times["train"][c.name]
+        infer, train, peak = times["infer"][c.name], times["train"][c.name], times["matmul"][c.name]
         flops = executed_flops(c.name, cfg) * args.batch
         memory = None if args.no_memory else \
             training_memory(c.name, cfg, args.batch, dtype, device, args.threads, args.compile, c, images, labels) / MIB
@@ -235,7 +240,9 @@ def measure(cfg: ViTConfig, names: tuple, args, progress: tqdm) -> dict:
             "train_images_per_s": args.batch / statistics.median(train),
             "infer_gflops": flops / statistics.median(infer) / 1e9,
             "train_gflops": 3 * flops / statistics.median(train) / 1e9,
-            "infer_fraction_of_peak": spread([flops / t / 1e9 / max(times["matmul"]) for t in infer]),
+            "matmul_peak_gflops": peak,
+            "infer_fraction_of_peak": spread([flops / t / 1e9 / p for t, p in zip(infer, peak, strict=True)]),
+            "infer_fraction_of_run_peak": flops / statistics.median(infer) / 1e9 / max(peaks),
             "train_memory_mib": memory,
             "saved_activations_mib": None if args.compile else activation_bytes(c, images) / MIB,
             **diffs[c.name]}
@@ -264,24 +271,33 @@ def fmt_ratio(r: dict) -> str:
     return f"{r['median']:.2f}× ({r['min']:.2f}–{r['max']:.2f})"
 
 
+def fmt_percent(r: dict) -> str:
+    return f"{100 * r['median']:.0f}% ({100 * r['min']:.0f}–{100 * r['max']:.0f})"
+
+
+def fmt_gflops(r: dict) -> str:
+    return f"median {r['median']:.0f} GFLOP/s (range {r['min']:.0f}–{r['max']:.0f})"
+
+
 def markdown(result: dict) -> str:
     """The README table: one row per contender, then the sweep."""
     run, main = result["run"], result["main"]
     lines = [f"{run['model']} @{main['image_size'][0]}×{main['image_size'][1]}, batch {run['batch']}, {run['dtype']}, "
              f"{run['device_name']}, {run['threads']} threads, torch {run['torch']}, "
              f"{'torch.compile, ' if run['compile'] else ''}{run['repeats']} interleaved rounds; "
-             f"matmul peak {main['matmul_peak_gflops']['max']:.0f} GFLOP/s "
+             f"matmul peak {fmt_gflops(main['matmul_peak_gflops'])} "
              f"({main['forward_gflop_per_image']:.1f} GFLOP per image forward).",
              f"Command: `{run['command']}`", "",
              "| contender | inference img/s | × timm (median, range) | train step img/s | × timm (median, range) "
-             "| peak train memory MiB | activations saved MiB | inference GFLOP/s | % of matmul peak |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| peak train memory MiB | activations saved MiB | inference GFLOP/s "
+             "| % of matmul peak, paired (median, range) | % of the run's best peak |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, c in main["contenders"].items():
         vs = c.get("vs_timm")
         lines.append(f"| {name} | {c['infer_images_per_s']:.2f} | {fmt_ratio(vs['infer']) if vs else '–'} "
                      f"| {c['train_images_per_s']:.2f} | {fmt_ratio(vs['train']) if vs else '–'} "
                      f"| {mib(c['train_memory_mib'])} | {mib(c['saved_activations_mib'])} | {c['infer_gflops']:.1f} "
-                     f"| {100 * c['infer_fraction_of_peak']['median']:.0f}% |")
+                     f"| {fmt_percent(c['infer_fraction_of_peak'])} | {100 * c['infer_fraction_of_run_peak']:.0f}% |")
     if result.get("sweep"):
         lines += ["", "| resolution | tokens | contender | inference s/batch | train step s/batch | peak train memory MiB "
                   "| activations saved MiB |", "|---:|---:|---|---:|---:|---:|---:|"]

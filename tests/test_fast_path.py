@@ -145,6 +145,8 @@ def test_bench_command_runs_and_contenders_agree(tmp_path):
         assert c["max_abs_logit"] > 1e-2 and c["max_abs_logit_diff_vs_first"] < 1e-5
         assert c["saved_activations_mib"] > 0
         assert c["vs_timm"]["infer"]["median"] > 0
+        assert len(c["matmul_peak_gflops"]) == 1                              # one peak, timed before each call
+        assert c["infer_fraction_of_peak"]["median"] >= c["infer_fraction_of_run_peak"] > 0
     assert saved["main"]["contenders"]["timm"]["vs_timm"]["train"]["median"] == 1.0
     assert [list(p["contenders"]) for p in saved["sweep"]] == [["ours explicit", "ours fast"]]
     assert saved["sweep"][0]["tokens"] == 2                                   # 16 px: one patch and the class token
