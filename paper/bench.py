@@ -5,8 +5,8 @@
     python -m paper.bench --dtype bf16 --device cuda --compile
 
 Method. One process holds every contender with the same weights (`init_params`, seed 0). Each round runs, for every
-contender in a rotated order, one inference call (`torch.inference_mode`) and one training step (forward,
-cross-entropy, backward, SGD momentum 0.9), each inference call just after timing a large square matmul; rounds
+contender in a rotated order, one inference call (`torch.inference_mode`), each just after timing a large square
+matmul, then, in the same order, one training step each (forward, cross-entropy, backward, SGD momentum 0.9); rounds
 repeat `--repeats` times.
 So noise from other work on the machine falls on all contenders alike, and each ratio ours/timm is taken within
 a round, then summarised by its median and range over the rounds.
@@ -128,10 +128,11 @@ def time_rounds(contenders: list, images, labels, repeats: int, device: str, dty
     times = {kind: {c.name: [] for c in contenders} for kind in ("infer", "train", "matmul")}
     for r in range(repeats):
         order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
-        for c in order:
+        for c in order:                                       # the inference calls of a round back to back, ...
             times["matmul"][c.name].append(max(matmul_gflops(a, b, device) for _ in range(3)))   # best of three
             with torch.inference_mode():
                 times["infer"][c.name].append(timed(lambda c=c: c.infer(images), device))
+        for c in order:                                       # ... then its training steps, so paired calls are close
             times["train"][c.name].append(timed(lambda c=c: c.train_step(images, labels), device))
             progress.update()
     return times
