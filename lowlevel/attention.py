@@ -5,7 +5,7 @@
     SA(z) = A v
     MSA(z) = [SA_1(z); …; SA_k(z)] U_msa     U_msa ∈ R^{k·D_h×D}
 
-Weights use the layout of `torch.nn.MultiheadAttention` and timm: `w_qkv` (3D, D) holds the rows of q, then
+Weights use the layout of PyTorch's `MultiheadAttention` module and timm: `w_qkv` (3D, D) holds the rows of q, then
 k, then v, each block head-major (head 0's D_h rows first); `w_out` (D, D) is the output projection.
 """
 import torch
