@@ -1,19 +1,21 @@
 """A functional Vision Transformer (Dosovitskiy et al. 2020) over explicit parameter tensors.
 
-Tensor ops and torch.nn.functional only: params in, tensors out."""
-from .attention import multi_head_attention, scaled_dot_product_attention
+Tensor ops and torch.nn.functional only: params in, tensors out. Primitives take tensors; block-level functions take
+(params, x, cfg); `forward`, `forward_intermediates` and `fast_forward` take (params, images, cfg)."""
+from .attention import merge_heads, multi_head_attention, qkv_heads, scaled_dot_product_attention
 from .checks import check_params
 from .config import ViTConfig
-from .encoder import encoder, encoder_block
+from .encoder import block_params, encoder, encoder_block
 from .fast import fast_encoder, fast_encoder_block
-from .mlp import mlp_block
-from .model import embed, forward, pool
+from .mlp import mlp
+from .model import embed, fast_forward, forward, forward_intermediates, pool
+from .norm import layer_norm
 from .params import init_params, param_shapes
 from .patches import patch_embedding, patchify, unpatchify
 from .position import sincos_2d
-from .timm_format import from_timm, to_timm
 
-__all__ = ["ViTConfig", "init_params", "param_shapes", "check_params", "forward", "embed", "encoder", "encoder_block",
-           "fast_encoder", "fast_encoder_block", "pool", "mlp_block", "multi_head_attention",
-           "scaled_dot_product_attention", "patchify", "unpatchify", "patch_embedding", "sincos_2d", "from_timm",
-           "to_timm"]
+__all__ = ["ViTConfig", "init_params", "param_shapes", "check_params",
+           "forward", "forward_intermediates", "fast_forward",
+           "embed", "encoder", "encoder_block", "block_params", "fast_encoder", "fast_encoder_block", "pool",
+           "layer_norm", "mlp", "multi_head_attention", "scaled_dot_product_attention", "qkv_heads", "merge_heads",
+           "patchify", "unpatchify", "patch_embedding", "sincos_2d"]

@@ -19,10 +19,15 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return probs @ v, probs
 
 
-def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """(B, N, D) -> (B, H, N, D_h)."""
+def qkv_heads(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor | None,
+              num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eq. (5) for every head at once: x (B, N, D) -> q, k, v, each (B, H, N, D_h), views of one projection."""
     b, n, d = x.shape
-    return x.reshape(b, n, num_heads, d // num_heads).transpose(1, 2)
+    if num_heads < 1 or d % num_heads:
+        raise ValueError(f"num_heads: expected a positive divisor of the input dim {d}, got {num_heads}")
+    qkv = F.linear(x, w_qkv, b_qkv).view(b, n, 3, num_heads, d // num_heads)  # (B, N, 3·D) -> (B, N, 3, H, D_h)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                           # 3 × (B, H, N, D_h)
+    return q, k, v
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
@@ -31,15 +36,8 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, n, h * dh)
 
 
-def multi_head_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor | None,
-                         w_out: torch.Tensor, b_out: torch.Tensor | None, num_heads: int, *,
-                         return_attention: bool = False):
-    """Eq. (8): MSA(x). x (B, N, D) -> (B, N, D), and the probabilities (B, H, N, N) when return_attention."""
-    d = x.shape[-1]
-    if d % num_heads:
-        raise ValueError(f"num_heads: expected a divisor of the input dim {d}, got {num_heads}")
-    q, k, v = F.linear(x, w_qkv, b_qkv).chunk(3, dim=-1)   # (B, N, 3D) -> 3 × (B, N, D)
-    out, probs = scaled_dot_product_attention(split_heads(q, num_heads), split_heads(k, num_heads),
-                                              split_heads(v, num_heads))
-    out = F.linear(merge_heads(out), w_out, b_out)          # (B, N, D)
-    return (out, probs) if return_attention else out
+def multi_head_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor | None, w_out: torch.Tensor,
+                         b_out: torch.Tensor | None, num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. (8): MSA(x). x (B, N, D) -> (output (B, N, D), probabilities (B, H, N, N))."""
+    out, probs = scaled_dot_product_attention(*qkv_heads(x, w_qkv, b_qkv, num_heads))
+    return F.linear(merge_heads(out), w_out, b_out), probs

@@ -1,12 +1,12 @@
 """The fast path: the encoder block of eqs. (2)-(3) computed in fewer passes over memory, same numbers.
 
-`forward(..., fast=True)` runs this instead of encoder.py's block. Every change is a rearrangement, not an
+`fast_forward` runs this instead of encoder.py's blocks. Every change is a rearrangement, not an
 approximation (tests/test_fast_path.py checks outputs and gradients against the explicit path in float64):
 
 1. Attention, eqs. (5)-(8), through `F.scaled_dot_product_attention`: one fused kernel (flash attention on CPU and
    GPU) that never stores the (B, H, N, N) probabilities, so the fast path cannot return them.
-2. q, k and v are views into the one qkv projection, and the fused kernels write their output as (B, N, H, D_h),
-   so neither splitting nor concatenating the heads copies anything.
+2. The fused kernels write their output as (B, N, H, D_h), so concatenating the heads copies nothing (q, k and v
+   are views into the one qkv projection on both paths).
 3. Each residual add shares its pass with the preceding projection: z + (x Wᵀ + b) is one GEMM accumulating into
    a copy of z + b (BLAS's C ← C + A·B), instead of a GEMM, a bias pass and a separate add.
 4. With class-token pooling, eq. (4) reads only z_L^0, and in the last block the class token's output depends on the
@@ -17,44 +17,42 @@ approximation (tests/test_fast_path.py checks outputs and gradients against the 
 import torch
 import torch.nn.functional as F
 
-from .encoder import block_params, layer_norm
-from .mlp import GELU_APPROXIMATE
+from .attention import merge_heads, qkv_heads
+from .config import ViTConfig
+from .encoder import block_params
+from .mlp import mlp_hidden
+from .norm import layer_norm
 
 
 def fused_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor | None, num_heads: int) -> torch.Tensor:
     """Eqs. (5)-(7) for all heads, concatenated: x (B, N, D) -> [SA_1(x); …; SA_k(x)] (B, N, D), before U_msa."""
-    b, n, d = x.shape
-    qkv = F.linear(x, w_qkv, b_qkv).view(b, n, 3, num_heads, d // num_heads)  # (B, N, 3·D) -> (B, N, 3, H, D_h)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                           # 3 × (B, H, N, D_h), views
-    out = F.scaled_dot_product_attention(q, k, v)                              # softmax(q kᵀ/√D_h) v, (B, H, N, D_h)
-    return out.transpose(1, 2).reshape(b, n, d)          # (B, N, H·D_h), a view when laid out as (B, N, H, D_h)
+    out = F.scaled_dot_product_attention(*qkv_heads(x, w_qkv, b_qkv, num_heads))  # softmax(q kᵀ/√D_h) v, (B, H, N, D_h)
+    return merge_heads(out)                             # (B, N, H·D_h), a view when laid out as (B, N, H, D_h)
 
 
-def residual_linear(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """z + (x Wᵀ + b) with one GEMM: z (B, N, D), x (B, N, M), w (D, M) -> (B, N, D).
+def residual_linear(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, dropout: float = 0.0,
+                    train: bool = False) -> torch.Tensor:
+    """z + dropout(x Wᵀ + b): z (B, N, D), x (B, N, M), w (D, M) -> (B, N, D), with one GEMM when dropout is off.
     `z + b` is a fresh tensor that no other operation saved, so accumulating into it in place is safe for autograd;
     it is made 2-D before, not viewed after, so that the in-place product is not on a view (which autograd would
-    undo with extra copies in the backward)."""
+    undo with extra copies in the backward). Dropout acts on the projection alone, so while it is on the add stays
+    separate."""
+    if train and dropout:
+        return z + F.dropout(F.linear(x, w, b), dropout, train)
     out = z.flatten(0, -2) + b                                                 # (B·N, D)
     out.addmm_(x.flatten(0, -2), w.t())                                        # += (B·N, M) @ (M, D)
     return out.view(z.shape)
 
 
-def residual_dropout_linear(z, x, w, b, dropout: float, train: bool) -> torch.Tensor:
-    """z + dropout(x Wᵀ + b): dropout acts on the projection alone, so while it is on the add stays separate."""
-    if train and dropout:
-        return z + F.dropout(F.linear(x, w, b), dropout, train)
-    return residual_linear(z, x, w, b)
-
-
-def fast_encoder_block(z: torch.Tensor, p: dict, cfg, train: bool = False) -> torch.Tensor:
+def fast_encoder_block(params: dict, z: torch.Tensor, cfg: ViTConfig, train: bool = False) -> torch.Tensor:
     """Eqs. (2)-(3) for one block, as encoder.encoder_block computes them. z (B, N, D) -> z_ℓ (B, N, D)."""
-    a = fused_attention(layer_norm(z, p, "ln1", cfg.layer_norm_eps), p["qkv.weight"], p.get("qkv.bias"),
-                        cfg.num_heads)                                                       # (B, N, D)
-    z = residual_dropout_linear(z, a, p["proj.weight"], p["proj.bias"], cfg.dropout, train)   # eq. (2)
-    h = F.linear(layer_norm(z, p, "ln2", cfg.layer_norm_eps), p["fc1.weight"], p["fc1.bias"])  # (B, N, M)
-    h = F.dropout(F.gelu(h, approximate=GELU_APPROXIMATE[cfg.gelu]), cfg.dropout, train)
-    return residual_dropout_linear(z, h, p["fc2.weight"], p["fc2.bias"], cfg.dropout, train)  # eq. (3)
+    p, eps = params, cfg.layer_norm_eps
+    a = fused_attention(layer_norm(z, p["ln1.weight"], p["ln1.bias"], eps), p["qkv.weight"], p.get("qkv.bias"),
+                        cfg.num_heads)
+    z = residual_linear(z, a, p["proj.weight"], p["proj.bias"], cfg.dropout, train)          # eq. (2)
+    h = mlp_hidden(layer_norm(z, p["ln2.weight"], p["ln2.bias"], eps), p["fc1.weight"], p["fc1.bias"], cfg.gelu,
+                   cfg.dropout, train)
+    return residual_linear(z, h, p["fc2.weight"], p["fc2.bias"], cfg.dropout, train)         # eq. (3)
 
 
 def class_token_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor | None,
@@ -66,25 +64,25 @@ def class_token_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Ten
     q = F.linear(x[:, :1], w_q, b_q).view(b, 1, num_heads, d // num_heads).transpose(1, 2)  # (B, H, 1, D_h)
     kv = F.linear(x, w_kv, b_kv).view(b, n, 2, num_heads, d // num_heads)  # (B, N, 2·D) -> (B, N, 2, H, D_h)
     k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)                              # 2 × (B, H, N, D_h), views
-    out = F.scaled_dot_product_attention(q, k, v)                            # (B, H, 1, D_h)
-    return out.transpose(1, 2).reshape(b, 1, d)
+    return merge_heads(F.scaled_dot_product_attention(q, k, v))              # (B, H, 1, D_h) -> (B, 1, D)
 
 
-def class_token_block(z: torch.Tensor, p: dict, cfg) -> torch.Tensor:
+def class_token_block(params: dict, z: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
     """Eqs. (2)-(3) at position 0 only (item 4 above): z_{L-1} (B, N, D) -> z_L^0 (B, 1, D)."""
-    a = class_token_attention(layer_norm(z, p, "ln1", cfg.layer_norm_eps), p["qkv.weight"], p.get("qkv.bias"),
-                              cfg.num_heads)                                                 # (B, 1, D)
+    p, eps = params, cfg.layer_norm_eps
+    a = class_token_attention(layer_norm(z, p["ln1.weight"], p["ln1.bias"], eps), p["qkv.weight"],
+                              p.get("qkv.bias"), cfg.num_heads)                                 # (B, 1, D)
     z = residual_linear(z[:, :1], a, p["proj.weight"], p["proj.bias"])                       # eq. (2), (B, 1, D)
-    h = F.linear(layer_norm(z, p, "ln2", cfg.layer_norm_eps), p["fc1.weight"], p["fc1.bias"])  # (B, 1, M)
-    return residual_linear(z, F.gelu(h, approximate=GELU_APPROXIMATE[cfg.gelu]), p["fc2.weight"], p["fc2.bias"])
+    h = mlp_hidden(layer_norm(z, p["ln2.weight"], p["ln2.bias"], eps), p["fc1.weight"], p["fc1.bias"], cfg.gelu)
+    return residual_linear(z, h, p["fc2.weight"], p["fc2.bias"])                             # eq. (3)
 
 
-def fast_encoder(z: torch.Tensor, params: dict, cfg, train: bool = False) -> torch.Tensor:
+def fast_encoder(params: dict, z: torch.Tensor, cfg: ViTConfig, train: bool = False) -> torch.Tensor:
     """z_0 -> z_L through cfg.depth fast blocks; only z_L^0, (B, 1, D), when the pooling reads nothing else.
     While dropout is on the last block runs whole, so that every mask is drawn as in the explicit path."""
     class_token_only = cfg.pool == "token" and not (train and cfg.dropout)
     for i in range(cfg.depth - class_token_only):
-        z = fast_encoder_block(z, block_params(params, i), cfg, train)
+        z = fast_encoder_block(block_params(params, i), z, cfg, train)
     if class_token_only:
-        z = class_token_block(z, block_params(params, cfg.depth - 1), cfg)
+        z = class_token_block(block_params(params, cfg.depth - 1), z, cfg)
     return z

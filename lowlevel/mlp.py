@@ -1,14 +1,23 @@
-"""The MLP block of eq. (3): "two layers with a GELU non-linearity" (paper §3.1), dropout after each dense
-layer (App. B.1). GELU flavour is a config field: exact erf (timm, Hugging Face) or the tanh approximation
-(Flax's `nn.gelu` default, so the official JAX checkpoints were trained with it)."""
+"""The MLP of eq. (3): "two layers with a GELU non-linearity" (paper §3.1).
+
+Dropout follows every dense layer (App. B.1). The one after the first layer is inside the MLP; the one after the
+second sits on the residual line of eq. (3), as the one after the attention's output projection sits on eq. (2)'s.
+The GELU flavour is a config field: exact erf (timm, Hugging Face) or the tanh approximation (Flax's `nn.gelu`
+default, so the official JAX checkpoints were trained with it)."""
 import torch
 import torch.nn.functional as F
 
 GELU_APPROXIMATE = {"exact": "none", "tanh": "tanh"}
 
 
-def mlp_block(x: torch.Tensor, p: dict, gelu: str = "exact", dropout: float = 0.0, train: bool = False) -> torch.Tensor:
-    """(B, N, D) -> (B, N, M) -> (B, N, D) with p holding fc1.weight (M, D), fc1.bias, fc2.weight (D, M), fc2.bias."""
-    h = F.gelu(F.linear(x, p["fc1.weight"], p["fc1.bias"]), approximate=GELU_APPROXIMATE[gelu])
-    h = F.dropout(h, dropout, train)
-    return F.dropout(F.linear(h, p["fc2.weight"], p["fc2.bias"]), dropout, train)
+def mlp_hidden(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, gelu: str, dropout: float = 0.0,
+               train: bool = False) -> torch.Tensor:
+    """The first layer: dropout(GELU(x W₁ᵀ + b₁)). x (B, N, D), fc1_weight (M, D) -> (B, N, M)."""
+    h = F.gelu(F.linear(x, fc1_weight, fc1_bias), approximate=GELU_APPROXIMATE[gelu])
+    return F.dropout(h, dropout, train)
+
+
+def mlp(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor, fc2_weight: torch.Tensor,
+        fc2_bias: torch.Tensor, gelu: str, dropout: float = 0.0, train: bool = False) -> torch.Tensor:
+    """MLP(x) = GELU(x W₁ᵀ + b₁) W₂ᵀ + b₂. x (B, N, D) -> (B, N, M) -> (B, N, D)."""
+    return F.linear(mlp_hidden(x, fc1_weight, fc1_bias, gelu, dropout, train), fc2_weight, fc2_bias)

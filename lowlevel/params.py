@@ -1,6 +1,7 @@
 """The parameters: their names and shapes for a config, and the official implementation's initialisation.
 
-Names follow the paper's pieces (and are close to timm's state-dict names; the mapping is in timm_format.py):
+Names follow the paper's pieces (and are close to timm's state-dict names; each checkpoint format maps them in its
+own file under paper/formats/):
 
     patch.weight  (D, C·P·P)   E of eq. (1), as an F.linear weight    patch.bias (D,)
     cls           (1, 1, D)    x_class                                 pos (1, N+1, D)  E_pos (learned only)
@@ -15,8 +16,10 @@ import math
 
 import torch
 
+from .config import ViTConfig
 
-def param_shapes(cfg) -> dict[str, tuple[int, ...]]:
+
+def param_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
     """Every parameter's name and shape for `cfg`."""
     d, m, p, c = cfg.dim, cfg.mlp_dim, cfg.patch_size, cfg.in_channels
     shapes = {"patch.weight": (d, c * p * p), "patch.bias": (d,)}
@@ -57,7 +60,7 @@ def normal(shape, std: float, g: torch.Generator | None) -> torch.Tensor:
     return torch.empty(shape).normal_(0.0, std, generator=g)
 
 
-def init_params(cfg, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def init_params(cfg: ViTConfig, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Float32 parameters initialised as the official Flax code does (vit_jax/models_vit.py):
     patch conv lecun_normal, bias 0; class token 0; E_pos N(0, 0.02); q, k, v and the output projection
     xavier_uniform each over its own (D, D) matrix, biases 0; MLP xavier_uniform, biases N(0, 1e-6); LN 1 and 0;

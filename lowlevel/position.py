@@ -10,8 +10,10 @@ Three kinds of E_pos (cfg.pos_embed):
 """
 import torch
 
+from .config import ViTConfig
 
-def class_token(x: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+
+def prepend_class_token(x: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
     """[x_class; x]: (B, N, D) with cls (1, 1, D) -> (B, N+1, D)."""
     return torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
 
@@ -29,12 +31,12 @@ def sincos_2d(grid_size: tuple[int, int], dim: int, temperature: float = 10_000.
     return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)                        # (N, D)
 
 
-def embed_positions(x: torch.Tensor, params: dict, cfg) -> torch.Tensor:
+def embed_positions(params: dict, x: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
     """(B, N, D) patch embeddings -> z_0, (B, N+1, D) with a class token, (B, N, D) without."""
     if cfg.pos_embed == "sincos2d":
         x = x + sincos_2d(cfg.grid_size, cfg.dim, dtype=x.dtype).to(x.device)
     if cfg.class_token:
-        x = class_token(x, params["cls"])
+        x = prepend_class_token(x, params["cls"])
     if cfg.pos_embed == "learned":
         x = x + params["pos"]
     return x

@@ -2,7 +2,7 @@
 
     python -m paper.bench                              # ViT-B/16 @224, batch 8, fp32, CPU, all threads torch uses
     python -m paper.bench --sweep                      # and the sequence-length sweep, 224/384/512 for /16
-    python -m paper.bench --dtype bf16 --device cuda --compile
+    python -m paper.bench --dtype bfloat16 --device cuda --compile
 
 Method. One process holds every contender with the same weights (`init_params`, seed 0). Each round runs, for every
 contender in a rotated order, one inference call (`torch.inference_mode`), each just after timing a large square
@@ -37,7 +37,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -46,10 +45,13 @@ from tqdm import tqdm
 
 from lowlevel import ViTConfig, init_params
 
+from .atomic import write_atomically
 from .bench_models import CONTENDERS, build
+from .bench_report import markdown, plot
 from .configs import paper_config
+from .dtypes import DTYPES
+from .weights import perturbed
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SWEEP = (224, 384, 512)
 SWEEP_CONTENDERS = ("ours explicit", "ours fast")
 MIB = 2 ** 20
@@ -103,13 +105,9 @@ def matmul_gflops(a: torch.Tensor, b: torch.Tensor, device: str) -> float:
 
 
 def weights(cfg: ViTConfig) -> dict:
-    """The weights every contender holds: the official initialisation, seed 0, except the head, drawn N(0, 0.02)
-    rather than zero so that the logits, which the contenders must agree on, depend on every layer."""
-    g = torch.Generator().manual_seed(0)
-    params = init_params(cfg, g)
-    if "head.weight" in params:
-        params["head.weight"] = 0.02 * torch.randn(params["head.weight"].shape, generator=g)
-    return params
+    """The weights every contender holds: the official initialisation perturbed (`paper.weights`), so that the
+    logits, which the contenders must agree on, depend on every layer."""
+    return perturbed(init_params(cfg, torch.Generator().manual_seed(0)), seed=0, dtype=torch.float32)
 
 
 def batch_of(cfg: ViTConfig, batch: int, dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -264,105 +262,9 @@ def sweep_sizes(text: str, patch_size: int) -> list[int]:
     return [patch_size * max(1, round(s / patch_size)) for s in sizes]
 
 
-def mib(value: float | None) -> str:
-    return "–" if value is None else f"{value:.0f}"
-
-
-def fmt_ratio(r: dict) -> str:
-    return f"{r['median']:.2f}× ({r['min']:.2f}–{r['max']:.2f})"
-
-
-def fmt_percent(r: dict) -> str:
-    return f"{100 * r['median']:.0f}% ({100 * r['min']:.0f}–{100 * r['max']:.0f})"
-
-
-def fmt_gflops(r: dict) -> str:
-    return f"median {r['median']:.0f} GFLOP/s (range {r['min']:.0f}–{r['max']:.0f})"
-
-
-def markdown(result: dict) -> str:
-    """The README table: one row per contender, then the sweep."""
-    run, main = result["run"], result["main"]
-    lines = [f"{run['model']} @{main['image_size'][0]}×{main['image_size'][1]}, batch {run['batch']}, {run['dtype']}, "
-             f"{run['device_name']}, {run['threads']} threads, torch {run['torch']}, "
-             f"{'torch.compile, ' if run['compile'] else ''}{run['repeats']} interleaved rounds; "
-             f"matmul peak {fmt_gflops(main['matmul_peak_gflops'])} "
-             f"({main['forward_gflop_per_image']:.1f} GFLOP per image forward).",
-             f"Command: `{run['command']}`", "",
-             "| contender | inference img/s | × timm (median, range) | train step img/s | × timm (median, range) "
-             "| peak train memory MiB | activations saved MiB | inference GFLOP/s "
-             "| % of matmul peak, paired (median, range) | % of the run's best peak |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, c in main["contenders"].items():
-        vs = c.get("vs_timm")
-        lines.append(f"| {name} | {c['infer_images_per_s']:.2f} | {fmt_ratio(vs['infer']) if vs else '–'} "
-                     f"| {c['train_images_per_s']:.2f} | {fmt_ratio(vs['train']) if vs else '–'} "
-                     f"| {mib(c['train_memory_mib'])} | {mib(c['saved_activations_mib'])} | {c['infer_gflops']:.1f} "
-                     f"| {fmt_percent(c['infer_fraction_of_peak'])} | {100 * c['infer_fraction_of_run_peak']:.0f}% |")
-    if result.get("sweep"):
-        lines += ["", "| resolution | tokens | contender | inference s/batch | train step s/batch | peak train memory MiB "
-                  "| activations saved MiB |", "|---:|---:|---|---:|---:|---:|---:|"]
-        for point in result["sweep"]:
-            for name, c in point["contenders"].items():
-                lines.append(f"| {point['image_size'][0]} | {point['tokens']} | {name} "
-                             f"| {statistics.median(c['infer_s']):.3f} | {statistics.median(c['train_s']):.3f} "
-                             f"| {mib(c['train_memory_mib'])} | {mib(c['saved_activations_mib'])} |")
-    return "\n".join(lines) + "\n"
-
-
-def plot(result: dict, path: str) -> None:
-    """Images/s with their range for inference and training; with a sweep, time and memory against tokens."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    sweep = result.get("sweep")
-    fig, axes = plt.subplots(1, 3 if sweep else 1, figsize=(15 if sweep else 6, 4.5), squeeze=False)
-    ax = axes[0][0]
-    names = list(result["main"]["contenders"])
-    batch = result["run"]["batch"]
-    for offset, kind in ((-0.2, "infer"), (0.2, "train")):
-        per = [result["main"]["contenders"][n][f"{kind}_s"] for n in names]
-        mid = [batch / statistics.median(t) for t in per]
-        low = [m - batch / max(t) for m, t in zip(mid, per, strict=True)]
-        high = [batch / min(t) - m for m, t in zip(mid, per, strict=True)]
-        ax.bar([i + offset for i in range(len(names))], mid, 0.4, yerr=[low, high], capsize=3,
-               label="inference" if kind == "infer" else "training step")
-    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
-    ax.set_ylabel("images/s (median, range over rounds)")
-    ax.set_title(f"{result['run']['model']}, batch {batch}, {result['run']['dtype']}, {result['run']['device_name']}")
-    ax.legend()
-    if sweep:
-        for ax, key, label in ((axes[0][1], "train_s", "training step s/batch"),
-                               (axes[0][2], "saved_activations_mib", "activations saved for backward, MiB")):
-            if any(p["contenders"][n][key] is None for p in sweep for n in p["contenders"]):
-                continue                                                        # not measured under torch.compile
-            for name in sweep[0]["contenders"]:
-                tokens = [p["tokens"] for p in sweep]
-                values = [p["contenders"][name][key] for p in sweep]
-                values = [statistics.median(v) if isinstance(v, list) else v for v in values]
-                ax.plot(tokens, values, "o-", label=name)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("tokens N+1")
-            ax.set_ylabel(label)
-            ax.legend()
-    fig.tight_layout()
-    write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
-    plt.close(fig)
-
-
-def write_atomically(path: str, write, binary: bool = False) -> None:
-    """write(file) into a temporary file beside `path`, then rename it over `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def write_text(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
 
 
 def cpu_name() -> str:
@@ -381,7 +283,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="ViT-B/16", help="paper or timm name, e.g. ViT-B/16, vit_small_patch16_384")
     p.add_argument("--resolution", type=int, help="image side in pixels (default: from the name, else 224)")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights, activations and matmul peak")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="weights, activations and matmul peak")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(),
                    help="torch.set_num_threads for every contender (default: torch's, %(default)s here)")
@@ -431,8 +334,8 @@ def main(argv=None) -> dict:
                   "sweep": [measure(dataclasses.replace(cfg, image_size=s), SWEEP_CONTENDERS, args, progress)
                             for s in sizes]}
     table = markdown(result)
-    write_atomically(os.path.join(args.out, "bench.json"), lambda f: json.dump(result, f, indent=1))
-    write_atomically(os.path.join(args.out, "bench.md"), lambda f: f.write(table))
+    write_atomically(os.path.join(args.out, "bench.json"), lambda tmp: write_text(tmp, json.dumps(result, indent=1)))
+    write_atomically(os.path.join(args.out, "bench.md"), lambda tmp: write_text(tmp, table))
     plot(result, os.path.join(args.out, "bench.png"))
     print(table)
     return result

@@ -11,9 +11,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from lowlevel import ViTConfig, forward, to_timm
+from lowlevel import ViTConfig, fast_forward, forward
 
 from .formats.huggingface import to_hf
+from .formats.timm import to_timm
 from .reference_models import hf_vit, timm_vit
 
 CONTENDERS = ("ours explicit", "ours fast", "timm", "transformers eager", "transformers sdpa")
@@ -41,8 +42,9 @@ def sgd(parameters: list) -> torch.optim.Optimizer:
 
 def ours(params: dict, cfg: ViTConfig, fast: bool, compile: bool) -> Contender:
     params = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
-    run = partial(forward, params, cfg=cfg, fast=fast)
-    train = partial(forward, params, cfg=cfg, fast=fast, train=True)
+    model = fast_forward if fast else forward
+    run = partial(model, params, cfg=cfg)
+    train = partial(model, params, cfg=cfg, train=True)
     if compile:
         run, train = torch.compile(run), torch.compile(train)
     return Contender(f"ours {'fast' if fast else 'explicit'}", run, train, list(params.values()),

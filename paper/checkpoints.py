@@ -19,7 +19,7 @@ from paper.configs import paper_config
 from .formats.files import is_npz, load_tensors
 from .formats.huggingface import is_hf_state_dict, read_hf, write_hf
 from .formats.npz import read_npz, write_npz
-from .formats.timm_files import is_timm_state_dict, read_timm, write_timm
+from .formats.timm import is_timm_state_dict, read_timm, write_timm
 
 TIMM_SUFFIXES = (".pth", ".pt", ".safetensors")
 # The fields a model name fixes; the head (classes, pre-logits) and the numerics stay the checkpoint's own.

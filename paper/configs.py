@@ -52,7 +52,7 @@ def paper_config(name: str, **overrides) -> ViTConfig:
     return ViTConfig(**{**fields, **overrides})
 
 
-def timm_name(name: str, image_size: int = 224) -> str:
+def timm_model_name(name: str, image_size: int = 224) -> str:
     """"ViT-B/16" -> "vit_base_patch16_224": the timm model with the same architecture."""
     variant, patch, size = parse_name(name)
     long = {v: k for k, v in TIMM_VARIANTS.items()}[variant]

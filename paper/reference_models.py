@@ -5,12 +5,12 @@ import torch.nn as nn
 
 from lowlevel import ViTConfig
 
+from .formats.fields import require
+
 
 def timm_kwargs(cfg: ViTConfig) -> dict:
     """Arguments for timm's VisionTransformer that build the same model as `cfg` (eps and GELU made explicit)."""
-    if cfg.representation_size or cfg.pos_embed == "sincos2d":
-        raise ValueError("cfg: timm's VisionTransformer has no pre-logits layer and no fixed sin-cos position "
-                         "embedding")
+    require("timm's VisionTransformer", cfg, representation_size=None, pos_embed=("learned", "none"))
     return dict(img_size=cfg.image_size, patch_size=cfg.patch_size, in_chans=cfg.in_channels,
                 num_classes=cfg.num_classes, embed_dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads,
                 mlp_ratio=cfg.mlp_dim / cfg.dim, qkv_bias=cfg.qkv_bias, class_token=cfg.class_token,
@@ -22,7 +22,7 @@ def timm_kwargs(cfg: ViTConfig) -> dict:
 
 
 def timm_vit(cfg: ViTConfig, **kwargs):
-    """timm's VisionTransformer for `cfg` (random weights; load ours with `lowlevel.to_timm`)."""
+    """timm's VisionTransformer for `cfg` (random weights; load ours with `paper.formats.timm.to_timm`)."""
     from timm.models.vision_transformer import VisionTransformer
     return VisionTransformer(**timm_kwargs(cfg), **kwargs)
 
@@ -37,13 +37,9 @@ def hf_config(cfg: ViTConfig):
     The pre-logits layer maps to ViTModel's pooler (Dense + tanh), which has no classifier after it. In training
     mode the two differ: transformers drops out after the embeddings, attention and MLP but not after the GELU."""
     from transformers import ViTConfig as HFViTConfig
-    problems = {"pool": cfg.pool != "token", "class_token": not cfg.class_token,
-                "pos_embed": cfg.pos_embed != "learned",
-                "representation_size": bool(cfg.representation_size and cfg.num_classes)}
-    bad = [name for name, is_bad in problems.items() if is_bad]
-    if bad:
-        raise ValueError(f"{bad[0]}: transformers' ViT has a class token, token pooling, learned position embeddings "
-                         f"and no classifier after the pooler; got {bad[0]}={getattr(cfg, bad[0])!r}")
+    require("transformers' ViT", cfg, class_token=True, pool="token", pos_embed="learned")
+    if cfg.num_classes:                                     # the pooler (pre-logits) has no classifier after it
+        require("transformers' ViTForImageClassification", cfg, representation_size=None)
     h, w = cfg.image_size
     config = HFViTConfig(hidden_size=cfg.dim, num_hidden_layers=cfg.depth, num_attention_heads=cfg.num_heads,
                          intermediate_size=cfg.mlp_dim, hidden_act=HF_ACTIVATIONS[cfg.gelu],

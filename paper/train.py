@@ -27,14 +27,14 @@ from tqdm import tqdm
 import lowlevel as vit
 
 from . import recipes
+from .atomic import write_atomically
 from .configs import paper_config
 from .data import DATASETS, EvalView, TrainStream, load_data, shard_positions
+from .dtypes import DTYPES
 from .heads import finetuning_head, pretraining_head
 from .resolution import change_resolution
 from .schedules import Schedule
-from .train_state import atomic_write, check_same_run, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+from .train_state import check_same_run, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 
 class ExplicitParams(nn.Module):
@@ -51,7 +51,8 @@ class ExplicitParams(nn.Module):
         return {k.replace("/", "."): v for k, v in self.params.items()}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return vit.forward(self.as_dict(), images, self.cfg, train=self.training, fast=self.fast)
+        run = vit.fast_forward if self.fast else vit.forward
+        return run(self.as_dict(), images, self.cfg, train=self.training)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,7 +261,7 @@ def plot_curves(log: dict, path: str) -> None:
         ax.legend()
     axes[0].set_yscale("log")
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
 
 
@@ -326,7 +327,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass")
     p.add_argument("--fast", action="store_true", help="lowlevel's fast path: the same model, fused attention")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="float64 for numerical checks")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="float64 for numerical checks")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads per process (default 1: the main job's small matrices gain little from more, and "
@@ -381,7 +382,7 @@ def main(argv=None) -> dict:
     log["test_accuracy"] = last["eval"][-1]["test_accuracy"]
     log["seconds"] = time.perf_counter() - started
     if procs.rank == 0:
-        atomic_write(os.path.join(args.out, "log.json"), lambda tmp: write_json(log, tmp))
+        write_atomically(os.path.join(args.out, "log.json"), lambda tmp: write_json(log, tmp))
         plot_curves(log, os.path.join(args.out, "curves.png"))
         print(f"test accuracy {100 * log['test_accuracy']:.2f}% on {len(test)} held-out images; "
               f"{log['seconds']:.0f} s; checkpoints, log.json and curves.png in {args.out}")

@@ -7,31 +7,15 @@ it is a pure function of (seed, step) (see data.py).
 """
 import dataclasses
 import os
-import tempfile
 
 import torch
 
 from lowlevel import ViTConfig
 
+from .atomic import write_atomically
 from .recipes import Recipe
 
 KEYS = ("config", "recipe", "params", "optimizer", "scheduler", "step", "rng", "log")
-
-
-def atomic_write(path: str, write) -> None:
-    """write(temporary path) and then move it over `path` in one step (os.replace), so readers see the old file
-    or the new one, never a partial one. The temporary file is removed if writing fails."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def non_finite(tensors: dict) -> list[str]:
@@ -54,7 +38,7 @@ def save_checkpoint(path: str, *, cfg: ViTConfig, recipe: Recipe, params: dict, 
                          f"{' …' if len(bad) > 5 else ''}; {path} is left as it was")
     state = {"config": dataclasses.asdict(cfg), "recipe": dataclasses.asdict(recipe), "params": params,
              "optimizer": optimizer, "scheduler": scheduler, "step": step, "rng": rng, "log": log}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str) -> dict:

@@ -18,20 +18,13 @@ from tqdm import tqdm
 
 import lowlevel as vit
 from paper.configs import PAPER_MODELS, TABLE1_PARAMS, model_name, paper_config, param_count, parse_name
+from paper.dtypes import DTYPES
 from paper.formats.huggingface import to_hf
+from paper.formats.timm import to_timm
 from paper.reference_models import hf_vit, timm_vit
+from paper.weights import perturbed
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def random_weights(cfg, dtype, seed: int) -> dict:
-    """The official initialisation, every tensor then perturbed by N(0, 0.02): the zero head and the unit LN scales
-    would otherwise hide mapping errors."""
-    g = torch.Generator().manual_seed(seed)
-    params = vit.init_params(cfg, g)
-    for k in params:
-        params[k] = params[k].add_(torch.randn(params[k].shape, generator=g), alpha=0.02).to(dtype)
-    return params
+VERIFY_DTYPES = ("float32", "float64")
 
 
 def available_bytes() -> int:
@@ -64,16 +57,16 @@ def verify_config(cfg, dtype=torch.float64, batch: int = 1, seed: int = 0, name:
     """One row of the table: differences to timm and transformers, and the parameter counts."""
     row = {"model": name or model_name(cfg) or "custom", "dtype": str(dtype).removeprefix("torch."),
            "ours": param_count(cfg)}
-    params = random_weights(cfg, dtype, seed)
+    params = perturbed(vit.init_params(cfg, torch.Generator().manual_seed(seed)), seed, dtype)
     x = torch.randn(batch, cfg.in_channels, *cfg.image_size, generator=torch.Generator().manual_seed(seed + 1),
                     dtype=dtype)
-    logits, out = vit.forward(params, x, cfg, return_attention=True)
+    logits, out = vit.forward_intermediates(params, x, cfg)
     features = out["features"]
     del out
 
     with torch.device("meta"):                       # build without allocating, then adopt the converted tensors
         model = timm_vit(cfg)
-    model.load_state_dict(vit.to_timm(params, cfg), assign=True)
+    model.load_state_dict(to_timm(params, cfg), assign=True)
     model.eval()
     row["timm"] = sum(p.numel() for p in model.parameters())
     theirs = model.forward_head(model.forward_features(x), pre_logits=True)
@@ -119,7 +112,7 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def verify(models=PAPER_MODELS, dtypes=("float32", "float64"), batch: int = 1, seed: int = 0) -> list[dict]:
+def verify(models=PAPER_MODELS, dtypes=VERIFY_DTYPES, batch: int = 1, seed: int = 0) -> list[dict]:
     """verify_config for every model and dtype that fits in memory; the others get a row saying why not."""
     rows = []
     jobs = [(m, d) for m in models for d in dtypes]
@@ -139,7 +132,7 @@ def main(argv=None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(PAPER_MODELS), metavar="NAME",
                         help=f"paper or timm model names (default: {' '.join(PAPER_MODELS)})")
-    parser.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=list(DTYPES),
+    parser.add_argument("--dtypes", nargs="+", choices=VERIFY_DTYPES, default=list(VERIFY_DTYPES),
                         help="precisions to compare in (default: both)")
     parser.add_argument("--batch", type=int, default=1, help="images per forward (default 1, so ViT-H/14 in float64 "
                                                              "fits in 24 GiB)")

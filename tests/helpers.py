@@ -2,8 +2,10 @@
 import torch
 from hypothesis import strategies as st
 
-from lowlevel import ViTConfig, init_params, to_timm
+from lowlevel import ViTConfig, init_params
+from paper.formats.timm import to_timm
 from paper.reference_models import timm_vit
+from paper.weights import perturbed
 
 
 @st.composite
@@ -23,12 +25,10 @@ def vit_configs(draw, max_depth=3, learned_or_none=True):
         layer_norm_eps=draw(st.sampled_from([1e-6, 1e-12, 1e-5])))
 
 
-def random_params(cfg: ViTConfig, seed: int, dtype=torch.float64) -> dict:
-    """The official initialisation, then every tensor perturbed by N(0, 0.02): zero heads, unit LayerNorms and
-    zero biases would hide mistakes that random values expose."""
-    g = torch.Generator().manual_seed(seed)
-    return {k: (v.to(dtype) + 0.02 * torch.randn(v.shape, generator=g, dtype=dtype))
-            for k, v in init_params(cfg, g).items()}
+def random_params(cfg: ViTConfig, seed: int = 0, dtype=torch.float64, scale: float = 0.02) -> dict:
+    """The official initialisation, then every tensor perturbed (`paper.weights.perturbed`): zero heads, unit
+    LayerNorms and zero biases would hide mistakes that random values expose."""
+    return perturbed(init_params(cfg, torch.Generator().manual_seed(seed)), seed, dtype, scale)
 
 
 def random_images(cfg: ViTConfig, batch: int, seed: int, dtype=torch.float64) -> torch.Tensor:

@@ -15,9 +15,10 @@ import lowlevel as vit
 from paper.checkpoints import detect_format, read_checkpoint, write_checkpoint
 from paper.formats.huggingface import from_hf, read_hf, to_hf, write_hf
 from paper.formats.npz import from_npz, read_npz, to_npz, write_npz
-from paper.formats.timm_files import read_timm, write_timm
+from paper.formats.timm import from_timm, read_timm, to_timm, write_timm
 from paper.heads import pretraining_head
 from paper.reference_models import hf_config, hf_vit, timm_vit
+from tests import helpers
 
 # Float64 comparisons: the same arithmetic in a different order, ~1e-15 relative; 1e-10 leaves room for depth.
 F64 = dict(rtol=0, atol=1e-10)
@@ -30,9 +31,8 @@ def tiny_cfg(**kw):
 
 
 def random_params(cfg, seed=0, dtype=torch.float64):
-    """Every tensor random (LN scales and the zero-initialised head too), so no mapping error can hide."""
-    g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(s, generator=g, dtype=dtype) * 0.3 for k, s in vit.param_shapes(cfg).items()}
+    """Every tensor perturbed well away from its initial value, so no mapping error can hide."""
+    return helpers.random_params(cfg, seed, dtype, scale=0.3)
 
 
 def images(cfg, batch=2, dtype=torch.float64, seed=1):
@@ -104,7 +104,7 @@ def test_forward_equals_vit_model_features_and_pooler():
     assert isinstance(model, ViTModel) and model.pooler is not None
     model.load_state_dict(to_hf(params, cfg)[0])
     x = images(cfg)
-    features, out = vit.forward(params, x, cfg, return_attention=True)
+    features, out = vit.forward_intermediates(params, x, cfg)
     theirs = model(x, output_hidden_states=True)
     torch.testing.assert_close(features, theirs.pooler_output, **F64)
     for ours_z, their_z in zip(out["hidden"][:-1], theirs.hidden_states[:-1], strict=True):
@@ -175,7 +175,7 @@ def test_npz_we_write_loads_in_timms_own_npz_loader(tmp_path):
     ours = vit.forward({k: v.double() for k, v in params.items()}, x, cfg)
     torch.testing.assert_close(ours, model(x), **F64)
     theirs = model.state_dict()
-    for k, v in vit.to_timm(params, cfg).items():                   # timm loaded exactly our numbers
+    for k, v in to_timm(params, cfg).items():                   # timm loaded exactly our numbers
         assert torch.equal(theirs[k], v.double()), k
     assert no_leftovers(tmp_path)
 
@@ -304,7 +304,7 @@ def test_truncated_file_is_refused_naming_it(tmp_path, name):
 
 def test_missing_unexpected_and_misshaped_keys_are_named(tmp_path):
     cfg = tiny_cfg()
-    sd = vit.to_timm(random_params(cfg, dtype=torch.float32), cfg)
+    sd = to_timm(random_params(cfg, dtype=torch.float32), cfg)
     del sd["blocks.1.norm2.bias"]
     sd["blocks.0.attn.extra"] = torch.zeros(1)
     sd["norm.weight"] = torch.zeros(3)
@@ -377,7 +377,7 @@ def fields(cfg):
 @given(cfg=configs(), seed=st.integers(0, 2**16))
 def test_in_memory_conversions_are_lossless_for_any_config(cfg, seed):
     params = random_params(cfg, seed, dtype=torch.float32)
-    cfg_t, params_t = vit.from_timm(vit.to_timm(params, cfg), **fields(cfg))
+    cfg_t, params_t = from_timm(to_timm(params, cfg), **fields(cfg))
     assert cfg_t == cfg
     assert_same_params(params_t, params)
     cfg_h, params_h = from_hf(to_hf(params, cfg)[0], hf_config(cfg).to_dict())

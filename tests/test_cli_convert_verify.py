@@ -13,6 +13,7 @@ from paper.checkpoints import read_checkpoint
 from paper.convert import main as convert_main
 from paper.formats.npz import write_npz
 from paper.verify import format_table, verify_config
+from tests import helpers
 
 
 def tiny_cfg(**kw):
@@ -21,8 +22,7 @@ def tiny_cfg(**kw):
 
 
 def random_params(cfg, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(s, generator=g) * 0.3 for k, s in vit.param_shapes(cfg).items()}
+    return helpers.random_params(cfg, seed, torch.float32, scale=0.3)
 
 
 @pytest.mark.parametrize("module", ["paper.convert", "paper.verify"])

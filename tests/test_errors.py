@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from lowlevel import ViTConfig, forward, from_timm, init_params, patchify, to_timm
+from lowlevel import ViTConfig, forward, init_params, patchify
+from paper.formats.timm import from_timm, to_timm
 
 CFG = ViTConfig(image_size=(8, 12), patch_size=4, dim=8, depth=1, num_heads=2, mlp_dim=8, num_classes=3)
 

@@ -222,7 +222,7 @@ def fine_tuned(graded):
     from exercises.grading.fine_tuning import digits
     images, labels = digits(5, 16, "test")
     with torch.no_grad():
-        logits, out = vit.forward(saved["params"], images, cfg, return_attention=True)
+        logits, out = vit.forward_intermediates(saved["params"], images, cfg)
     return cfg, logits, labels, out["attention"]
 
 
@@ -272,7 +272,7 @@ def test_untrained_model_attends_almost_uniformly():
     cfg = vit.ViTConfig(image_size=32, patch_size=4, dim=32, depth=2, num_heads=2, mlp_dim=64, num_classes=0)
     params = vit.init_params(cfg, torch.Generator().manual_seed(0))
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    _, out = vit.forward(params, images, cfg, return_attention=True)
+    _, out = vit.forward_intermediates(params, images, cfg)
     uniform = analysis.patch_distances(cfg.grid_size, cfg.patch_size).mean().item()
     for a in out["attention"]:
         d = analysis.mean_attention_distance(a, cfg.grid_size, cfg.patch_size)
@@ -295,7 +295,7 @@ def test_workbook_02_random_vit_ti_attends_about_116_pixels():
     params = vit.init_params(cfg, torch.Generator().manual_seed(0))
     images = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(1)) * 2 - 1
     with torch.no_grad():
-        _, out = vit.forward(params, images, cfg, return_attention=True)
+        _, out = vit.forward_intermediates(params, images, cfg)
     uniform = analysis.patch_distances(cfg.grid_size, 16).mean().item() * 196 / 197   # 196 of 197 keys are patches
     assert uniform == pytest.approx(115.9, abs=0.05)
     for a in out["attention"]:

@@ -10,10 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-from lowlevel import ViTConfig, forward, to_timm
+from lowlevel import ViTConfig, fast_forward, forward
 from paper import bench
 from paper.bench_models import build
 from paper.configs import paper_config
+from paper.formats.timm import to_timm
 from paper.reference_models import timm_vit
 from tests.helpers import random_images, random_params, vit_configs
 
@@ -32,7 +33,7 @@ def test_fast_forward_equals_explicit_and_timm(cfg, batch):
     params = random_params(cfg, seed=batch)
     images = random_images(cfg, batch, seed=batch)
     with torch.no_grad():
-        fast = forward(params, images, cfg, fast=True)
+        fast = fast_forward(params, images, cfg)
         explicit = forward(params, images, cfg)
         ref = timm_fused(params, cfg)(images)
     assert fast.shape == explicit.shape == (batch, cfg.num_classes or cfg.dim)
@@ -49,7 +50,7 @@ def test_fast_gradients_equal_explicit(cfg, batch):
         images = random_images(cfg, batch, seed=6).requires_grad_(True)
         weights = torch.randn(batch, cfg.num_classes or cfg.dim, dtype=torch.float64,
                               generator=torch.Generator().manual_seed(7))     # a loss touching every output
-        (forward(params, images, cfg, fast=fast) * weights).sum().backward()
+        ((fast_forward if fast else forward)(params, images, cfg) * weights).sum().backward()
         grads.append({"images": images.grad, **{k: v.grad for k, v in params.items()}})
     explicit, fast = grads
     assert explicit.keys() == fast.keys()
@@ -68,17 +69,10 @@ def test_fast_dropout_draws_the_same_masks(seed):
     out = []
     for fast in (False, True):
         torch.manual_seed(seed)
-        out.append(forward(params, images, cfg, train=True, fast=fast))
+        out.append((fast_forward if fast else forward)(params, images, cfg, train=True))
     torch.testing.assert_close(out[1], out[0], rtol=0, atol=1e-10)
     torch.manual_seed(seed)
-    assert not torch.allclose(forward(params, images, cfg, fast=True), out[1])   # dropout did act
-
-
-def test_fast_path_refuses_attention_maps():
-    cfg = ViTConfig(image_size=8, patch_size=4, dim=16, depth=1, num_heads=2, mlp_dim=24, num_classes=3)
-    params = random_params(cfg, seed=0)
-    with pytest.raises(ValueError, match="return_attention"):
-        forward(params, random_images(cfg, 1, seed=0), cfg, fast=True, return_attention=True)
+    assert not torch.allclose(fast_forward(params, images, cfg), out[1])   # dropout did act
 
 
 @pytest.mark.slow
@@ -94,10 +88,10 @@ def test_compiled_forward_and_backward_equal_eager():
     images = random_images(cfg, 2, seed=1, dtype=torch.float32)
     labels = torch.tensor([1, 4])
     torch._dynamo.reset()
-    compiled = torch.compile(forward)
+    compiled = torch.compile(fast_forward)
     results = []
-    for run in (forward, compiled):
-        logits = run(params, images, cfg, fast=True, train=True)
+    for run in (fast_forward, compiled):
+        logits = run(params, images, cfg, train=True)
         loss = torch.nn.functional.cross_entropy(logits, labels)
         grads = torch.autograd.grad(loss, list(params.values()))
         results.append((logits.detach(), grads))

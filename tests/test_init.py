@@ -8,7 +8,8 @@ import pytest
 import scipy.stats
 import torch
 
-from lowlevel import ViTConfig, init_params, to_timm
+from lowlevel import ViTConfig, init_params
+from paper.formats.timm import to_timm
 from paper.reference_models import timm_vit
 
 CFG = ViTConfig(image_size=32, patch_size=8, in_channels=3, dim=192, depth=2, num_heads=3, mlp_dim=384, num_classes=10)

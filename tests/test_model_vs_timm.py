@@ -4,8 +4,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lowlevel import forward, to_timm
+from lowlevel import forward, forward_intermediates
 from paper.configs import paper_config
+from paper.formats.timm import to_timm
 from tests.helpers import random_images, random_params, timm_twin, vit_configs
 
 
@@ -15,7 +16,7 @@ def test_forward_equals_timm(cfg, batch):
     images = random_images(cfg, batch, seed=batch)
     model = timm_twin(params, cfg)
     with torch.no_grad():
-        logits, out = forward(params, images, cfg, return_attention=True)
+        logits, out = forward_intermediates(params, images, cfg)
         ref_logits = model(images)
         ref_features = model.forward_head(model.forward_features(images), pre_logits=True)
     torch.testing.assert_close(logits, ref_logits, rtol=0, atol=1e-10)
@@ -39,8 +40,8 @@ def test_gradients_equal_timm(cfg, batch):
     (model(images_ref) * weights).sum().backward()
     torch.testing.assert_close(images.grad, images_ref.grad, rtol=0, atol=1e-10)
     ref_grads = {name: p.grad for name, p in model.named_parameters()}
-    for timm_name, grad in to_timm({k: v.grad for k, v in params.items()}, cfg).items():
-        torch.testing.assert_close(grad, ref_grads[timm_name], rtol=0, atol=1e-10, msg=timm_name)
+    for key, grad in to_timm({k: v.grad for k, v in params.items()}, cfg).items():
+        torch.testing.assert_close(grad, ref_grads[key], rtol=0, atol=1e-10, msg=key)
 
 
 def test_vit_b16_equals_timm_float64_and_float32():
@@ -55,7 +56,7 @@ def test_vit_b16_equals_timm_float64_and_float32():
         p = {k: v.to(dtype) for k, v in params.items()}
         model = timm_twin(p, cfg, dtype)
         with torch.no_grad():
-            logits, out = forward(p, images.to(dtype), cfg, return_attention=True)
+            logits, out = forward_intermediates(p, images.to(dtype), cfg)
             ref = model(images.to(dtype))
         assert logits.abs().max() > 0.1                              # not a trivially zero output
         torch.testing.assert_close(logits, ref, rtol=0, atol=atol)

@@ -6,7 +6,7 @@ import timm
 import torch
 
 import lowlevel as vit
-from paper.configs import PAPER_MODELS, TABLE1_PARAMS, VARIANTS, model_name, paper_config, param_count, timm_name
+from paper.configs import PAPER_MODELS, TABLE1_PARAMS, VARIANTS, model_name, paper_config, param_count, timm_model_name
 from paper.heads import finetuning_head, pretraining_head
 
 # vit_jax/models_test.py MODEL_SIZES (224 px, 1000 classes).
@@ -24,7 +24,7 @@ def timm_count(name: str, **kwargs) -> int:
 
 @pytest.mark.parametrize("name", PAPER_MODELS)
 def test_param_count_equals_timm_create_model(name):
-    assert param_count(paper_config(name)) == timm_count(timm_name(name), num_classes=1000)
+    assert param_count(paper_config(name)) == timm_count(timm_model_name(name), num_classes=1000)
 
 
 @pytest.mark.parametrize("name", PAPER_MODELS)
@@ -57,7 +57,7 @@ def test_config_fields_equal_timm_model(name):
     """Every architectural field equals the timm model of the same name, built on the meta device."""
     cfg = paper_config(name)
     with torch.device("meta"):
-        model = timm.create_model(timm_name(name), pretrained=False, num_classes=1000)
+        model = timm.create_model(timm_model_name(name), pretrained=False, num_classes=1000)
     block = model.blocks[0]
     assert (cfg.dim, cfg.depth, cfg.num_heads) == (model.embed_dim, len(model.blocks), block.attn.num_heads)
     assert cfg.mlp_dim == block.mlp.fc1.out_features
@@ -68,7 +68,7 @@ def test_config_fields_equal_timm_model(name):
 def test_paper_and_timm_names_give_the_same_config():
     assert paper_config("ViT-L/16", image_size=384) == paper_config("vit_large_patch16_384")
     assert paper_config("vit_base_patch16_224.augreg_in21k") == paper_config("ViT-B/16")
-    assert timm_name("ViT-H/14") == "vit_huge_patch14_224" and timm_name("ViT-S/32", 384) == "vit_small_patch32_384"
+    assert timm_model_name("ViT-H/14") == "vit_huge_patch14_224" and timm_model_name("ViT-S/32", 384) == "vit_small_patch32_384"
 
 
 def test_model_name_inverts_paper_config():
@@ -99,7 +99,7 @@ def test_pretraining_head_is_tanh_mlp():
     g = torch.Generator().manual_seed(0)
     params = {k: torch.randn(s, generator=g) for k, s in vit.param_shapes(cfg).items()}
     x = torch.randn(2, 3, 32, 32, generator=g)
-    logits, out = vit.forward(params, x, cfg, return_attention=True)
+    logits, out = vit.forward_intermediates(params, x, cfg)
     y = torch.nn.functional.layer_norm(out["hidden"][-1][:, 0], (32,), params["norm.weight"], params["norm.bias"], 1e-6)
     hidden = torch.tanh(y @ params["pre_logits.weight"].T + params["pre_logits.bias"])
     torch.testing.assert_close(logits, hidden @ params["head.weight"].T + params["head.bias"])

@@ -10,8 +10,10 @@ from timm.models.vision_transformer import checkpoint_filter_fn
 from transformers.models.vit.modeling_vit import ViTEmbeddings
 
 import lowlevel as vit
+from paper.formats.timm import to_timm
 from paper.reference_models import hf_config, hf_vit, timm_vit
 from paper.resolution import change_resolution, resample_pos_embed
+from tests import helpers
 
 grid = st.tuples(st.integers(2, 12), st.integers(2, 12))
 dtypes = st.sampled_from([torch.float32, torch.float64])
@@ -88,8 +90,7 @@ def tiny_cfg(**kw):
 
 
 def random_params(cfg, seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(s, generator=g, dtype=dtype) * 0.5 for k, s in vit.param_shapes(cfg).items()}
+    return helpers.random_params(cfg, seed, dtype, scale=0.5)
 
 
 @pytest.mark.parametrize("new_size", [(48, 48), (48, 64), (16, 24)])
@@ -99,7 +100,7 @@ def test_change_resolution_equals_timm_checkpoint_filter(new_size):
     params = random_params(cfg)
     new_params, new_cfg = change_resolution(params, cfg, new_size, "timm")
     model = timm_vit(new_cfg).eval()
-    model.load_state_dict(checkpoint_filter_fn(vit.to_timm(params, cfg), model))
+    model.load_state_dict(checkpoint_filter_fn(to_timm(params, cfg), model))
     x = torch.randn(2, 3, *new_size)
     torch.testing.assert_close(vit.forward(new_params, x, new_cfg), model(x), rtol=1e-5, atol=1e-5)  # fp32 rounding
 

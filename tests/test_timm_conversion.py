@@ -2,7 +2,8 @@
 import torch
 from hypothesis import given
 
-from lowlevel import ViTConfig, from_timm, param_shapes, to_timm
+from lowlevel import ViTConfig, param_shapes
+from paper.formats.timm import from_timm, to_timm
 from paper.reference_models import timm_vit
 from tests.helpers import random_params, vit_configs
 

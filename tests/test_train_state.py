@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import lowlevel as vit
+from paper.atomic import write_atomically
 from paper.recipes import DIGITS_PRETRAIN
-from paper.train_state import atomic_write, check_same_run, load_checkpoint, save_checkpoint
+from paper.train_state import check_same_run, load_checkpoint, save_checkpoint
 
 CFG = vit.ViTConfig(image_size=8, patch_size=4, in_channels=1, dim=16, depth=1, num_heads=2, mlp_dim=32, num_classes=3)
 
@@ -37,7 +38,7 @@ def test_a_write_that_fails_half_way_leaves_the_old_file_and_no_temporary(tmp_pa
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        atomic_write(str(path), crash)
+        write_atomically(str(path), crash)
     assert path.read_bytes() == b"the good one" and os.listdir(tmp_path) == ["ckpt.pt"]
 
 

@@ -19,6 +19,7 @@ from PIL import Image
 
 import lowlevel as vit
 import paper.train as train_module
+from paper.formats.timm import from_timm, to_timm
 from paper.heads import pretraining_head
 from paper.recipes import Recipe
 from paper.schedules import Schedule
@@ -267,7 +268,7 @@ def test_a_training_step_equals_timms_model_stepped_by_torch(optimizer):
     params = {k: v.double() + 0.02 * torch.randn(v.shape, generator=g, dtype=torch.float64)
               for k, v in vit.init_params(cfg, g).items()}
     timm_model = timm_vit(cfg).double()
-    timm_model.load_state_dict(vit.to_timm(params, cfg))
+    timm_model.load_state_dict(to_timm(params, cfg))
     rec = recipe(optimizer, grad_clip=0.5)
     timm_opt = make_optimizer(timm_model.parameters(), rec)
     timm_sched = torch.optim.lr_scheduler.LambdaLR(timm_opt, lambda i: (i + 1) / 2 if i < 2 else 1.0)
@@ -284,7 +285,7 @@ def test_a_training_step_equals_timms_model_stepped_by_torch(optimizer):
         torch.nn.utils.clip_grad_norm_(timm_model.parameters(), 0.5)
         timm_opt.step()
         timm_sched.step()
-    _, stepped = vit.from_timm(timm_model)
+    _, stepped = from_timm(timm_model)
     assert max((stepped[k] - v).abs().max().item() for k, v in ours.as_dict().items()) < 1e-10
     assert max((stepped[k] - params[k]).abs().max().item() for k in params) > 1e-4  # both moved
 

@@ -2,8 +2,9 @@
 import torch
 
 import lowlevel as vit
-from lowlevel.attention import merge_heads, split_heads
+from lowlevel.attention import merge_heads
 from paper import analysis
+from paper.weights import perturbed
 
 from .common import Mistake, call, expect, expect_png
 
@@ -43,7 +44,10 @@ def wrong_mha(x, w_qkv, b_qkv, w_out, b_out, heads, mistake):
     q, k, v = torch.nn.functional.linear(x, w_qkv, b_qkv).chunk(3, dim=-1)
     if mistake == "qkv order":
         v, k, q = q, k, v
-    split = (lambda t: t.reshape(b, heads, n, d // heads)) if mistake == "split" else (lambda t: split_heads(t, heads))
+    if mistake == "split":
+        split = lambda t: t.reshape(b, heads, n, d // heads)                        # noqa: E731
+    else:
+        split = lambda t: t.reshape(b, n, heads, d // heads).transpose(1, 2)        # noqa: E731
     out, probs = vit.scaled_dot_product_attention(split(q), split(k), split(v))
     out = out.reshape(b, n, d) if mistake == "merge" else merge_heads(out)
     return (out if mistake == "no projection" else torch.nn.functional.linear(out, w_out, b_out)), probs
@@ -65,7 +69,7 @@ def task_multi_head(ns, output_dir):
         got = call(ns, "multi_head_attention", *(a.clone() if torch.is_tensor(a) else a for a in args))
         if not (isinstance(got, tuple) and len(got) == 2):
             raise Mistake("multi_head_attention must return (output, probabilities)", "return (out, probs)")
-        want = vit.multi_head_attention(*args, return_attention=True)
+        want = vit.multi_head_attention(*args)
         wrong = {m: wrong_mha(*args, m) for m in hints}
         expect(got[1], want[1], f"probabilities for x {(b, n, d)}, {heads} heads",
                {hints[m]: w[1] for m, w in wrong.items()}, hint="probabilities are (B, H, N, N), one map per head")
@@ -78,22 +82,21 @@ def tiny_model(seed: int, **overrides):
                   num_classes=5)
     cfg = vit.ViTConfig(**{**fields, **overrides})
     g = torch.Generator().manual_seed(seed)
-    params = vit.init_params(cfg, g)
-    params = {k: v + 0.3 * torch.randn(v.shape, generator=g) for k, v in params.items()}  # no zero head, no unit LN
+    params = perturbed(vit.init_params(cfg, g), seed, torch.float32, scale=0.3)   # no zero head, no unit LN
     return cfg, params, torch.randn(2, 3, *cfg.image_size, generator=g)
 
 
 def wrong_encoder(params, images, cfg, mistake):
-    from lowlevel.encoder import block_params, layer_norm
-    z, maps = vit.embed(params, images, cfg), []
+    z, maps, eps = vit.embed(params, images, cfg), [], cfg.layer_norm_eps
     for i in range(cfg.depth):
-        p = block_params(params, i)
-        h = z if mistake == "no ln" else layer_norm(z, p, "ln1", cfg.layer_norm_eps)
+        p = vit.block_params(params, i)
+        h = z if mistake == "no ln" else vit.layer_norm(z, p["ln1.weight"], p["ln1.bias"], eps)
         a, probs = vit.multi_head_attention(h, p["qkv.weight"], p["qkv.bias"], p["proj.weight"],
-                                            p["proj.bias"], cfg.num_heads, return_attention=True)
+                                            p["proj.bias"], cfg.num_heads)
         maps.append(probs)
         z = a if mistake == "no attention residual" else z + a
-        m = vit.mlp_block(layer_norm(z, p, "ln2", cfg.layer_norm_eps), p, cfg.gelu)
+        m = vit.mlp(vit.layer_norm(z, p["ln2.weight"], p["ln2.bias"], eps), p["fc1.weight"], p["fc1.bias"],
+                    p["fc2.weight"], p["fc2.bias"], cfg.gelu)
         z = m if mistake == "no mlp residual" else z + m
     return torch.stack(maps)
 
@@ -108,7 +111,7 @@ def task_per_layer(ns, output_dir):
         if not isinstance(got, (list, tuple)) or len(got) != cfg.depth or not all(torch.is_tensor(a) for a in got):
             raise Mistake(f"attention_per_layer must return a list of {cfg.depth} tensors, one per layer",
                           "append each block's probabilities to a list and return it")
-        want = torch.stack(vit.forward(params, images, cfg, return_attention=True)[1]["attention"])
+        want = torch.stack(vit.forward_intermediates(params, images, cfg)[1]["attention"])
         expect(torch.stack(list(got)) if len({a.shape for a in got}) == 1 else got[0], want,
                f"the {cfg.depth} layers' attention (stacked)",
                {hints[m]: wrong_encoder(params, images, cfg, m) for m in hints},

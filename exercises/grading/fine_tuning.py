@@ -9,6 +9,7 @@ from sklearn.datasets import load_digits
 import lowlevel as vit
 from paper.heads import finetuning_head
 from paper.resolution import METHODS, change_resolution
+from paper.weights import perturbed
 
 from .common import Mistake, call, close, expect, expect_png
 
@@ -18,7 +19,7 @@ def tiny(seed: int, **overrides):
                   num_classes=3)
     cfg = vit.ViTConfig(**{**fields, **overrides})
     g = torch.Generator().manual_seed(seed)
-    params = {k: v + 0.2 * torch.randn(v.shape, generator=g) for k, v in vit.init_params(cfg, g).items()}
+    params = perturbed(vit.init_params(cfg, g), seed, torch.float32, scale=0.2)
     return cfg, params, g
 
 

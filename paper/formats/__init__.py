@@ -1,3 +1,5 @@
-"""Checkpoint formats, each mapped to our explicit parameters in its own file:
-timm state_dicts (`timm_files`), Hugging Face transformers ViT (`huggingface`), the official Google `.npz` (`npz`).
-Reading returns (cfg, params); writing takes (params, cfg). `paper.checkpoints` picks the format from the file."""
+"""Checkpoint formats, each mapped to our explicit parameters in its own file with its name table at the top:
+timm state_dicts (`timm`), Hugging Face transformers ViT (`huggingface`), the official Google `.npz` (`npz`).
+Reading returns (cfg, params); writing takes (params, cfg). `fields` holds what the weights cannot tell and the one
+refusal for what a format cannot hold; `files` reads and writes tensor files. `paper.checkpoints` picks the format
+from the file."""

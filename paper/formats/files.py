@@ -1,35 +1,17 @@
-"""Reading tensor files with errors that name the file, and writing them atomically.
-
-A write goes to a temporary file beside the destination and is moved over it with `os.replace`, so a reader never
-sees half a checkpoint and a failed write leaves nothing behind.
-"""
+"""Reading tensor files with errors that name the file, and writing them whole or not at all (`paper.atomic`)."""
 import os
 import pickle
-import tempfile
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import safetensors.torch
 import torch
 from safetensors import SafetensorError
 
+from paper.atomic import write_atomically
+
 READ_ERRORS = (OSError, ValueError, RuntimeError, EOFError, KeyError, zipfile.BadZipFile, pickle.UnpicklingError,
                SafetensorError)
-
-
-def write_atomically(path, write) -> None:
-    """Call write(temporary_path), then move the finished file to `path`; the temporary file is removed on failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def is_safetensors(path) -> bool:

@@ -27,9 +27,11 @@ from pathlib import Path
 import torch
 
 from lowlevel import ViTConfig, check_params, param_shapes
+from paper.atomic import write_atomically
 from paper.reference_models import HF_ACTIVATIONS, hf_config
 
-from .files import load_tensors, save_tensors, write_atomically
+from .fields import num_heads_for, square_image_size
+from .files import load_tensors, save_tensors
 
 BLOCK_NAMES = {"ln1": "layernorm_before", "proj": "attention.output.dense", "ln2": "layernorm_after",
                "fc1": "intermediate.dense", "fc2": "output.dense"}
@@ -106,17 +108,22 @@ def config_from_hf_config(config: dict) -> dict:
             "qkv_bias": config.get("qkv_bias", True), "gelu": gelu}
 
 
-def config_from_hf_state_dict(sd: dict) -> dict:
-    """What the shapes say (square image and D_h = 64 assumed, as for timm); `sd` has normalised names."""
+def config_from_hf_state_dict(sd: dict, known: dict) -> dict:
+    """What the shapes say, with `known` fields (config.json's, the caller's) taking precedence; `fields.py`
+    supplies what neither tells. `sd` has normalised names."""
     d, c, p, _ = sd["embeddings.patch_embeddings.projection.weight"].shape
-    side = round((sd["embeddings.position_embeddings"].shape[1] - 1) ** 0.5)
     has_pooler = "pooler.dense.weight" in sd and "classifier.weight" not in sd
-    return {"image_size": side * p, "patch_size": p, "in_channels": c, "dim": d, "num_heads": max(d // 64, 1),
-            "depth": len({k.split(".")[2] for k in sd if k.startswith("encoder.layer.")}),
-            "mlp_dim": sd["encoder.layer.0.intermediate.dense.weight"].shape[0],
-            "qkv_bias": "encoder.layer.0.attention.attention.query.bias" in sd,
-            "num_classes": sd["classifier.weight"].shape[0] if "classifier.weight" in sd else 0,
-            "representation_size": sd["pooler.dense.weight"].shape[0] if has_pooler else None}
+    fields = {"patch_size": p, "in_channels": c, "dim": d,
+              "depth": len({k.split(".")[2] for k in sd if k.startswith("encoder.layer.")}),
+              "mlp_dim": sd["encoder.layer.0.intermediate.dense.weight"].shape[0],
+              "qkv_bias": "encoder.layer.0.attention.attention.query.bias" in sd,
+              "num_classes": sd["classifier.weight"].shape[0] if "classifier.weight" in sd else 0,
+              "representation_size": sd["pooler.dense.weight"].shape[0] if has_pooler else None, **known}
+    if "num_heads" not in fields:
+        fields["num_heads"] = num_heads_for(d)
+    if "image_size" not in fields:
+        fields["image_size"] = square_image_size(sd["embeddings.position_embeddings"].shape[1], 1, fields["patch_size"])
+    return fields
 
 
 def from_hf(state_dict: dict, config: dict | None = None, **overrides) -> tuple[ViTConfig, dict]:
@@ -129,12 +136,10 @@ def from_hf(state_dict: dict, config: dict | None = None, **overrides) -> tuple[
     if "classifier.weight" in sd:    # ViTForImageClassification computes no pooler: one saved beside it goes unused
         sd = {k: v for k, v in sd.items() if not k.startswith("pooler.")}
     try:
-        fields = config_from_hf_state_dict(sd)
-        if config is not None:
-            fields.update(config_from_hf_config(config))
+        known = {**(config_from_hf_config(config) if config is not None else {}), **overrides}
+        cfg = ViTConfig(**config_from_hf_state_dict(sd, known))
     except KeyError as e:
         raise ValueError(f"transformers checkpoint: missing key {e.args[0]!r}, needed to infer the config") from e
-    cfg = ViTConfig(**{**fields, **overrides})
     check_params(sd, hf_shapes(cfg), what="transformers state_dict")
     params = {}
     for name, shape in param_shapes(cfg).items():
@@ -197,10 +202,12 @@ def read_hf(path, **overrides) -> tuple[ViTConfig, dict]:
 def write_hf(params: dict, cfg: ViTConfig, directory) -> None:
     """(params, cfg) -> a `save_pretrained` directory: config.json (with the real eps and activation) and
     model.safetensors, loadable offline by `transformers.ViTForImageClassification.from_pretrained(directory)`.
-    Both are built and checked before anything is written; each file is written atomically."""
+    Both are built and checked before anything is written, and the directory appears whole or not at all."""
     config = hf_config(cfg)
     sd = with_prefix(saved_state_dict(params, cfg), cfg)
     text = config.to_json_string(use_diff=False)
-    directory = Path(directory)
-    save_tensors(sd, directory / "model.safetensors")
-    write_atomically(directory / "config.json", lambda tmp: Path(tmp).write_text(text))
+
+    def write(tmp):
+        save_tensors(sd, Path(tmp) / "model.safetensors")
+        (Path(tmp) / "config.json").write_text(text)
+    write_atomically(directory, write, directory=True)

@@ -33,11 +33,14 @@ Also read: a leading "params/" or "opt/target/" (Flax optimizer checkpoints) and
 Transformer/encoderblock/ whose arrays have a leading depth axis. The official numerics use tanh GELU (Flax's
 `nn.gelu` default), so reading gives gelu="tanh" unless overridden; eps is Flax's 1e-6.
 """
+import math
+
 import numpy as np
 import torch
 
 from lowlevel import ViTConfig, check_params, param_shapes
 
+from .fields import require, square_image_size
 from .files import load_arrays, save_arrays
 
 LAYOUTS = ("vit2020", "big_vision")
@@ -141,21 +144,23 @@ def strip_prefix_and_unscan(arrays: dict) -> dict:
     return arrays
 
 
-def config_from_npz(arrays: dict, numbering: str, pos_key: str) -> dict:
-    """What the arrays say: everything but the image size, taken as a square grid from E_pos's rows."""
+def config_from_npz(arrays: dict, numbering: str, pos_key: str, known: dict) -> dict:
+    """What the arrays say, with `known` fields (the caller's) taking precedence. The head count is in the attention
+    kernels' shape (D, H, D_h); the image size is taken as a square grid from E_pos's rows unless known."""
     p, _, c, d = arrays["embedding/kernel"].shape
     mha, _, mlp = NUMBERING[numbering]
-    rows = arrays[pos_key].shape[1]
-    side = int(round(rows ** 0.5))
-    if side * side != rows:                                                  # a class-token row as well
-        side = int(round((rows - 1) ** 0.5))
-    return {"patch_size": p, "in_channels": c, "dim": d, "image_size": side * p, "gelu": "tanh",
-            "layer_norm_eps": 1e-6,
-            "depth": len({k.split("/")[1] for k in arrays if k.startswith("Transformer/encoderblock_")}),
-            "num_heads": arrays[f"Transformer/encoderblock_0/{mha}/query/kernel"].shape[1],
-            "mlp_dim": arrays[f"Transformer/encoderblock_0/{mlp}/Dense_0/kernel"].shape[1],
-            "num_classes": arrays["head/bias"].shape[0] if "head/bias" in arrays else 0,
-            "representation_size": arrays["pre_logits/bias"].shape[0] if "pre_logits/bias" in arrays else None}
+    fields = {"patch_size": p, "in_channels": c, "dim": d, "gelu": "tanh", "layer_norm_eps": 1e-6,
+              "depth": len({k.split("/")[1] for k in arrays if k.startswith("Transformer/encoderblock_")}),
+              "num_heads": arrays[f"Transformer/encoderblock_0/{mha}/query/kernel"].shape[1],
+              "mlp_dim": arrays[f"Transformer/encoderblock_0/{mlp}/Dense_0/kernel"].shape[1],
+              "num_classes": arrays["head/bias"].shape[0] if "head/bias" in arrays else 0,
+              "representation_size": arrays["pre_logits/bias"].shape[0] if "pre_logits/bias" in arrays else None,
+              **known}
+    if "image_size" not in fields:
+        rows = arrays[pos_key].shape[1]
+        class_row = math.isqrt(rows) ** 2 != rows           # the 2020 layout has a class-token row, big_vision none
+        fields["image_size"] = square_image_size(rows, int(class_row), fields["patch_size"])
+    return fields
 
 
 def from_npz(arrays: dict, **overrides) -> tuple[ViTConfig, dict]:
@@ -171,10 +176,9 @@ def from_npz(arrays: dict, **overrides) -> tuple[ViTConfig, dict]:
     if pos_key is None:
         raise ValueError(f"npz: expected a learned position embedding, missing {' or '.join(POS_KEYS.values())}")
     try:
-        fields = config_from_npz(arrays, numbering, pos_key)
+        cfg = ViTConfig(**config_from_npz(arrays, numbering, pos_key, overrides))
     except KeyError as e:
         raise ValueError(f"npz arrays: missing key {e.args[0]!r}, needed to infer the config") from e
-    cfg = ViTConfig(**{**fields, **overrides})
     rows = arrays[pos_key].shape[1]
     check_params(arrays, npz_shapes(cfg, numbering, pos_key, rows if rows == cfg.num_patches else cfg.num_tokens),
                  what="npz arrays")
@@ -194,12 +198,7 @@ def to_npz(params: dict, cfg: ViTConfig, layout: str = "vit2020") -> dict[str, n
     files) or "big_vision" (Linen numbering, top-level pos_embedding without it, the class row folded into cls)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
-    checks = {"class_token": cfg.class_token, "pool": cfg.pool == "token", "pos_embed": cfg.pos_embed == "learned",
-              "qkv_bias": cfg.qkv_bias}
-    bad = [name for name, ok in checks.items() if not ok]
-    if bad:
-        raise ValueError(f"{bad[0]}: the official npz format holds class-token models with token pooling, learned "
-                         f"E_pos and q, k, v biases; got {bad[0]}={getattr(cfg, bad[0])!r}")
+    require("the official npz format", cfg, class_token=True, pool="token", pos_embed="learned", qkv_bias=True)
     check_params(params, param_shapes(cfg))
     numbering = "pre_linen" if layout == "vit2020" else "linen"
     arrays = {}

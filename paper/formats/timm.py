@@ -1,4 +1,4 @@
-"""Conversion to and from timm's `VisionTransformer`, the de facto PyTorch state-dict layout.
+"""timm's `VisionTransformer`, the de facto PyTorch state-dict layout, as `.pth` (torch.save) or `.safetensors`.
 
 Our name                 timm name                        transform
 patch.weight (D, C·P·P)  patch_embed.proj.weight          reshape to the conv kernel (D, C, P, P): same numbers
@@ -13,19 +13,21 @@ norm                     norm (pool "token")              - ; with pool "avg" ti
                          fc_norm (pool "avg")               mean and calls it fc_norm
 head                     head                             -
 
-timm has no pre-logits layer, so configs with representation_size cannot be written to it.
+timm has no pre-logits layer and no fixed sin-cos position embedding, so configs with either cannot be written.
 """
 import torch
 
-from .checks import check_params
-from .config import ViTConfig
-from .params import param_shapes
+from lowlevel import ViTConfig, check_params, param_shapes
 
+from .fields import num_heads_for, require, square_image_size
+from .files import load_tensors, save_tensors
+
+FORMAT = "timm's VisionTransformer"
 BLOCK_NAMES = {"ln1": "norm1", "qkv": "attn.qkv", "proj": "attn.proj", "ln2": "norm2", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
 
 
-def timm_name(name: str, cfg: ViTConfig) -> str:
-    """Our parameter name -> timm's."""
+def timm_key(name: str, cfg: ViTConfig) -> str:
+    """Our parameter name -> timm's state-dict key."""
     if name.startswith("blocks."):
         _, i, part, leaf = name.split(".")
         return f"blocks.{i}.{BLOCK_NAMES[part]}.{leaf}"
@@ -35,7 +37,11 @@ def timm_name(name: str, cfg: ViTConfig) -> str:
     return {"patch": f"patch_embed.proj.{leaf}", "cls": "cls_token", "pos": "pos_embed"}.get(part, name)
 
 
-def config_from_timm(model) -> dict:
+def is_timm_state_dict(sd: dict) -> bool:
+    return "patch_embed.proj.weight" in sd
+
+
+def config_from_timm_model(model) -> dict:
     """What a timm model says about itself that its weights do not: image size, heads, eps, GELU, pooling."""
     block = model.blocks[0]
     act = block.mlp.act
@@ -45,21 +51,22 @@ def config_from_timm(model) -> dict:
             "pool": "avg" if model.global_pool == "avg" else "token"}
 
 
-def config_from_timm_state_dict(sd: dict) -> dict:
-    """The config fields a timm state_dict's shapes determine. A square image is assumed, and D_h = 64 as in every
-    paper and timm ViT config (the head count is not in the weights); pass overrides to from_timm otherwise."""
+def config_from_timm_state_dict(sd: dict, known: dict) -> dict:
+    """The config fields a timm state_dict's shapes determine, with `known` fields (the caller's, or the model's)
+    taking precedence; `fields.py` supplies what neither tells."""
     d, c, p, _ = sd["patch_embed.proj.weight"].shape
     class_token = "cls_token" in sd
     fields = {"patch_size": p, "in_channels": c, "dim": d, "class_token": class_token,
               "depth": len({k.split(".")[1] for k in sd if k.startswith("blocks.")}),
               "mlp_dim": sd["blocks.0.mlp.fc1.weight"].shape[0], "qkv_bias": "blocks.0.attn.qkv.bias" in sd,
               "num_classes": sd["head.weight"].shape[0] if "head.weight" in sd else 0,
-              "pool": "avg" if "fc_norm.weight" in sd else "token", "num_heads": max(d // 64, 1)}
-    if "pos_embed" in sd:
-        side = round((sd["pos_embed"].shape[1] - int(class_token)) ** 0.5)
-        fields["image_size"] = (side * p, side * p)
-    else:
-        fields["pos_embed"] = "none"
+              "pool": "avg" if "fc_norm.weight" in sd else "token", **known}
+    if "num_heads" not in fields:
+        fields["num_heads"] = num_heads_for(d)
+    if "pos_embed" not in sd:
+        fields.setdefault("pos_embed", "none")
+    elif "image_size" not in fields:
+        fields["image_size"] = square_image_size(sd["pos_embed"].shape[1], int(class_token), p)
     return fields
 
 
@@ -68,16 +75,16 @@ def from_timm(model_or_state_dict, **overrides) -> tuple[ViTConfig, dict[str, to
     weights cannot tell (num_heads, image_size, layer_norm_eps, gelu) when a bare state_dict is given."""
     if hasattr(model_or_state_dict, "blocks"):  # a timm model, not a bare state_dict
         sd = model_or_state_dict.state_dict()
-        fields = {**config_from_timm_state_dict(sd), **config_from_timm(model_or_state_dict)}
+        known = {**config_from_timm_model(model_or_state_dict), **overrides}
     else:
         sd = dict(model_or_state_dict)
         missing = [k for k in ("patch_embed.proj.weight", "blocks.0.mlp.fc1.weight") if k not in sd]
         if missing:
             raise ValueError(f"state_dict: expected a timm VisionTransformer state_dict, missing key(s) {missing}")
-        fields = config_from_timm_state_dict(sd)
-    cfg = ViTConfig(**{**fields, **overrides})
+        known = overrides
+    cfg = ViTConfig(**config_from_timm_state_dict(sd, known))
     shapes = param_shapes(cfg)
-    names = {timm_name(k, cfg): k for k in shapes}
+    names = {timm_key(k, cfg): k for k in shapes}
     timm_shapes = {t: (shapes[k] if k != "patch.weight" else (cfg.dim, cfg.in_channels, cfg.patch_size, cfg.patch_size))
                    for t, k in names.items()}
     check_params(sd, timm_shapes, what="timm state_dict")
@@ -88,13 +95,28 @@ def from_timm(model_or_state_dict, **overrides) -> tuple[ViTConfig, dict[str, to
 
 def to_timm(params: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
     """(params, cfg) -> a timm VisionTransformer state_dict (`paper.reference_models.timm_vit(cfg)` builds the model)."""
-    if cfg.representation_size:
-        raise ValueError(f"representation_size: timm's VisionTransformer has no pre-logits layer, got {cfg.representation_size}")
-    if cfg.pos_embed == "sincos2d":
-        raise ValueError("pos_embed: timm's VisionTransformer has no fixed 2-D sin-cos option, got 'sincos2d'")
+    require(FORMAT, cfg, representation_size=None, pos_embed=("learned", "none"))
     check_params(params, param_shapes(cfg))
-    sd = {timm_name(k, cfg): v.detach().clone() for k, v in params.items()}
+    sd = {timm_key(k, cfg): v.detach().clone() for k, v in params.items()}
     p = cfg.patch_size
     sd["patch_embed.proj.weight"] = sd["patch_embed.proj.weight"].reshape(cfg.dim, cfg.in_channels, p, p)
     return sd
 
+
+def read_timm(path, **overrides) -> tuple[ViTConfig, dict]:
+    """A timm state_dict file -> (cfg, params); overrides set what the weights cannot tell and are checked against
+    the shapes."""
+    sd = load_tensors(path)
+    if not is_timm_state_dict(sd):
+        raise ValueError(f"{path}: expected a timm VisionTransformer state_dict with 'patch_embed.proj.weight', "
+                         f"got keys {sorted(sd)[:4]}...")
+    try:
+        return from_timm(sd, **overrides)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
+def write_timm(params: dict, cfg: ViTConfig, path) -> None:
+    """(params, cfg) -> a timm state_dict at `path` (.safetensors by suffix, torch.save otherwise). Everything is
+    checked before the file is written."""
+    save_tensors(to_timm(params, cfg), path)

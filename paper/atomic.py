@@ -1,0 +1,56 @@
+"""The one way this project writes a file or a directory: whole or not at all.
+
+The content is written beside the destination under a temporary name, flushed to disk, given the mode a plain
+`open()` or `mkdir()` would have given it (0666 or 0777 less the umask; `tempfile` makes 0600 and 0700), and only
+then renamed over the destination with `os.replace`, which is atomic on POSIX. A reader sees the old content or the
+new one, never half of either; a failure (an exception, a full disk, Ctrl-C) removes the temporary and leaves the
+destination as it was.
+"""
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fsync_tree(path: Path) -> None:
+    """Flush a written file, or every file of a written directory, to disk."""
+    for f in ([path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]):
+        with open(f, "rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def write_atomically(path, write, *, directory: bool = False) -> None:
+    """Call write(temporary path), then move what it wrote to `path`. With directory=True the temporary path is an
+    empty directory for `write` to fill, and the finished directory replaces `path` (an existing one included)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{path.name}."
+    if directory:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=".tmp"))
+    else:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        write(str(tmp))
+        fsync_tree(tmp)
+        os.chmod(tmp, (0o777 if directory else 0o666) & ~current_umask())
+        if directory and path.is_dir():
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=".old"))
+            os.replace(path, old / path.name)           # the old directory steps aside, then the new one takes its name
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
