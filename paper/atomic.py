@@ -54,3 +54,8 @@ def write_atomically(path, write, *, directory: bool = False) -> None:
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def write_text(path, text: str) -> None:
+    """A text file (UTF-8), written atomically."""
+    write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from lowlevel import ViTConfig, init_params
 
-from .atomic import write_atomically
+from .atomic import write_text
 from .bench_models import CONTENDERS, build
 from .bench_report import markdown, plot
 from .configs import paper_config
@@ -262,11 +262,6 @@ def sweep_sizes(text: str, patch_size: int) -> list[int]:
     return [patch_size * max(1, round(s / patch_size)) for s in sizes]
 
 
-def write_text(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-
-
 def cpu_name() -> str:
     """The processor's model name (Linux /proc/cpuinfo), else what platform knows."""
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
@@ -334,8 +329,8 @@ def main(argv=None) -> dict:
                   "sweep": [measure(dataclasses.replace(cfg, image_size=s), SWEEP_CONTENDERS, args, progress)
                             for s in sizes]}
     table = markdown(result)
-    write_atomically(os.path.join(args.out, "bench.json"), lambda tmp: write_text(tmp, json.dumps(result, indent=1)))
-    write_atomically(os.path.join(args.out, "bench.md"), lambda tmp: write_text(tmp, table))
+    write_text(os.path.join(args.out, "bench.json"), json.dumps(result, indent=1))
+    write_text(os.path.join(args.out, "bench.md"), table)
     plot(result, os.path.join(args.out, "bench.png"))
     print(table)
     return result

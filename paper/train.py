@@ -27,7 +27,7 @@ from tqdm import tqdm
 import lowlevel as vit
 
 from . import recipes
-from .atomic import write_atomically
+from .atomic import write_atomically, write_text
 from .configs import paper_config
 from .data import DATASETS, EvalView, TrainStream, load_data, shard_positions
 from .dtypes import DTYPES
@@ -265,11 +265,6 @@ def plot_curves(log: dict, path: str) -> None:
     plt.close(fig)
 
 
-def write_json(obj, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-
-
 def model_config(name: str, in_channels: int) -> vit.ViTConfig:
     """The small digits model, or a paper model by name (e.g. "ViT-B/16")."""
     if name == "digits":
@@ -382,7 +377,7 @@ def main(argv=None) -> dict:
     log["test_accuracy"] = last["eval"][-1]["test_accuracy"]
     log["seconds"] = time.perf_counter() - started
     if procs.rank == 0:
-        write_atomically(os.path.join(args.out, "log.json"), lambda tmp: write_json(log, tmp))
+        write_text(os.path.join(args.out, "log.json"), json.dumps(log, indent=1, default=str))
         plot_curves(log, os.path.join(args.out, "curves.png"))
         print(f"test accuracy {100 * log['test_accuracy']:.2f}% on {len(test)} held-out images; "
               f"{log['seconds']:.0f} s; checkpoints, log.json and curves.png in {args.out}")

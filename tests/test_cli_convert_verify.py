@@ -25,7 +25,7 @@ def random_params(cfg, seed=0):
     return helpers.random_params(cfg, seed, torch.float32, scale=0.3)
 
 
-@pytest.mark.parametrize("module", ["paper.convert", "paper.verify"])
+@pytest.mark.parametrize("module", ["paper.convert", "paper.verify", "paper.gradient_norms"])
 def test_help(module):
     result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True)
     assert result.stdout.startswith(f"usage: python -m {module}")
