@@ -11,6 +11,8 @@ from .formats.fields import require
 def timm_kwargs(cfg: ViTConfig) -> dict:
     """Arguments for timm's VisionTransformer that build the same model as `cfg` (eps and GELU made explicit)."""
     require("timm's VisionTransformer", cfg, representation_size=None, pos_embed=("learned", "none"))
+    if cfg.distilled:                               # VisionTransformerDistilled always learns E_pos (deit.py)
+        require("timm's VisionTransformerDistilled", cfg, pos_embed="learned")
     return dict(img_size=cfg.image_size, patch_size=cfg.patch_size, in_chans=cfg.in_channels,
                 num_classes=cfg.num_classes, embed_dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads,
                 mlp_ratio=cfg.mlp_dim / cfg.dim, qkv_bias=cfg.qkv_bias, class_token=cfg.class_token,

@@ -103,6 +103,8 @@ def to_timm(params: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.
     """(params, cfg) -> a timm VisionTransformer (VisionTransformerDistilled) state_dict
     (`paper.reference_models.timm_vit(cfg)` builds the model)."""
     require(FORMAT, cfg, representation_size=None, pos_embed=("learned", "none"))
+    if cfg.distilled:                               # VisionTransformerDistilled always learns E_pos (deit.py)
+        require("timm's VisionTransformerDistilled", cfg, pos_embed="learned")
     check_params(params, param_shapes(cfg))
     sd = {timm_key(k, cfg): v.detach().clone() for k, v in params.items()}
     p = cfg.patch_size
