@@ -115,16 +115,14 @@ def check_distilled(cfg: ViTConfig, function: str) -> None:
 def forward(params: dict, images: torch.Tensor, cfg: ViTConfig, *, train: bool = False) -> torch.Tensor:
     """images (B, C, H, W) -> logits (B, K) (features (B, D) when num_classes=0). `train` turns dropout and drop path
     on."""
-    z = encoder(params, embed(params, images, cfg, train), cfg, train)
-    return output(params, z, cfg)
+    return output(params, encoder(params, embed(params, images, cfg, train), cfg, train), cfg)
 
 
 def forward_heads(params: dict, images: torch.Tensor, cfg: ViTConfig, *,
                   train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """A distilled model's two heads: images (B, C, H, W) -> (Z_cls (B, K), Z_dist (B, K)), what DeiT trains."""
     check_distilled(cfg, "forward_heads")
-    z = encoder(params, embed(params, images, cfg, train), cfg, train)
-    return heads(params, z, cfg)
+    return heads(params, encoder(params, embed(params, images, cfg, train), cfg, train), cfg)
 
 
 def forward_intermediates(params: dict, images: torch.Tensor, cfg: ViTConfig, *,
@@ -146,13 +144,11 @@ def forward_intermediates(params: dict, images: torch.Tensor, cfg: ViTConfig, *,
 def fast_forward(params: dict, images: torch.Tensor, cfg: ViTConfig, *, train: bool = False) -> torch.Tensor:
     """`forward` computed by fast.py: fused attention that never forms the probabilities, each residual add inside
     its GEMM, and, with class-token pooling, the last block for the prefix tokens alone. Same logits."""
-    z = fast_encoder(params, embed(params, images, cfg, train), cfg, train)
-    return output(params, z, cfg)
+    return output(params, fast_encoder(params, embed(params, images, cfg, train), cfg, train), cfg)
 
 
 def fast_forward_heads(params: dict, images: torch.Tensor, cfg: ViTConfig, *,
                        train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """`forward_heads` computed by fast.py, as `fast_forward` computes `forward`."""
     check_distilled(cfg, "fast_forward_heads")
-    z = fast_encoder(params, embed(params, images, cfg, train), cfg, train)
-    return heads(params, z, cfg)
+    return heads(params, fast_encoder(params, embed(params, images, cfg, train), cfg, train), cfg)

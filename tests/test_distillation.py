@@ -35,15 +35,6 @@ TEACHER = vit.ViTConfig(image_size=8, patch_size=4, in_channels=1, dim=16, depth
 STUDENT = dataclasses.replace(TEACHER, depth=2, distilled=True)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is as fast as two and leaves the other core to the other engineers' jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def logits(seed: int, batch: int = 6, classes: int = 5) -> torch.Tensor:
     return 3 * torch.randn(batch, classes, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
