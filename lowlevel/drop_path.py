@@ -23,5 +23,8 @@ def drop_path(x: torch.Tensor, rate: float, train: bool) -> torch.Tensor:
 
 def drop_path_rates(rate: float, depth: int) -> list[float]:
     """r_ℓ for ℓ = 0 … depth−1, linear from 0 to `rate`. Computed as timm and the official code compute it (a float32
-    linspace), so that a seeded run draws the same masks and scales by the same 1/(1 − r_ℓ)."""
+    linspace), so that a seeded run draws the same masks and scales by the same 1/(1 − r_ℓ). Without stochastic depth
+    no tensor is made, so the model's forward stays one graph for torch.compile."""
+    if not rate:
+        return [0.0] * depth
     return torch.linspace(0, rate, depth).tolist()

@@ -107,6 +107,7 @@ def features(params: dict, z: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
 
 
 def check_distilled(cfg: ViTConfig, function: str) -> None:
+    """Only a distilled model has two heads to return."""
     if not cfg.distilled:
         raise ValueError(f"distilled: {function} returns the two heads of a distilled model (cfg.distilled=True), got "
                          f"distilled=False; use forward for a model with one head")

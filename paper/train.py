@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -191,7 +192,7 @@ class Run:
     save_every: int = 0       # 0: only at the end of the stage
     eval_every: int = 0       # 0: only at the end of the stage
     distillation: Distillation | None = None   # DeiT: the objective, with
-    teacher: object = None    # the frozen teacher, images -> logits (distillation.load_teacher)
+    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None   # the frozen teacher (distillation.load_teacher)
 
 
 def train_stage(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data, test_data,
