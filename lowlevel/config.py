@@ -1,7 +1,8 @@
 """The model's hyper-parameters, with every numerical choice that differs between implementations named.
 
 Paper Table 1 gives D, L, MLP size and heads; the rest is what the official code and timm choose, written
-out so that nothing hides in a library default (the comment on each field names its source).
+out so that nothing hides in a library default (the comment on each field names its source). `distilled`, `fusion`
+and `drop_path` are DeiT's (Touvron et al. 2021, arXiv:2012.12877).
 """
 from dataclasses import dataclass
 
@@ -24,6 +25,11 @@ class ViTConfig:
     layer_norm_eps: float = 1e-6              # Flax and timm 1e-6; Hugging Face configs 1e-12
     gelu: str = "exact"                       # "exact" erf (timm, HF) or "tanh" approximation (Flax nn.gelu, official JAX)
     dropout: float = 0.0                      # after pos-add, attention out-proj, GELU and fc2 (paper App. B.1)
+    drop_path: float = 0.0                    # stochastic depth: per-sample drop rate of the last block's residual
+                                              # branches, 0 at the first block, linear between (DeiT Table 9; timm)
+    distilled: bool = False                   # DeiT §4: a distillation token after x_class (own E_pos row, own head)
+    fusion: str = "mean_logits"               # a distilled model's prediction from its two heads: "mean_logits"
+                                              # (timm, transformers, official code) or "softmax_sum" (DeiT §4's text)
 
     def __post_init__(self):
         if isinstance(self.image_size, int):
@@ -39,12 +45,19 @@ class ViTConfig:
             raise ValueError(f"image_size: expected height and width divisible by patch_size={p}, got {(h, w)}")
         if self.dim % self.num_heads:
             raise ValueError(f"dim: expected a multiple of num_heads={self.num_heads}, got dim={self.dim}")
-        choices = {"pool": ("token", "avg"), "pos_embed": ("learned", "sincos2d", "none"), "gelu": ("exact", "tanh")}
+        choices = {"pool": ("token", "avg"), "pos_embed": ("learned", "sincos2d", "none"), "gelu": ("exact", "tanh"),
+                   "fusion": ("mean_logits", "softmax_sum")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {getattr(self, name)!r}")
         if self.pool == "token" and not self.class_token:
             raise ValueError("pool: 'token' pooling needs class_token=True, got class_token=False")
+        if self.distilled and not (self.class_token and self.pool == "token"):
+            raise ValueError(f"distilled: the distillation head reads the class and distillation tokens, so it needs "
+                             f"class_token=True and pool='token', got class_token={self.class_token}, "
+                             f"pool={self.pool!r}")
+        if not 0 <= self.drop_path < 1:
+            raise ValueError(f"drop_path: expected a rate in [0, 1), got {self.drop_path}")
         if self.pos_embed == "sincos2d" and self.dim % 4:
             raise ValueError(f"dim: 2-D sin-cos position embeddings need a multiple of 4, got {self.dim}")
 
@@ -60,9 +73,14 @@ class ViTConfig:
         return gh * gw
 
     @property
+    def num_prefix_tokens(self) -> int:
+        """The tokens before the patches: x_class (paper), then DeiT's distillation token. 0, 1 or 2."""
+        return int(self.class_token) + int(self.distilled)
+
+    @property
     def num_tokens(self) -> int:
-        """N + 1 with the class token, N without."""
-        return self.num_patches + int(self.class_token)
+        """N plus the prefix tokens."""
+        return self.num_patches + self.num_prefix_tokens
 
     @property
     def head_dim(self) -> int:

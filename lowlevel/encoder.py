@@ -2,13 +2,14 @@
 
 "Layernorm (LN) is applied before every block, and residual connections after every block" (paper §3.1). Each
 residual line carries its dropout (App. B.1: after every dense layer, so after the output projection and after the
-MLP's second layer).
+MLP's second layer), then DeiT's stochastic depth (drop_path.py), in timm's order.
 """
 import torch
 import torch.nn.functional as F
 
 from .attention import multi_head_attention
 from .config import ViTConfig
+from .drop_path import drop_path, drop_path_rates
 from .mlp import mlp
 from .norm import layer_norm
 
@@ -19,22 +20,22 @@ def block_params(params: dict, i: int) -> dict:
     return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
 
 
-def encoder_block(params: dict, z: torch.Tensor, cfg: ViTConfig,
-                  train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eqs. (2)-(3) for one block, `params` as `block_params` gives them.
-    z (B, N, D) -> (z_ℓ (B, N, D), attention probabilities (B, H, N, N))."""
+def encoder_block(params: dict, z: torch.Tensor, cfg: ViTConfig, train: bool = False,
+                  drop_path_rate: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eqs. (2)-(3) for one block, `params` as `block_params` gives them, its residual branches dropped per sample
+    with probability `drop_path_rate` in training. z (B, N, D) -> (z_ℓ (B, N, D), attention probs (B, H, N, N))."""
     p, eps = params, cfg.layer_norm_eps
     a, probs = multi_head_attention(layer_norm(z, p["ln1.weight"], p["ln1.bias"], eps), p["qkv.weight"],
                                     p.get("qkv.bias"), p["proj.weight"], p["proj.bias"], cfg.num_heads)
-    z = z + F.dropout(a, cfg.dropout, train)                                    # eq. (2): z' = MSA(LN(z)) + z
+    z = z + drop_path(F.dropout(a, cfg.dropout, train), drop_path_rate, train)  # eq. (2): z' = MSA(LN(z)) + z
     m = mlp(layer_norm(z, p["ln2.weight"], p["ln2.bias"], eps), p["fc1.weight"], p["fc1.bias"], p["fc2.weight"],
             p["fc2.bias"], cfg.gelu, cfg.dropout, train)
-    z = z + F.dropout(m, cfg.dropout, train)                                    # eq. (3): z = MLP(LN(z')) + z'
+    z = z + drop_path(F.dropout(m, cfg.dropout, train), drop_path_rate, train)  # eq. (3): z = MLP(LN(z')) + z'
     return z, probs
 
 
 def encoder(params: dict, z: torch.Tensor, cfg: ViTConfig, train: bool = False) -> torch.Tensor:
     """z_0 -> z_L through cfg.depth blocks. (B, N, D) -> (B, N, D)."""
-    for i in range(cfg.depth):
-        z, _ = encoder_block(block_params(params, i), z, cfg, train)
+    for i, rate in enumerate(drop_path_rates(cfg.drop_path, cfg.depth)):
+        z, _ = encoder_block(block_params(params, i), z, cfg, train, rate)
     return z

@@ -9,16 +9,18 @@ approximation (tests/test_fast_path.py checks outputs and gradients against the 
    are views into the one qkv projection on both paths).
 3. Each residual add shares its pass with the preceding projection: z + (x Wᵀ + b) is one GEMM accumulating into
    a copy of z + b (BLAS's C ← C + A·B), instead of a GEMM, a bias pass and a separate add.
-4. With class-token pooling, eq. (4) reads only z_L^0, and in the last block the class token's output depends on the
-   patch tokens only through their keys and values. So the last block computes keys and values for every token but
-   the query, the output projection and the MLP for the class token alone: 10 of the block's 12·D² multiply-adds per
-   patch token are never done (ViT-B/16 at 224: 7% of the forward's multiply-adds, and of the backward's).
+4. With class-token pooling, eq. (4) reads only z_L^0 (and a distilled DeiT its distillation token's z_L^1 too), and
+   in the last block the prefix tokens' outputs depend on the patch tokens only through their keys and values. So
+   the last block computes keys and values for every token but the queries, the output projection and the MLP for
+   the prefix tokens alone: 10 of the block's 12·D² multiply-adds per patch token are never done (ViT-B/16 at 224:
+   7% of the forward's multiply-adds, and of the backward's).
 """
 import torch
 import torch.nn.functional as F
 
 from .attention import merge_heads, qkv_heads
 from .config import ViTConfig
+from .drop_path import drop_path, drop_path_rates
 from .encoder import block_params
 from .mlp import mlp_hidden
 from .norm import layer_norm
@@ -31,58 +33,65 @@ def fused_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor | 
 
 
 def residual_linear(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, dropout: float = 0.0,
-                    train: bool = False) -> torch.Tensor:
-    """z + dropout(x Wᵀ + b): z (B, N, D), x (B, N, M), w (D, M) -> (B, N, D), with one GEMM when dropout is off.
-    `z + b` is a fresh tensor that no other operation saved, so accumulating into it in place is safe for autograd;
-    it is made 2-D before, not viewed after, so that the in-place product is not on a view (which autograd would
-    undo with extra copies in the backward). Dropout acts on the projection alone, so while it is on the add stays
-    separate."""
-    if train and dropout:
-        return z + F.dropout(F.linear(x, w, b), dropout, train)
+                    train: bool = False, drop_path_rate: float = 0.0) -> torch.Tensor:
+    """z + drop_path(dropout(x Wᵀ + b)): z (B, N, D), x (B, N, M), w (D, M) -> (B, N, D), with one GEMM when neither
+    is on. `z + b` is a fresh tensor that no other operation saved, so accumulating into it in place is safe for
+    autograd; it is made 2-D before, not viewed after, so that the in-place product is not on a view (which autograd
+    would undo with extra copies in the backward). Dropout and drop path act on the projection alone, so while
+    either is on the add stays separate."""
+    if train and (dropout or drop_path_rate):
+        return z + drop_path(F.dropout(F.linear(x, w, b), dropout, train), drop_path_rate, train)
     out = z.flatten(0, -2) + b                                                 # (B·N, D)
     out.addmm_(x.flatten(0, -2), w.t())                                        # += (B·N, M) @ (M, D)
     return out.view(z.shape)
 
 
-def fast_encoder_block(params: dict, z: torch.Tensor, cfg: ViTConfig, train: bool = False) -> torch.Tensor:
+def fast_encoder_block(params: dict, z: torch.Tensor, cfg: ViTConfig, train: bool = False,
+                       drop_path_rate: float = 0.0) -> torch.Tensor:
     """Eqs. (2)-(3) for one block, as encoder.encoder_block computes them. z (B, N, D) -> z_ℓ (B, N, D)."""
     p, eps = params, cfg.layer_norm_eps
     a = fused_attention(layer_norm(z, p["ln1.weight"], p["ln1.bias"], eps), p["qkv.weight"], p.get("qkv.bias"),
                         cfg.num_heads)
-    z = residual_linear(z, a, p["proj.weight"], p["proj.bias"], cfg.dropout, train)          # eq. (2)
+    z = residual_linear(z, a, p["proj.weight"], p["proj.bias"], cfg.dropout, train, drop_path_rate)  # eq. (2)
     h = mlp_hidden(layer_norm(z, p["ln2.weight"], p["ln2.bias"], eps), p["fc1.weight"], p["fc1.bias"], cfg.gelu,
                    cfg.dropout, train)
-    return residual_linear(z, h, p["fc2.weight"], p["fc2.bias"], cfg.dropout, train)         # eq. (3)
+    return residual_linear(z, h, p["fc2.weight"], p["fc2.bias"], cfg.dropout, train, drop_path_rate)  # eq. (3)
 
 
-def class_token_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor | None,
-                          num_heads: int) -> torch.Tensor:
-    """Eqs. (5)-(7) for the class token's query alone: x (B, N, D) -> [SA_1(x)⁰; …; SA_k(x)⁰] (B, 1, D)."""
+def prefix_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor | None, num_heads: int,
+                     num_prefix_tokens: int) -> torch.Tensor:
+    """Eqs. (5)-(7) for the P prefix tokens' queries alone: x (B, N, D) -> [SA_1(x); …; SA_k(x)] rows 0 … P−1,
+    (B, P, D)."""
     b, n, d = x.shape
     w_q, w_kv = w_qkv.split([d, 2 * d])                                      # rows of q, then of k and v
     b_q, b_kv = (None, None) if b_qkv is None else b_qkv.split([d, 2 * d])
-    q = F.linear(x[:, :1], w_q, b_q).view(b, 1, num_heads, d // num_heads).transpose(1, 2)  # (B, H, 1, D_h)
+    q = F.linear(x[:, :num_prefix_tokens], w_q, b_q)                        # (B, P, D)
+    q = q.view(b, num_prefix_tokens, num_heads, d // num_heads).transpose(1, 2)  # (B, H, P, D_h)
     kv = F.linear(x, w_kv, b_kv).view(b, n, 2, num_heads, d // num_heads)  # (B, N, 2·D) -> (B, N, 2, H, D_h)
     k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)                              # 2 × (B, H, N, D_h), views
-    return merge_heads(F.scaled_dot_product_attention(q, k, v))              # (B, H, 1, D_h) -> (B, 1, D)
+    return merge_heads(F.scaled_dot_product_attention(q, k, v))              # (B, H, P, D_h) -> (B, P, D)
 
 
-def class_token_block(params: dict, z: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
-    """Eqs. (2)-(3) at position 0 only (item 4 above): z_{L-1} (B, N, D) -> z_L^0 (B, 1, D)."""
-    p, eps = params, cfg.layer_norm_eps
-    a = class_token_attention(layer_norm(z, p["ln1.weight"], p["ln1.bias"], eps), p["qkv.weight"],
-                              p.get("qkv.bias"), cfg.num_heads)                                 # (B, 1, D)
-    z = residual_linear(z[:, :1], a, p["proj.weight"], p["proj.bias"])                       # eq. (2), (B, 1, D)
+def prefix_block(params: dict, z: torch.Tensor, cfg: ViTConfig, train: bool = False,
+                 drop_path_rate: float = 0.0) -> torch.Tensor:
+    """Eqs. (2)-(3) at the prefix tokens' positions only (item 4 above): z_{L-1} (B, N, D) -> z_L^{0…P−1} (B, P, D).
+    Drop path draws one mask per sample whatever the sequence length, so it draws here what the whole block would."""
+    p, eps, prefix = params, cfg.layer_norm_eps, cfg.num_prefix_tokens
+    a = prefix_attention(layer_norm(z, p["ln1.weight"], p["ln1.bias"], eps), p["qkv.weight"], p.get("qkv.bias"),
+                         cfg.num_heads, prefix)                                                 # (B, P, D)
+    z = residual_linear(z[:, :prefix], a, p["proj.weight"], p["proj.bias"], 0.0, train, drop_path_rate)  # eq. (2)
     h = mlp_hidden(layer_norm(z, p["ln2.weight"], p["ln2.bias"], eps), p["fc1.weight"], p["fc1.bias"], cfg.gelu)
-    return residual_linear(z, h, p["fc2.weight"], p["fc2.bias"])                             # eq. (3)
+    return residual_linear(z, h, p["fc2.weight"], p["fc2.bias"], 0.0, train, drop_path_rate)  # eq. (3)
 
 
 def fast_encoder(params: dict, z: torch.Tensor, cfg: ViTConfig, train: bool = False) -> torch.Tensor:
-    """z_0 -> z_L through cfg.depth fast blocks; only z_L^0, (B, 1, D), when the pooling reads nothing else.
-    While dropout is on the last block runs whole, so that every mask is drawn as in the explicit path."""
-    class_token_only = cfg.pool == "token" and not (train and cfg.dropout)
-    for i in range(cfg.depth - class_token_only):
-        z = fast_encoder_block(block_params(params, i), z, cfg, train)
-    if class_token_only:
-        z = class_token_block(block_params(params, cfg.depth - 1), z, cfg)
+    """z_0 -> z_L through cfg.depth fast blocks; only the prefix tokens' z_L, (B, P, D), when the pooling reads
+    nothing else. While dropout is on the last block runs whole, so that every mask is drawn as in the explicit
+    path."""
+    prefix_only = cfg.pool == "token" and not (train and cfg.dropout)
+    rates = drop_path_rates(cfg.drop_path, cfg.depth)
+    for i in range(cfg.depth - prefix_only):
+        z = fast_encoder_block(block_params(params, i), z, cfg, train, rates[i])
+    if prefix_only:
+        z = prefix_block(block_params(params, cfg.depth - 1), z, cfg, train, rates[-1])
     return z

@@ -6,16 +6,28 @@
     y = LN(z_L^0)                                     eq. (4)
     logits = head(y)
 
-Three entry points, one return shape each: `forward` (logits), `forward_intermediates` (logits and what the model
-computed on the way: every layer's attention, every hidden state, the features), and `fast_forward` (logits, the
-same function through fast.py's fused blocks). Nothing is stored between calls, so each composes with torch.func
-(`vmap`, `grad`, `jvp`) as a function of (params, images).
+A distilled DeiT (Touvron et al. 2021, §4) has a second prefix token, the distillation token z^1, and a second head;
+eq. (4)'s LN is applied to each token's final state:
+
+    Z_cls = head(LN(z_L^0)),   Z_dist = head_dist(LN(z_L^1))
+
+Training fits Z_cls to the true labels and Z_dist to the teacher (paper/distillation.py); at evaluation the two
+make one prediction as cfg.fusion says (`fuse`).
+
+Entry points, one return shape each: `forward` (logits), `forward_intermediates` (logits and what the model
+computed on the way: every layer's attention, every hidden state, the features), `fast_forward` (logits, the same
+function through fast.py's fused blocks), and for a distilled model `forward_heads` and `fast_forward_heads` (both
+heads' logits (Z_cls, Z_dist), what distillation trains). Nothing is stored between calls, so each composes with
+torch.func (`vmap`, `grad`, `jvp`) as a function of (params, images).
 """
+import math
+
 import torch
 import torch.nn.functional as F
 
 from .checks import check_images
 from .config import ViTConfig
+from .drop_path import drop_path_rates
 from .encoder import block_params, encoder, encoder_block
 from .fast import fast_encoder
 from .norm import layer_norm
@@ -24,60 +36,120 @@ from .position import embed_positions
 
 
 def embed(params: dict, images: torch.Tensor, cfg: ViTConfig, train: bool = False) -> torch.Tensor:
-    """Eq. (1): (B, C, H, W) -> z_0 (B, N+1, D); dropout "directly after adding positional- to patch embeddings"."""
+    """Eq. (1): (B, C, H, W) -> z_0 (B, P+N, D); dropout "directly after adding positional- to patch embeddings"."""
     check_images(images, patch_size=cfg.patch_size, channels=cfg.in_channels, size=cfg.image_size)
     x = patch_embedding(images, params["patch.weight"], params["patch.bias"], cfg.patch_size)  # (B, N, D)
     return F.dropout(embed_positions(params, x, cfg), cfg.dropout, train)
 
 
 def pool(params: dict, z: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
-    """Eq. (4): z_L (B, N+1, D) -> y (B, D).
+    """Eq. (4): z_L (B, P+N, D) -> y (B, D).
     "token": y = LN(z_L^0), the class token's final state (paper).
     "avg": mean over the patch tokens, then LN: timm's global_pool='avg' with its LN moved after pooling (fc_norm)."""
-    y = z[:, 0] if cfg.pool == "token" else z[:, int(cfg.class_token):].mean(dim=1)   # class token left out of the mean
+    y = z[:, 0] if cfg.pool == "token" else z[:, cfg.num_prefix_tokens:].mean(dim=1)  # prefix tokens left out
     return layer_norm(y, params["norm.weight"], params["norm.bias"], cfg.layer_norm_eps)
+
+
+def distilled_pool(params: dict, z: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
+    """DeiT §4: eq. (4)'s LN on the class and the distillation token's final states. z_L (B, T, D) -> (B, 2, D)."""
+    return layer_norm(z[:, :2], params["norm.weight"], params["norm.bias"], cfg.layer_norm_eps)
 
 
 def pre_logits(params: dict, y: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
     """The pre-training head's hidden layer (paper §3.1: "a MLP with one hidden layer at pre-training time",
-    tanh per App. D.3) when cfg.representation_size is set; the identity for the fine-tuning head. (B, D) -> (B, R)."""
+    tanh per App. D.3) when cfg.representation_size is set; the identity for the fine-tuning head. (…, D) -> (…, R)."""
     if not cfg.representation_size:
         return y
     return torch.tanh(F.linear(y, params["pre_logits.weight"], params["pre_logits.bias"]))
 
 
-def classifier(params: dict, features: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
-    """The final linear layer, (B, R) -> (B, K); with num_classes=0 there is none and features pass through."""
+def classifier(params: dict, features: torch.Tensor, cfg: ViTConfig, head: str = "head") -> torch.Tensor:
+    """A final linear layer, `head` or DeiT's `head_dist`: (B, R) -> (B, K); with num_classes=0 there is none and
+    features pass through."""
     if not cfg.num_classes:
         return features
-    return F.linear(features, params["head.weight"], params["head.bias"])
+    return F.linear(features, params[f"{head}.weight"], params[f"{head}.bias"])
+
+
+def heads(params: dict, z: torch.Tensor, cfg: ViTConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeiT §4: both heads' logits, Z_cls from the class token and Z_dist from the distillation token.
+    z_L (B, T, D) -> ((B, K), (B, K))."""
+    y = pre_logits(params, distilled_pool(params, z, cfg), cfg)                     # (B, 2, R)
+    return classifier(params, y[:, 0], cfg), classifier(params, y[:, 1], cfg, "head_dist")
+
+
+def fuse(class_logits: torch.Tensor, distillation_logits: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
+    """A distilled model's prediction from its two heads, (B, K) twice -> (B, K), as cfg.fusion says:
+    "mean_logits": (Z_cls + Z_dist) / 2, what timm (deit.py forward_head), transformers
+      (DeiTForImageClassificationWithTeacher) and the official code (deit models.py) compute;
+    "softmax_sum": the paper's joint classifier, "the late fusion of these two separate heads, for which we add the
+      softmax output by the two classifiers" (§4), as log(½ (ψ(Z_cls) + ψ(Z_dist))): logits whose softmax is the
+      mean of the two heads' softmaxes and whose argmax is the argmax of their sum. The two can rank differently."""
+    if cfg.fusion == "mean_logits":
+        return (class_logits + distillation_logits) / 2
+    log_probs = torch.stack([class_logits.log_softmax(dim=-1), distillation_logits.log_softmax(dim=-1)])
+    return log_probs.logsumexp(dim=0) - math.log(2)                                # log ½ Σ ψ, without overflow
+
+
+def output(params: dict, z: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
+    """z_L -> the model's logits (B, K): the classifier's, or a distilled model's two heads fused."""
+    if cfg.distilled:
+        return fuse(*heads(params, z, cfg), cfg)
+    return classifier(params, pre_logits(params, pool(params, z, cfg), cfg), cfg)
+
+
+def features(params: dict, z: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
+    """The pooled representation (B, D) (or (B, R) after pre-logits): what the classifier reads; for a distilled
+    model the mean of its two tokens', as timm's forward_head(pre_logits=True) (deit.py)."""
+    if cfg.distilled:
+        return pre_logits(params, distilled_pool(params, z, cfg), cfg).mean(dim=1)
+    return pre_logits(params, pool(params, z, cfg), cfg)
+
+
+def check_distilled(cfg: ViTConfig, function: str) -> None:
+    """Only a distilled model has two heads to return."""
+    if not cfg.distilled:
+        raise ValueError(f"distilled: {function} returns the two heads of a distilled model (cfg.distilled=True), got "
+                         f"distilled=False; use forward for a model with one head")
 
 
 def forward(params: dict, images: torch.Tensor, cfg: ViTConfig, *, train: bool = False) -> torch.Tensor:
-    """images (B, C, H, W) -> logits (B, K) (features (B, D) when num_classes=0). `train` turns dropout on."""
-    z = encoder(params, embed(params, images, cfg, train), cfg, train)
-    return classifier(params, pre_logits(params, pool(params, z, cfg), cfg), cfg)
+    """images (B, C, H, W) -> logits (B, K) (features (B, D) when num_classes=0). `train` turns dropout and drop path
+    on."""
+    return output(params, encoder(params, embed(params, images, cfg, train), cfg, train), cfg)
+
+
+def forward_heads(params: dict, images: torch.Tensor, cfg: ViTConfig, *,
+                  train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """A distilled model's two heads: images (B, C, H, W) -> (Z_cls (B, K), Z_dist (B, K)), what DeiT trains."""
+    check_distilled(cfg, "forward_heads")
+    return heads(params, encoder(params, embed(params, images, cfg, train), cfg, train), cfg)
 
 
 def forward_intermediates(params: dict, images: torch.Tensor, cfg: ViTConfig, *,
                           train: bool = False) -> tuple[torch.Tensor, dict]:
     """`forward`, also returning what it computed on the way (big_vision's `out` dict), so nothing needs a hook:
-      "attention": per layer, the probabilities (B, H, N+1, N+1),
-      "hidden":    z_0 … z_L, each (B, N+1, D),
-      "features":  the pooled representation the classifier reads, (B, D) (or (B, R) after pre-logits).
+      "attention": per layer, the probabilities (B, H, T, T), T = P+N tokens,
+      "hidden":    z_0 … z_L, each (B, T, D),
+      "features":  the pooled representation the classifier reads (`features`), (B, D) (or (B, R) after pre-logits).
     -> (logits, intermediates)."""
     z = embed(params, images, cfg, train)
     attention, hidden = [], [z]
-    for i in range(cfg.depth):
-        z, probs = encoder_block(block_params(params, i), z, cfg, train)
+    for i, rate in enumerate(drop_path_rates(cfg.drop_path, cfg.depth)):
+        z, probs = encoder_block(block_params(params, i), z, cfg, train, rate)
         attention.append(probs)
         hidden.append(z)
-    features = pre_logits(params, pool(params, z, cfg), cfg)
-    return classifier(params, features, cfg), {"attention": attention, "hidden": hidden, "features": features}
+    return output(params, z, cfg), {"attention": attention, "hidden": hidden, "features": features(params, z, cfg)}
 
 
 def fast_forward(params: dict, images: torch.Tensor, cfg: ViTConfig, *, train: bool = False) -> torch.Tensor:
     """`forward` computed by fast.py: fused attention that never forms the probabilities, each residual add inside
-    its GEMM, and, with class-token pooling, the last block for the class token alone. Same logits."""
-    z = fast_encoder(params, embed(params, images, cfg, train), cfg, train)
-    return classifier(params, pre_logits(params, pool(params, z, cfg), cfg), cfg)
+    its GEMM, and, with class-token pooling, the last block for the prefix tokens alone. Same logits."""
+    return output(params, fast_encoder(params, embed(params, images, cfg, train), cfg, train), cfg)
+
+
+def fast_forward_heads(params: dict, images: torch.Tensor, cfg: ViTConfig, *,
+                       train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """`forward_heads` computed by fast.py, as `fast_forward` computes `forward`."""
+    check_distilled(cfg, "fast_forward_heads")
+    return heads(params, fast_encoder(params, embed(params, images, cfg, train), cfg, train), cfg)

@@ -4,13 +4,15 @@ Names follow the paper's pieces (and are close to timm's state-dict names; each 
 own file under paper/formats/):
 
     patch.weight  (D, C·P·P)   E of eq. (1), as an F.linear weight    patch.bias (D,)
-    cls           (1, 1, D)    x_class                                 pos (1, N+1, D)  E_pos (learned only)
+    cls           (1, 1, D)    x_class                                 pos (1, P+N, D)  E_pos (learned only)
+    dist          (1, 1, D)    DeiT's distillation token (distilled only; P = 2 prefix tokens, else 1)
     blocks.{i}.ln1.weight/bias (D,)            blocks.{i}.qkv.weight (3D, D)  qkv.bias (3D,)
     blocks.{i}.proj.weight (D, D)  proj.bias   blocks.{i}.ln2.weight/bias (D,)
     blocks.{i}.fc1.weight (M, D)  fc1.bias     blocks.{i}.fc2.weight (D, M)  fc2.bias
     norm.weight/bias (D,)      the LN of eq. (4)
     pre_logits.weight (R, D), pre_logits.bias  the pre-training head's hidden layer (when representation_size)
     head.weight (K, R or D), head.bias (K,)
+    head_dist.weight (K, R or D), head_dist.bias (K,)  DeiT's distillation head (distilled only)
 """
 import math
 
@@ -25,6 +27,8 @@ def param_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
     shapes = {"patch.weight": (d, c * p * p), "patch.bias": (d,)}
     if cfg.class_token:
         shapes["cls"] = (1, 1, d)
+    if cfg.distilled:
+        shapes["dist"] = (1, 1, d)
     if cfg.pos_embed == "learned":
         shapes["pos"] = (1, cfg.num_tokens, d)
     for i in range(cfg.depth):
@@ -40,7 +44,8 @@ def param_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
         width = cfg.representation_size
         shapes.update({"pre_logits.weight": (width, d), "pre_logits.bias": (width,)})
     if cfg.num_classes:
-        shapes.update({"head.weight": (cfg.num_classes, width), "head.bias": (cfg.num_classes,)})
+        for head in ("head", "head_dist") if cfg.distilled else ("head",):
+            shapes.update({f"{head}.weight": (cfg.num_classes, width), f"{head}.bias": (cfg.num_classes,)})
     return shapes
 
 
@@ -64,7 +69,9 @@ def init_params(cfg: ViTConfig, generator: torch.Generator | None = None) -> dic
     """Float32 parameters initialised as the official Flax code does (vit_jax/models_vit.py):
     patch conv lecun_normal, bias 0; class token 0; E_pos N(0, 0.02); q, k, v and the output projection
     xavier_uniform each over its own (D, D) matrix, biases 0; MLP xavier_uniform, biases N(0, 1e-6); LN 1 and 0;
-    pre-logits lecun_normal, bias 0; head 0 ("zero-initialized", paper §3.2)."""
+    pre-logits lecun_normal, bias 0; head 0 ("zero-initialized", paper §3.2). DeiT's distillation token N(0, 0.02)
+    (timm deit.py and the official models.py: trunc_normal_(std=.02), whose bounds ±2 lie at ±100σ), its head 0
+    like the class head."""
     g = generator
     d, m = cfg.dim, cfg.mlp_dim
     out = {}
@@ -78,7 +85,7 @@ def init_params(cfg: ViTConfig, generator: torch.Generator | None = None) -> dic
             out[name] = lecun_normal(shape, shape[1], g)
         elif leaf == "cls":
             out[name] = torch.zeros(shape)
-        elif leaf == "pos":
+        elif leaf in ("pos", "dist"):
             out[name] = normal(shape, 0.02, g)
         elif leaf == "qkv":
             out[name] = torch.cat([xavier_uniform((d, d), d, d, g) for _ in range(3)])
@@ -88,6 +95,6 @@ def init_params(cfg: ViTConfig, generator: torch.Generator | None = None) -> dic
             out[name] = xavier_uniform(shape, d, m, g)
         elif leaf == "pre_logits":
             out[name] = lecun_normal(shape, d, g)
-        elif leaf == "head":
+        elif leaf in ("head", "head_dist"):
             out[name] = torch.zeros(shape)
     return out

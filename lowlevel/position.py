@@ -2,20 +2,26 @@
 
     z_0 = [x_class; x_p¹E; …; x_pᴺE] + E_pos,   E_pos ∈ R^{(N+1)×D}
 
+A distilled DeiT prepends a second prefix token, the distillation token, after the class token and with its own
+row of E_pos: z_0 = [x_class; x_distil; x_p¹E; …] + E_pos, E_pos ∈ R^{(N+2)×D} (Touvron et al. 2021, §4; timm
+deit.py `_pos_embed`, the official deit models.py and transformers' DeiTEmbeddings all order them so).
+
 Three kinds of E_pos (cfg.pos_embed):
 - "learned": the paper's "standard learnable 1D position embeddings", a parameter with a row for the class token.
 - "sincos2d": fixed 2-D sin-cos embeddings (big_vision `posemb_sincos_2d`, used by "Better plain ViT
-  baselines"); the class token gets none, which is the same as adding a zero row.
+  baselines"); the prefix tokens get none, which is the same as adding zero rows.
 - "none": no position information (paper Table 8, first row).
 """
 import torch
 
 from .config import ViTConfig
 
+PREFIX_TOKENS = ("cls", "dist")   # the prefix tokens' parameters, in sequence order
 
-def prepend_class_token(x: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
-    """[x_class; x]: (B, N, D) with cls (1, 1, D) -> (B, N+1, D)."""
-    return torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)
+
+def prepend_prefix_tokens(x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """[x_class; x] (or [x_class; x_distil; x]): (B, N, D) with tokens (1, P, D) -> (B, P+N, D)."""
+    return torch.cat([tokens.expand(x.shape[0], -1, -1), x], dim=1)
 
 
 def sincos_2d(grid_size: tuple[int, int], dim: int, temperature: float = 10_000.0,
@@ -32,11 +38,12 @@ def sincos_2d(grid_size: tuple[int, int], dim: int, temperature: float = 10_000.
 
 
 def embed_positions(params: dict, x: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
-    """(B, N, D) patch embeddings -> z_0, (B, N+1, D) with a class token, (B, N, D) without."""
+    """(B, N, D) patch embeddings -> z_0, (B, P+N, D) with the config's P = 0, 1 or 2 prefix tokens."""
     if cfg.pos_embed == "sincos2d":
         x = x + sincos_2d(cfg.grid_size, cfg.dim, dtype=x.dtype).to(x.device)
-    if cfg.class_token:
-        x = prepend_class_token(x, params["cls"])
+    if cfg.num_prefix_tokens:
+        tokens = torch.cat([params[k] for k in PREFIX_TOKENS[:cfg.num_prefix_tokens]], dim=1)  # (1, P, D)
+        x = prepend_prefix_tokens(x, tokens)
     if cfg.pos_embed == "learned":
         x = x + params["pos"]
     return x

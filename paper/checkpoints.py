@@ -10,6 +10,9 @@ destination's name. Reading returns (cfg, params); writing takes (params, cfg).
     *.npz                                      the official format (2020 layout unless told "big_vision")
     *.pth, *.pt, *.safetensors                a timm state_dict
     anything else (a directory)                transformers `save_pretrained`: config.json + model.safetensors
+
+A distilled DeiT is read and written by the same rules (timm's VisionTransformerDistilled, transformers'
+DeiTForImageClassificationWithTeacher); the official .npz format has no distillation token and refuses it.
 """
 from pathlib import Path
 
@@ -23,7 +26,7 @@ from .formats.timm import is_timm_state_dict, read_timm, write_timm
 
 TIMM_SUFFIXES = (".pth", ".pt", ".safetensors")
 # The fields a model name fixes; the head (classes, pre-logits) and the numerics stay the checkpoint's own.
-ARCHITECTURE = ("image_size", "patch_size", "dim", "depth", "num_heads", "mlp_dim")
+ARCHITECTURE = ("image_size", "patch_size", "dim", "depth", "num_heads", "mlp_dim", "distilled")
 
 
 def detect_format(path) -> str:

@@ -1,10 +1,11 @@
-"""Convert a ViT checkpoint between formats: timm (.pth/.safetensors), Hugging Face transformers (a save_pretrained
-directory or its state_dict) and the official Google .npz. The source format is recognised from the file, the
-destination's from its name; the config is inferred from the weights unless --model names it.
+"""Convert a ViT or DeiT checkpoint between formats: timm (.pth/.safetensors), Hugging Face transformers (a
+save_pretrained directory or its state_dict) and the official Google .npz (ViT only). The source format is recognised
+from the file, the destination's from its name; the config is inferred from the weights unless --model names it.
 
     python -m paper.convert ViT-B_16.npz vit-b16-hf/              # official npz -> from_pretrained directory
     python -m paper.convert vit-b16-hf/ vit_b16.safetensors       # transformers -> timm state_dict
     python -m paper.convert model.pth model.npz --model ViT-B/16  # refuse anything that is not a ViT-B/16
+    python -m paper.convert deit_b.pth deit-b-hf/ --model DeiT-B⚗  # timm DeiT -> DeiTForImageClassificationWithTeacher
 """
 import argparse
 import sys
@@ -36,9 +37,10 @@ def main(argv=None) -> None:
     parser.add_argument("src", help="checkpoint to read: .npz, .pth, .safetensors, or a save_pretrained directory")
     parser.add_argument("dst", help="where to write: *.npz official format; *.pth, *.pt, *.safetensors timm "
                                     "state_dict; any other name a save_pretrained directory")
-    parser.add_argument("--model", help="paper or timm model name (ViT-B/16, vit_large_patch16_384) fixing the "
-                                        "architecture and image size; the checkpoint is refused if it differs. "
-                                        "Classes and pre-logits stay the checkpoint's")
+    parser.add_argument("--model", help="paper or timm model name (ViT-B/16, vit_large_patch16_384, DeiT-B⚗, "
+                                        "deit_base_distilled_patch16_224) fixing the architecture and image size; "
+                                        "the checkpoint is refused if it differs. Classes and pre-logits stay the "
+                                        "checkpoint's")
     parser.add_argument("--gelu", choices=("exact", "tanh"),
                         help="GELU flavour the model computes, written into a transformers config (default: tanh "
                              "for an official .npz, as trained; otherwise what the source says, exact for timm)")

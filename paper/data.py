@@ -157,20 +157,23 @@ def to_unit_interval(image: torch.Tensor) -> torch.Tensor:
 
 
 def train_view(image: torch.Tensor, size: int, area_range: tuple[float, float], flip: bool,
-               generator: torch.Generator) -> torch.Tensor:
-    """Random crop + resize + random flip + scaling to [-1, 1]. (C, H, W) -> (C, size, size)."""
+               generator: torch.Generator, augment=None) -> torch.Tensor:
+    """Random crop + resize + random flip + scaling to [-1, 1]. (C, H, W) -> (C, size, size). `augment`
+    (augment.ImageAugmentation) does the scaling with DeiT's augmentations around it."""
     top, left, h, w = random_crop_box(image.shape[-2], image.shape[-1], area_range, generator)
     x = resize(image[:, top:top + h, left:left + w], size)
     if flip and torch.rand(1, generator=generator).item() < 0.5:
         x = x.flip(-1)
-    return to_unit_interval(x)
+    return to_unit_interval(x) if augment is None else augment(x, generator)
 
 
 class TrainStream(Dataset):
     """Item p: the augmented image at position p of the endless shuffled stream, and its label."""
 
-    def __init__(self, data: Dataset, size: int, seed: int, area_range: tuple[float, float], flip: bool):
+    def __init__(self, data: Dataset, size: int, seed: int, area_range: tuple[float, float], flip: bool,
+                 augment=None):
         self.data, self.size, self.seed, self.area_range, self.flip = data, size, seed, area_range, flip
+        self.augment = augment
         self.order = (-1, None)
 
     def __len__(self):  # the stream is endless; a batch sampler picks the positions
@@ -187,7 +190,7 @@ class TrainStream(Dataset):
         epoch, i = divmod(int(p), len(self.data))
         image, label = self.data[int(self.epoch_order(epoch)[i])]
         g = torch.Generator().manual_seed(self.seed * 2 ** 40 + int(p))
-        return train_view(image, self.size, self.area_range, self.flip, g), label
+        return train_view(image, self.size, self.area_range, self.flip, g, self.augment), label
 
 
 class EvalView(Dataset):

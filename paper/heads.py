@@ -8,6 +8,8 @@ import dataclasses
 
 import torch
 
+from lowlevel import param_shapes
+
 
 def pretraining_head(cfg, num_classes: int):
     """The config with the pre-training head: pre-logits Dense(D) + tanh, then a K-way linear layer."""
@@ -15,10 +17,13 @@ def pretraining_head(cfg, num_classes: int):
 
 
 def finetuning_head(params: dict, cfg, num_classes: int) -> tuple[dict, object]:
-    """Drop the whole head (both layers) and attach a zero-initialised D × K linear layer. -> (params, cfg)."""
+    """Drop the whole head (both layers) and attach a zero-initialised D × K linear layer; a distilled DeiT gets two,
+    the class and the distillation head. -> (params, cfg)."""
     cfg = dataclasses.replace(cfg, representation_size=None, num_classes=num_classes)
-    params = {k: v for k, v in params.items() if not k.startswith(("pre_logits.", "head."))}
+    heads = ("pre_logits.", "head.", "head_dist.")
+    params = {k: v for k, v in params.items() if not k.startswith(heads)}
     like = params["norm.weight"]
-    params["head.weight"] = torch.zeros(num_classes, cfg.dim, dtype=like.dtype, device=like.device)
-    params["head.bias"] = torch.zeros(num_classes, dtype=like.dtype, device=like.device)
+    for name, shape in param_shapes(cfg).items():
+        if name.startswith(heads):
+            params[name] = torch.zeros(shape, dtype=like.dtype, device=like.device)
     return params, cfg

@@ -1,9 +1,10 @@
 """The paper's training recipes as named presets: pre-training (§4.1, App. B.1, Table 3) and fine-tuning
-(§3.2, App. B.1.1, Table 4), plus the small recipes of the main job on the bundled digits.
+(§3.2, App. B.1.1, Table 4), plus the small recipes of the main job on the bundled digits, and DeiT's recipe
+(Touvron et al. 2021, Table 9).
 
-Every value is from the paper (§4.1, App. B.1, Table 3 for pre-training; App. B.1.1, Table 4 for fine-tuning),
-or from the official code where the paper is silent (vision_transformer configs/common.py); the comment on each
-line says which.
+Every value is from the paper (§4.1, App. B.1, Table 3 for pre-training; App. B.1.1, Table 4 for fine-tuning; DeiT's
+Table 9), or from the official code where the paper is silent (vision_transformer configs/common.py, deit main.py);
+the comment on each line says which.
 """
 import math
 from dataclasses import dataclass
@@ -32,6 +33,13 @@ class Recipe:
     lr_sweep: tuple[float, ...] = ()  # the base learning rates the paper tried (Table 4)
     crop_area: tuple[float, float] = (0.05, 1.0)  # random crop's area range (vision_transformer input_pipeline.py)
     flip: bool = True             # random horizontal flip (input_pipeline.py)
+    # DeiT's regularisation and augmentation (Table 9); each off by default, as in the ViT paper's recipes
+    label_smoothing: float = 0.0  # ε on the true labels (DeiT §4)
+    drop_path: float = 0.0        # stochastic depth at the last block (ViTConfig.drop_path)
+    rand_augment: tuple[int, int] | None = None  # (operations per image, magnitude of 10): torchvision RandAugment
+    random_erasing: float = 0.0   # probability of erasing a random rectangle of an image (torchvision RandomErasing)
+    mixup_alpha: float = 0.0      # Mixup's Beta(α, α) (torchvision MixUp); 0: none
+    cutmix_alpha: float = 0.0     # CutMix's Beta(α, α) (torchvision CutMix); 0: none. Both on: one of the two per batch
 
     def __post_init__(self):
         choices = {"stage": ("pretrain", "finetune"), "optimizer": OPTIMIZERS, "decay": DECAYS}
@@ -44,6 +52,12 @@ class Recipe:
         if not 0 <= self.warmup_steps < self.total_steps:
             raise ValueError(f"warmup_steps: expected 0 <= warmup_steps < total_steps={self.total_steps}, "
                              f"got {self.warmup_steps}")
+        for name in ("label_smoothing", "drop_path", "random_erasing"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected a value in [0, 1), got {getattr(self, name)}")
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: expected a non-negative Beta parameter, got {getattr(self, name)}")
 
 
 # ---- Pre-training (§4.1, Table 3) -----------------------------------------------------------------------------
@@ -130,3 +144,35 @@ DIGITS_PRETRAIN = Recipe(stage="pretrain", optimizer="adam", base_lr=3e-3, total
 DIGITS_FINETUNE = Recipe(stage="finetune", optimizer="sgd", base_lr=0.03, total_steps=300, warmup_steps=30,
                          decay="cosine", batch_size=64, grad_clip=1.0, dropout=0.0, image_size=12,
                          lr_sweep=(0.001, 0.003, 0.01, 0.03), crop_area=(0.8, 1.0), flip=False)
+
+
+# ---- DeiT (Touvron et al. 2021, arXiv:2012.12877), Table 9 -----------------------------------------------------
+# DeiT-B's column of Table 9, and the official code's defaults (deit main.py) where the table is silent. What our
+# training loop does not do is left out, and named here: repeated augmentation (Table 9 ✓; deit samplers.py
+# RASampler, 3 repeats), RandAugment's magnitude noise (main.py --aa "rand-m9-mstd0.5-inc1": std 0.5), the learning
+# rate's warm-up from 1e-6 and floor of 1e-5 (main.py --warmup-lr, --min-lr; ours go from and to 0), bicubic crops
+# (--train-interpolation; ours are bilinear), and the model EMA (--model-ema, not in Table 9).
+DEIT_BATCH = 1024                 # Table 9
+DEIT_EPOCHS = 300                 # Table 9
+DEIT_WARMUP_EPOCHS = 5            # Table 9
+DEIT_LR_PER_512 = 5e-4            # Table 9: "0.0005 × batchsize/512" (main.py: args.lr · batch / 512)
+
+
+def deit_recipe(batch_size: int = DEIT_BATCH) -> Recipe:
+    """DeiT's recipe (Table 9) on ImageNet at `batch_size`, the learning rate scaled linearly with it. The official
+    loader drops the last partial batch (drop_last=True), so an epoch is ⌊1,281,167 / batch⌋ steps. The head is the
+    training pipeline's (train.py): DeiT's is linear, the ViT paper pre-trains with an MLP."""
+    steps_per_epoch = DATASET_IMAGES["imagenet"] // batch_size
+    return Recipe(stage="pretrain", optimizer="adam",        # AdamW (Table 9), betas (0.9, 0.999), eps 1e-8 (main.py)
+                  base_lr=DEIT_LR_PER_512 * batch_size / 512, total_steps=DEIT_EPOCHS * steps_per_epoch,
+                  warmup_steps=DEIT_WARMUP_EPOCHS * steps_per_epoch, decay="cosine",     # Table 9
+                  batch_size=batch_size, weight_decay=0.05,  # Table 9
+                  grad_clip=None, dropout=0.0,               # Table 9: no gradient clipping, no dropout
+                  image_size=224,                            # §5.2: trained at 224
+                  crop_area=(0.08, 1.0), flip=True,          # timm create_transform's defaults (deit datasets.py)
+                  label_smoothing=0.1, drop_path=0.1,        # Table 9
+                  rand_augment=(2, 9),                       # Table 9 "9/0.5": magnitude 9; timm's default of 2 ops
+                  random_erasing=0.25,                       # Table 9
+                  # Table 9 says "Mixup prob. 0.8, Cutmix prob. 1.0"; the code uses them as the Beta α of each
+                  # (main.py --mixup 0.8, --cutmix 1.0, applied to every batch: --mixup-prob 1.0)
+                  mixup_alpha=0.8, cutmix_alpha=1.0)

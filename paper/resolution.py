@@ -5,7 +5,8 @@ Implementations disagree by up to 2e-2 here (14×14 → 24×24, random E_pos), s
 - "official": scipy.ndimage.zoom with an order-1 spline (vision_transformer checkpoint.py, big_vision);
 - "timm":     F.interpolate bicubic with antialias, computed in float32 (timm resample_abs_pos_embed);
 - "hf":       F.interpolate bicubic, align_corners=False, no antialias (transformers interpolate_pos_encoding).
-The class token's row is kept apart and unchanged.
+The prefix tokens' rows (the class token's, and a distilled DeiT's distillation token's) are kept apart and
+unchanged.
 """
 import dataclasses
 
@@ -52,5 +53,5 @@ def change_resolution(params: dict, cfg, image_size, method: str = "official"):
     params = dict(params)
     if cfg.pos_embed == "learned":
         params["pos"] = resample_pos_embed(params["pos"], cfg.grid_size, new_cfg.grid_size,
-                                           int(cfg.class_token), method)
+                                           cfg.num_prefix_tokens, method)
     return params, new_cfg

@@ -3,11 +3,15 @@
     python -m paper.train                                # the main job: digits, pre-train at 8×8, fine-tune at 12×12
     python -m paper.train --resume                       # go on from the checkpoints in --out
     torchrun --standalone --nproc_per_node=2 -m paper.train   # data-parallel, 2 processes (gloo on CPU, NCCL on GPU)
+    python -m paper.train --distill hard --teacher runs/main/finetune.pt --out runs/deit   # DeiT: a distilled student
 
 Each stage is: build the optimizer of its recipe (Adam or SGD), then for step = 1 … T take the global batch,
 split it over the processes and into micro-batches, average the gradients (accumulated over micro-batches,
 all-reduced over processes), clip their global norm, and step. Pre-training uses the MLP head at a low
 resolution; fine-tuning swaps in a zero-initialised linear head and interpolates E_pos to a higher resolution.
+
+With --distill the student is a distilled DeiT (Touvron et al. 2021, §4): a distillation token and head, trained in
+every stage against the frozen --teacher (distillation.py) while the class head learns the true labels.
 """
 import argparse
 import contextlib
@@ -15,11 +19,11 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
@@ -28,8 +32,10 @@ import lowlevel as vit
 
 from . import recipes
 from .atomic import write_atomically, write_text
+from .augment import batch_mixing, image_augmentation
 from .configs import paper_config
 from .data import DATASETS, EvalView, TrainStream, load_data, shard_positions
+from .distillation import KINDS, PAPER_TAU, REDUCTIONS, Distillation, DistillationCriterion, LabelCriterion, load_teacher
 from .dtypes import DTYPES
 from .heads import finetuning_head, pretraining_head
 from .resolution import change_resolution
@@ -40,18 +46,23 @@ from .train_state import check_same_run, load_checkpoint, rng_state, save_checkp
 class ExplicitParams(nn.Module):
     """lowlevel's flat params dict inside an nn.Module, only so that torch.optim and DDP can hold them.
     Module attribute names cannot contain '.', so 'blocks.0.qkv.weight' is kept as 'blocks/0/qkv/weight'.
-    fast: run lowlevel's fast path (the same function, computed with fused attention)."""
+    fast: run lowlevel's fast path (the same function, computed with fused attention).
+    heads: the module computes a distilled model's two heads' logits (lowlevel `forward_heads`), what distillation
+    trains, instead of its logits."""
 
-    def __init__(self, params: dict, cfg: vit.ViTConfig, fast: bool = False):
+    def __init__(self, params: dict, cfg: vit.ViTConfig, fast: bool = False, heads: bool = False):
         super().__init__()
-        self.cfg, self.fast = cfg, fast
+        self.cfg, self.fast, self.heads = cfg, fast, heads
         self.params = nn.ParameterDict({k.replace(".", "/"): nn.Parameter(v) for k, v in params.items()})
 
     def as_dict(self) -> dict:
         return {k.replace("/", "."): v for k, v in self.params.items()}
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        run = vit.fast_forward if self.fast else vit.forward
+    def forward(self, images: torch.Tensor):
+        if self.heads:
+            run = vit.fast_forward_heads if self.fast else vit.forward_heads
+        else:
+            run = vit.fast_forward if self.fast else vit.forward
         return run(self.as_dict(), images, self.cfg, train=self.training)
 
 
@@ -97,13 +108,17 @@ def make_optimizer(parameters, recipe) -> torch.optim.Optimizer:
 
 
 def train_step(model: nn.Module, optimizer, scheduler, images: torch.Tensor, labels: torch.Tensor, *,
-               accum_steps: int, grad_clip: float | None, procs: Processes, bf16: bool = False) -> float:
+               accum_steps: int, grad_clip: float | None, procs: Processes, bf16: bool = False,
+               criterion=None) -> float:
     """One optimizer step on this process's share of the global batch, in `accum_steps` equal micro-batches.
     Each micro-batch's mean loss is divided by accum_steps and DDP averages over processes, so the gradient is
     that of the mean loss over the global batch: accumulation and processes change nothing but memory and speed.
-    Returns the global batch's mean loss; raises FloatingPointError, before touching the params, if it is not finite."""
+    `criterion(outputs, images, labels)` is the loss: softmax cross-entropy unless told otherwise (a smoothed one,
+    a distillation loss). Returns the global batch's mean loss; raises FloatingPointError, before touching the params,
+    if it is not finite."""
     if len(labels) % accum_steps:
         raise ValueError(f"accum_steps: expected a divisor of this process's batch of {len(labels)}, got {accum_steps}")
+    criterion = criterion or LabelCriterion()
     optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), dtype=torch.float64, device=images.device)
     micro_batches = list(zip(images.chunk(accum_steps), labels.chunk(accum_steps), strict=True))
@@ -112,8 +127,10 @@ def train_step(model: nn.Module, optimizer, scheduler, images: torch.Tensor, lab
         sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not last else contextlib.nullcontext()
         with sync:
             with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float() if bf16 else logits, y) / accum_steps  # softmax cross-entropy
+                outputs = model(x)
+            if bf16:                                                     # the loss in float32
+                outputs = tuple(o.float() for o in outputs) if isinstance(outputs, tuple) else outputs.float()
+            loss = criterion(outputs, x, y) / accum_steps
             loss.backward()
         total += loss.detach()
     loss = all_reduce_sum(total, procs) / procs.world_size
@@ -137,6 +154,8 @@ def evaluate(model: ExplicitParams, data: EvalView, procs: Processes, dtype: tor
     for start in range(0, len(mine), batch_size):
         images, labels = zip(*(data[i] for i in mine[start:start + batch_size]), strict=True)
         logits = model(torch.stack(images).to(procs.device, dtype))
+        if model.heads:                                                  # a distilled student: its prediction
+            logits = vit.fuse(*logits, model.cfg)
         counts[0] += (logits.argmax(-1).cpu() == torch.tensor(labels)).sum().item()
         counts[1] += len(labels)
     model.train()
@@ -172,13 +191,21 @@ class Run:
     workers: int = 0
     save_every: int = 0       # 0: only at the end of the stage
     eval_every: int = 0       # 0: only at the end of the stage
+    distillation: Distillation | None = None   # DeiT: the objective, with
+    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None   # the frozen teacher (distillation.load_teacher)
 
 
 def train_stage(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data, test_data,
                 run: Run) -> tuple[dict, dict]:
     """Train `params` by `recipe` for its total_steps, checkpointing to OUT/NAME.pt. -> (params, the stage's log)."""
     procs, path = run.procs, os.path.join(run.out, f"{name}.pt")
-    model = ExplicitParams({k: v.to(procs.device, run.dtype) for k, v in params.items()}, cfg, run.fast).train()
+    distilling = run.distillation is not None
+    model = ExplicitParams({k: v.to(procs.device, run.dtype) for k, v in params.items()}, cfg, run.fast,
+                           heads=distilling).train()
+    if distilling:
+        criterion = DistillationCriterion(run.teacher, run.distillation, recipe.label_smoothing)
+    else:
+        criterion = LabelCriterion(recipe.label_smoothing)
     optimizer = make_optimizer(model.parameters(), recipe)
     schedule = Schedule(recipe.base_lr, recipe.total_steps, recipe.warmup_steps, recipe.decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -203,7 +230,9 @@ def train_stage(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data,
     trained = DistributedDataParallel(model) if procs.world_size > 1 else model
 
     stream_seed = 2 * run.seed + (name == "finetune")  # each stage its own stream
-    stream = TrainStream(train_data, cfg.image_size[0], stream_seed, recipe.crop_area, recipe.flip)
+    stream = TrainStream(train_data, cfg.image_size[0], stream_seed, recipe.crop_area, recipe.flip,
+                         image_augmentation(recipe))
+    mixing = batch_mixing(recipe, cfg.num_classes)
     loader = DataLoader(stream, batch_sampler=StepBatches(done + 1, recipe.total_steps, recipe.batch_size, procs),
                         num_workers=run.workers, generator=torch.Generator())  # not the global RNG dropout draws from
     evaluation = EvalView(test_data, cfg.image_size[0])
@@ -211,8 +240,11 @@ def train_stage(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data,
     start = time.perf_counter()
     for step, (images, labels) in enumerate(loader, start=done + 1):
         lr = scheduler.get_last_lr()[0]
-        loss = train_step(trained, optimizer, scheduler, images.to(procs.device, run.dtype), labels.to(procs.device),
-                          accum_steps=run.accum_steps, grad_clip=recipe.grad_clip, procs=procs, bf16=run.bf16)
+        images, labels = images.to(procs.device, run.dtype), labels.to(procs.device)
+        if mixing:                                                   # Mixup/CutMix: labels become mixed targets
+            images, labels = mixing(images, labels, seed=(stream_seed * 2 ** 32 + step) * 1024 + procs.rank)
+        loss = train_step(trained, optimizer, scheduler, images, labels, accum_steps=run.accum_steps,
+                          grad_clip=recipe.grad_clip, procs=procs, bf16=run.bf16, criterion=criterion)
         log["train"].append({"step": step, "loss": loss, "lr": lr})
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
@@ -286,6 +318,8 @@ def stage_recipes(args) -> tuple:
     """The two stages' recipes the command line names, with its overrides."""
     if args.pretrain == "digits":
         pre = recipes.DIGITS_PRETRAIN
+    elif args.pretrain == "deit":                 # Table 9's learning rate scales with the batch
+        pre = recipes.deit_recipe(args.pretrain_batch or recipes.DEIT_BATCH)
     else:
         pre = recipes.pretrain_recipe(args.pretrain, args.model, args.pretrain_epochs)
     if args.finetune == "digits":
@@ -308,8 +342,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="'digits' (the main job's small ViT) or a paper name, e.g. ViT-B/16")
     p.add_argument("--stages", nargs="+", choices=("pretrain", "finetune"), default=["pretrain", "finetune"])
     p.add_argument("--init", help="a pretrain.pt to fine-tune from when --stages is only finetune")
-    p.add_argument("--pretrain", default="digits", choices=["digits"] + sorted({d for d, _ in recipes.TABLE_3}),
-                   help="pre-training recipe: 'digits', or a Table 3 data set (its row for --model)")
+    p.add_argument("--pretrain", default="digits", choices=["digits", "deit"] + sorted({d for d, _ in recipes.TABLE_3}),
+                   help="pre-training recipe: 'digits', 'deit' (DeiT's Table 9: AdamW, RandAugment, Mixup, CutMix, "
+                        "random erasing, label smoothing, stochastic depth), or a Table 3 data set (its row for "
+                        "--model)")
     p.add_argument("--pretrain-epochs", type=int, help="Table 3's epoch choice where it gives two (7/14, 30/90)")
     p.add_argument("--finetune", default="digits", choices=["digits"] + sorted(recipes.TABLE_4),
                    help="fine-tuning recipe: 'digits', or a Table 4 data set")
@@ -333,7 +369,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="go on from the checkpoints in --out")
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: at the end of each stage)")
     p.add_argument("--eval-every", type=int, help="test accuracy every N steps (default: 10 times per stage)")
+    p.add_argument("--distill", choices=KINDS,
+                   help="train a distilled DeiT student (a distillation token and head) against --teacher: 'hard' "
+                        "(DeiT eq. 3) or 'soft' (eq. 2)")
+    p.add_argument("--teacher", metavar="CHECKPOINT",
+                   help="the teacher for --distill: a checkpoint written by paper.train (e.g. runs/main/finetune.pt); "
+                        "frozen, it sees each batch at its own resolution")
+    p.add_argument("--distill-lambda", type=float,
+                   help="λ, the weight of the teacher's term (default: ½ for hard, eq. 3; 0.1 for soft, DeiT §6)")
+    p.add_argument("--distill-tau", type=float, default=PAPER_TAU, help="τ, the soft term's temperature (default 3, "
+                                                                         "DeiT §6)")
+    p.add_argument("--distill-reduction", choices=REDUCTIONS, default="batchmean",
+                   help="the soft term's reduction: 'batchmean' (the paper, timm, lucidrains) or 'numel' (the "
+                        "official code, K times smaller)")
     return p.parse_args(argv)
+
+
+def distillation_teacher(path: str, image: torch.Tensor, num_classes: int, run: Run):
+    """The frozen teacher (distillation.load_teacher) on the run's device and dtype, checked on one of the data's
+    images to predict the data's classes."""
+    teacher = load_teacher(path, run.procs.device, run.dtype)
+    try:
+        classes = teacher(image[None].to(run.procs.device, run.dtype)).shape[-1]
+    except ValueError as e:
+        raise ValueError(f"teacher: expected a model of the data's images, but {path} refuses them: {e}") from e
+    if classes != num_classes:
+        raise ValueError(f"teacher: expected a model of the data's {num_classes} classes, got {classes} in {path}")
+    return teacher
 
 
 def main(argv=None) -> dict:
@@ -342,6 +404,9 @@ def main(argv=None) -> dict:
         raise ValueError("bf16: expected float32 parameters for bfloat16 autocast, got --dtype float64")
     if args.stages == ["finetune"] and not args.init:
         raise ValueError("init: expected a pretrain.pt to fine-tune from when --stages is finetune alone, got none")
+    if bool(args.distill) != bool(args.teacher):
+        raise ValueError(f"distill, teacher: expected both (--distill hard|soft --teacher CHECKPOINT) or neither, got "
+                         f"--distill {args.distill} and --teacher {args.teacher}")
     torch.set_num_threads(args.threads)
     procs = start_processes(args.device)
     run = Run(out=args.out, procs=procs, dtype=DTYPES[args.dtype], bf16=args.bf16, fast=args.fast, accum_steps=args.accum,
@@ -351,11 +416,16 @@ def main(argv=None) -> dict:
     base = model_config(args.model, in_channels)
     pre, fine = stage_recipes(args)
     log = {"command": vars(args), "world_size": procs.world_size, "stages": {}}
+    if args.distill:
+        run.distillation = Distillation(args.distill, args.distill_lambda, args.distill_tau, args.distill_reduction)
+        run.teacher = distillation_teacher(args.teacher, test[0][0], num_classes, run)
+        base = dataclasses.replace(base, distilled=True)
+        log["distillation"] = dataclasses.asdict(run.distillation)
     started = time.perf_counter()
 
-    # Pre-training: the MLP head (pre-logits + tanh), the recipe's resolution and dropout (Table 3).
+    # Pre-training: the MLP head (pre-logits + tanh), the recipe's resolution, dropout (Table 3) and stochastic depth.
     cfg = pretraining_head(dataclasses.replace(base, image_size=pre.image_size, dropout=pre.dropout,
-                                               in_channels=in_channels), num_classes)
+                                               drop_path=pre.drop_path, in_channels=in_channels), num_classes)
     if "pretrain" in args.stages:
         params = vit.init_params(cfg, torch.Generator().manual_seed(args.seed))
         run.eval_every = args.eval_every or max(1, pre.total_steps // 10)
@@ -364,11 +434,15 @@ def main(argv=None) -> dict:
         state = load_checkpoint(args.init)
         cfg = vit.ViTConfig(**state["config"])
         params = state["params"]
+        if args.distill and not cfg.distilled:
+            raise ValueError(f"init: expected a distilled checkpoint for --distill, got {args.init} without a "
+                             f"distillation token")
 
     # Fine-tuning (§3.2): drop the whole head for a zero-initialised linear one, interpolate E_pos to the
     # higher resolution, patch size unchanged.
     if "finetune" in args.stages:
-        params, cfg = finetuning_head(params, dataclasses.replace(cfg, dropout=fine.dropout), num_classes)
+        params, cfg = finetuning_head(params, dataclasses.replace(cfg, dropout=fine.dropout, drop_path=fine.drop_path),
+                                      num_classes)
         params, cfg = change_resolution(params, cfg, fine.image_size, method="official")
         run.eval_every = args.eval_every or max(1, fine.total_steps // 10)
         params, log["stages"]["finetune"] = train_stage("finetune", params, cfg, fine, train, test, run)

@@ -4,10 +4,14 @@ For each config: build random weights, load them into our model, into timm's Vis
 transformers' ViTForImageClassification, run one batch, and print the largest absolute and relative differences of
 the logits and of the features (y of eq. (4), what the classifier reads), in float32 and float64, next to the
 parameter counts of all three and the paper's. Relative means max |ours − theirs| / max |theirs|. Configs that
-would not fit in free memory are listed, not run.
+would not fit in free memory are listed, not run. A distilled DeiT is checked against timm's
+VisionTransformerDistilled and transformers' DeiTForImageClassificationWithTeacher; its logits columns take the
+largest difference over the evaluation logits (the two heads' mean) and each head's logits, and its features are the
+mean of the two tokens' (timm's pre_logits).
 
-    python -m paper.verify                                 # every paper model
+    python -m paper.verify                                 # every paper model, ViT's and DeiT's
     python -m paper.verify --models ViT-B/16 --dtypes float64
+    python -m paper.verify --models DeiT-B⚗ deit_tiny_distilled_patch16_224
 """
 import argparse
 import gc
@@ -17,7 +21,8 @@ import torch
 from tqdm import tqdm
 
 import lowlevel as vit
-from paper.configs import PAPER_MODELS, TABLE1_PARAMS, model_name, paper_config, param_count, parse_name
+from lowlevel.model import heads
+from paper.configs import DEIT_MODELS, PAPER_MODELS, model_name, paper_config, paper_params, param_count
 from paper.dtypes import DTYPES
 from paper.formats.huggingface import to_hf
 from paper.formats.timm import to_timm
@@ -52,6 +57,30 @@ def diffs(ours: torch.Tensor, theirs: torch.Tensor) -> tuple[float, float]:
     return d, d / theirs.abs().max().item()
 
 
+def timm_outputs(model, x: torch.Tensor, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, features) of timm's model; for VisionTransformerDistilled the logits are its evaluation output and
+    its two heads' (what distilled training returns, deit.py forward_head), stacked."""
+    z = model.forward_features(x)
+    features = model.forward_head(z, pre_logits=True)
+    if not cfg.distilled:
+        return model.head(features), features
+    logits = model.forward_head(z)
+    model.set_distilled_training(True)
+    model.train()                                    # no dropout in these configs: train mode only returns both heads
+    class_logits, distillation_logits = model.forward_head(z)
+    return torch.stack([logits, class_logits, distillation_logits]), features
+
+
+def hf_outputs(model, x: torch.Tensor, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, features) of transformers' model, with the same stacking for DeiTForImageClassificationWithTeacher."""
+    if not cfg.distilled:
+        features = model.vit(x).last_hidden_state[:, 0]  # ViTForImageClassification.forward: classifier(LN(z_L)[:, 0])
+        return model.classifier(features), features
+    out = model(x)
+    features = model.deit(x).last_hidden_state[:, :2].mean(dim=1)
+    return torch.stack([out.logits, out.cls_logits, out.distillation_logits]), features
+
+
 @torch.no_grad()
 def verify_config(cfg, dtype=torch.float64, batch: int = 1, seed: int = 0, name: str | None = None) -> dict:
     """One row of the table: differences to timm and transformers, and the parameter counts."""
@@ -61,6 +90,8 @@ def verify_config(cfg, dtype=torch.float64, batch: int = 1, seed: int = 0, name:
     x = torch.randn(batch, cfg.in_channels, *cfg.image_size, generator=torch.Generator().manual_seed(seed + 1),
                     dtype=dtype)
     logits, out = vit.forward_intermediates(params, x, cfg)
+    if cfg.distilled:
+        logits = torch.stack([logits, *heads(params, out["hidden"][-1], cfg)])
     features = out["features"]
     del out
 
@@ -69,9 +100,9 @@ def verify_config(cfg, dtype=torch.float64, batch: int = 1, seed: int = 0, name:
     model.load_state_dict(to_timm(params, cfg), assign=True)
     model.eval()
     row["timm"] = sum(p.numel() for p in model.parameters())
-    theirs = model.forward_head(model.forward_features(x), pre_logits=True)
-    row["timm_logits"], row["timm_features"] = diffs(logits, model.head(theirs)), diffs(features, theirs)
-    del model, theirs
+    theirs, their_features = timm_outputs(model, x, cfg)
+    row["timm_logits"], row["timm_features"] = diffs(logits, theirs), diffs(features, their_features)
+    del model, theirs, their_features
     gc.collect()
 
     sd, config = to_hf(params, cfg)
@@ -81,18 +112,11 @@ def verify_config(cfg, dtype=torch.float64, batch: int = 1, seed: int = 0, name:
     del sd
     model.eval()
     row["hf"] = sum(p.numel() for p in model.parameters())
-    theirs = model.vit(x).last_hidden_state[:, 0]    # ViTForImageClassification.forward: classifier(LN(z_L)[:, 0])
-    row["hf_logits"], row["hf_features"] = diffs(logits, model.classifier(theirs)), diffs(features, theirs)
-    del model, theirs, params
+    theirs, their_features = hf_outputs(model, x, cfg)
+    row["hf_logits"], row["hf_features"] = diffs(logits, theirs), diffs(features, their_features)
+    del model, theirs, their_features, params
     gc.collect()
     return row
-
-
-def paper_count(name: str) -> str:
-    try:
-        return TABLE1_PARAMS.get(parse_name(name)[0], "-")
-    except ValueError:
-        return "-"
 
 
 def format_table(rows: list[dict]) -> str:
@@ -103,16 +127,16 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         if "skipped" in r:
             lines.append(f"| {r['model']} | {r['dtype']} | {r['skipped']} | | | | {r['ours']:,} | | | "
-                         f"{paper_count(r['model'])} |")
+                         f"{paper_params(r['model'])} |")
             continue
         cells = [f"{a:.1e} / {b:.1e}" for a, b in (r["timm_logits"], r["timm_features"], r["hf_logits"],
                                                     r["hf_features"])]
         lines.append(f"| {r['model']} | {r['dtype']} | {' | '.join(cells)} | {r['ours']:,} | {r['timm']:,} | "
-                     f"{r['hf']:,} | {paper_count(r['model'])} |")
+                     f"{r['hf']:,} | {paper_params(r['model'])} |")
     return "\n".join(lines)
 
 
-def verify(models=PAPER_MODELS, dtypes=VERIFY_DTYPES, batch: int = 1, seed: int = 0) -> list[dict]:
+def verify(models=PAPER_MODELS + DEIT_MODELS, dtypes=VERIFY_DTYPES, batch: int = 1, seed: int = 0) -> list[dict]:
     """verify_config for every model and dtype that fits in memory; the others get a row saying why not."""
     rows = []
     jobs = [(m, d) for m in models for d in dtypes]
@@ -130,8 +154,8 @@ def verify(models=PAPER_MODELS, dtypes=VERIFY_DTYPES, batch: int = 1, seed: int 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m paper.verify", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=list(PAPER_MODELS), metavar="NAME",
-                        help=f"paper or timm model names (default: {' '.join(PAPER_MODELS)})")
+    parser.add_argument("--models", nargs="+", default=list(PAPER_MODELS + DEIT_MODELS), metavar="NAME",
+                        help=f"paper or timm model names (default: {' '.join(PAPER_MODELS + DEIT_MODELS)})")
     parser.add_argument("--dtypes", nargs="+", choices=VERIFY_DTYPES, default=list(VERIFY_DTYPES),
                         help="precisions to compare in (default: both)")
     parser.add_argument("--batch", type=int, default=1, help="images per forward (default 1, so ViT-H/14 in float64 "

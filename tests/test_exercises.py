@@ -24,7 +24,7 @@ from paper import analysis
 
 REPO = Path(__file__).resolve().parent.parent
 SOLUTIONS = REPO / "exercises" / "solutions"
-NAMES = ["01_patch_embedding", "02_attention_maps", "03_position_embeddings", "04_fine_tuning"]
+NAMES = ["01_patch_embedding", "02_attention_maps", "03_position_embeddings", "04_fine_tuning", "06_deit"]
 
 # Each copy of a solution gets typical mistakes by text substitution, in tasks whose code does not depend on each
 # other, and states the hint each mistaken task must get. `only`: grade just that task (earlier ones still run).
@@ -70,6 +70,23 @@ MISTAKES = {
          "velocity = {k: scale * grads[k] for k in p}", "momentum: v = 0.9·v + g"),
         (4, "steps=200, base_lr=0.1)", "steps=1, base_lr=0.1)", ""),          # a short run: the mistake is below
         (4, "params, velocity, _ = sgd_step(", "_, velocity, _ = sgd_step(", "gradients that are never applied")]),
+    "06-a": ("06_deit", None, [     # Task 4 runs a short demo and fails fast on Task 3's mistake
+        (1, "torch.cat([cls.expand(b, -1, -1), dist.expand(b, -1, -1), x], dim=1)",
+         "torch.cat([cls.expand(b, -1, -1), x, dist.expand(b, -1, -1)], dim=1)", "appends it last"),
+        (2, "return (class_logits + distillation_logits) / 2", "return class_logits + distillation_logits",
+         "their scale doubles"),
+        (3, "lam * tau ** 2 * kl", "lam * kl", "multiply the KL by τ²"),
+        (4, "steps=60, kind=kind", "steps=1, kind=kind", "")]),
+    "06-b": ("06_deit", None, [
+        (2, 'y = F.layer_norm(z[:, :2], z.shape[-1:], params["norm.weight"], params["norm.bias"], eps)', "y = z[:, :2]",
+         "apply the final LN"),
+        (3, "0.5 * F.cross_entropy(distillation_logits, teacher_labels)", "0.5 * F.cross_entropy(distillation_logits, labels)",
+         "not the true labels"),
+        (4, "steps=60, kind=kind", "steps=1, kind=kind", "")]),
+    "06-c": ("06_deit", None, [
+        (3, ".sum(dim=-1).mean()", ".mean()", "legacy reduction"),
+        (4, "        optimizer.zero_grad()\n        class_logits", "        class_logits", "zero the gradients"),
+        (4, "steps=60, kind=kind", "steps=1, kind=kind", "")]),        # keeps this copy's run short
 }
 
 

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 import lowlevel as vit
-from lowlevel.position import prepend_class_token
+from lowlevel.position import prepend_prefix_tokens
 from paper import analysis
 from paper.resolution import METHODS, resample_pos_embed
 
@@ -35,7 +35,7 @@ def task_embed_positions(ns, output_dir):
     for b, n, d in [(2, 6, 8), (1, 4, 4), (3, 9, 12)]:
         x, cls, pos = torch.randn(b, n, d, generator=g), torch.randn(1, 1, d, generator=g), \
             torch.randn(1, n + 1, d, generator=g)
-        want = prepend_class_token(x, cls) + pos
+        want = prepend_prefix_tokens(x, cls) + pos
         expect(call(ns, "embed_positions", x.clone(), cls.clone(), pos.clone()), want,
                f"embed_positions of x {(b, n, d)}", {
                    "the class token goes first: [x_class; x_p¹E; …]": torch.cat([x, cls.expand(b, -1, -1)], 1) + pos,

@@ -1,11 +1,14 @@
-"""Hugging Face transformers' ViT (`ViTModel`, `ViTForImageClassification`): separate q, k, v and its own names.
+"""Hugging Face transformers' ViT (`ViTModel`, `ViTForImageClassification`) and distilled DeiT
+(`DeiTForImageClassificationWithTeacher`, `DeiTModel`): separate q, k, v and its own names.
 
 Our name                 transformers name (as `save_pretrained` writes it; "vit." before all but the classifier
-                         in a ViTForImageClassification)            transform
+                         in a ViTForImageClassification, "deit." before all but the two classifiers of a
+                         DeiTForImageClassificationWithTeacher)     transform
 patch.weight (D, C·P·P)  embeddings.patch_embeddings.projection.weight  reshape to the conv kernel (D, C, P, P)
 patch.bias               embeddings.patch_embeddings.projection.bias    -
 cls                      embeddings.cls_token                           -
-pos                      embeddings.position_embeddings                 -
+dist                     embeddings.distillation_token (DeiT)           -
+pos                      embeddings.position_embeddings                 - (DeiT: rows cls, dist, patches, as ours)
 blocks.i.ln1             encoder.layer.i.layernorm_before               -
 blocks.i.qkv             encoder.layer.i.attention.attention.query,     rows [q; k; v]: split into three (D, D)
                            .key, .value                                 (each head-major, as ours)
@@ -15,11 +18,18 @@ blocks.i.fc1 / fc2       encoder.layer.i.intermediate.dense / output.dense  -
 norm                     layernorm                                      -
 pre_logits               pooler.dense (ViTModel; pooler_act "tanh")     -
 head                     classifier (ViTForImageClassification)         -
+                         cls_classifier (DeiT)                          -
+head_dist                distillation_classifier (DeiT)                 -
 
 transformers 5 names the modules differently in memory (`layers.i.attention.q_proj`, `.o_proj`, `mlp.fc1`, ...) and
-renames on load (transformers/conversion_mapping.py); both spellings are read, the one above is written.
-transformers' config defaults differ from the paper's model (eps 1e-12, not 1e-6), so the config written beside the
-weights always carries the model's real eps and activation.
+renames on load (transformers/conversion_mapping.py, where "DeiTModel" takes the "ViTModel" rules); both spellings
+are read, the one above is written. transformers' config defaults differ from the paper's model (eps 1e-12, not
+1e-6), so the config written beside the weights always carries the model's real eps and activation.
+
+A DeiT without the distillation token is a plain ViT, and transformers stores it as one (the hub's non-distilled
+facebook/deit-* models say "model_type": "vit"); its DeiTForImageClassification keeps a distillation token but no
+distillation head, which our models cannot express (its keys are refused by name). transformers' DeiT is
+inference-only: it computes the mean of the two heads' logits, our fusion "mean_logits".
 """
 import json
 from pathlib import Path
@@ -36,9 +46,14 @@ from .files import load_tensors, save_tensors
 BLOCK_NAMES = {"ln1": "layernorm_before", "proj": "attention.output.dense", "ln2": "layernorm_after",
                "fc1": "intermediate.dense", "fc2": "output.dense"}
 QKV = ("query", "key", "value")
-GLOBAL_NAMES = {"patch": "embeddings.patch_embeddings.projection", "norm": "layernorm", "pre_logits": "pooler.dense"}
+GLOBAL_NAMES = {"patch": "embeddings.patch_embeddings.projection", "norm": "layernorm", "pre_logits": "pooler.dense",
+                "cls": "embeddings.cls_token", "dist": "embeddings.distillation_token",
+                "pos": "embeddings.position_embeddings"}
+# The backbone's prefix and the classifiers outside it, per model family: ViT's one head, DeiT's two.
+BACKBONES = ("vit", "deit")
+HEAD_NAMES = {"vit": {"head": "classifier"}, "deit": {"head": "cls_classifier", "head_dist": "distillation_classifier"}}
 # transformers 5's in-memory names <-> the saved names above (conversion_mapping.py's "ViTModel" renames), as
-# (saved, in memory) pieces of a name without "vit."
+# (saved, in memory) pieces of a name without "vit." or "deit."
 MEMORY_NAMES = [("encoder.layer.", "layers."),
                 (".attention.attention.query.", ".attention.q_proj."),
                 (".attention.attention.key.", ".attention.k_proj."),
@@ -48,26 +63,29 @@ MEMORY_NAMES = [("encoder.layer.", "layers."),
                 (".output.dense.", ".mlp.fc2.")]
 
 
-def hf_names(name: str) -> list[str]:
-    """Our parameter name -> its transformers name(s), without the "vit." prefix (three for a qkv tensor)."""
+def backbone(cfg: ViTConfig) -> str:
+    """The transformers model family computing `cfg`: "deit" for a distilled model, else "vit"."""
+    return "deit" if cfg.distilled else "vit"
+
+
+def hf_names(name: str, cfg: ViTConfig) -> list[str]:
+    """Our parameter name -> its transformers name(s), without the backbone's prefix (three for a qkv tensor)."""
     if name.startswith("blocks."):
         _, i, part, leaf = name.split(".")
         if part == "qkv":
             return [f"encoder.layer.{i}.attention.attention.{n}.{leaf}" for n in QKV]
         return [f"encoder.layer.{i}.{BLOCK_NAMES[part]}.{leaf}"]
     part, _, leaf = name.partition(".")
-    if part == "head":
-        return [f"classifier.{leaf}"]
-    if part in GLOBAL_NAMES:
-        return [f"{GLOBAL_NAMES[part]}.{leaf}"]
-    return [{"cls": "embeddings.cls_token", "pos": "embeddings.position_embeddings"}[name]]
+    heads = HEAD_NAMES[backbone(cfg)]
+    transformers_name = heads.get(part) or GLOBAL_NAMES[part]
+    return [f"{transformers_name}.{leaf}" if leaf else transformers_name]
 
 
 def hf_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
-    """Every transformers tensor name (without "vit.") and its shape for `cfg`."""
+    """Every transformers tensor name (without the backbone's prefix) and its shape for `cfg`."""
     shapes = {}
     for name, shape in param_shapes(cfg).items():
-        names = hf_names(name)
+        names = hf_names(name, cfg)
         if name == "patch.weight":
             shape = (cfg.dim, cfg.in_channels, cfg.patch_size, cfg.patch_size)
         elif len(names) == 3:
@@ -76,23 +94,30 @@ def hf_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def without_backbone(name: str) -> str:
+    """A transformers name without its "vit." or "deit." prefix."""
+    first, _, rest = name.partition(".")
+    return rest if first in BACKBONES else name
+
+
 def saved_name(name: str) -> str:
-    """A transformers name, either spelling, with or without "vit." -> the saved spelling without "vit."."""
-    name = name.removeprefix("vit.")
+    """A transformers name, either spelling, with or without the backbone's prefix -> the saved spelling without
+    it."""
+    name = without_backbone(name)
     for saved, memory in MEMORY_NAMES:
         name = name.replace(memory, saved)
     return name
 
 
 def memory_name(name: str) -> str:
-    """A saved name without "vit." -> transformers 5's in-memory spelling (without "vit.")."""
+    """A saved name without the backbone's prefix -> transformers 5's in-memory spelling (without it)."""
     for saved, memory in MEMORY_NAMES:
         name = name.replace(saved, memory)
     return name
 
 
 def is_hf_state_dict(sd: dict) -> bool:
-    return any(k.removeprefix("vit.") == "embeddings.patch_embeddings.projection.weight" for k in sd)
+    return any(without_backbone(k) == "embeddings.patch_embeddings.projection.weight" for k in sd)
 
 
 def config_from_hf_config(config: dict) -> dict:
@@ -112,23 +137,30 @@ def config_from_hf_state_dict(sd: dict, known: dict) -> dict:
     """What the shapes say, with `known` fields (config.json's, the caller's) taking precedence; `fields.py`
     supplies what neither tells. `sd` has normalised names."""
     d, c, p, _ = sd["embeddings.patch_embeddings.projection.weight"].shape
-    has_pooler = "pooler.dense.weight" in sd and "classifier.weight" not in sd
-    fields = {"patch_size": p, "in_channels": c, "dim": d,
+    distilled = "embeddings.distillation_token" in sd
+    head = f"{HEAD_NAMES['deit' if distilled else 'vit']['head']}.weight"
+    has_pooler = "pooler.dense.weight" in sd and head not in sd
+    if distilled and has_pooler:
+        raise ValueError("pooler.dense: a DeiT's pooler reads the class token alone, which no model of ours computes "
+                         "(timm's and the official DeiT have none); expected a DeiTModel saved without it")
+    fields = {"patch_size": p, "in_channels": c, "dim": d, "distilled": distilled,
               "depth": len({k.split(".")[2] for k in sd if k.startswith("encoder.layer.")}),
               "mlp_dim": sd["encoder.layer.0.intermediate.dense.weight"].shape[0],
               "qkv_bias": "encoder.layer.0.attention.attention.query.bias" in sd,
-              "num_classes": sd["classifier.weight"].shape[0] if "classifier.weight" in sd else 0,
+              "num_classes": sd[head].shape[0] if head in sd else 0,
               "representation_size": sd["pooler.dense.weight"].shape[0] if has_pooler else None, **known}
     if "num_heads" not in fields:
         fields["num_heads"] = num_heads_for(d)
     if "image_size" not in fields:
-        fields["image_size"] = square_image_size(sd["embeddings.position_embeddings"].shape[1], 1, fields["patch_size"])
+        fields["image_size"] = square_image_size(sd["embeddings.position_embeddings"].shape[1], 1 + distilled,
+                                                 fields["patch_size"])
     return fields
 
 
 def from_hf(state_dict: dict, config: dict | None = None, **overrides) -> tuple[ViTConfig, dict]:
-    """A transformers ViT state_dict (either naming, with or without "vit.") and optionally its config.json dict
-    -> (cfg, params). All keys are checked (missing, unexpected, mis-shaped) before anything is converted."""
+    """A transformers ViT or DeiT state_dict (either naming, with or without "vit." or "deit.") and optionally its
+    config.json dict -> (cfg, params). All keys are checked (missing, unexpected, mis-shaped) before anything is
+    converted."""
     sd = {saved_name(k): v for k, v in state_dict.items()}
     if "embeddings.patch_embeddings.projection.weight" not in sd:
         raise ValueError("state_dict: expected a transformers ViT state_dict, missing key "
@@ -143,17 +175,17 @@ def from_hf(state_dict: dict, config: dict | None = None, **overrides) -> tuple[
     check_params(sd, hf_shapes(cfg), what="transformers state_dict")
     params = {}
     for name, shape in param_shapes(cfg).items():
-        parts = [sd[n].detach().clone() for n in hf_names(name)]
+        parts = [sd[n].detach().clone() for n in hf_names(name, cfg)]
         params[name] = (torch.cat(parts) if len(parts) == 3 else parts[0]).reshape(shape)
     return cfg, params
 
 
 def saved_state_dict(params: dict, cfg: ViTConfig) -> dict:
-    """(params, cfg) -> the state_dict as `save_pretrained` writes it, names without "vit."."""
+    """(params, cfg) -> the state_dict as `save_pretrained` writes it, names without the backbone's prefix."""
     check_params(params, param_shapes(cfg))
     sd = {}
     for name, value in params.items():
-        names = hf_names(name)
+        names = hf_names(name, cfg)
         if name == "patch.weight":
             value = value.reshape(cfg.dim, cfg.in_channels, cfg.patch_size, cfg.patch_size)
         parts = value.chunk(3) if len(names) == 3 else [value]              # rows [q; k; v] -> q, k, v
@@ -162,13 +194,15 @@ def saved_state_dict(params: dict, cfg: ViTConfig) -> dict:
 
 
 def with_prefix(sd: dict, cfg: ViTConfig) -> dict:
-    """ViTForImageClassification keeps the backbone under "vit."; a ViTModel has no prefix."""
-    prefix = "vit." if cfg.num_classes else ""
-    return {(k if k.startswith("classifier.") else prefix + k): v for k, v in sd.items()}
+    """ViTForImageClassification keeps the backbone under "vit.", DeiTForImageClassificationWithTeacher under
+    "deit."; their classifiers sit beside it. A ViTModel or DeiTModel has no prefix."""
+    prefix = f"{backbone(cfg)}." if cfg.num_classes else ""
+    heads = tuple(f"{n}." for n in HEAD_NAMES[backbone(cfg)].values())
+    return {(k if k.startswith(heads) else prefix + k): v for k, v in sd.items()}
 
 
 def to_hf(params: dict, cfg: ViTConfig) -> tuple[dict, object]:
-    """(params, cfg) -> (state_dict, transformers.ViTConfig): the state_dict in transformers 5's in-memory names,
+    """(params, cfg) -> (state_dict, transformers config): the state_dict in transformers 5's in-memory names,
     for `paper.reference_models.hf_vit(cfg).load_state_dict`."""
     config = hf_config(cfg)
     sd = saved_state_dict(params, cfg)
@@ -201,7 +235,8 @@ def read_hf(path, **overrides) -> tuple[ViTConfig, dict]:
 
 def write_hf(params: dict, cfg: ViTConfig, directory) -> None:
     """(params, cfg) -> a `save_pretrained` directory: config.json (with the real eps and activation) and
-    model.safetensors, loadable offline by `transformers.ViTForImageClassification.from_pretrained(directory)`.
+    model.safetensors, loadable offline by `from_pretrained(directory)` of transformers' ViTForImageClassification
+    (DeiTForImageClassificationWithTeacher for a distilled model).
     Both are built and checked before anything is written, and the directory appears whole or not at all."""
     config = hf_config(cfg)
     sd = with_prefix(saved_state_dict(params, cfg), cfg)

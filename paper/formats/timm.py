@@ -1,10 +1,12 @@
-"""timm's `VisionTransformer`, the de facto PyTorch state-dict layout, as `.pth` (torch.save) or `.safetensors`.
+"""timm's `VisionTransformer`, the de facto PyTorch state-dict layout, as `.pth` (torch.save) or `.safetensors`; and
+its `VisionTransformerDistilled` (deit.py), the distilled DeiT, in the same layout with three more tensors.
 
 Our name                 timm name                        transform
 patch.weight (D, C·P·P)  patch_embed.proj.weight          reshape to the conv kernel (D, C, P, P): same numbers
 patch.bias               patch_embed.proj.bias            -
 cls                      cls_token                        -
-pos                      pos_embed                        -
+dist                     dist_token (DeiT)                -
+pos                      pos_embed                        - (DeiT: rows cls, dist, patches, as ours)
 blocks.i.ln1 / ln2       blocks.i.norm1 / norm2           -
 blocks.i.qkv             blocks.i.attn.qkv                - (rows [q; k; v], head-major: the same layout)
 blocks.i.proj            blocks.i.attn.proj               -
@@ -12,8 +14,10 @@ blocks.i.fc1 / fc2       blocks.i.mlp.fc1 / fc2           -
 norm                     norm (pool "token")              - ; with pool "avg" timm applies this LN after the
                          fc_norm (pool "avg")               mean and calls it fc_norm
 head                     head                             -
+head_dist                head_dist (DeiT)                 -
 
 timm has no pre-logits layer and no fixed sin-cos position embedding, so configs with either cannot be written.
+A DeiT without the distillation token is timm's plain VisionTransformer (deit.py builds deit_tiny_patch16_224 so).
 """
 import torch
 
@@ -34,7 +38,8 @@ def timm_key(name: str, cfg: ViTConfig) -> str:
     part, _, leaf = name.partition(".")
     if part == "norm" and cfg.pool == "avg":
         return f"fc_norm.{leaf}"
-    return {"patch": f"patch_embed.proj.{leaf}", "cls": "cls_token", "pos": "pos_embed"}.get(part, name)
+    return {"patch": f"patch_embed.proj.{leaf}", "cls": "cls_token", "dist": "dist_token", "pos": "pos_embed"}.get(
+        part, name)
 
 
 def is_timm_state_dict(sd: dict) -> bool:
@@ -55,8 +60,8 @@ def config_from_timm_state_dict(sd: dict, known: dict) -> dict:
     """The config fields a timm state_dict's shapes determine, with `known` fields (the caller's, or the model's)
     taking precedence; `fields.py` supplies what neither tells."""
     d, c, p, _ = sd["patch_embed.proj.weight"].shape
-    class_token = "cls_token" in sd
-    fields = {"patch_size": p, "in_channels": c, "dim": d, "class_token": class_token,
+    class_token, distilled = "cls_token" in sd, "dist_token" in sd
+    fields = {"patch_size": p, "in_channels": c, "dim": d, "class_token": class_token, "distilled": distilled,
               "depth": len({k.split(".")[1] for k in sd if k.startswith("blocks.")}),
               "mlp_dim": sd["blocks.0.mlp.fc1.weight"].shape[0], "qkv_bias": "blocks.0.attn.qkv.bias" in sd,
               "num_classes": sd["head.weight"].shape[0] if "head.weight" in sd else 0,
@@ -66,13 +71,14 @@ def config_from_timm_state_dict(sd: dict, known: dict) -> dict:
     if "pos_embed" not in sd:
         fields.setdefault("pos_embed", "none")
     elif "image_size" not in fields:
-        fields["image_size"] = square_image_size(sd["pos_embed"].shape[1], int(class_token), p)
+        fields["image_size"] = square_image_size(sd["pos_embed"].shape[1], class_token + distilled, p)
     return fields
 
 
 def from_timm(model_or_state_dict, **overrides) -> tuple[ViTConfig, dict[str, torch.Tensor]]:
-    """A timm VisionTransformer (or its state_dict) -> (cfg, params). Keyword overrides set config fields the
-    weights cannot tell (num_heads, image_size, layer_norm_eps, gelu) when a bare state_dict is given."""
+    """A timm VisionTransformer or VisionTransformerDistilled (or its state_dict) -> (cfg, params). Keyword overrides
+    set config fields the weights cannot tell (num_heads, image_size, layer_norm_eps, gelu) when a bare state_dict is
+    given."""
     if hasattr(model_or_state_dict, "blocks"):  # a timm model, not a bare state_dict
         sd = model_or_state_dict.state_dict()
         known = {**config_from_timm_model(model_or_state_dict), **overrides}
@@ -94,8 +100,11 @@ def from_timm(model_or_state_dict, **overrides) -> tuple[ViTConfig, dict[str, to
 
 
 def to_timm(params: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
-    """(params, cfg) -> a timm VisionTransformer state_dict (`paper.reference_models.timm_vit(cfg)` builds the model)."""
+    """(params, cfg) -> a timm VisionTransformer (VisionTransformerDistilled) state_dict
+    (`paper.reference_models.timm_vit(cfg)` builds the model)."""
     require(FORMAT, cfg, representation_size=None, pos_embed=("learned", "none"))
+    if cfg.distilled:                               # VisionTransformerDistilled always learns E_pos (deit.py)
+        require("timm's VisionTransformerDistilled", cfg, pos_embed="learned")
     check_params(params, param_shapes(cfg))
     sd = {timm_key(k, cfg): v.detach().clone() for k, v in params.items()}
     p = cfg.patch_size
