@@ -34,7 +34,7 @@ WORKBOOKS = REPO / "exercises"
 HEADING = re.compile(r"^##\s+(Setup|Task\s+(\d+)\b.*)$")
 SETUP_SECONDS = 120.0     # the setup block's imports get at least this long, however short --timeout is
 START_SECONDS = 60.0      # starting Python and importing torch on a busy machine
-MEMORY_BYTES = 8 << 30    # address space of the learner's process: measured peaks are under 3 GiB (README)
+MEMORY_BYTES = 8 << 30    # address space of the learner's process: the largest, workbook 10's, peaks at 4.6 GiB
 SHOWN_LINES = 40          # of a task's printed output
 
 
@@ -113,11 +113,13 @@ def shown_output(text: str) -> list[str]:
 # ---- the learner's namespace, in its own process ---------------------------------------------------------------
 
 class LearnerStopped(Exception):
-    """The learner's process is gone: it ran past its time limit (`timed_out`), ended, or sent an unreadable reply."""
+    """The learner's process is gone: it ran past its time limit (`timed_out`), ended, or sent an unreadable reply;
+    `what` says which, `hint` what the learner's code may have done."""
 
     def __init__(self, what: str, timed_out: bool = False):
         super().__init__(what)
         self.what, self.timed_out = what, timed_out
+        self.hint = PIPE_HINT if "reply" in what else CRASH_HINT
 
 
 class Namespace:
@@ -166,7 +168,10 @@ class Learner(Namespace):
         commands_in, self.commands = os.pipe()
         self.replies, replies_out = os.pipe()
         settings = {"memory": MEMORY_BYTES, "cpu": cpu_seconds, "workbook": str(workbook)}
-        env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": str(REPO)}
+        # one thread: the same numbers on every machine, and no library starts a thread pool, which the learner's
+        # process could not (RLIMIT_NPROC 0)
+        threads = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+        env = {**os.environ, **threads, "MPLBACKEND": "Agg", "PYTHONPATH": str(REPO)}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "exercises.runner", str(commands_in), str(replies_out), json.dumps(settings)],
             pass_fds=(commands_in, replies_out), cwd=scratch, env=env, stdin=subprocess.DEVNULL, stdout=log,
@@ -175,16 +180,16 @@ class Learner(Namespace):
         os.close(replies_out)
         os.set_blocking(self.commands, False)
         os.set_blocking(self.replies, False)
-        self.pid, self.ended = None, None
+        self.pid, self.ended, self.number = None, None, 0
         try:
-            reply = self.receive(time.monotonic() + START_SECONDS, START_SECONDS)
+            message = self.message(time.monotonic() + START_SECONDS, START_SECONDS)
         except LearnerStopped:
             self.close()
             raise
-        if reply[0] != "started" or not isinstance(reply[1], int):
-            self.close()
-            raise LearnerStopped("did not start")
-        self.pid = reply[1]
+        if message[0] != "started" or len(message) != 2 or not isinstance(message[1], int):
+            self.stop("did not start")
+            raise LearnerStopped(self.ended)
+        self.pid = message[1]
 
     @property
     def alive(self) -> bool:
@@ -193,17 +198,28 @@ class Learner(Namespace):
     def request(self, request: tuple) -> tuple:
         if self.ended is not None:
             raise LearnerStopped(self.ended)
+        self.number += 1
         seconds = request[1]
         deadline = time.monotonic() + seconds
         try:
-            wire.send(self.commands, pickle.dumps(request), deadline)
+            wire.send(self.commands, pickle.dumps((self.number, request)), deadline)
         except (wire.TimedOut, wire.Closed):
             pass             # it stopped reading: its reply (or its end) says why
-        return self.receive(deadline, seconds)
+        while True:
+            message = self.message(deadline, seconds)
+            if message[0] == "reply" and len(message) == 3 and isinstance(message[2], tuple) and message[2] \
+                    and isinstance(message[2][0], str):
+                if message[1] == self.number:
+                    return message[2]
+                if isinstance(message[1], int) and message[1] < self.number:
+                    continue          # a second answer to an earlier request: one of them was written by the learner
+            self.stop("sent a reply the checker cannot read")
+            raise LearnerStopped(self.ended)
 
-    def receive(self, deadline: float, seconds: float) -> tuple:
+    def message(self, deadline: float, seconds: float) -> tuple:
+        """The next message from the learner's process or its supervisor; its end is a LearnerStopped."""
         try:
-            reply = wire.load_reply(wire.receive(self.replies, deadline))
+            message = wire.load_reply(wire.receive(self.replies, deadline))
         except wire.TimedOut:
             self.stop(f"was stopped after {seconds:g} s")
             raise LearnerStopped(self.ended, timed_out=True) from None
@@ -213,12 +229,12 @@ class Learner(Namespace):
         except ValueError:
             self.stop("sent a reply the checker cannot read")
             raise LearnerStopped(self.ended) from None
-        if reply[0] == "ended":
-            code = reply[1] if len(reply) > 1 else "?"
+        if message[0] == "ended":
+            code = message[1] if len(message) > 1 else "?"
             self.stop(f"ended with exit code {code}" if not isinstance(code, int) or code >= 0 else
                       f"was killed by signal {signal.Signals(-code).name if -code in signal.valid_signals() else -code}")
             raise LearnerStopped(self.ended)
-        return reply
+        return message
 
     def stop(self, why: str) -> None:
         """Kill the learner's process group; the supervisor then kills whatever it left behind and exits."""
@@ -285,7 +301,7 @@ class Grading:
         seconds = max(self.timeout, SETUP_SECONDS)   # a slow import is never reported as a hang
         try:
             reply = ns.request(("run", seconds, self.setup, str(self.workbook), "the setup", str(self.output_dir)))
-            if reply[0] == "failed":
+            if reply[0] in ("failed", "raised"):
                 ns.close()
                 return None, (f"the setup block failed: {reply[1]}", reply[2])
             for task in done:
@@ -298,56 +314,65 @@ class Grading:
         return ns, None
 
     def run(self, numbers: list[int]) -> dict[int, Result]:
+        """Grade the tasks `numbers` (each in the workbook), the tasks before them run as their references."""
         results, done, ns = {}, [], None
         last = max(numbers)
-        for task in [n for n in sorted(self.grader.TASKS) if n <= last]:
-            if ns is None:
-                ns, failure = self.fresh(done)
-                if failure:
-                    for n in numbers:
-                        if n >= task:
-                            results[n] = Result(n, self.title(n), False, *failure)
-                    return results
-            passed = False
-            if task in numbers and task in self.found:
-                results[task] = self.task(ns, task)
-                passed = results[task].passed
-            if task == last:
-                break
-            done.append(task)
-            try:
-                if passed:
-                    ns.request(("bind", self.timeout, self.references(task)))
-                else:
-                    self.replay(ns, task)
-            except LearnerStopped:
-                ns = None
-            if ns is not None and not ns.alive:
-                ns = None
-        if ns is not None:
-            ns.close()
+        try:
+            for task in [n for n in sorted(self.grader.TASKS) if n <= last]:
+                if ns is None:
+                    ns, failure = self.fresh(done)
+                    if failure:
+                        for n in numbers:
+                            if n >= task:
+                                results[n] = Result(n, self.title(n), False, *failure)
+                        return results
+                passed = False
+                if task in numbers:
+                    results[task] = self.task(ns, task)
+                    passed = results[task].passed
+                if task == last:
+                    break
+                done.append(task)
+                try:
+                    if passed:
+                        ns.request(("bind", self.timeout, self.references(task)))
+                    else:
+                        self.replay(ns, task)
+                except LearnerStopped:
+                    ns = None
+                if ns is not None and not ns.alive:
+                    ns = None
+        finally:
+            if ns is not None:
+                ns.close()
         return results
 
     def title(self, task: int) -> str:
         return self.found.get(task, self.skeleton.get(task, (f"task {task}",)))[0]
 
     def task(self, ns: Namespace, task: int) -> Result:
-        """Run the learner's block of `task`, then its checks."""
+        """Run the learner's block of `task`, then its checks. A block that raised is checked too: when the checks
+        recognise a known mistake, its hint names the cause better than the exception does."""
         title, code = self.found[task]
         before = snapshot(self.output_dir)
-        failure = None
+        failure, raised = None, None
         try:
             reply = ns.request(("run", self.timeout, code, str(self.workbook), f"task {task}", str(self.output_dir)))
             if reply[0] == "failed":
                 failure = (reply[1], reply[2])
+            elif reply[0] == "raised":
+                raised = (reply[1], reply[2])
         except LearnerStopped as s:
             failure = (f"task {task} did not finish within {self.timeout:g} s", "look for an endless loop or a far "
                        "too large input") if s.timed_out else \
-                      (f"the process running your code {s.what} while running task {task}", CRASH_HINT)
+                      (f"the process running your code {s.what} while running task {task}", s.hint)
         after = snapshot(self.output_dir)
         files = sorted(self.output_dir / name for name, stat in after.items() if before.get(name) != stat)
         if failure is None:
             failure = self.check(ns, task, set(files))
+            if raised:
+                known = failure is not None and failure[1] in self.grader.HINTS.values()
+                failure = (f"{failure[0]} (and {raised[0]})", failure[1]) if known else raised
         return Result(task, title, failure is None, *(failure or ("", "")), output=self.read_output(), files=files)
 
     def check(self, ns: Namespace, task: int, files: set[Path]) -> tuple[str, str] | None:
@@ -362,7 +387,7 @@ class Grading:
             if s.timed_out:
                 return (f"the checks did not finish within {self.timeout:g} s",
                         "look for an endless loop, or work that grows far too fast with the input size")
-            return f"the process running your code {s.what} while it was being checked", CRASH_HINT
+            return f"the process running your code {s.what} while it was being checked", s.hint
         except Exception as e:  # whatever the learner's return value makes the checks raise
             return (f"could not check the answer: {type(e).__name__}: {wire.text_of(e)}",
                     "return exactly what the docstring asks for (types and shapes)")
@@ -372,6 +397,7 @@ class Grading:
         return None
 
 
+PIPE_HINT = "only the checker writes to its pipes: leave the file descriptors your code did not open alone"
 CRASH_HINT = ("something in your code stopped or froze Python itself (os._exit, a crash, running out of memory, a "
               "hang inside a C call): run the task's code on its own")
 
@@ -411,6 +437,9 @@ def check_workbook(path: Path, *, timeout: float = 120.0, output_dir: Path | Non
     missing = {n: Result(n, f"task {n}", False, f"the workbook has no '## Task {n}' section",
                          f"keep the '## Task {n}: ...' heading of the original workbook")
                for n in numbers if n not in found}
+    runnable = [n for n in numbers if n in found]
+    if not runnable:
+        return [missing[n] for n in numbers]
     if hasattr(grader, "prepare"):
         grader.prepare()
     with tempfile.TemporaryDirectory(prefix="exercises-", ignore_cleanup_errors=True) as tmp:
@@ -425,7 +454,7 @@ def check_workbook(path: Path, *, timeout: float = 120.0, output_dir: Path | Non
             cpu = SETUP_SECONDS + 3 * timeout * len(grader.TASKS)     # the whole check's CPU time, a backstop
             grading = Grading(grader, path, setup, found, timeout, output_dir, discard,
                               lambda: Learner(path, scratch, log, cpu), read_output)
-            results = grading.run(numbers)
+            results = grading.run(runnable)
     return [missing.get(n) or results[n] for n in numbers]
 
 

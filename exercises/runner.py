@@ -57,7 +57,8 @@ def text_of_exception(e: BaseException, filename: str) -> str:
 
 
 def run_block(ns: dict, code: str, filename: str, label: str, output_dir: str) -> tuple:
-    """Execute one block of the workbook in `ns`: ("ran",), or ("failed", message, hint)."""
+    """Execute one block of the workbook in `ns`: ("ran",); ("failed", message, hint) when it is not Python or not
+    done; ("raised", message, hint) when it raised while running (its functions may still be checked)."""
     ns["OUTPUT_DIR"] = Path(output_dir)
     name = Path(filename).name
     try:
@@ -71,11 +72,11 @@ def run_block(ns: dict, code: str, filename: str, label: str, output_dir: str) -
     except NotImplementedError:
         return "failed", f"{label} is not done yet", "replace the `raise NotImplementedError` with your answer"
     except NameError as e:
-        return ("failed", f"{label} raised {text_of_exception(e, filename)}",
+        return ("raised", f"{label} raised {text_of_exception(e, filename)}",
                 "this name should come from the setup or an earlier task: check the spelling, and keep the "
                 "workbook's own lines that define it")
     except BaseException as e:  # noqa: B036 - learner code may raise anything, SystemExit included
-        return "failed", f"{label} raised {text_of_exception(e, filename)}", "read the error and the line it points at"
+        return "raised", f"{label} raised {text_of_exception(e, filename)}", "read the error and the line it points at"
     return ("ran",)
 
 
@@ -130,17 +131,19 @@ def limit_cpu(seconds: float, hard: int) -> None:
 
 
 def serve(commands: int, replies: int, filename: str, cpu_hard: int) -> None:
+    """Answer each numbered request with ("reply", its number, reply): a reply the learner's code wrote into the
+    pipe itself can only answer the request in hand, and the checker drops what comes after."""
     ns = {"__name__": "__workbook__"}
     while True:
         try:
-            request = pickle.loads(wire.receive(commands))
+            number, request = pickle.loads(wire.receive(commands))
         except wire.Closed:
             return
         limit_cpu(request[1], cpu_hard)
         reply = handle(ns, request, filename)
         for stream in (sys.__stdout__, sys.__stderr__):    # the checker reads each block's output after its reply
             stream.flush()
-        wire.send(replies, wire.dump_reply(reply))
+        wire.send(replies, wire.dump_reply(("reply", number, reply)))
 
 
 def learner_process(commands: int, replies: int, settings: dict) -> None:
