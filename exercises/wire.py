@@ -114,8 +114,8 @@ def text_of(x, limit: int = 300) -> str:
 
 
 def pack(x, depth: int = 0):
-    """A learner's value -> tagged plain data (learner side). Exact types only: a subclass with its own behaviour
-    becomes ("other", ...) rather than being trusted to convert itself."""
+    """A learner's value -> tagged plain data (learner side). Containers are read with the base classes' own
+    methods (an OrderedDict arrives as a dict, a named tuple as a tuple), so no subclass converts itself."""
     t = type(x)
     if depth > DEPTH:
         return "other", t.__name__, "(nested too deep)"
@@ -132,10 +132,11 @@ def pack(x, depth: int = 0):
         return "int", int(x)
     if isinstance(x, numbers.Real):              # float, and numpy's floats
         return "float", float(x)
-    if t in (tuple, list, torch.Size):
-        return ("list" if t is list else "tuple"), [pack(v, depth + 1) for v in x]
-    if t is dict:
-        return "dict", [(pack(k, depth + 1), pack(v, depth + 1)) for k, v in x.items()]
+    if isinstance(x, (tuple, list)):
+        items = list(list.__iter__(x)) if isinstance(x, list) else list(tuple.__iter__(x))
+        return ("list" if isinstance(x, list) else "tuple"), [pack(v, depth + 1) for v in items]
+    if isinstance(x, dict):
+        return "dict", [(pack(k, depth + 1), pack(v, depth + 1)) for k, v in dict.items(x)]
     if t is ViTConfig:
         return "config", {f.name: pack(getattr(x, f.name), depth + 1) for f in dataclasses.fields(ViTConfig)}
     try:

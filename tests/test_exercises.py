@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -348,10 +349,11 @@ def test_replies_are_plain_data_and_cannot_run_code():
             wire.load_reply(payload)
     cfg = vit.ViTConfig(image_size=16, patch_size=4, dim=8, depth=1, num_heads=2, mlp_dim=8)
     value = {"t": torch.ones(2, requires_grad=True) * 2, "cfg": cfg, "n": np.int64(3), "k": (1, [2.5, None]),
-             "odd": Evil()}
+             "odd": Evil(), "sd": OrderedDict(a=torch.zeros(1)), "size": torch.Size([2, 3])}
     back = wire.unpack(wire.load_reply(wire.dump_reply(("returned", wire.pack(value))))[1])
     assert torch.equal(back["t"], torch.full((2,), 2.0)) and back["cfg"] == cfg and back["n"] == 3
     assert back["k"] == (1, [2.5, None]) and back["odd"].type_name == "Evil"
+    assert type(back["sd"]) is dict and back["size"] == (2, 3)
     forged = wire.pack(cfg)[1] | {"dim": ("int", 7)}                    # 7 is not a multiple of 2 heads
     assert isinstance(wire.unpack(("config", forged)), wire.Foreign)
 
