@@ -3,18 +3,24 @@ import argparse
 import sys
 from pathlib import Path
 
-from exercises.checker import check_workbook, workbooks
+import torch
+
+from exercises.checker import check_workbook, shown_output, task_numbers, workbooks
+from exercises.grading import GRADERS
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m exercises", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="grade workbooks: one line per task, PASS or FAIL with a hint",
-                                description="Run a workbook's code in a separate process and grade every task "
-                                            "against the reference implementation. Exit code 1 if any task fails.")
+                                description="Run a workbook's code in a separate, limited process and grade every "
+                                            "task against the reference implementation, each task alone. After each "
+                                            "task's line: the files its code wrote and what it printed. Exit code 1 "
+                                            "if any task fails, 2 on a usage error.")
     check.add_argument("workbooks", nargs="*", type=Path, help="workbook files, e.g. exercises/01_patch_embedding.md")
     check.add_argument("--all", action="store_true", help="check every workbook in exercises/")
-    check.add_argument("--task", type=int, default=None, help="check only this task number (earlier tasks still run)")
+    check.add_argument("--task", type=int, default=None,
+                       help="check only this task number (the earlier tasks run as their reference versions)")
     check.add_argument("--timeout", type=float, default=120.0,
                        help="seconds allowed for each task's code and for its checks (default 120)")
     check.add_argument("--output-dir", type=Path, default=None,
@@ -25,11 +31,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("check: expected workbook paths or --all, got neither")
     if args.timeout <= 0:
         parser.error(f"--timeout: expected a positive number of seconds, got {args.timeout}")
+    tasks = None if args.task is None else [args.task]
+    try:
+        for path in paths:                              # every --task is valid before anything runs
+            if path.stem in GRADERS:
+                task_numbers(path.stem, tasks)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)      # the checks' own computations: the same numbers on every machine
     failed = 0
     for path in paths:
         print(f"{path}", flush=True)
-        for result in check_workbook(path, timeout=args.timeout, output_dir=args.output_dir, only=args.task):
-            print(result.line(), flush=True)
+        for result in check_workbook(path, timeout=args.timeout, output_dir=args.output_dir, tasks=tasks):
+            print(result.line())
+            for written in result.files:
+                print(f"    wrote {written}")
+            lines = shown_output(result.output)
+            if lines:
+                print("    printed:\n" + "\n".join(f"      {line}" for line in lines))
+            sys.stdout.flush()
             failed += not result.passed
     print(f"{failed} task(s) failed" if failed else "all tasks passed")
     return 1 if failed else 0

@@ -1,118 +1,226 @@
-"""The separate process that runs a learner's workbook: `python -m exercises.runner SPEC.json`.
+"""The learner's side of the checker: `python -m exercises.runner COMMANDS_FD REPLIES_FD SETTINGS_JSON`, started by
+exercises/checker.py in a scratch directory and a session of its own, with two pipes.
 
-The setup block and each task's blocks run in one shared namespace, in order, each under a time limit; then the
-task is graded. One JSON line per graded task is appended to the results file as soon as it is known, so a
-process that hangs or dies still leaves the results of the tasks before it."""
+Two processes run here. The supervisor (this one) makes itself the "child subreaper" of everything below it
+(Linux prctl), forks the learner's process and waits for it. The learner's process opens a new session, so that
+the checker can kill its whole process group; limits itself (address space, no new processes, CPU time per
+request); and serves the checker's requests one at a time, each a tuple whose second item is its time limit:
+
+    ("run", seconds, code, file name, label, output dir)    run a block of workbook code in the namespace
+    ("call", seconds, name, args, kwargs)                   call a function the workbook's code defined
+    ("get", seconds, name)                                  read a value of the namespace
+    ("bind", seconds, {name: function})                     put reference functions in place of the learner's
+
+When the learner's process ends, done or killed by the checker, the processes it left behind have been
+re-parented to the supervisor, whatever session or group they moved to: it kills them all, reports the exit
+status and exits. Nothing is graded here: inputs come in, values go out (exercises/wire.py), and the checker
+compares them in its own process, which the learner's code cannot reach.
+"""
+import ctypes
 import json
-import linecache
+import math
+import os
+import pickle
+import resource
 import signal
 import sys
+import time
 import traceback
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import tqdm
 
-from exercises.grading import GRADERS
-from exercises.grading.common import Mistake
+from exercises import wire
 
-SETUP_SECONDS = 120.0
-
-
-class TaskTimeout(BaseException):
-    """Raised by the alarm; a BaseException so that a learner's `except Exception` cannot swallow it."""
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36     # linux/prctl.h
+CPU_SLACK = 5     # CPU seconds past a request's wall-clock limit before the kernel stops the process: the checker's
+                  # wall clock comes first; this one holds when the checker itself is gone
+CLEANUP_SECONDS = 10.0
 
 
-@contextmanager
-def time_limit(seconds: float):
-    def alarm(signum, frame):
-        raise TaskTimeout()
-    previous = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+def prctl(option: int, value: int) -> None:
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+
+
+# ---- the learner's process ------------------------------------------------------------------------------------
+
+def text_of_exception(e: BaseException, filename: str) -> str:
+    """'ValueError: message at line 12 of 02_attention_maps.md: the line', whatever the exception's str() does."""
     try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == filename]
+        where = f" at line {frames[-1].lineno} of {Path(filename).name}: {frames[-1].line}" if frames else ""
+    except Exception:  # a traceback the learner's code tampered with
+        where = ""
+    return f"{type(e).__name__}: {wire.text_of(e)}{where}"
 
 
-def run_block(code: str, name: str, ns: dict, seconds: float) -> tuple[str, str] | None:
-    """Execute a block; None when it ran, else (message, hint)."""
-    linecache.cache[f"<{name}>"] = (len(code), None, code.splitlines(True), f"<{name}>")  # source for tracebacks
+def run_block(ns: dict, code: str, filename: str, label: str, output_dir: str) -> tuple:
+    """Execute one block of the workbook in `ns`: ("ran",); ("failed", message, hint) when it is not Python or not
+    done; ("raised", message, hint) when it raised while running (its functions may still be checked)."""
+    ns["OUTPUT_DIR"] = Path(output_dir)
+    name = Path(filename).name
     try:
-        compiled = compile(code, f"<{name}>", "exec")
-    except SyntaxError as e:
-        return (f"syntax error in {name}, line {e.lineno}: {e.msg}",
+        compiled = compile(code, filename, "exec")
+    except (SyntaxError, ValueError) as e:
+        line = f" at line {e.lineno} of {name}" if getattr(e, "lineno", None) else ""
+        return ("failed", f"syntax error in {label}{line}: {getattr(e, 'msg', e)}",
                 "fix the Python syntax: look at the line shown and the one before it")
     try:
-        with time_limit(seconds):
-            exec(compiled, ns)
-    except TaskTimeout:
-        return f"{name} did not finish within {seconds:g} s", "look for an endless loop or a far too large input"
+        exec(compiled, ns)
     except NotImplementedError:
-        return f"{name} is not done yet", "replace the `raise NotImplementedError` with your answer"
+        return "failed", f"{label} is not done yet", "replace the `raise NotImplementedError` with your answer"
     except NameError as e:
-        return (f"{name} raised NameError: {e}",
-                "this name should come from the setup or an earlier task: finish the earlier tasks first, or check "
-                "the spelling")
+        return ("raised", f"{label} raised {text_of_exception(e, filename)}",
+                "this name should come from the setup or an earlier task: check the spelling, and keep the "
+                "workbook's own lines that define it")
     except BaseException as e:  # noqa: B036 - learner code may raise anything, SystemExit included
-        frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == f"<{name}>"]
-        where = f", line {frames[-1].lineno}: {frames[-1].line.strip()}" if frames else ""
-        return f"{name} raised {type(e).__name__}: {e}{where}", "read the error and the line it points at"
-    return None
+        return "raised", f"{label} raised {text_of_exception(e, filename)}", "read the error and the line it points at"
+    return ("ran",)
 
 
-def grade(grader, ns: dict, output_dir: Path, seconds: float) -> tuple[str, str] | None:
-    """Run the hidden checks of one task; None when they pass, else (message, hint)."""
+def packed(value) -> tuple:
     try:
-        with time_limit(seconds):
-            grader(ns, output_dir)
-    except Mistake as m:
-        return m.message, m.hint
-    except TaskTimeout:
-        return (f"the checks did not finish within {seconds:g} s",
-                "look for an endless loop, or work that grows far too fast with the input size")
-    except BaseException as e:  # noqa: B036 - whatever the learner's return value makes the checks raise
-        return (f"could not check the answer: {type(e).__name__}: {e}",
-                "return exactly what the docstring asks for (types and shapes)")
-    return None
+        return wire.pack(value)
+    except BaseException:  # noqa: B036 - a value whose type tests themselves raise
+        return "other", "object", "(could not be read)"
 
 
-def run_tasks(workbook: str, setup: str, tasks: dict[int, str], output_dir: Path, seconds: float,
-              only: int | None, report) -> None:
-    """Run the setup and the tasks' code in order in one namespace and grade each task (or only task `only`),
-    calling report(task number, None or (message, hint)) as each result is known."""
-    graders = GRADERS[workbook]
-    ns = {"__name__": "__workbook__", "OUTPUT_DIR": output_dir}
-    # the setup block is the workbook's own imports and helpers: it gets at least SETUP_SECONDS however short the
-    # learner's time limit, so that a slow import is never reported as a hang
-    setup_failure = run_block(setup, "setup", ns, max(seconds, SETUP_SECONDS)) if setup else None
-    for number, code in tasks.items():
-        graded = only is None or number == only
-        if setup_failure:
-            if graded:
-                report(number, (f"the setup block failed: {setup_failure[0]}", setup_failure[1]))
-            continue
-        failure = run_block(code, f"task {number}", ns, seconds)
-        if graded:
-            report(number, failure or grade(graders[number], ns, output_dir, seconds))
-        if number == only:
-            break
+def call(ns: dict, name: str, args: tuple, kwargs: dict, filename: str) -> tuple:
+    """Call ns[name]: ("returned", value) | ("raised", text) | ("not implemented",) | ("missing",) |
+    ("not callable", type name)."""
+    fn = ns.get(name)
+    if fn is None:
+        return ("missing",)
+    if not callable(fn):
+        return "not callable", type(fn).__name__
+    try:
+        value = fn(*args, **kwargs)
+    except NotImplementedError:
+        return ("not implemented",)
+    except BaseException as e:  # noqa: B036 - learner code may raise anything
+        return "raised", text_of_exception(e, filename)
+    return "returned", packed(value)
 
 
-def main(spec_path: str) -> None:
-    spec = json.loads(Path(spec_path).read_text())
-    torch.set_num_threads(1)   # workbook tensors are small: one thread is faster and gives the same numbers each run
-    with open(spec["results"], "a") as results:
-        def report(number: int, failure: tuple[str, str] | None) -> None:
-            message, hint = failure or ("", "")
-            results.write(json.dumps({"task": number, "passed": failure is None, "message": message,
-                                      "hint": hint}) + "\n")
-            results.flush()
+def handle(ns: dict, request: tuple, filename: str) -> tuple:
+    """One request (see the module's docstring) -> its reply."""
+    kind, _, *rest = request
+    if kind == "run":
+        return run_block(ns, *rest)
+    if kind == "call":
+        return call(ns, *rest, filename)
+    if kind == "get":
+        return ("value", packed(ns[rest[0]])) if rest[0] in ns else ("missing",)
+    if kind == "bind":
+        ns.update(rest[0])
+        return ("bound",)
+    raise ValueError(f"request: expected run, call, get or bind, got {kind!r}")
 
-        run_tasks(spec["workbook"], spec["setup"], {int(n): code for n, code in spec["tasks"].items()},
-                  Path(spec["output_dir"]), spec["timeout"], spec["only"], report)
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def limit_cpu(seconds: float, hard: int) -> None:
+    """Let the next request use `seconds` (+ slack) of CPU time: SIGXCPU then, SIGKILL at the hard limit."""
+    soft = min(hard, math.ceil(cpu_seconds() + seconds) + CPU_SLACK)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def serve(commands: int, replies: int, filename: str, cpu_hard: int) -> None:
+    """Answer each numbered request with ("reply", its number, reply): a reply the learner's code wrote into the
+    pipe itself can only answer the request in hand, and the checker drops what comes after."""
+    ns = {"__name__": "__workbook__"}
+    while True:
+        try:
+            number, request = pickle.loads(wire.receive(commands))
+        except wire.Closed:
+            return
+        limit_cpu(request[1], cpu_hard)
+        reply = handle(ns, request, filename)
+        for stream in (sys.__stdout__, sys.__stderr__):    # the checker reads each block's output after its reply
+            stream.flush()
+        wire.send(replies, wire.dump_reply(("reply", number, reply)))
+
+
+def learner_process(commands: int, replies: int, settings: dict) -> None:
+    os.setsid()                                      # a session and process group of its own: killed as a whole
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)          # the supervisor gone, this process goes too
+    torch.set_num_threads(1)       # small tensors: one thread is faster, and gives the same numbers on every machine
+    tqdm.tqdm.monitor_interval = 0                   # tqdm's monitor is a thread, and no thread may start below
+    resource.setrlimit(resource.RLIMIT_AS, (settings["memory"], settings["memory"]))
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))   # no new process or thread (root is exempt: see main)
+    serve(commands, replies, settings["workbook"], math.ceil(cpu_seconds() + settings["cpu"]))
+
+
+# ---- the supervisor -------------------------------------------------------------------------------------------
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat.rsplit(b")", 1)[1].split()[1]) == pid:     # after "pid (command)": state, then ppid
+                found.append(int(entry))
+    return found
+
+
+def kill_leftovers(group: int) -> None:
+    """Kill the learner's process group, then every process re-parented here, until none is left."""
+    deadline = time.monotonic() + CLEANUP_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        left = children(os.getpid()) if os.path.isdir("/proc") else []
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:                    # nothing left to reap
+            if not left:
+                return
+        time.sleep(0.01)
+
+
+def main(argv: list[str]) -> None:
+    commands, replies, settings = int(argv[0]), int(argv[1]), json.loads(argv[2])
+    prctl(PR_SET_CHILD_SUBREAPER, 1)    # orphans below come here, not to init: even those that left the session.
+    # This also covers root, whom RLIMIT_NPROC does not bind.
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)         # the checker gone: clean up and go
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            learner_process(commands, replies, settings)
+            status = 0
+        except BaseException:  # noqa: B036 - the learner's process must never run the supervisor's code below
+            traceback.print_exc()
+        finally:
+            os._exit(status)
+    os.close(commands)
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGKILL))
+    wire.send(replies, wire.dump_reply(("started", pid)))
+    _, status = os.waitpid(pid, 0)
+    kill_leftovers(pid)
+    try:
+        wire.send(replies, wire.dump_reply(("ended", os.waitstatus_to_exitcode(status))))
+    except wire.Closed:                              # the checker stopped listening first
+        pass
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])

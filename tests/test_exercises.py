@@ -1,10 +1,15 @@
 """The workbooks and their checker: every solution passes, every untouched workbook fails every task with a hint,
-typical mistakes planted in copies of the solutions are caught with their hints, the checker survives broken
-learner code, and the solutions' plots and model are what they claim to be."""
+every mistake the graders know is planted and fails its task alone with its hint, hostile learner code cannot make
+a task pass nor outlive the checker, and the solutions' plots, models and printed numbers are what the workbooks
+say they are."""
 import math
 import os
+import pickle
+import re
 import subprocess
 import sys
+import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,93 +19,85 @@ import pytest
 import torch
 from PIL import Image
 from sklearn.datasets import load_sample_image
+from sklearn.decomposition import PCA
 
 import lowlevel as vit
+from exercises import runner, wire
 from exercises.__main__ import main
-from exercises.checker import check_workbook, sections, workbooks
+from exercises.checker import Grading, Namespace, check_workbook, defined_functions, sections, shown_output, workbooks
 from exercises.grading import GRADERS
-from exercises.runner import run_tasks
 from paper import analysis
+from paper.trained import EXERCISE_MODEL, trained_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from exercise_mistakes import PLANTED, QUICK  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SOLUTIONS = REPO / "exercises" / "solutions"
-NAMES = ["01_patch_embedding", "02_attention_maps", "03_position_embeddings", "04_fine_tuning", "06_deit"]
-
-# Each copy of a solution gets typical mistakes by text substitution, in tasks whose code does not depend on each
-# other, and states the hint each mistaken task must get. `only`: grade just that task (earlier ones still run).
-MISTAKES = {
-    "01-a": ("01_patch_embedding", None, [
-        (1, "x = x.permute(0, 2, 4, 1, 3, 5)", "x = x.permute(0, 2, 4, 3, 5, 1)", "(P, P, C) order"),
-        (3, "return out.flatten(2).transpose(1, 2)", "return out.flatten(2)", "flatten(2) then transpose(1, 2)"),
-        (5, "out = torch.ones(", "out = torch.zeros(", "filled with 1.0 between tiles")]),
-    "01-b": ("01_patch_embedding", None, [
-        (2, "@ weight.T + bias    #", "@ weight.T    #", "the bias is missing"),
-        (4, "return (h // patch_size) * (w // patch_size) + 1", "return (h // patch_size) * (w // patch_size)",
-         "the class token is a token too")]),
-    "02-a": ("02_attention_maps", None, [
-        (1, "scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5", "scores = q @ k.transpose(-2, -1)",
-         "the scores are not scaled"),
-        (4, "attention.mean(dim=1)[:, 0, 1:]", "attention.mean(dim=1)[:, 1:, 0]", "the map is row 0"),
-        (5, "a_hat = 0.5 * a.mean(dim=1) + 0.5 * eye", "a_hat = a.mean(dim=1)", "the residual is missing")]),
-    "02-b": ("02_attention_maps", None, [
-        (1, "probs = scores.softmax(dim=-1)", "probs = scores.softmax(dim=-2)", "softmax is over the wrong axis"),
-        (5, "a_hat if rollout is None else a_hat @ rollout", "a_hat if rollout is None else rollout @ a_hat",
-         "multiply later layers from the left"),
-        (6, ".float() * patch_size   #", ".float()   #", "the distance is in pixels")]),
-    "02-c": ("02_attention_maps", 2, [
-        (2, "(t.reshape(b, n, num_heads, dh).transpose(1, 2) for", "(t.reshape(b, num_heads, n, dh) for",
-         "heads are split wrongly")]),
-    "02-d": ("02_attention_maps", 3, [
-        (3, "z = z + a                                                                 # eq. (2)", "z = a",
-         "the residual connection of eq. (2) is missing")]),
-    "03-a": ("03_position_embeddings", None, [
-        (1, "/ (quarter - 1))", "/ quarter)", "divide by D/4 - 1"),
-        (2, "torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)",
-         "torch.cat([x, cls.expand(x.shape[0], -1, -1)], dim=1)", "the class token goes first"),
-        (3, "    e = e / e.norm(dim=-1, keepdim=True)\n", "", "divides by both norms"),
-        (4, "grid.permute(2, 0, 1)[None]", "grid.reshape(1, d, *old_grid)", "a plain reshape")]),
-    "04-a": ("04_fine_tuning", None, [
-        (1, "torch.zeros(num_classes, cfg.dim)", "torch.zeros(cfg.dim, num_classes)", "(K, D), not (D, K)"),
-        (2, "cfg.grid_size, new_cfg.grid_size, 1", "cfg.grid_size, cfg.grid_size, 1", "interpolate the patch rows"),
-        (3, "scale = min(1.0, max_norm / (norm.item() + 1e-6))", "scale = 1.0", "clip the gradients first"),
-        (4, "steps=200, base_lr=0.1)", "steps=1, base_lr=0.1)", "")]),     # keeps this copy's run short
-    "04-b": ("04_fine_tuning", None, [
-        (1, 'if not k.startswith(("pre_logits.", "head."))', 'if not k.startswith("head.")', "pre_logits"),
-        (3, "velocity = {k: momentum * velocity[k] + scale * grads[k] for k in p}",
-         "velocity = {k: scale * grads[k] for k in p}", "momentum: v = 0.9·v + g"),
-        (4, "steps=200, base_lr=0.1)", "steps=1, base_lr=0.1)", ""),          # a short run: the mistake is below
-        (4, "params, velocity, _ = sgd_step(", "_, velocity, _ = sgd_step(", "gradients that are never applied")]),
-    "06-a": ("06_deit", None, [     # Task 4 runs a short demo and fails fast on Task 3's mistake
-        (1, "torch.cat([cls.expand(b, -1, -1), dist.expand(b, -1, -1), x], dim=1)",
-         "torch.cat([cls.expand(b, -1, -1), x, dist.expand(b, -1, -1)], dim=1)", "appends it last"),
-        (2, "return (class_logits + distillation_logits) / 2", "return class_logits + distillation_logits",
-         "their scale doubles"),
-        (3, "lam * tau ** 2 * kl", "lam * kl", "multiply the KL by τ²"),
-        (4, "steps=60, kind=kind", "steps=1, kind=kind", "")]),
-    "06-b": ("06_deit", None, [
-        (2, 'y = F.layer_norm(z[:, :2], z.shape[-1:], params["norm.weight"], params["norm.bias"], eps)', "y = z[:, :2]",
-         "apply the final LN"),
-        (3, "0.5 * F.cross_entropy(distillation_logits, teacher_labels)", "0.5 * F.cross_entropy(distillation_logits, labels)",
-         "not the true labels"),
-        (4, "steps=60, kind=kind", "steps=1, kind=kind", "")]),
-    "06-c": ("06_deit", None, [
-        (3, ".sum(dim=-1).mean()", ".mean()", "legacy reduction"),
-        (4, "        optimizer.zero_grad()\n        class_logits", "        class_logits", "zero the gradients"),
-        (4, "steps=60, kind=kind", "steps=1, kind=kind", "")]),        # keeps this copy's run short
-}
+NAMES = ["01_patch_embedding", "02_attention_maps", "03_position_embeddings", "04_fine_tuning", "09_encoder_block",
+         "10_reading_timm_and_transformers", "11_patch_embedding_filters"]
 
 
-def plant(name: str, substitutions) -> str:
-    text = (SOLUTIONS / f"{name}.md").read_text()
-    for _, old, new, _ in substitutions:
-        assert text.count(old) == 1, f"the solution of {name} changed: {old!r} must occur once"
+class InProcess(Namespace):
+    """The learner's namespace in this process: the same requests and replies as the learner's process (inputs
+    pickled, values through exercises/wire.py), without a process, so that many copies grade in seconds. Process
+    isolation itself is tested on the solutions, the untouched workbooks and the hostile copies below."""
+
+    def __init__(self, workbook: Path):
+        self.ns, self.filename = {"__name__": "__workbook__"}, str(workbook)
+
+    def request(self, request: tuple) -> tuple:
+        reply = runner.handle(self.ns, pickle.loads(pickle.dumps(request)), self.filename)
+        return wire.load_reply(wire.dump_reply(reply))
+
+
+def grade_in_process(name: str, text: str, folder: Path, tasks=None) -> dict:
+    """Grade `text` as workbook `name` in this process, one thread, as the learner's process runs it."""
+    matplotlib.use("Agg")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.md"
+    path.write_text(text)
+    grader = GRADERS[name]
+    if hasattr(grader, "prepare"):
+        grader.prepare()
+    setup, found = sections(text)
+    (folder / "discard").mkdir(exist_ok=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        grading = Grading(grader, path, setup, found, 120.0, folder, folder / "discard", lambda: InProcess(path),
+                          lambda: "")
+        return grading.run(sorted(grader.TASKS) if tasks is None else tasks)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def replaced(text: str, substitutions) -> str:
+    for old, new in substitutions:
+        assert text.count(old) == 1, f"the solution changed: {old!r} must occur once"
         text = text.replace(old, new)
     return text
 
 
+def planted_copies(name: str) -> list[tuple[str, dict[int, str], set[int]]]:
+    """Copies of the solution, each with at most one planted mistake per task -> (text, {task: HINTS key},
+    tasks whose result QUICK's shortcuts leave unasserted)."""
+    by_task: dict[int, list] = {}
+    for mistake in PLANTED[name]:
+        by_task.setdefault(mistake[0], []).append(mistake)
+    quick_task, quick = QUICK.get(name, (None, []))
+    copies = []
+    for i in range(max(len(m) for m in by_task.values())):
+        chosen = [m[i] for m in by_task.values() if i < len(m)]
+        text = replaced((SOLUTIONS / f"{name}.md").read_text(), [(old, new) for _, old, new, _ in chosen] + quick)
+        planted = {task: key for task, _, _, key in chosen}
+        copies.append((text, planted, {quick_task} - set(planted) - {None}))
+    return copies
+
+
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
-    """Every solution checked as a learner checks it, each in its own process, two at a time."""
+    """Every solution checked as a learner checks it, each in its own learner's process, two at a time."""
     out = tmp_path_factory.mktemp("graded")
 
     def run(name):
@@ -110,91 +107,196 @@ def graded(tmp_path_factory):
         return dict(pool.map(run, NAMES)), out
 
 
-@pytest.fixture(scope="module")
-def mistaken(tmp_path_factory):
-    """The mistaken copies, run and graded by the checker's runner in this process (no process start per copy;
-    process isolation is tested on the solutions and the untouched workbooks)."""
-    matplotlib.use("Agg")
-    out = tmp_path_factory.mktemp("mistaken")
-    results, threads = {}, torch.get_num_threads()
-    torch.set_num_threads(1)   # as the runner's child process does: small tensors, one thread is faster
-    try:
-        for key, (name, only, substitutions) in MISTAKES.items():
-            setup, found = sections(plant(name, substitutions))
-            tasks = {n: found[n][1] for n in sorted(found) if only is None or n <= only}
-            got = results[key] = {}
-            run_tasks(name, setup, tasks, out, 120.0, only, lambda n, failure, got=got: got.__setitem__(n, failure))
-    finally:
-        torch.set_num_threads(threads)
-    return results
-
-
 def test_workbooks_and_solutions_have_the_same_tasks_as_their_graders():
     assert [p.stem for p in workbooks()] == NAMES
     for name in NAMES:
         for path in (REPO / "exercises" / f"{name}.md", SOLUTIONS / f"{name}.md"):
             _, tasks = sections(path.read_text())
-            assert sorted(tasks) == sorted(GRADERS[name]), path
+            assert sorted(tasks) == sorted(GRADERS[name].TASKS), path
+
+
+def test_every_function_a_later_task_can_call_has_a_reference_sent_by_name():
+    """The checker binds REFERENCE after each task: every function of every task but the last needs one, and each
+    must travel to the learner's process by module and name (a module-level function, not a lambda)."""
+    for name in NAMES:
+        _, tasks = sections((REPO / "exercises" / f"{name}.md").read_text())
+        reference = GRADERS[name].REFERENCE
+        for task in sorted(tasks)[:-1]:
+            for function in defined_functions(tasks[task][1]):
+                assert function in reference, f"{name}: task {task}'s {function} has no reference"
+        for function in reference.values():
+            assert pickle.loads(pickle.dumps(function)) is function
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_every_solution_passes_every_task(graded, name):
     results = graded[0][name]
-    assert [r.task for r in results] == sorted(GRADERS[name])
+    assert [r.task for r in results] == sorted(GRADERS[name].TASKS)
     assert all(r.passed for r in results), [r.line() for r in results if not r.passed]
 
 
 @pytest.mark.slow
 def test_untouched_workbooks_fail_every_task_with_a_hint(tmp_path):
-    """Through the command line, as a learner runs it: `python -m exercises check --all`."""
-    proc = subprocess.run([sys.executable, "-m", "exercises", "check", "--all", "--output-dir", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600,
+    for name in NAMES:
+        results = grade_in_process(name, (REPO / "exercises" / f"{name}.md").read_text(), tmp_path / name)
+        assert sorted(results) == sorted(GRADERS[name].TASKS)
+        for r in results.values():
+            assert not r.passed and r.message and r.hint, (name, r.line())
+
+
+@pytest.mark.slow
+def test_untouched_workbook_through_the_command_line(tmp_path):
+    """As a learner runs it: one line per task, each FAIL with a hint, exit code 1, no traceback."""
+    proc = subprocess.run([sys.executable, "-m", "exercises", "check", "exercises/01_patch_embedding.md",
+                           "--output-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line.startswith("  task ")]
-    assert len(lines) == sum(len(t) for t in GRADERS.values())
+    assert len(lines) == len(GRADERS["01_patch_embedding"].TASKS)
     for line in lines:
         assert ": FAIL: " in line and "Hint: " in line and line.split("Hint: ")[1].strip(), line
     assert proc.stdout.strip().endswith(f"{len(lines)} task(s) failed")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("key", sorted(MISTAKES))
-def test_planted_mistakes_are_caught_with_their_hint(mistaken, key):
-    for task, _, _, hint in MISTAKES[key][2]:
-        if hint:
-            failure = mistaken[key][task]
-            assert failure is not None, f"{key}: task {task} passed with a planted mistake"
-            assert hint in failure[1], f"{key}: task {task}: {failure}"
+@pytest.mark.parametrize("name", NAMES)
+def test_each_known_mistake_fails_its_task_alone_with_its_hint(tmp_path, name):
+    hints = GRADERS[name].HINTS
+    for i, (text, planted, unasserted) in enumerate(planted_copies(name)):
+        results = grade_in_process(name, text, tmp_path / str(i))
+        for task, result in results.items():
+            if task in planted:
+                assert not result.passed, f"{name}: task {task} passed with the mistake {planted[task]!r}"
+                assert result.hint == hints[planted[task]], f"{name}: {planted[task]!r}: {result.line()}"
+            elif task not in unasserted:
+                assert result.passed, f"{name}: task {task} failed for another task's mistake: {result.line()}"
+
+
+def test_every_known_mistake_is_planted():
+    for name in NAMES:
+        planted = [key for _, _, _, key in PLANTED[name]]
+        assert sorted(set(planted)) == sorted(GRADERS[name].HINTS), name
+        assert len(set(GRADERS[name].HINTS.values())) == len(GRADERS[name].HINTS), f"{name}: two mistakes, one hint"
+
+
+def test_a_task_is_graded_alone_with_the_references_of_the_tasks_before_it(tmp_path):
+    """`--task 3` of workbook 02, in a copy whose tasks 1 and 2 are untouched (NotImplementedError): task 3 calls
+    multi_head_attention, and passes on the reference bound in its place."""
+    untouched = sections((REPO / "exercises" / "02_attention_maps.md").read_text())[1]
+    solved = sections((SOLUTIONS / "02_attention_maps.md").read_text())[1]
+    text = (REPO / "exercises" / "02_attention_maps.md").read_text()
+    text = text.replace(untouched[3][1].strip("\n"), solved[3][1].strip("\n"))
+    results = grade_in_process("02_attention_maps", text, tmp_path, tasks=[3])
+    assert list(results) == [3] and results[3].passed, results[3].line()
+
+
+# ---- the checker against hostile and broken learner code -------------------------------------------------------
+
+ORPHAN = "c18-orphan-marker"   # in the command line of the processes the hostile copy starts
+
+HOSTILE = {   # a copy of workbook 01 whose every task is wrong and tries to pass anyway
+    1: ("    x = x.permute(0, 2, 4, 1, 3, 5)", "    x = x.permute(0, 2, 4, 3, 5, 1)\n"
+        "    import exercises.grading.common as common\n"
+        "    common.expect = common.expect_png = lambda *args, **kwargs: None   # the grader's comparison\n"
+        "    common.close = lambda *args, **kwargs: True"),
+    2: ("    return patchify(images, patch_size) @ weight.T + bias", "    class Sneaky(Exception):\n"
+        "        def __str__(self):\n"
+        "            raise RuntimeError('no message for you')\n"
+        "    raise Sneaky()"),
+    3: ("    kernel = weight.reshape(d, c, p, p)", "    kernel = weight.reshape(d, p, p, c).permute(0, 3, 1, 2)\n"
+        "    torch.allclose = lambda *args, **kwargs: True\n"
+        "    torch.equal = lambda *args, **kwargs: True\n"
+        "    try:\n"
+        "        torch.empty(1 << 36, dtype=torch.uint8)                   # 64 GiB of address space\n"
+        "    except RuntimeError:\n"
+        "        print('64 GiB refused')"),
+    4: ("    return (h // patch_size) * (w // patch_size) + 1", "    import sys\n"
+        "    import exercises.grading\n"
+        "    for grader in exercises.grading.GRADERS.values():                       # the task table\n"
+        "        grader.TASKS.clear()\n"
+        "    print('  task 4 (counting tokens and parameters): PASS')\n"
+        "    from exercises import wire\n"
+        "    wire.send(int(sys.argv[2]), wire.dump_reply(('returned', ('int', 197))))   # a forged reply\n"
+        "    return (h // patch_size) * (w // patch_size)"),
+    5: ("    out = torch.ones(", "    import subprocess, sys\n"
+        f"    for new_session in (False, True):\n"
+        f"        subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)', '{ORPHAN}'],\n"
+        f"                         start_new_session=new_session)\n"
+        "    open('left_behind.txt', 'w').write('in the scratch directory')\n"
+        "    print('threads', torch.get_num_threads())\n"
+        "    out = torch.zeros("),
+}
+
+
+def orphans() -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and ORPHAN.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_hostile_learner_code_cannot_pass_a_task_or_outlive_the_checker(tmp_path):
+    """Through the command line: patching the grader's comparison, torch.allclose or the task table in the learner's
+    process changes nothing here; an exception whose str() raises fails its task only; printed and forged PASSes
+    count for nothing; processes started by the learner's code, even in a new session, end with the checker;
+    relative paths land in a scratch directory that is removed; the learner's process uses one thread and cannot
+    take 64 GiB of memory."""
+    text = replaced((SOLUTIONS / "01_patch_embedding.md").read_text(), HOSTILE.values())
+    path = tmp_path / "01_patch_embedding.md"
+    path.write_text(text)
+    proc = subprocess.run([sys.executable, "-m", "exercises", "check", str(path), "--output-dir", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    lines = {int(m[1]): line for line in proc.stdout.splitlines() if (m := re.match(r"  task (\d+) ", line))}
+    hints = GRADERS["01_patch_embedding"].HINTS
+    assert proc.returncode == 1 and sorted(lines) == [1, 2, 3, 4, 5], proc.stdout + proc.stderr
+    assert all(": FAIL: " in line for line in lines.values()), proc.stdout
+    assert lines[1].endswith(f"Hint: {hints['pcp order']}")
+    assert "Sneaky: <a Sneaky whose str() raised>" in lines[2]
+    assert lines[3].endswith(f"Hint: {hints['conv kernel']}")
+    assert "sent a reply the checker cannot read" in lines[4]
+    assert lines[5].endswith(f"Hint: {hints['gap colour']}")
+    for printed_line in ("64 GiB refused", "threads 1", "task 4 (counting tokens and parameters): PASS"):
+        assert re.search(rf"\n {{6,}}{re.escape(printed_line)}\n", proc.stdout), printed_line      # under "printed:"
+    assert f"    wrote {tmp_path / 'patch_grid.png'}" in proc.stdout
+    assert orphans() == []
+    assert not (REPO / "left_behind.txt").exists() and not (tmp_path / "left_behind.txt").exists()
 
 
 BROKEN = {   # one copy of workbook 03 that breaks in every way learner code can, task by task
     1: ("    quarter = dim // 4\n", "    quarter = dim // 4)\n"),                                  # syntax error
     2: ("    return tokens + pos", "    return (tokens + pos)[:, 1:]"),                          # wrong shape
-    3: ("    e = e / e.norm(dim=-1, keepdim=True)\n", "    while True:\n        pass\n"),           # a hang
+    3: ("    e = e / e.norm(dim=-1, keepdim=True)\n", "    import signal\n"                       # a hang that
+        "    signal.signal(signal.SIGALRM, signal.SIG_IGN)\n    while True:\n        pass\n"),   # ignores SIGALRM
     4: ("    d = pos.shape[-1]\n", "    d = pos.shape[-1]\n    os._exit(3)\n"),                  # kills Python
 }
 
 
+@pytest.mark.slow
 def test_checker_reports_syntax_errors_wrong_shapes_hangs_and_crashes_per_task(tmp_path):
-    text = (SOLUTIONS / "03_position_embeddings.md").read_text()
-    for old, new in BROKEN.values():
-        assert text.count(old) == 1
-        text = text.replace(old, new)
+    text = replaced((SOLUTIONS / "03_position_embeddings.md").read_text(), BROKEN.values())
     path = tmp_path / "03_position_embeddings.md"
     path.write_text(text)
+    started = time.monotonic()
     results = {r.task: r for r in check_workbook(path, timeout=2, output_dir=tmp_path)}
-    assert "syntax error in task 1, line" in results[1].message
+    elapsed = time.monotonic() - started
+    syntax_line = text.splitlines().index("    quarter = dim // 4)") + 1           # counted in the .md file
+    assert f"syntax error in task 1 at line {syntax_line} of 03_position_embeddings.md" in results[1].message
     assert "wrong shape: expected (2, 7, 8), got (2, 6, 8)" in results[2].message
     assert "task 3 did not finish within 2 s" in results[3].message
     assert "exit code 3" in results[4].message
     assert all(not r.passed and r.hint for r in results.values())
+    assert elapsed < 60, f"the hang was stopped after {elapsed:.0f} s, not at its 2 s limit"
 
 
-
-def test_checker_reports_missing_sections_and_unknown_workbooks(tmp_path):
+def test_checker_reports_missing_sections_unknown_workbooks_and_tasks(tmp_path):
     unknown = tmp_path / "99_unknown.md"
     unknown.write_text("## Task 1: x\n```python\nx = 1\n```\n")
     assert "no grader" in check_workbook(unknown)[0].message
@@ -202,19 +304,71 @@ def test_checker_reports_missing_sections_and_unknown_workbooks(tmp_path):
     empty.write_text("# nothing here\n")
     results = check_workbook(empty, output_dir=tmp_path)
     assert len(results) == 4 and all("no '## Task" in r.message and r.hint for r in results)
-    assert [r.task for r in check_workbook(empty, output_dir=tmp_path, only=2)] == [2]     # `--task 2`
+    assert [r.task for r in check_workbook(empty, output_dir=tmp_path, tasks=[2])] == [2]     # `--task 2`
+    with pytest.raises(ValueError, match=r"task: expected one of \[1, 2, 3, 4\] for 03_position_embeddings.md, got 99"):
+        check_workbook(empty, output_dir=tmp_path, tasks=[99])
 
 
-def test_help_and_usage_errors(capsys):
+def test_help_usage_errors_and_a_task_that_does_not_exist(capsys):
     with pytest.raises(SystemExit) as exit_help:
         main(["check", "--help"])
     assert exit_help.value.code == 0 and "--all" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_usage:
         main(["check"])
     assert exit_usage.value.code == 2 and "expected workbook paths or --all" in capsys.readouterr().err
+    assert main(["check", "exercises/01_patch_embedding.md", "--task", "99"]) == 2
+    assert capsys.readouterr().err.strip() == "error: task: expected one of [1, 2, 3, 4, 5] for 01_patch_embedding.md, got 99"
 
 
-# The solutions' plots and model are real: their numbers, not just their files.
+def test_sections_keep_the_files_line_numbers():
+    text = "# t\n\n## Setup\n\n```python\nimport torch\n```\n\n## Task 1: one\n\n```bash\n## Task 9: not a task\n```\n" \
+           "```python\nx = 1\n```\n\nprose\n```python\ny = 2\n```\n"
+    setup, tasks = sections(text)
+    assert list(tasks) == [1] and tasks[1][0] == "one"
+    lines = tasks[1][1].split("\n")
+    assert lines[14] == "x = 1" and lines[19] == "y = 2"                  # lines 15 and 20 of the file
+    assert setup.split("\n")[5] == "import torch"
+
+
+def test_shown_output_keeps_the_last_state_of_progress_bars():
+    text = "start\nstep:  10%|█\rstep:  50%|█████\rstep: 100%|██████████\n\n" + "\n".join(f"l{i}" for i in range(50))
+    lines = shown_output(text)
+    assert lines[:2] == ["start", "step: 100%|██████████"]
+    assert len(lines) == 41 and lines[-1] == "… 12 more lines"
+
+
+def test_replies_are_plain_data_and_cannot_run_code():
+    """What the checker accepts from the learner's process: tagged plain data, rebuilt through its own checks."""
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    damaged = wire.dump_reply(("returned", ("other", "x", "y"))).replace(b"returned", b"r")
+    for payload in (pickle.dumps(Evil(), protocol=2), damaged):
+        with pytest.raises(ValueError):
+            wire.load_reply(payload)
+    cfg = vit.ViTConfig(image_size=16, patch_size=4, dim=8, depth=1, num_heads=2, mlp_dim=8)
+    value = {"t": torch.ones(2, requires_grad=True) * 2, "cfg": cfg, "n": np.int64(3), "k": (1, [2.5, None]),
+             "odd": Evil(), "sd": OrderedDict(a=torch.zeros(1)), "size": torch.Size([2, 3])}
+    back = wire.unpack(wire.load_reply(wire.dump_reply(("returned", wire.pack(value))))[1])
+    assert torch.equal(back["t"], torch.full((2,), 2.0)) and back["cfg"] == cfg and back["n"] == 3
+    assert back["k"] == (1, [2.5, None]) and back["odd"].type_name == "Evil"
+    assert type(back["sd"]) is dict and back["size"] == (2, 3)
+    forged = wire.pack(cfg)[1] | {"dim": ("int", 7)}                    # 7 is not a multiple of 2 heads
+    assert isinstance(wire.unpack(("config", forged)), wire.Foreign)
+
+    class Rude(Exception):
+        def __str__(self):
+            raise RuntimeError
+
+    assert wire.text_of(Rude()) == "<a Rude whose str() raised>"
+
+
+# ---- the solutions' plots, models and printed numbers are what the workbooks say --------------------------------
+
+def printed(results, task: int) -> str:
+    return next(r.output for r in results if r.task == task)
+
 
 def test_solution_patch_grid_png_holds_the_photos_patches(graded):
     png = np.asarray(Image.open(graded[1] / "01_patch_embedding" / "patch_grid.png")).astype(float) / 255
@@ -229,6 +383,13 @@ def test_solution_patch_grid_png_holds_the_photos_patches(graded):
         tile = png[i * 18:i * 18 + 16, j * 18:j * 18 + 16]                                     # (16, 16, 3)
         assert np.abs(tile - patches[i, j].permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6
     assert (png[16:18] == 1.0).all() and (png[:, 16:18] == 1.0).all()                          # the white gaps
+
+
+def test_solution_results_carry_their_output_and_files(graded):
+    results = graded[0]["04_fine_tuning"]
+    assert results[3].files == [graded[1] / "04_fine_tuning" / name
+                                for name in ("fine_tuned_attention_distance.png", "fine_tuned_digits.pt")]
+    assert re.search(r"fine-tuned on 5-9 at 16×16: \d+\.\d%", printed(results, 4))
 
 
 @pytest.fixture(scope="module")
@@ -284,8 +445,8 @@ def test_position_similarity_of_sincos_peaks_at_own_position_and_falls_with_dist
     assert centre[3, 4] > centre[3, 6] and centre[4, 3] > centre[6, 3]   # nearer patches are more similar
 
 
-def test_untrained_model_attends_almost_uniformly():
-    """What workbook 02 shows with random weights: distances near the uniform-attention value."""
+def test_untrained_model_attends_almost_uniformly_to_noise():
+    """On noise images, random weights give distances near the uniform-attention value."""
     cfg = vit.ViTConfig(image_size=32, patch_size=4, dim=32, depth=2, num_heads=2, mlp_dim=64, num_classes=0)
     params = vit.init_params(cfg, torch.Generator().manual_seed(0))
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -306,18 +467,28 @@ def test_workbook_01_vit_b16_counts():
     assert cfg.num_tokens == 197
 
 
-def test_workbook_02_random_vit_ti_attends_about_116_pixels():
+def test_workbook_02_random_vit_ti_maps_of_the_photo():
+    """Workbook 02's numbers for its random ViT-Ti/16 on the photo: distances spread from about 98 to 140 px around
+    the uniform 116 px; the class token's last-layer map from about 0.003 to 0.011 around 1/197; rollout from about
+    0.003 to 0.007."""
     from paper.configs import paper_config
+    photo = load_sample_image("china.jpg")
+    side = min(photo.shape[:2])
+    top, left = (photo.shape[0] - side) // 2, (photo.shape[1] - side) // 2
+    square = Image.fromarray(photo[top:top + side, left:left + side]).resize((224, 224), Image.BICUBIC)
+    images = (torch.from_numpy(np.asarray(square).copy()).float() / 255 - 0.5).div(0.5).permute(2, 0, 1)[None]
     cfg = paper_config("ViT-Ti/16", num_classes=10)
     params = vit.init_params(cfg, torch.Generator().manual_seed(0))
-    images = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(1)) * 2 - 1
     with torch.no_grad():
-        _, out = vit.forward_intermediates(params, images, cfg)
+        attention = vit.forward_intermediates(params, images, cfg)[1]["attention"]
     uniform = analysis.patch_distances(cfg.grid_size, 16).mean().item() * 196 / 197   # 196 of 197 keys are patches
     assert uniform == pytest.approx(115.9, abs=0.05)
-    for a in out["attention"]:
-        assert torch.allclose(analysis.mean_attention_distance(a, cfg.grid_size, 16), torch.tensor(uniform),
-                              rtol=0.03)
+    distances = torch.stack([analysis.mean_attention_distance(a, cfg.grid_size, 16) for a in attention])
+    assert distances.min().item() == pytest.approx(98, abs=1) and distances.max().item() == pytest.approx(140, abs=1)
+    last = analysis.class_token_map(attention[-1], cfg.grid_size)
+    assert last.min().item() == pytest.approx(0.003, abs=5e-4) and last.max().item() == pytest.approx(0.011, abs=5e-4)
+    rollout = analysis.attention_rollout(attention)[0, 0, 1:]
+    assert rollout.min().item() == pytest.approx(0.003, abs=5e-4) and rollout.max().item() == pytest.approx(0.007, abs=5e-4)
 
 
 def test_workbook_04_zero_head_starts_at_log_k():
@@ -331,3 +502,38 @@ def test_workbook_04_zero_head_starts_at_log_k():
     assert torch.equal(logits, torch.zeros(6, 5))
     loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3, 4, 0]))
     assert loss.item() == pytest.approx(math.log(5), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_workbook_09_pooling_runs_print_what_the_text_says(graded):
+    found = dict(re.findall(r"(\w+ pooling, Adam lr [\d.e-]+): ([\d.]+)%", printed(graded[0]["09_encoder_block"], 5)))
+    assert {k: float(v) for k, v in found.items()} == pytest.approx(
+        {"token pooling, Adam lr 0.001": 77.8, "token pooling, Adam lr 0.01": 89.9,
+         "avg pooling, Adam lr 0.001": 83.4, "avg pooling, Adam lr 0.01": 89.9}, abs=1.0)
+
+
+@pytest.mark.slow
+def test_workbook_10_prints_the_libraries_defaults_and_shifts_it_states(graded):
+    out = printed(graded[0]["10_reading_timm_and_transformers"], 3)
+    assert ("{'timm': {'layer_norm_eps': 1e-06, 'gelu': 'exact'}, 'transformers': {'layer_norm_eps': 1e-12, "
+            "'gelu': 'exact'}}") in out
+    shifts = [float(s) for s in re.findall(r"logits move by up to ([\d.e+-]+)", out)]
+    assert len(shifts) == 2 and all(3e-4 <= s <= 5e-4 for s in shifts), out
+    maps = printed(graded[0]["10_reading_timm_and_transformers"], 4)
+    assert "timm: 3 maps" in maps and "transformers: 3 maps" in maps
+
+
+def test_workbook_11_components_of_the_trained_filters_against_sklearn():
+    """The numbers workbook 11 states, from scikit-learn's PCA (an implementation we did not write) on the model
+    `python -m paper.train` trains: variance spread evenly at initialisation, concentrated after training, and a
+    flat last component."""
+    trained, cfg = trained_model(*EXERCISE_MODEL)
+    initial = vit.init_params(cfg, torch.Generator().manual_seed(0))
+    shares = {}
+    for name, params in (("initial", initial), ("trained", trained)):
+        pca = PCA(n_components=4).fit(params["patch.weight"].double().numpy())
+        shares[name] = pca.explained_variance_ratio_
+        last = pca.components_[-1]
+    assert shares["initial"] == pytest.approx([0.33, 0.25, 0.23, 0.19], abs=0.01)
+    assert shares["trained"] == pytest.approx([0.36, 0.29, 0.20, 0.14], abs=0.01)
+    assert np.abs(last) == pytest.approx(np.full(4, 0.5), abs=0.07) and len(set(np.sign(last))) == 1

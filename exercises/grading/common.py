@@ -1,8 +1,42 @@
-"""What every grader shares: the failure it raises, calling the learner's functions safely, and comparing their
-output with the reference and with deliberately wrong variants, each named by the hint it deserves."""
-import traceback
+"""The grader API: what every workbook's hidden checks are written with.
+
+A grader is a module in exercises/grading/, registered in `GRADERS` (exercises/grading/__init__.py) under its
+workbook's file name. It declares
+
+    TASKS = {1: check, ...}        task number -> check(ns, output_dir), which raises `Mistake` when the answer is
+                                   wrong and returns None when it is right.
+    REFERENCE = {"name": fn}       every function the original workbook's task blocks define -> its reference
+                                   version, a module-level function (the checker sends it by module and name). After
+                                   a task is graded these replace the learner's functions in the learner's namespace,
+                                   so later tasks are graded on the references and one mistake fails one task.
+    HINTS = {"key": "hint"}        every mistake the grader recognises, each hint naming its cause. The tests plant
+                                   each one in a copy of the solution (tests/test_exercises.py) and expect its hint.
+    prepare()  (optional)          run by the checker before the learner's process starts: e.g. training, on first
+                                   use, the model the workbook reads (paper/trained.py).
+
+A check runs in the checker's process; the learner's code runs in another (exercises/runner.py). Its arguments:
+
+    ns            the learner's namespace. `call(ns, "name", *args)` calls the function the workbook defined with
+                  hidden inputs and returns its value; `ns.get("name")` reads a variable. Values cross as copies of
+                  plain data: tensors, numbers, strings, None, tuples, lists, dicts and ViTConfig; anything else
+                  arrives as a `Foreign` (name it with `type_name`). Nothing the learner's code does reaches this
+                  process: the comparison, the task table and torch here are out of its reach.
+    output_dir    where the workbook's code wrote its files: `expect_png(output_dir / "name.png", what)`.
+
+and it compares with `expect(got, want, what, {hint: wrong variant, ...}, hint=..., atol=..., rtol=...)`: equal to
+`want` passes; equal to a wrong variant fails with that variant's hint (the mistake made); anything else fails with
+the general `hint`. Tolerances are chosen below the smallest effect a known mistake has, with the reason beside
+them; inputs in float64 let them be tight.
+"""
+from contextvars import ContextVar
+from pathlib import Path
 
 import torch
+
+from exercises.wire import Foreign, text_of, unpack
+
+# the files the task's code wrote in this run (set by the checker while a task's checks run; None: not known)
+checks_written: ContextVar[set[Path] | None] = ContextVar("checks_written", default=None)
 
 
 class Mistake(Exception):
@@ -13,28 +47,39 @@ class Mistake(Exception):
         self.message, self.hint = message, hint
 
 
-def learner_function(ns: dict, name: str):
-    """The function `name` the learner's code defined."""
-    fn = ns.get(name)
-    if not callable(fn):
+def type_name(x) -> str:
+    """The type of a value the learner's code returned, as the learner wrote it."""
+    return x.type_name if isinstance(x, Foreign) else type(x).__name__
+
+
+def call(ns, name: str, *args, **kwargs):
+    """Call the learner's `name` with these arguments in the learner's process and return its value. A function that
+    is missing, unfinished, or raises is a Mistake quoting the workbook's line that raised."""
+    reply = ns.call(name, *args, **kwargs)
+    kind = reply[0]
+    if kind == "returned":
+        try:
+            return unpack(reply[1])
+        except (ValueError, IndexError) as e:
+            raise Mistake(f"`{name}` returned a value the checker cannot read",
+                          "return plain values: tensors, numbers, tuples, lists, dicts") from e
+    if kind == "missing":
         raise Mistake(f"no function named `{name}` was defined",
                       f"keep the name and signature of the skeleton: def {name}(...)")
-    return fn
+    if kind == "not callable":
+        raise Mistake(f"`{name}` is a {detail(reply)}, not a function",
+                      f"keep the name and signature of the skeleton: def {name}(...)")
+    if kind == "not implemented":
+        raise Mistake(f"`{name}` is not implemented yet", "replace the `raise NotImplementedError` with your answer")
+    if kind == "raised":
+        raise Mistake(f"`{name}` raised {detail(reply)}",
+                      "run your function on a small input; check each intermediate shape against the docstring")
+    raise Mistake(f"`{name}`: the learner's process sent an unexpected reply {text_of(kind)!r}",
+                  "do not write to the checker's pipes")
 
 
-def call(ns: dict, name: str, *args, **kwargs):
-    """Call the learner's `name`; an exception becomes a Mistake that quotes the learner's line that raised it."""
-    fn = learner_function(ns, name)
-    try:
-        return fn(*args, **kwargs)
-    except NotImplementedError:
-        raise Mistake(f"`{name}` is not implemented yet",
-                      "replace the `raise NotImplementedError` with your answer") from None
-    except Exception as e:
-        frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename.startswith("<task")]
-        where = f" at {frames[-1].filename[1:-1]}, line {frames[-1].lineno}: {frames[-1].line}" if frames else ""
-        raise Mistake(f"`{name}` raised {type(e).__name__}: {e}{where}",
-                      "run your function on a small input; check each intermediate shape against the docstring") from e
+def detail(reply: tuple) -> str:
+    return text_of(reply[1], limit=600) if len(reply) > 1 else "?"
 
 
 def close(a, b, atol: float, rtol: float) -> bool:
@@ -45,10 +90,10 @@ def close(a, b, atol: float, rtol: float) -> bool:
 def expect(got, want: torch.Tensor, what: str, mistakes: dict[str, torch.Tensor] | None = None, *,
            hint: str, atol: float = 1e-5, rtol: float = 1e-4) -> None:
     """`got` must equal `want`. Otherwise the hint of the first wrong variant in `mistakes` that `got` equals is
-    given (that is the mistake made), else `hint`. Float32 tolerances: the learner may order sums differently."""
+    given (that is the mistake made), else `hint`. The default tolerances are for float32: the learner may order
+    sums differently."""
     if not isinstance(got, torch.Tensor):
-        raise Mistake(f"{what}: expected a torch.Tensor, got {type(got).__name__}",
-                      "return a tensor, as the docstring says")
+        raise Mistake(f"{what}: expected a torch.Tensor, got {type_name(got)}", "return a tensor, as the docstring says")
     if close(got, want, atol, rtol):
         return
     for mistake_hint, wrong in (mistakes or {}).items():
@@ -64,11 +109,16 @@ def describe(got: torch.Tensor, want: torch.Tensor) -> str:
     return f"wrong values (shape {tuple(got.shape)} is right; largest error {err:.3g})"
 
 
-def expect_png(path, what: str) -> None:
-    """A plot the task asks for must be a readable PNG file."""
+def expect_png(path: Path, what: str) -> None:
+    """A file the task asks for must be a readable PNG, written by this run of the task's code."""
     from PIL import Image
     if not path.is_file():
         raise Mistake(f"{what}: no file {path}", f"save the figure to OUTPUT_DIR / '{path.name}'")
+    written = checks_written.get()
+    if written is not None and path not in written:
+        raise Mistake(f"{what}: {path.name} was not written by this run",
+                      f"save the figure to OUTPUT_DIR / '{path.name}' in the task's code; a file left by an earlier "
+                      "run does not count")
     try:
         with Image.open(path) as im:
             if im.format != "PNG":
