@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import merge_heads, qkv_heads
+from .checks import check_num_heads
 from .config import ViTConfig
 from .encoder import block_params
 from .mlp import mlp_hidden
@@ -59,6 +60,7 @@ def class_token_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Ten
                           num_heads: int) -> torch.Tensor:
     """Eqs. (5)-(7) for the class token's query alone: x (B, N, D) -> [SA_1(x)⁰; …; SA_k(x)⁰] (B, 1, D)."""
     b, n, d = x.shape
+    check_num_heads(d, num_heads)
     w_q, w_kv = w_qkv.split([d, 2 * d])                                      # rows of q, then of k and v
     b_q, b_kv = (None, None) if b_qkv is None else b_qkv.split([d, 2 * d])
     q = F.linear(x[:, :1], w_q, b_q).view(b, 1, num_heads, d // num_heads).transpose(1, 2)  # (B, H, 1, D_h)

@@ -14,13 +14,20 @@ same function through fast.py's fused blocks). Nothing is stored between calls, 
 import torch
 import torch.nn.functional as F
 
-from .checks import check_images
+from .checks import check_images, check_model_inputs
 from .config import ViTConfig
 from .encoder import block_params, encoder, encoder_block
 from .fast import fast_encoder
 from .norm import layer_norm
+from .params import param_shapes
 from .patches import patch_embedding
 from .position import embed_positions
+
+
+def check_inputs(params: dict, images: torch.Tensor, cfg: ViTConfig) -> None:
+    """Images of cfg's shape; every parameter cfg needs, of its shape, on the images' device and in their dtype."""
+    check_images(images, patch_size=cfg.patch_size, channels=cfg.in_channels, size=cfg.image_size)
+    check_model_inputs(params, images, param_shapes(cfg))
 
 
 def embed(params: dict, images: torch.Tensor, cfg: ViTConfig, train: bool = False) -> torch.Tensor:
@@ -55,6 +62,7 @@ def classifier(params: dict, features: torch.Tensor, cfg: ViTConfig) -> torch.Te
 
 def forward(params: dict, images: torch.Tensor, cfg: ViTConfig, *, train: bool = False) -> torch.Tensor:
     """images (B, C, H, W) -> logits (B, K) (features (B, D) when num_classes=0). `train` turns dropout on."""
+    check_inputs(params, images, cfg)
     z = encoder(params, embed(params, images, cfg, train), cfg, train)
     return classifier(params, pre_logits(params, pool(params, z, cfg), cfg), cfg)
 
@@ -66,6 +74,7 @@ def forward_intermediates(params: dict, images: torch.Tensor, cfg: ViTConfig, *,
       "hidden":    z_0 … z_L, each (B, N+1, D),
       "features":  the pooled representation the classifier reads, (B, D) (or (B, R) after pre-logits).
     -> (logits, intermediates)."""
+    check_inputs(params, images, cfg)
     z = embed(params, images, cfg, train)
     attention, hidden = [], [z]
     for i in range(cfg.depth):
@@ -79,5 +88,6 @@ def forward_intermediates(params: dict, images: torch.Tensor, cfg: ViTConfig, *,
 def fast_forward(params: dict, images: torch.Tensor, cfg: ViTConfig, *, train: bool = False) -> torch.Tensor:
     """`forward` computed by fast.py: fused attention that never forms the probabilities, each residual add inside
     its GEMM, and, with class-token pooling, the last block for the class token alone. Same logits."""
+    check_inputs(params, images, cfg)
     z = fast_encoder(params, embed(params, images, cfg, train), cfg, train)
     return classifier(params, pre_logits(params, pool(params, z, cfg), cfg), cfg)
