@@ -40,10 +40,12 @@ import torch
 
 from lowlevel import ViTConfig, check_params, param_shapes
 
-from .fields import require, square_image_size
+from .fields import Preprocessing, require, square_image_size
 from .files import load_arrays, save_arrays
 
 LAYOUTS = ("vit2020", "big_vision")
+# vision_transformer input_pipeline.py: evaluation resizes to the image size, pixels (x - 127.5) / 127.5
+PREPROCESSING = Preprocessing((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), None, "the official input pipeline's [-1, 1] scaling")
 # (attention, second LayerNorm, MLP) submodule numbers
 NUMBERING = {"pre_linen": ("MultiHeadDotProductAttention_1", "LayerNorm_2", "MlpBlock_3"),
              "linen": ("MultiHeadDotProductAttention_0", "LayerNorm_1", "MlpBlock_0")}
