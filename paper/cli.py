@@ -29,6 +29,14 @@ def parser(prog: str, description: str, **kwargs) -> argparse.ArgumentParser:
     return p
 
 
+def positive(text: str) -> int:
+    """argparse type of a count that must be at least 1 (argparse reports the ValueError as "invalid positive value")."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"expected a positive integer, got {value}")
+    return value
+
+
 def one_line(error: BaseException) -> str:
     """The error's message on one line: a multi-line message (e.g. every bad key of a state_dict) joined by '; '."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
