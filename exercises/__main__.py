@@ -1,13 +1,12 @@
 """`python -m exercises check WORKBOOK.md ...` or `python -m exercises check --all`: grade workbooks."""
-import argparse
-import sys
 from pathlib import Path
 
 from exercises.checker import check_workbook, workbooks
+from paper import cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m exercises", description=__doc__)
+    parser = cli.parser("python -m exercises", __doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="grade workbooks: one line per task, PASS or FAIL with a hint",
                                 description="Run a workbook's code in a separate process and grade every task "
@@ -36,4 +35,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -37,6 +37,14 @@ def positive(text: str) -> int:
     return value
 
 
+def non_negative(text: str) -> int:
+    """argparse type of a count that may be 0."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def one_line(error: BaseException) -> str:
     """The error's message on one line: a multi-line message (e.g. every bad key of a state_dict) joined by '; '."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]

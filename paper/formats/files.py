@@ -5,6 +5,7 @@ Reading refuses, before opening anything for long or allocating much: a path tha
 whose arrays are not floating-point weights, and a config.json value of the wrong type. (safetensors and torch.load
 check a tensor's declared size against the bytes stored before allocating it.)
 """
+import contextlib
 import json
 import math
 import os
@@ -27,6 +28,15 @@ READ_ERRORS = (OSError, ValueError, RuntimeError, EOFError, KeyError, zipfile.Ba
 FILE_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
               (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
 MAX_JSON_BYTES = 64 * 2 ** 20         # a config.json with 21k label names is ~1 MiB
+
+
+@contextlib.contextmanager
+def naming(path):
+    """A ValueError raised within names `path` first: the user learns which file is wrong."""
+    try:
+        yield
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
 
 
 def regular_file(path) -> None:

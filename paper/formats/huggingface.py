@@ -32,7 +32,7 @@ from lowlevel import ViTConfig, check_params, param_shapes
 from paper.reference_models import HF_ACTIVATIONS, hf_config
 
 from .fields import Preprocessing, num_heads_for, square_image_size
-from .files import REQUIRED, json_value, load_tensors, read_json, save_directory
+from .files import REQUIRED, json_value, load_tensors, naming, read_json, save_directory
 
 BLOCK_NAMES = {"ln1": "layernorm_before", "proj": "attention.output.dense", "ln2": "layernorm_after",
                "fc1": "intermediate.dense", "fc2": "output.dense"}
@@ -201,10 +201,8 @@ def read_hf(path, **overrides) -> tuple[ViTConfig, dict]:
     else:
         overrides = {"layer_norm_eps": 1e-6, **overrides}
     sd = load_tensors(path)
-    try:
+    with naming(path):
         return from_hf(sd, config, **overrides)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
 
 
 def read_hf_preprocessing(path) -> Preprocessing:

@@ -41,7 +41,7 @@ import torch
 from lowlevel import ViTConfig, check_params, param_shapes
 
 from .fields import Preprocessing, require, square_image_size
-from .files import load_arrays, save_arrays
+from .files import load_arrays, naming, save_arrays
 
 LAYOUTS = ("vit2020", "big_vision")
 # vision_transformer input_pipeline.py: evaluation resizes to the image size, pixels (x - 127.5) / 127.5
@@ -218,10 +218,8 @@ def to_npz(params: dict, cfg: ViTConfig, layout: str = "vit2020") -> dict[str, n
 def read_npz(path, **overrides) -> tuple[ViTConfig, dict]:
     """An official .npz file -> (cfg, params)."""
     arrays = load_arrays(path)
-    try:
+    with naming(path):
         return from_npz(arrays, **overrides)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
 
 
 def write_npz(params: dict, cfg: ViTConfig, path, layout: str = "vit2020") -> None:

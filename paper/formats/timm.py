@@ -31,7 +31,7 @@ from lowlevel import ViTConfig, check_params, param_shapes
 
 from .architectures import TIMM
 from .fields import Preprocessing, num_heads_for, require, square_image_size
-from .files import json_value, load_tensors, read_json, save_directory, save_tensors
+from .files import json_value, load_tensors, naming, read_json, save_directory, save_tensors
 
 FORMAT = "timm's VisionTransformer"
 # timm's preprocessing for its ViTs (vision_transformer.py _cfg: IMAGENET_INCEPTION_MEAN/STD, crop_pct 0.9), and what
@@ -62,6 +62,26 @@ def timm_key(name: str, cfg: ViTConfig) -> str:
     if part == "norm" and cfg.pool == "avg":
         return f"fc_norm.{leaf}"
     return {"patch": f"patch_embed.proj.{leaf}", "cls": "cls_token", "pos": "pos_embed"}.get(part, name)
+
+
+def renamed_to_ours(sd: dict, cfg: ViTConfig, key, what: str) -> dict[str, torch.Tensor]:
+    """A state_dict named by `key` (our name -> theirs), its patch weight a conv kernel (D, C, P, P), as timm's and
+    torchvision's are -> our params. Every key is checked (missing, unexpected, mis-shaped) before any is copied."""
+    shapes = param_shapes(cfg)
+    names = {key(k): k for k in shapes}
+    kernel = (cfg.dim, cfg.in_channels, cfg.patch_size, cfg.patch_size)
+    check_params(sd, {t: kernel if k == "patch.weight" else shapes[k] for t, k in names.items()}, what=what)
+    params = {names[t]: v.detach().clone() for t, v in sd.items()}
+    params["patch.weight"] = params["patch.weight"].reshape(shapes["patch.weight"])
+    return params
+
+
+def renamed_from_ours(params: dict, cfg: ViTConfig, key) -> dict[str, torch.Tensor]:
+    """The inverse of `renamed_to_ours`: our params, checked against cfg, named by `key`, the patch weight a kernel."""
+    check_params(params, param_shapes(cfg))
+    sd = {key(k): v.detach().clone() for k, v in params.items()}
+    sd[key("patch.weight")] = sd[key("patch.weight")].reshape(cfg.dim, cfg.in_channels, cfg.patch_size, cfg.patch_size)
+    return sd
 
 
 def is_timm_state_dict(sd: dict) -> bool:
@@ -110,24 +130,13 @@ def from_timm(model_or_state_dict, **overrides) -> tuple[ViTConfig, dict[str, to
             raise ValueError(f"state_dict: expected a timm VisionTransformer state_dict, missing key(s) {missing}")
         known = overrides
     cfg = ViTConfig(**config_from_timm_state_dict(sd, known))
-    shapes = param_shapes(cfg)
-    names = {timm_key(k, cfg): k for k in shapes}
-    timm_shapes = {t: (shapes[k] if k != "patch.weight" else (cfg.dim, cfg.in_channels, cfg.patch_size, cfg.patch_size))
-                   for t, k in names.items()}
-    check_params(sd, timm_shapes, what="timm state_dict")
-    params = {names[t]: v.detach().clone() for t, v in sd.items()}
-    params["patch.weight"] = params["patch.weight"].reshape(shapes["patch.weight"])
-    return cfg, params
+    return cfg, renamed_to_ours(sd, cfg, lambda name: timm_key(name, cfg), "timm state_dict")
 
 
 def to_timm(params: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
     """(params, cfg) -> a timm VisionTransformer state_dict (`paper.reference_models.timm_vit(cfg)` builds the model)."""
     require(FORMAT, cfg, representation_size=None, pos_embed=("learned", "none"))
-    check_params(params, param_shapes(cfg))
-    sd = {timm_key(k, cfg): v.detach().clone() for k, v in params.items()}
-    p = cfg.patch_size
-    sd["patch_embed.proj.weight"] = sd["patch_embed.proj.weight"].reshape(cfg.dim, cfg.in_channels, p, p)
-    return sd
+    return renamed_from_ours(params, cfg, lambda name: timm_key(name, cfg))
 
 
 def read_timm(path, **overrides) -> tuple[ViTConfig, dict]:
@@ -137,10 +146,8 @@ def read_timm(path, **overrides) -> tuple[ViTConfig, dict]:
     if not is_timm_state_dict(sd):
         raise ValueError(f"{path}: expected a timm VisionTransformer state_dict with 'patch_embed.proj.weight', "
                          f"got keys {sorted(sd)[:4]}...")
-    try:
+    with naming(path):
         return from_timm(sd, **overrides)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
 
 
 def write_timm(params: dict, cfg: ViTConfig, path) -> None:
@@ -217,10 +224,8 @@ def read_timm_hub(directory, **overrides) -> tuple[ViTConfig, dict]:
     weights = hub_weights(directory)
     known = {**config_from_hub_config(read_json(directory / "config.json"), directory / "config.json"), **overrides}
     sd = load_tensors(weights)
-    try:
+    with naming(weights):
         return from_timm(sd, **known)
-    except ValueError as e:
-        raise ValueError(f"{weights}: {e}") from e
 
 
 def read_hub_preprocessing(directory) -> Preprocessing:

@@ -23,10 +23,11 @@ architectures (vit_b_16 … vit_h_14 are the paper's B/16, B/32, L/16, L/32, H/1
 """
 import torch
 
-from lowlevel import ViTConfig, check_params, param_shapes
+from lowlevel import ViTConfig
 
 from .fields import Preprocessing, num_heads_for, require, square_image_size
-from .files import load_tensors, save_tensors
+from .files import load_tensors, naming, save_tensors
+from .timm import renamed_from_ours, renamed_to_ours
 
 FORMAT = "torchvision's VisionTransformer"
 LAYER = "encoder.layers.encoder_layer_{}."
@@ -93,33 +94,21 @@ def from_torchvision(state_dict: dict, **overrides) -> tuple[ViTConfig, dict[str
     if missing:
         raise ValueError(f"state_dict: expected a torchvision VisionTransformer state_dict, missing key(s) {missing}")
     cfg = ViTConfig(**config_from_torchvision_state_dict(sd, overrides))
-    shapes = param_shapes(cfg)
-    names = {torchvision_key(k): k for k in shapes}
-    theirs = {t: (shapes[k] if k != "patch.weight" else (cfg.dim, cfg.in_channels, cfg.patch_size, cfg.patch_size))
-              for t, k in names.items()}
-    check_params(sd, theirs, what="torchvision state_dict")
-    params = {names[t]: v.detach().clone() for t, v in sd.items()}
-    params["patch.weight"] = params["patch.weight"].reshape(shapes["patch.weight"])
-    return cfg, params
+    return cfg, renamed_to_ours(sd, cfg, torchvision_key, "torchvision state_dict")
 
 
 def to_torchvision(params: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
     """(params, cfg) -> a state_dict that torchvision's VisionTransformer(image_size, patch_size, num_layers,
     num_heads, hidden_dim, mlp_dim, num_classes=, representation_size=) loads strictly."""
     check_expressible(cfg)
-    check_params(params, param_shapes(cfg))
-    sd = {torchvision_key(k): v.detach().clone() for k, v in params.items()}
-    sd["conv_proj.weight"] = sd["conv_proj.weight"].reshape(cfg.dim, cfg.in_channels, cfg.patch_size, cfg.patch_size)
-    return sd
+    return renamed_from_ours(params, cfg, torchvision_key)
 
 
 def read_torchvision(path, **overrides) -> tuple[ViTConfig, dict]:
     """A torchvision state_dict file (torch.save or .safetensors) -> (cfg, params)."""
     sd = load_tensors(path)
-    try:
+    with naming(path):
         return from_torchvision(sd, **overrides)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
 
 
 def write_torchvision(params: dict, cfg: ViTConfig, path) -> None:
