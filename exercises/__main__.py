@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("check: expected workbook paths or --all, got neither")
     if args.timeout <= 0:
         parser.error(f"--timeout: expected a positive number of seconds, got {args.timeout}")
+    for path in paths:
+        if not path.is_file():
+            raise ValueError(f"workbook: expected a markdown file, got {path}, which "
+                             f"{'is not a file' if path.exists() else 'does not exist'}")
     failed = 0
     for path in paths:
         print(f"{path}", flush=True)

@@ -30,6 +30,9 @@ TENSOR_SUFFIXES = (".pth", ".pt", ".safetensors")
 FILE_FORMATS = {"timm": TENSOR_SUFFIXES, "torchvision": TENSOR_SUFFIXES, "npz": (".npz",)}
 READERS = {"hf": huggingface.read_hf, "npz": npz.read_npz, "timm": timm.read_timm, "timm-hub": timm.read_timm_hub,
            "torchvision": torchvision.read_torchvision}
+# What a file of these formats does not record, and what reading it assumes (the other formats record both, or, as
+# torchvision, refuse any other value when writing)
+ASSUMED_WHEN_READ = {"timm": {"gelu": "exact", "layer_norm_eps": 1e-6}, "npz": {"gelu": "tanh", "layer_norm_eps": 1e-6}}
 # The fields a model name fixes; the head (classes, pre-logits) and the numerics stay the checkpoint's own.
 ARCHITECTURE = ("image_size", "patch_size", "dim", "depth", "num_heads", "mlp_dim")
 
@@ -94,6 +97,12 @@ def heads_source(path, fmt: str, cfg: ViTConfig) -> str:
             return f"config.json architecture {config['architecture']}"
     names = matching(cfg.dim, cfg.depth, cfg.mlp_dim, cfg.patch_size).get(cfg.num_heads, [])
     return f"known architecture {described(names)}"
+
+
+def unrecorded(cfg: ViTConfig, fmt: str) -> dict:
+    """The fields of cfg that a file of `fmt` cannot record and its reader would take otherwise."""
+    return {field: getattr(cfg, field) for field, assumed in ASSUMED_WHEN_READ.get(fmt, {}).items()
+            if getattr(cfg, field) != assumed}
 
 
 def destination_format(path, fmt: str | None = None) -> str:

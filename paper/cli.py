@@ -47,7 +47,11 @@ def non_negative(text: str) -> int:
 
 def one_line(error: BaseException) -> str:
     """The error's message on one line: a multi-line message (e.g. every bad key of a state_dict) joined by '; '."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = str(error)
+    if isinstance(error, OSError) and error.strerror:     # without "[Errno N]", with the path when not in the text
+        text = error.strerror + (f": {error.filename}" if error.filename and str(error.filename) not in error.strerror
+                                 else "")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     return "; ".join(lines) or type(error).__name__
 
 

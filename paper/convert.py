@@ -18,8 +18,7 @@ import sys
 
 from tqdm import tqdm
 
-from paper import cli
-from paper.checkpoints import FORMATS, destination_format, heads_source, read_checkpoint, read_preprocessing, write_checkpoint
+from paper import checkpoints, cli
 from paper.configs import model_name, param_count
 
 
@@ -28,7 +27,7 @@ def convert(src, dst, model: str | None = None, gelu: str | None = None, npz_lay
             force: bool = False) -> str:
     """Read `src`, write `dst`; returns a one-line summary. Nothing is written if reading or checking fails, or if
     `dst` exists and not `force`."""
-    fmt = destination_format(dst, to)
+    fmt = checkpoints.destination_format(dst, to)
     if npz_layout is not None and fmt != "npz":
         raise ValueError(f"--npz-layout: expected only with an .npz destination, got {dst} ({fmt})")
     if os.path.lexists(dst) and not force:
@@ -36,17 +35,22 @@ def convert(src, dst, model: str | None = None, gelu: str | None = None, npz_lay
     overrides = {k: v for k, v in (("gelu", gelu), ("num_heads", num_heads), ("image_size", image_size)) if v}
     with tqdm(total=2, desc="convert", unit="step", file=sys.stderr) as bar:
         bar.set_postfix_str(f"reading {src}")
-        cfg, params, src_format = read_checkpoint(src, model, **overrides)
+        cfg, params, src_format = checkpoints.read_checkpoint(src, model, **overrides)
         bar.update()
         bar.set_postfix_str(f"writing {dst}")
-        write_checkpoint(params, cfg, dst, npz_layout or "vit2020", fmt, read_preprocessing(src, src_format))
+        preprocessing = checkpoints.read_preprocessing(src, src_format)
+        checkpoints.write_checkpoint(params, cfg, dst, npz_layout or "vit2020", fmt, preprocessing)
         bar.update()
     name = model_name(cfg) or f"D={cfg.dim} L={cfg.depth}"
-    heads = "--num-heads" if num_heads else f"--model {model}" if model else heads_source(src, src_format, cfg)
+    heads = "--num-heads" if num_heads else f"--model {model}" if model else checkpoints.heads_source(src, src_format, cfg)
+    lost = checkpoints.unrecorded(cfg, fmt)
+    notes = [f"the file cannot record GELU {cfg.gelu}: read it back with --gelu {cfg.gelu}"] if "gelu" in lost else []
+    if "layer_norm_eps" in lost:
+        notes.append(f"the file cannot record eps {cfg.layer_norm_eps:g}: its readers assume 1e-6")
+    note = "; ".join(notes)
     return (f"{src} ({src_format}) -> {dst} ({fmt}): {name} at {cfg.image_size[0]}x{cfg.image_size[1]}, "
             f"{cfg.num_heads} heads ({heads}), {cfg.num_classes} classes, {param_count(cfg):,} parameters, "
-            f"eps {cfg.layer_norm_eps:g}, GELU {cfg.gelu}")
-
+            f"eps {cfg.layer_norm_eps:g}, GELU {cfg.gelu}" + (f" ({note})" if note else ""))
 
 
 def main(argv=None) -> None:
@@ -55,7 +59,7 @@ def main(argv=None) -> None:
                                     "save_pretrained or timm hub)")
     parser.add_argument("dst", help="where to write: *.npz official format; *.pth, *.pt, *.safetensors timm "
                                     "state_dict; any other name a save_pretrained directory (see --to)")
-    parser.add_argument("--to", choices=FORMATS, help="the destination's format when its name does not say it: "
+    parser.add_argument("--to", choices=checkpoints.FORMATS, help="the destination's format when its name does not say it: "
                                                       "torchvision (a .pth), timm-hub (a directory)")
     parser.add_argument("--model", help="paper or timm model name (ViT-B/16, vit_large_patch16_384) fixing the "
                                         "architecture and image size; the checkpoint is refused if it differs. "

@@ -227,7 +227,7 @@ def train_stage(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data,
     evaluation = EvalView(test_data, cfg.image_size[0])
     bar = tqdm(total=recipe.total_steps, initial=done, desc=name, disable=procs.rank != 0, dynamic_ncols=True)
     start = time.perf_counter()
-    with cli.interrupts_deferred() as interrupt:
+    with bar, cli.interrupts_deferred() as interrupt:       # the bar closed first, so an error line comes after it
         for step, (images, labels) in enumerate(loader, start=done + 1):
             lr = scheduler.get_last_lr()[0]
             loss = train_step(trained, optimizer, scheduler, images.to(procs.device, run.dtype),
@@ -245,7 +245,6 @@ def train_stage(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data,
             if stop:
                 raise KeyboardInterrupt(f"{name} stopped after step {step} of {recipe.total_steps}; {path} holds it, "
                                         f"--resume goes on from there")
-    bar.close()
     log.setdefault("seconds", 0.0)
     log["seconds"] += time.perf_counter() - start
     return {k: v.detach() for k, v in model.as_dict().items()}, log
@@ -387,8 +386,8 @@ def check_batches(stages: dict, accum_steps: int, procs: Processes) -> None:
     for name, recipe in stages.items():
         parts = procs.world_size * accum_steps
         if recipe.batch_size % parts:
-            raise ValueError(f"{name}_batch: expected a multiple of {parts} ({procs.world_size} processes × --accum "
-                             f"{accum_steps}), got {recipe.batch_size}")
+            raise ValueError(f"{name}_batch: expected a multiple of {parts} (--accum {accum_steps} × "
+                             f"{procs.world_size} process(es)), got {recipe.batch_size}")
 
 
 def check_resume(stages: dict, run: Run) -> None:
