@@ -209,7 +209,9 @@ def reference_logits(name: str, params: dict, cfg, x: torch.Tensor) -> torch.Ten
             model = hf_vit(cfg)
         model.load_state_dict(sd, assign=True)
         out = model.eval()(x)
-        return out.logits if cfg.num_classes else model.layernorm(out.last_hidden_state)[:, 0]
+        if cfg.num_classes:
+            return out.logits
+        return out.pooler_output if cfg.representation_size else out.last_hidden_state[:, 0]   # eq. (4)'s y
     with torch.device("meta"):
         model = torchvision_vit(cfg)
     model.load_state_dict(to_torchvision(params, cfg), assign=True)
@@ -219,8 +221,11 @@ def reference_logits(name: str, params: dict, cfg, x: torch.Tensor) -> torch.Ten
 REFERENCES = ("timm", "transformers", "torchvision")
 
 
-def top5(logits: torch.Tensor, names: list[str] | None) -> tuple[list[int], str]:
-    """The five most probable classes, and a cell listing them with their probabilities."""
+def top5(logits: torch.Tensor, names: list[str] | None, classes: int) -> tuple[list[int], str]:
+    """The five most probable classes, and a cell listing them with their probabilities (none without a
+    classifier: then the features are compared)."""
+    if not classes:
+        return [], "- (no classifier: the features y of eq. (4) are compared)"
     probs = logits[0].double().softmax(-1)
     best = probs.topk(min(5, probs.numel())).indices.tolist()
     return best, ", ".join(f"{i}{' ' + names[i] if names else ''} ({100 * probs[i]:.1f}%)" for i in best)
@@ -249,7 +254,7 @@ def verify_checkpoint(path, image=None, dtypes=("float32", "float64"), **overrid
         cast = {k: v.to(dtype) for k, v in params.items()}
         with torch.no_grad():
             ours = vit.forward(cast, x.to(dtype), cfg)
-        best, cell = top5(ours, names)
+        best, cell = top5(ours, names, cfg.num_classes)
         rows.append({"implementation": "ours", "dtype": dtype_name, "top5": cell})
         for name in REFERENCES:
             try:
@@ -258,9 +263,10 @@ def verify_checkpoint(path, image=None, dtypes=("float32", "float64"), **overrid
                 rows.append({"implementation": name, "dtype": dtype_name, "skipped": cli.one_line(e)})
                 continue
             abs_diff, rel_diff = diffs(ours, theirs)
-            their_best, cell = top5(theirs, names)
+            their_best, cell = top5(theirs, names, cfg.num_classes)
             rows.append({"implementation": name, "dtype": dtype_name, "max_abs": abs_diff, "max_rel": rel_diff,
-                         "top5_agree": len(set(best) & set(their_best)), "top5_same_order": best == their_best,
+                         "top5_agree": len(set(best) & set(their_best)), "top5_of": len(best),
+                         "top5_same_order": best == their_best,
                          "top5": cell})
         del cast
         gc.collect()
@@ -277,8 +283,9 @@ def format_checkpoint_table(result: dict) -> str:
             lines.append(f"| ours | {r['dtype']} | - | - | - | {r['top5']} |")
         else:
             order = ", same order" if r["top5_same_order"] else ""
+            agree = f"{r['top5_agree']}/{r['top5_of']}{order}" if r["top5_of"] else "-"
             lines.append(f"| {r['implementation']} | {r['dtype']} | {r['max_abs']:.1e} | {r['max_rel']:.1e} | "
-                         f"{r['top5_agree']}/5{order} | {r['top5']} |")
+                         f"{agree} | {r['top5']} |")
     return "\n".join(lines)
 
 
