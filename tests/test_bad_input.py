@@ -276,13 +276,6 @@ def test_resume_refuses_another_seed_dtype_or_a_step_beyond_the_recipe(tmp_path)
         train([*TINY_RUN, *out, "--resume"])
 
 
-@pytest.fixture
-def deterministic():
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(False)
-
-
 def test_sigterm_saves_a_checkpoint_and_the_resumed_run_loses_no_work(tmp_path, monkeypatch, deterministic):
     """SIGTERM in the middle of pre-training: the step in hand finishes, a checkpoint is saved, KeyboardInterrupt;
     --resume then ends with exactly the weights of a run never interrupted."""

@@ -50,17 +50,12 @@ TIMM = {
     "vit_tiny_patch16_224": (192, 12, 768, 16, 3),
     "vit_tiny_patch16_384": (192, 12, 768, 16, 3),
 }
-# torchvision 0.29's builders (torchvision/models/vision_transformer.py vit_b_16 … vit_h_14)
-TORCHVISION = {
-    "vit_b_16": (768, 12, 3072, 16, 12),
-    "vit_b_32": (768, 12, 3072, 32, 12),
-    "vit_l_16": (1024, 24, 4096, 16, 16),
-    "vit_l_32": (1024, 24, 4096, 32, 16),
-    "vit_h_14": (1280, 32, 5120, 14, 16),
-}
 # The paper's Table 1 and DeiT's Ti and S (paper/configs.py), at every patch size the paper uses
 PAPER = {f"ViT-{variant}/{p}": (d, depth, mlp, p, heads)
          for variant, (d, depth, mlp, heads) in VARIANTS.items() for p in PATCH_SIZES}
+# torchvision 0.29's builders (torchvision/models/vision_transformer.py vit_b_16 … vit_h_14) are paper models
+TORCHVISION = {f"vit_{variant.lower()}_{p}": PAPER[f"ViT-{variant}/{p}"]
+               for variant, p in (("B", 16), ("B", 32), ("L", 16), ("L", 32), ("H", 14))}
 KNOWN = {**PAPER, **TORCHVISION, **TIMM}
 
 
