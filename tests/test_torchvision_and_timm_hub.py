@@ -11,6 +11,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 import lowlevel as vit
 from paper.checkpoints import detect_format, read_checkpoint, read_preprocessing, write_checkpoint
 from paper.formats.fields import Preprocessing
+from paper.formats.timm import from_timm
 from paper.formats.torchvision import from_torchvision, to_torchvision
 from tests.helpers import random_images, random_params
 
@@ -104,3 +105,19 @@ def test_timms_own_hub_directory_reads_with_heads_from_its_architecture(tmp_path
     torch.testing.assert_close(vit.forward(params, x, cfg), model(x), **F64)
     prep = read_preprocessing(tmp_path / "theirs", fmt)
     assert (prep.mean, prep.std, prep.crop_pct) == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 0.9)   # augreg's, as saved
+
+
+def test_from_timm_reads_timms_gelu_modules_and_refuses_other_activations_and_norms():
+    """A timm model built from a hub config.json has timm's own GELU classes ("gelu", "gelu_tanh"); a CLIP model's
+    QuickGELU or the official GAP models' Identity after the pooling used to be read as an exact GELU and an LN."""
+    built = {}
+    for name, kw in (("tanh", dict(act_layer="gelu_tanh")), ("exact", dict(act_layer="gelu")),
+                     ("quick", dict(act_layer="quick_gelu")), ("gap", dict(class_token=False, global_pool="avg",
+                                                                          fc_norm=False))):
+        with torch.device("meta"):
+            built[name] = timm.create_model("vit_tiny_patch16_224", weight_init="skip", depth=1, **kw)
+    assert from_timm(built["tanh"])[0].gelu == "tanh" and from_timm(built["exact"])[0].gelu == "exact"
+    with pytest.raises(ValueError, match="act_layer: expected a GELU .*, got QuickGELU"):
+        from_timm(built["quick"])
+    with pytest.raises(ValueError, match="norm: expected the LayerNorm of eq. \\(4\\) after the pooling, got Identity"):
+        from_timm(built["gap"])

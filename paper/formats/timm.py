@@ -26,6 +26,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 from lowlevel import ViTConfig, check_params, param_shapes
 
@@ -91,11 +92,24 @@ def is_timm_state_dict(sd: dict) -> bool:
 def config_from_timm_model(model) -> dict:
     """What a timm model says about itself that its weights do not: image size, heads, eps, GELU, pooling."""
     block = model.blocks[0]
-    act = block.mlp.act
     norm = model.norm if model.global_pool == "token" else model.fc_norm
+    if not isinstance(norm, nn.LayerNorm):       # e.g. the official GAP models: LN before the mean, Identity after it
+        raise ValueError(f"norm: expected the LayerNorm of eq. (4) after the pooling, got {type(norm).__name__}")
     return {"image_size": tuple(model.patch_embed.img_size), "num_heads": block.attn.num_heads,
-            "layer_norm_eps": norm.eps, "gelu": "tanh" if getattr(act, "approximate", "none") == "tanh" else "exact",
+            "layer_norm_eps": norm.eps, "gelu": gelu_of(block.mlp.act),
             "pool": "avg" if model.global_pool == "avg" else "token"}
+
+
+def gelu_of(act) -> str:
+    """"exact" or "tanh" for the GELU modules timm builds (torch's, or its own from act_layer="gelu"/"gelu_tanh");
+    any other activation (QuickGELU, say) is refused rather than read as a GELU."""
+    from timm.layers.activations import GELU, GELUTanh
+
+    if isinstance(act, nn.GELU):
+        return "tanh" if act.approximate == "tanh" else "exact"
+    if isinstance(act, GELU | GELUTanh):
+        return "tanh" if isinstance(act, GELUTanh) else "exact"
+    raise ValueError(f"act_layer: expected a GELU (exact or tanh), got {type(act).__name__}")
 
 
 def config_from_timm_state_dict(sd: dict, known: dict) -> dict:
