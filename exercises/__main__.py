@@ -11,6 +11,7 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("check", help="grade workbooks: one line per task, PASS or FAIL with a hint",
                                 description="Run a workbook's code in a separate process and grade every task "
                                             "against the reference implementation. Exit code 1 if any task fails.")
+    cli.with_debug_flag(check)
     check.add_argument("workbooks", nargs="*", type=Path, help="workbook files, e.g. exercises/01_patch_embedding.md")
     check.add_argument("--all", action="store_true", help="check every workbook in exercises/")
     check.add_argument("--task", type=int, default=None, help="check only this task number (earlier tasks still run)")

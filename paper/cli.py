@@ -25,6 +25,11 @@ def parser(prog: str, description: str, **kwargs) -> argparse.ArgumentParser:
     """The command's ArgumentParser: its docstring as the description, and the shared --debug flag."""
     p = argparse.ArgumentParser(prog=prog, description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+    return with_debug_flag(p)
+
+
+def with_debug_flag(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The shared --debug flag (on a sub-command's parser too: `run` looks for it anywhere in argv)."""
     p.add_argument("--debug", action="store_true", help="on an error, print the traceback before the one-line message")
     return p
 
