@@ -1,5 +1,4 @@
 """`python -m exercises check WORKBOOK.md ...` or `python -m exercises check --all`: grade workbooks."""
-import argparse
 import sys
 from pathlib import Path
 
@@ -7,16 +6,18 @@ import torch
 
 from exercises.checker import check_workbook, shown_output, task_numbers, workbooks
 from exercises.grading import GRADERS
+from paper import cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m exercises", description=__doc__)
+    parser = cli.parser("python -m exercises", __doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="grade workbooks: one line per task, PASS or FAIL with a hint",
                                 description="Run a workbook's code in a separate, limited process and grade every "
                                             "task against the reference implementation, each task alone. After each "
                                             "task's line: the files its code wrote and what it printed. Exit code 1 "
                                             "if any task fails, 2 on a usage error.")
+    cli.with_debug_flag(check)
     check.add_argument("workbooks", nargs="*", type=Path, help="workbook files, e.g. exercises/01_patch_embedding.md")
     check.add_argument("--all", action="store_true", help="check every workbook in exercises/")
     check.add_argument("--task", type=int, default=None,
@@ -31,14 +32,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("check: expected workbook paths or --all, got neither")
     if args.timeout <= 0:
         parser.error(f"--timeout: expected a positive number of seconds, got {args.timeout}")
+    for path in paths:
+        if not path.is_file():
+            raise ValueError(f"workbook: expected a markdown file, got {path}, which "
+                             f"{'is not a file' if path.exists() else 'does not exist'}")
     tasks = None if args.task is None else [args.task]
-    try:
-        for path in paths:                              # every --task is valid before anything runs
-            if path.stem in GRADERS:
-                task_numbers(path.stem, tasks)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    for path in paths:                                  # every --task is valid before anything runs
+        if path.stem in GRADERS:
+            task_numbers(path.stem, tasks)
     torch.set_num_threads(1)      # the checks' own computations: the same numbers on every machine
     failed = 0
     for path in paths:
@@ -57,4 +58,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

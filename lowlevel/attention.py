@@ -11,6 +11,8 @@ k, then v, each block head-major (head 0's D_h rows first); `w_out` (D, D) is th
 import torch
 import torch.nn.functional as F
 
+from .checks import check_num_heads
+
 
 def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eqs. (6)-(7): softmax(q kᵀ/√D_h) v. q, k, v: (B, H, N, D_h) -> output (B, H, N, D_h), probabilities (B, H, N, N)."""
@@ -23,8 +25,7 @@ def qkv_heads(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor | None,
               num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eq. (5) for every head at once: x (B, N, D) -> q, k, v, each (B, H, N, D_h), views of one projection."""
     b, n, d = x.shape
-    if num_heads < 1 or d % num_heads:
-        raise ValueError(f"num_heads: expected a positive divisor of the input dim {d}, got {num_heads}")
+    check_num_heads(d, num_heads)
     qkv = F.linear(x, w_qkv, b_qkv).view(b, n, 3, num_heads, d // num_heads)  # (B, N, 3·D) -> (B, N, 3, H, D_h)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                           # 3 × (B, H, N, D_h)
     return q, k, v

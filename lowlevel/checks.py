@@ -5,6 +5,8 @@ import torch
 def check_images(images: torch.Tensor, *, patch_size: int, channels: int | None = None,
                  size: tuple[int, int] | None = None) -> None:
     """Images must be (B, C, H, W), with C and (H, W) as the config says and H, W multiples of P."""
+    if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size < 1:
+        raise ValueError(f"patch_size: expected a positive integer, got {patch_size!r}")
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"images: expected a torch.Tensor (B, C, H, W), got {type(images).__name__}")
     if images.ndim != 4:
@@ -30,3 +32,24 @@ def check_params(params: dict, expected: dict[str, tuple[int, ...]], what: str =
         lines += [f"  unexpected key: {k}" for k in unexpected]
         lines += [f"  mis-shaped key {m}" for m in misshaped]
         raise ValueError("\n".join(lines))
+
+
+def check_num_heads(dim: int, num_heads: int) -> None:
+    if not isinstance(num_heads, int) or num_heads < 1 or dim % num_heads:
+        raise ValueError(f"num_heads: expected a positive divisor of the input dim {dim}, got {num_heads!r}")
+
+
+def check_model_inputs(params: dict, images: torch.Tensor, expected: dict[str, tuple[int, ...]]) -> None:
+    """Before a forward pass: every parameter the model reads is there with its shape (keys it does not read are
+    ignored), and on the images' device in their dtype. A mismatch is a ValueError naming both sides (otherwise torch
+    raises a RuntimeError deep in the model, or a weight left on the meta device gives NaN logits)."""
+    if not isinstance(params, dict):
+        raise ValueError(f"params: expected a dict of tensors, got {type(params).__name__}")
+    check_params({k: v for k, v in params.items() if k in expected}, expected)
+    for k in expected:
+        v = params[k]
+        if not isinstance(v, torch.Tensor):
+            raise ValueError(f"params: expected {k} to be a tensor, got {type(v).__name__}")
+        if v.device != images.device or v.dtype != images.dtype:
+            raise ValueError(f"params: expected every tensor on the images' device and dtype ({images.device}, "
+                             f"{images.dtype}), got {k} on {v.device} as {v.dtype}")

@@ -4,7 +4,18 @@ Paper Table 1 gives D, L, MLP size and heads; the rest is what the official code
 out so that nothing hides in a library default (the comment on each field names its source). `distilled`, `fusion`
 and `drop_path` are DeiT's (Touvron et al. 2021, arXiv:2012.12877).
 """
+import math
+import numbers
 from dataclasses import dataclass
+
+
+def is_integer(value) -> bool:
+    """An integer, not a bool (True is an int to Python, never a size to us) nor a float like 16.0."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -32,13 +43,30 @@ class ViTConfig:
                                               # (timm, transformers, official code) or "softmax_sum" (DeiT §4's text)
 
     def __post_init__(self):
-        if isinstance(self.image_size, int):
-            object.__setattr__(self, "image_size", (self.image_size, self.image_size))
-        else:
-            object.__setattr__(self, "image_size", tuple(self.image_size))
+        size = self.image_size
+        if is_integer(size):
+            size = (size, size)
+        elif not (isinstance(size, tuple | list) and len(size) == 2):
+            raise ValueError(f"image_size: expected an integer or (height, width), got {size!r}")
+        object.__setattr__(self, "image_size", tuple(size))
         for name in ("patch_size", "in_channels", "dim", "depth", "num_heads", "mlp_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+            if not is_integer(getattr(self, name)) or getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
+        if not all(is_integer(s) and s >= 1 for s in self.image_size):
+            raise ValueError(f"image_size: expected positive integers (height, width), got {self.image_size!r}")
+        if not is_integer(self.num_classes) or self.num_classes < 0:
+            raise ValueError(f"num_classes: expected a non-negative integer (0: no head), got {self.num_classes!r}")
+        if self.representation_size is not None and (not is_integer(self.representation_size)
+                                                     or self.representation_size < 1):
+            raise ValueError(f"representation_size: expected None or a positive integer, got "
+                             f"{self.representation_size!r}")
+        for name in ("class_token", "qkv_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
+        if not is_real(self.layer_norm_eps) or not 0 < self.layer_norm_eps < math.inf:
+            raise ValueError(f"layer_norm_eps: expected a finite number > 0, got {self.layer_norm_eps!r}")
+        if not is_real(self.dropout) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
         h, w = self.image_size
         p = self.patch_size
         if h % p or w % p:
@@ -60,6 +88,8 @@ class ViTConfig:
             raise ValueError(f"drop_path: expected a rate in [0, 1), got {self.drop_path}")
         if self.pos_embed == "sincos2d" and self.dim % 4:
             raise ValueError(f"dim: 2-D sin-cos position embeddings need a multiple of 4, got {self.dim}")
+        if self.pos_embed == "sincos2d" and self.dim < 8:       # ω_k = T^(-k/(D/4 - 1)) (position.py) needs D/4 > 1
+            raise ValueError(f"dim: 2-D sin-cos position embeddings need D/4 - 1 > 0, so at least 8, got {self.dim}")
 
     @property
     def grid_size(self) -> tuple[int, int]:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import merge_heads, qkv_heads
+from .checks import check_num_heads
 from .config import ViTConfig
 from .drop_path import drop_path, drop_path_rates
 from .encoder import block_params
@@ -63,6 +64,7 @@ def prefix_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor |
     """Eqs. (5)-(7) for the P prefix tokens' queries alone: x (B, N, D) -> [SA_1(x); …; SA_k(x)] rows 0 … P−1,
     (B, P, D)."""
     b, n, d = x.shape
+    check_num_heads(d, num_heads)
     w_q, w_kv = w_qkv.split([d, 2 * d])                                      # rows of q, then of k and v
     b_q, b_kv = (None, None) if b_qkv is None else b_qkv.split([d, 2 * d])
     q = F.linear(x[:, :num_prefix_tokens], w_q, b_q)                        # (B, P, D)

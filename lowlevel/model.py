@@ -25,14 +25,21 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .checks import check_images
+from .checks import check_images, check_model_inputs
 from .config import ViTConfig
 from .drop_path import drop_path_rates
 from .encoder import block_params, encoder, encoder_block
 from .fast import fast_encoder
 from .norm import layer_norm
+from .params import param_shapes
 from .patches import patch_embedding
 from .position import embed_positions
+
+
+def check_inputs(params: dict, images: torch.Tensor, cfg: ViTConfig) -> None:
+    """Images of cfg's shape; every parameter cfg needs, of its shape, on the images' device and in their dtype."""
+    check_images(images, patch_size=cfg.patch_size, channels=cfg.in_channels, size=cfg.image_size)
+    check_model_inputs(params, images, param_shapes(cfg))
 
 
 def embed(params: dict, images: torch.Tensor, cfg: ViTConfig, train: bool = False) -> torch.Tensor:
@@ -116,6 +123,7 @@ def check_distilled(cfg: ViTConfig, function: str) -> None:
 def forward(params: dict, images: torch.Tensor, cfg: ViTConfig, *, train: bool = False) -> torch.Tensor:
     """images (B, C, H, W) -> logits (B, K) (features (B, D) when num_classes=0). `train` turns dropout and drop path
     on."""
+    check_inputs(params, images, cfg)
     return output(params, encoder(params, embed(params, images, cfg, train), cfg, train), cfg)
 
 
@@ -123,6 +131,7 @@ def forward_heads(params: dict, images: torch.Tensor, cfg: ViTConfig, *,
                   train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """A distilled model's two heads: images (B, C, H, W) -> (Z_cls (B, K), Z_dist (B, K)), what DeiT trains."""
     check_distilled(cfg, "forward_heads")
+    check_inputs(params, images, cfg)
     return heads(params, encoder(params, embed(params, images, cfg, train), cfg, train), cfg)
 
 
@@ -133,6 +142,7 @@ def forward_intermediates(params: dict, images: torch.Tensor, cfg: ViTConfig, *,
       "hidden":    z_0 … z_L, each (B, T, D),
       "features":  the pooled representation the classifier reads (`features`), (B, D) (or (B, R) after pre-logits).
     -> (logits, intermediates)."""
+    check_inputs(params, images, cfg)
     z = embed(params, images, cfg, train)
     attention, hidden = [], [z]
     for i, rate in enumerate(drop_path_rates(cfg.drop_path, cfg.depth)):
@@ -145,6 +155,7 @@ def forward_intermediates(params: dict, images: torch.Tensor, cfg: ViTConfig, *,
 def fast_forward(params: dict, images: torch.Tensor, cfg: ViTConfig, *, train: bool = False) -> torch.Tensor:
     """`forward` computed by fast.py: fused attention that never forms the probabilities, each residual add inside
     its GEMM, and, with class-token pooling, the last block for the prefix tokens alone. Same logits."""
+    check_inputs(params, images, cfg)
     return output(params, fast_encoder(params, embed(params, images, cfg, train), cfg, train), cfg)
 
 
@@ -152,4 +163,5 @@ def fast_forward_heads(params: dict, images: torch.Tensor, cfg: ViTConfig, *,
                        train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """`forward_heads` computed by fast.py, as `fast_forward` computes `forward`."""
     check_distilled(cfg, "fast_forward_heads")
+    check_inputs(params, images, cfg)
     return heads(params, fast_encoder(params, embed(params, images, cfg, train), cfg, train), cfg)

@@ -4,8 +4,9 @@ The content is written beside the destination under a temporary name, flushed to
 `open()` or `mkdir()` would have given it (0666 or 0777 less the umask; `tempfile` makes 0600 and 0700), and only
 then renamed over the destination with `os.replace`, which is atomic on POSIX. A reader sees the old content or the
 new one, never half of either; a failure (an exception, a full disk, Ctrl-C) removes the temporary and leaves the
-destination as it was.
+destination as it was. An OSError (a read-only or full disk, a parent that is a file) names the destination.
 """
+import errno
 import os
 import shutil
 import tempfile
@@ -25,11 +26,31 @@ def fsync_tree(path: Path) -> None:
             os.fsync(handle.fileno())
 
 
+def writable_parent(path: Path) -> None:
+    """Make `path`'s parent directories; one that is a file is an OSError naming it (mkdir would only say "File
+    exists")."""
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{parent} is a file, not a directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
 def write_atomically(path, write, *, directory: bool = False) -> None:
     """Call write(temporary path), then move what it wrote to `path`. With directory=True the temporary path is an
     empty directory for `write` to fill, and the finished directory replaces `path` (an existing one included)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        writable_parent(path)
+        replace_with_written(path, write, directory)
+    except OSError as e:
+        reason = getattr(e, "reason", None) or e.strerror or str(e)     # a nested write's reason, not its message
+        message = f"could not write {path}: {reason}"
+        error = OSError(e.errno, message) if e.errno else OSError(message)
+        error.reason = reason
+        raise error from e
+
+
+def replace_with_written(path: Path, write, directory: bool) -> None:
     prefix = f".{path.name}."
     if directory:
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=".tmp"))

@@ -27,7 +27,6 @@ a round, then summarised by its median and range over the rounds.
 - Activations saved: the bytes of the tensors autograd keeps from the forward for the backward (parameters left
   out), exact and allocator-independent; not measured under --compile.
 """
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -45,6 +44,7 @@ from tqdm import tqdm
 
 from lowlevel import ViTConfig, init_params
 
+from . import cli
 from .atomic import write_text
 from .bench_models import CONTENDERS, build
 from .bench_report import markdown, plot
@@ -271,10 +271,8 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m paper.bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+def parse_args(argv=None):
+    p = cli.parser("python -m paper.bench", __doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     p.add_argument("--model", default="ViT-B/16", help="paper or timm name, e.g. ViT-B/16, vit_small_patch16_384")
     p.add_argument("--resolution", type=int, help="image side in pixels (default: from the name, else 224)")
     p.add_argument("--batch", type=int, default=8)
@@ -337,4 +335,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

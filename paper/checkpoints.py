@@ -1,15 +1,19 @@
 """Any checkpoint format in, any out: the format is recognised from the file itself, the one written from the
-destination's name. Reading returns (cfg, params); writing takes (params, cfg).
+destination's name (or named). Reading returns (cfg, params); writing takes (params, cfg).
 
     source                                     recognised by
-    directory with config.json                 transformers `save_pretrained` layout
-    .npz (a zip of .npy arrays)                the official Google format
-    safetensors or torch.save state_dict       timm's names ("patch_embed.proj.weight") or transformers'
+    directory whose config.json names an       a timm hub directory ("timm-hub")
+      "architecture"
+    other directory with config.json           transformers `save_pretrained` layout ("hf")
+    .npz (a zip of .npy arrays)                the official Google format ("npz")
+    safetensors or torch.save state_dict       its names: timm's "patch_embed.proj.weight" ("timm"), torchvision's
+                                               "conv_proj.weight" ("torchvision") or transformers' ("hf")
 
     destination                                written as
-    *.npz                                      the official format (2020 layout unless told "big_vision")
-    *.pth, *.pt, *.safetensors                a timm state_dict
-    anything else (a directory)                transformers `save_pretrained`: config.json + model.safetensors
+    *.npz (any case)                           the official format (2020 layout unless told "big_vision")
+    *.pth, *.pt, *.safetensors                 a timm state_dict, or torchvision's when named "torchvision"
+    anything else (a directory)                transformers `save_pretrained`, or a timm hub directory when named
+                                               "timm-hub"
 
 A distilled DeiT is read and written by the same rules (timm's VisionTransformerDistilled, transformers'
 DeiTForImageClassificationWithTeacher); the official .npz format has no distillation token and refuses it.
@@ -19,31 +23,41 @@ from pathlib import Path
 from lowlevel import ViTConfig
 from paper.configs import paper_config
 
-from .formats.files import is_npz, load_tensors
-from .formats.huggingface import is_hf_state_dict, read_hf, write_hf
-from .formats.npz import read_npz, write_npz
-from .formats.timm import is_timm_state_dict, read_timm, write_timm
+from .formats import huggingface, npz, timm, torchvision
+from .formats.architectures import TIMM, described, matching
+from .formats.fields import Preprocessing
+from .formats.files import is_npz, load_tensors, read_json, regular_file
 
-TIMM_SUFFIXES = (".pth", ".pt", ".safetensors")
+FORMATS = ("timm", "timm-hub", "hf", "npz", "torchvision")
+TENSOR_SUFFIXES = (".pth", ".pt", ".safetensors")
+FILE_FORMATS = {"timm": TENSOR_SUFFIXES, "torchvision": TENSOR_SUFFIXES, "npz": (".npz",)}
+READERS = {"hf": huggingface.read_hf, "npz": npz.read_npz, "timm": timm.read_timm, "timm-hub": timm.read_timm_hub,
+           "torchvision": torchvision.read_torchvision}
+# What a file of these formats does not record, and what reading it assumes (the other formats record both, or, as
+# torchvision, refuse any other value when writing)
+ASSUMED_WHEN_READ = {"timm": {"gelu": "exact", "layer_norm_eps": 1e-6}, "npz": {"gelu": "tanh", "layer_norm_eps": 1e-6}}
 # The fields a model name fixes; the head (classes, pre-logits) and the numerics stay the checkpoint's own.
 ARCHITECTURE = ("image_size", "patch_size", "dim", "depth", "num_heads", "mlp_dim", "distilled")
 
 
 def detect_format(path) -> str:
-    """"hf", "npz" or "timm", from the file's content (a directory is transformers' layout)."""
+    """One of FORMATS, from the file's content (a directory from its config.json)."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path}: expected a checkpoint file or directory, got a path that does not exist")
     if path.is_dir():
-        return "hf"
+        if not (path / "config.json").exists():
+            raise ValueError(f"{path}: expected a transformers or timm hub directory with config.json, got none")
+        return "timm-hub" if "architecture" in read_json(path / "config.json") else "hf"
+    regular_file(path)
     if is_npz(path):
         return "npz"
     sd = load_tensors(path)
-    if is_timm_state_dict(sd):
-        return "timm"
-    if is_hf_state_dict(sd):
-        return "hf"
-    raise ValueError(f"{path}: expected a timm or transformers ViT state_dict, got keys {sorted(sd)[:4]}...")
+    for fmt, test in (("timm", timm.is_timm_state_dict), ("torchvision", torchvision.is_torchvision_state_dict),
+                      ("hf", huggingface.is_hf_state_dict)):
+        if test(sd):
+            return fmt
+    raise ValueError(f"{path}: expected a timm, torchvision or transformers ViT state_dict, got keys {sorted(sd)[:4]}...")
 
 
 def model_overrides(model: str | None) -> dict:
@@ -55,21 +69,75 @@ def model_overrides(model: str | None) -> dict:
 
 
 def read_checkpoint(path, model: str | None = None, **overrides) -> tuple[ViTConfig, dict, str]:
-    """Any supported checkpoint -> (cfg, params, format). The config is inferred from the weights, except what
-    `model` (e.g. "ViT-B/16") and `overrides` fix; a checkpoint that does not match them is refused, naming keys."""
+    """Any supported checkpoint -> (cfg, params, format). The config is inferred from the weights and what the
+    format stores, except what `model` (e.g. "ViT-B/16") and `overrides` fix; a checkpoint that does not match them
+    is refused, naming keys. A head count found nowhere is refused, never guessed (paper/formats/fields.py)."""
     fmt = detect_format(path)
-    reader = {"hf": read_hf, "npz": read_npz, "timm": read_timm}[fmt]
-    return (*reader(path, **{**model_overrides(model), **overrides}), fmt)
+    return (*READERS[fmt](path, **{**model_overrides(model), **overrides}), fmt)
 
 
-def write_checkpoint(params: dict, cfg: ViTConfig, path, npz_layout: str = "vit2020") -> str:
-    """Write in the format the destination names; returns it. Nothing is written if the params or config are refused."""
-    path = Path(path)
-    if path.suffix == ".npz":
-        write_npz(params, cfg, path, npz_layout)
-        return "npz"
-    if path.suffix in TIMM_SUFFIXES:
-        write_timm(params, cfg, path)
-        return "timm"
-    write_hf(params, cfg, path)
-    return "hf"
+def read_preprocessing(path, fmt: str) -> Preprocessing:
+    """The checkpoint's preprocessing: a timm hub config.json's pretrained_cfg, a transformers directory's
+    preprocessor_config.json, else the format's documented default."""
+    if fmt == "timm-hub":
+        return timm.read_hub_preprocessing(path)
+    if fmt == "hf":
+        return huggingface.read_hf_preprocessing(path) if Path(path).is_dir() else huggingface.PREPROCESSING
+    return {"timm": timm.PREPROCESSING, "npz": npz.PREPROCESSING, "torchvision": torchvision.PREPROCESSING}[fmt]
+
+
+def heads_source(path, fmt: str, cfg: ViTConfig) -> str:
+    """Where the reader found cfg's head count, when the caller did not give it."""
+    if fmt == "npz":
+        return "the attention kernels' shape (D, H, D_h)"
+    if fmt == "hf" and Path(path).is_dir():
+        return "config.json"
+    if fmt == "timm-hub":
+        config = read_json(Path(path) / "config.json")
+        if "num_heads" in config.get("model_args", {}):
+            return "config.json model_args"
+        if config["architecture"] in TIMM:
+            return f"config.json architecture {config['architecture']}"
+    names = matching(cfg.dim, cfg.depth, cfg.mlp_dim, cfg.patch_size).get(cfg.num_heads, [])
+    return f"known architecture {described(names)}"
+
+
+def unrecorded(cfg: ViTConfig, fmt: str) -> dict:
+    """The fields of cfg that a file of `fmt` cannot record and its reader would take otherwise."""
+    return {field: getattr(cfg, field) for field, assumed in ASSUMED_WHEN_READ.get(fmt, {}).items()
+            if getattr(cfg, field) != assumed}
+
+
+def destination_format(path, fmt: str | None = None) -> str:
+    """The format `path` is written in: `fmt`, which must suit the name, or the one the name implies."""
+    suffix = Path(path).suffix.lower()
+    implied = "npz" if suffix == ".npz" else "timm" if suffix in TENSOR_SUFFIXES else "hf"
+    if fmt is None:
+        return implied
+    if fmt not in FORMATS:
+        raise ValueError(f"format: expected one of {FORMATS}, got {fmt!r}")
+    if fmt in FILE_FORMATS and suffix not in FILE_FORMATS[fmt]:
+        raise ValueError(f"format: {fmt} is written to a file named *{' or *'.join(FILE_FORMATS[fmt])}, got {path}")
+    if fmt not in FILE_FORMATS and implied != "hf":
+        raise ValueError(f"format: {fmt} is written to a directory, got the file name {path}")
+    return fmt
+
+
+def write_checkpoint(params: dict, cfg: ViTConfig, path, npz_layout: str = "vit2020", fmt: str | None = None,
+                     preprocessing: Preprocessing | None = None) -> str:
+    """Write in `fmt`, or the format the destination's name implies; returns it. npz_layout applies to the npz
+    format alone; the preprocessing is written where the format has a place for it (the directories). Nothing is
+    written if the params or config are refused."""
+    fmt = destination_format(path, fmt)
+    if fmt == "npz":
+        npz.write_npz(params, cfg, path, npz_layout)
+    elif fmt == "timm":
+        timm.write_timm(params, cfg, path)
+    elif fmt == "torchvision":
+        torchvision.write_torchvision(params, cfg, path)
+    elif fmt == "timm-hub":
+        timm.write_timm_hub(params, cfg, path, preprocessing)
+    else:
+        huggingface.write_hf(params, cfg, path, preprocessing)
+    return fmt
+

@@ -1,57 +1,85 @@
-"""Convert a ViT or DeiT checkpoint between formats: timm (.pth/.safetensors), Hugging Face transformers (a
-save_pretrained directory or its state_dict) and the official Google .npz (ViT only). The source format is recognised
-from the file, the destination's from its name; the config is inferred from the weights unless --model names it.
+"""Convert a ViT or DeiT checkpoint between formats: timm (.pth/.safetensors, or a hub directory), torchvision (.pth), Hugging
+Face transformers (a save_pretrained directory or its state_dict) and the official Google .npz (ViT only). The source format is
+recognised from the file, the destination's from its name or --to; the config is inferred from the weights and from
+what the format stores. What neither tells is never guessed: a head count found nowhere (nor in the table of known
+architectures) is refused until --num-heads gives it.
 
-    python -m paper.convert ViT-B_16.npz vit-b16-hf/              # official npz -> from_pretrained directory
-    python -m paper.convert vit-b16-hf/ vit_b16.safetensors       # transformers -> timm state_dict
-    python -m paper.convert model.pth model.npz --model ViT-B/16  # refuse anything that is not a ViT-B/16
-    python -m paper.convert deit_b.pth deit-b-hf/ --model DeiT-B⚗  # timm DeiT -> DeiTForImageClassificationWithTeacher
+    python -m paper.convert ViT-B_16.npz vit-b16-hf/                    # official npz -> from_pretrained directory
+    python -m paper.convert vit-b16-hf/ vit_b16.safetensors             # transformers -> timm state_dict
+    python -m paper.convert vit_b_16.pth tv.pth --to torchvision        # torchvision in, torchvision out
+    python -m paper.convert model.pth hub/ --to timm-hub                # -> timm.create_model("local-dir:hub")
+    python -m paper.convert model.pth model.npz --model ViT-B/16        # refuse anything that is not a ViT-B/16
+    python -m paper.convert custom.pth out/ --num-heads 4               # a model no known architecture matches
+    python -m paper.convert deit_b.pth deit-b-hf/ --model DeiT-B⚗        # timm DeiT -> DeiTForImageClassificationWithTeacher
+
+An existing destination is kept unless --force; the destination appears whole or not at all.
 """
-import argparse
+import os
 import sys
 
 from tqdm import tqdm
 
-from paper.checkpoints import read_checkpoint, write_checkpoint
+from paper import checkpoints, cli
 from paper.configs import model_name, param_count
 
 
-def convert(src, dst, model: str | None = None, gelu: str | None = None, npz_layout: str = "vit2020") -> str:
-    """Read `src`, write `dst`; returns a one-line summary. Nothing is written if reading or checking fails."""
-    overrides = {"gelu": gelu} if gelu else {}
+def convert(src, dst, model: str | None = None, gelu: str | None = None, npz_layout: str | None = None,
+            num_heads: int | None = None, image_size: tuple[int, int] | None = None, to: str | None = None,
+            force: bool = False) -> str:
+    """Read `src`, write `dst`; returns a one-line summary. Nothing is written if reading or checking fails, or if
+    `dst` exists and not `force`."""
+    fmt = checkpoints.destination_format(dst, to)
+    if npz_layout is not None and fmt != "npz":
+        raise ValueError(f"--npz-layout: expected only with an .npz destination, got {dst} ({fmt})")
+    if os.path.lexists(dst) and not force:
+        raise ValueError(f"dst: expected a new destination, got {dst}, which exists; pass --force to replace it")
+    overrides = {k: v for k, v in (("gelu", gelu), ("num_heads", num_heads), ("image_size", image_size)) if v}
     with tqdm(total=2, desc="convert", unit="step", file=sys.stderr) as bar:
         bar.set_postfix_str(f"reading {src}")
-        cfg, params, src_format = read_checkpoint(src, model, **overrides)
+        cfg, params, src_format = checkpoints.read_checkpoint(src, model, **overrides)
         bar.update()
         bar.set_postfix_str(f"writing {dst}")
-        dst_format = write_checkpoint(params, cfg, dst, npz_layout)
+        preprocessing = checkpoints.read_preprocessing(src, src_format)
+        checkpoints.write_checkpoint(params, cfg, dst, npz_layout or "vit2020", fmt, preprocessing)
         bar.update()
     name = model_name(cfg) or f"D={cfg.dim} L={cfg.depth}"
-    return (f"{src} ({src_format}) -> {dst} ({dst_format}): {name} at {cfg.image_size[0]}x{cfg.image_size[1]}, "
-            f"{cfg.num_classes} classes, {param_count(cfg):,} parameters, eps {cfg.layer_norm_eps:g}, GELU {cfg.gelu}")
+    heads = "--num-heads" if num_heads else f"--model {model}" if model else checkpoints.heads_source(src, src_format, cfg)
+    lost = checkpoints.unrecorded(cfg, fmt)
+    notes = [f"the file cannot record GELU {cfg.gelu}: read it back with --gelu {cfg.gelu}"] if "gelu" in lost else []
+    if "layer_norm_eps" in lost:
+        notes.append(f"the file cannot record eps {cfg.layer_norm_eps:g}: its readers assume 1e-6")
+    note = "; ".join(notes)
+    return (f"{src} ({src_format}) -> {dst} ({fmt}): {name} at {cfg.image_size[0]}x{cfg.image_size[1]}, "
+            f"{cfg.num_heads} heads ({heads}), {cfg.num_classes} classes, {param_count(cfg):,} parameters, "
+            f"eps {cfg.layer_norm_eps:g}, GELU {cfg.gelu}" + (f" ({note})" if note else ""))
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m paper.convert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("src", help="checkpoint to read: .npz, .pth, .safetensors, or a save_pretrained directory")
+    parser = cli.parser("python -m paper.convert", __doc__)
+    parser.add_argument("src", help="checkpoint to read: .npz, .pth, .safetensors, or a directory (transformers "
+                                    "save_pretrained or timm hub)")
     parser.add_argument("dst", help="where to write: *.npz official format; *.pth, *.pt, *.safetensors timm "
-                                    "state_dict; any other name a save_pretrained directory")
+                                    "state_dict; any other name a save_pretrained directory (see --to)")
+    parser.add_argument("--to", choices=checkpoints.FORMATS, help="the destination's format when its name does not say it: "
+                                                      "torchvision (a .pth), timm-hub (a directory)")
     parser.add_argument("--model", help="paper or timm model name (ViT-B/16, vit_large_patch16_384, DeiT-B⚗, "
                                         "deit_base_distilled_patch16_224) fixing the architecture and image size; "
                                         "the checkpoint is refused if it differs. Classes and pre-logits stay the "
                                         "checkpoint's")
+    parser.add_argument("--num-heads", type=cli.positive, help="the head count, for a checkpoint that does not store "
+                                                           "it and whose shapes match no known architecture")
+    parser.add_argument("--image-size", type=cli.positive, nargs=2, metavar=("H", "W"),
+                        help="the image size, for a non-square model whose file does not store it")
     parser.add_argument("--gelu", choices=("exact", "tanh"),
                         help="GELU flavour the model computes, written into a transformers config (default: tanh "
                              "for an official .npz, as trained; otherwise what the source says, exact for timm)")
-    parser.add_argument("--npz-layout", choices=("vit2020", "big_vision"), default="vit2020",
-                        help="official .npz naming to write (default: the 2020 released files')")
+    parser.add_argument("--npz-layout", choices=("vit2020", "big_vision"),
+                        help="official .npz naming to write (default: the 2020 released files'); .npz only")
+    parser.add_argument("--force", action="store_true", help="replace an existing destination")
     args = parser.parse_args(argv)
-    try:
-        print(convert(args.src, args.dst, args.model, args.gelu, args.npz_layout))
-    except ValueError as e:
-        parser.exit(2, f"convert: error: {e}\n")
+    print(convert(args.src, args.dst, args.model, args.gelu, args.npz_layout, args.num_heads,
+                  tuple(args.image_size) if args.image_size else None, args.to, args.force))
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -14,6 +14,7 @@ split one global batch without talking to each other.
 """
 import math
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -38,8 +39,23 @@ class ImageArray(Dataset):
         return (x.float() / 255 if x.dtype == torch.uint8 else x), int(self.labels[i])
 
 
+def read_image(path) -> torch.Tensor:
+    """An image file -> (C, H, W) floats in [0, 1]. An unreadable file, or a decompression bomb (more pixels than
+    PIL's limit, which PIL only warns about below twice the limit), is a ValueError naming the file."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy())  # (H, W, C)
+    except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(f"data: expected a readable image file, could not read {path} ({e})") from e
+    return x.permute(2, 0, 1).float() / 255
+
+
 class ImageFiles(Dataset):
-    """torchvision's ImageFolder, decoding to (C, H, W) floats in [0, 1]; an unreadable file is named in the error."""
+    """torchvision's ImageFolder's file list, each decoded by `read_image`."""
 
     def __init__(self, folder):
         self.folder = folder
@@ -49,12 +65,7 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, i) -> tuple[torch.Tensor, int]:
         path, label = self.folder.samples[i]
-        try:
-            image = self.folder.loader(path)
-        except OSError as e:
-            raise ValueError(f"data: expected a readable image file, could not read {path} ({e})") from e
-        x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())  # (H, W, C)
-        return x.permute(2, 0, 1).float() / 255, label
+        return read_image(path), label
 
 
 def digits() -> tuple[ImageArray, ImageArray, int]:
@@ -98,8 +109,30 @@ def cifar(name: str, data_dir) -> tuple[ImageArray, ImageArray, int]:
     return arrays[0], arrays[1], len(sets[0].classes)
 
 
+def check_no_symlink_loops(directory: str) -> None:
+    """ImageFolder walks with os.walk(followlinks=True), which goes round a link to a folder above it and lists the
+    same images again under a class they do not belong to: refuse any folder reached twice."""
+    seen = set()
+    for root, _, _ in os.walk(directory, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            raise ValueError(f"data_dir: expected a folder tree without symlink loops, got {root}, which leads back to "
+                             f"{real}")
+        seen.add(real)
+
+
+def check_every_image(files: "ImageFiles", split: str) -> None:
+    """Decode every image of a split now, so that a broken one stops the run before its first step, not when an
+    evaluation reaches it after a whole stage."""
+    from tqdm import tqdm
+
+    for path, _ in tqdm(files.folder.samples, desc=f"checking {split}/ images", unit="image", leave=False):
+        read_image(path)
+
+
 def image_folder(data_dir) -> tuple[ImageFiles, ImageFiles, int]:
-    """DATA_DIR/train and DATA_DIR/val (or test), one sub-directory per class, as torchvision's ImageFolder reads."""
+    """DATA_DIR/train and DATA_DIR/val (or test), one sub-directory per class, as torchvision's ImageFolder reads;
+    the same class folders in both, no symlink loop, every image readable."""
     import torchvision
 
     data_dir = check_data_dir(data_dir)
@@ -107,14 +140,23 @@ def image_folder(data_dir) -> tuple[ImageFiles, ImageFiles, int]:
     if not os.path.isdir(os.path.join(data_dir, "train")) or test_name is None:
         raise ValueError(f"data_dir: expected sub-directories train/ and val/ (or test/) in {data_dir!r}, "
                          f"got {sorted(os.listdir(data_dir))}")
-    try:
-        train, test = (torchvision.datasets.ImageFolder(os.path.join(data_dir, n)) for n in ("train", test_name))
-    except (FileNotFoundError, OSError) as e:
-        raise ValueError(f"data_dir: expected one sub-directory of images per class in {data_dir!r} ({e})") from e
+    splits = {}
+    for name in ("train", test_name):
+        check_no_symlink_loops(os.path.join(data_dir, name))
+        try:
+            splits[name] = torchvision.datasets.ImageFolder(os.path.join(data_dir, name))
+        except OSError as e:
+            raise ValueError(f"data_dir: expected one sub-directory of images per class in "
+                             f"{os.path.join(data_dir, name)!r} ({e})") from e
+    train, test = splits["train"], splits[test_name]
     if train.classes != test.classes:
-        raise ValueError(f"data_dir: expected the same classes in train/ and {test_name}/, got {len(train.classes)} "
-                         f"and {len(test.classes)}")
-    return ImageFiles(train), ImageFiles(test), len(train.classes)
+        only_train, only_test = sorted(set(train.classes) - set(test.classes)), sorted(set(test.classes) - set(train.classes))
+        raise ValueError(f"data_dir: expected the same class folders in train/ and {test_name}/, got {only_train} only "
+                         f"in train/ and {only_test} only in {test_name}/")
+    files = {name: ImageFiles(split) for name, split in splits.items()}
+    for name, split in files.items():
+        check_every_image(split, name)
+    return files["train"], files[test_name], len(train.classes)
 
 
 def load_data(name: str = "digits", data_dir=None) -> tuple[Dataset, Dataset, int]:

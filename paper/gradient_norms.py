@@ -8,7 +8,6 @@ one batched call: vmap over the examples of grad of the one-example loss. An ima
 the model gets badly wrong or finds ambiguous: mislabelled, unusual, or simply hard. The command writes
 gradient_norms.png (the images with the largest norms, with label, prediction and norm) and gradient_norms.json.
 """
-import argparse
 import json
 import os
 import time
@@ -20,6 +19,7 @@ from tqdm import tqdm
 
 import lowlevel as vit
 
+from . import cli
 from .atomic import write_atomically, write_text
 from .data import EvalView, load_data
 from .train_state import load_checkpoint
@@ -56,15 +56,12 @@ def plot_top(images: torch.Tensor, labels, predictions, norms, path: str, title:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m paper.gradient_norms", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("python -m paper.gradient_norms", __doc__)
     parser.add_argument("--checkpoint", default=os.path.join("runs", "main", "finetune.pt"),
                         help="a checkpoint written by paper.train (default: the main job's fine-tuned model)")
-    parser.add_argument("--top", type=int, default=16, help="how many of the largest norms to draw (default 16)")
+    parser.add_argument("--top", type=cli.positive, default=16, help="how many of the largest norms to draw (default 16)")
     parser.add_argument("--out", default=os.path.join("runs", "gradient_norms"), help="output folder")
     args = parser.parse_args(argv)
-    if args.top < 1:
-        raise ValueError(f"--top: expected a positive number of images, got {args.top}")
     state = load_checkpoint(args.checkpoint)
     cfg = vit.ViTConfig(**state["config"])
     params = {k: v.double() for k, v in state["params"].items()}
@@ -97,4 +94,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -6,6 +6,7 @@ import torch.nn as nn
 from lowlevel import ViTConfig
 
 from .formats.fields import require
+from .formats.timm import mlp_ratio
 
 
 def timm_kwargs(cfg: ViTConfig) -> dict:
@@ -15,7 +16,7 @@ def timm_kwargs(cfg: ViTConfig) -> dict:
         require("timm's VisionTransformerDistilled", cfg, pos_embed="learned")
     return dict(img_size=cfg.image_size, patch_size=cfg.patch_size, in_chans=cfg.in_channels,
                 num_classes=cfg.num_classes, embed_dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads,
-                mlp_ratio=cfg.mlp_dim / cfg.dim, qkv_bias=cfg.qkv_bias, class_token=cfg.class_token,
+                mlp_ratio=mlp_ratio(cfg.dim, cfg.mlp_dim), qkv_bias=cfg.qkv_bias, class_token=cfg.class_token,
                 global_pool="avg" if cfg.pool == "avg" else "token",
                 pos_embed="learn" if cfg.pos_embed == "learned" else "none",
                 norm_layer=partial(nn.LayerNorm, eps=cfg.layer_norm_eps),
@@ -78,3 +79,15 @@ def hf_vit(cfg: ViTConfig):
     if cfg.num_classes:
         return model_class(config)
     return model_class(config, add_pooling_layer=bool(cfg.representation_size))
+
+
+def torchvision_vit(cfg: ViTConfig):
+    """torchvision's VisionTransformer for `cfg` (random weights; load ours with
+    `paper.formats.torchvision.to_torchvision`, which refuses what it cannot express)."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from .formats.torchvision import check_expressible
+    check_expressible(cfg)
+    return VisionTransformer(image_size=cfg.image_size[0], patch_size=cfg.patch_size, num_layers=cfg.depth,
+                             num_heads=cfg.num_heads, hidden_dim=cfg.dim, mlp_dim=cfg.mlp_dim, dropout=cfg.dropout,
+                             num_classes=cfg.num_classes, representation_size=cfg.representation_size)

@@ -2,9 +2,10 @@
 interpolation of the pre-trained position embeddings, according to their location in the original image".
 
 Implementations disagree by up to 2e-2 here (14×14 → 24×24, random E_pos), so the method is named:
-- "official": scipy.ndimage.zoom with an order-1 spline (vision_transformer checkpoint.py, big_vision);
-- "timm":     F.interpolate bicubic with antialias, computed in float32 (timm resample_abs_pos_embed);
-- "hf":       F.interpolate bicubic, align_corners=False, no antialias (transformers interpolate_pos_encoding).
+- "official":    scipy.ndimage.zoom with an order-1 spline (vision_transformer checkpoint.py, big_vision);
+- "timm":        F.interpolate bicubic with antialias, computed in float32 (timm resample_abs_pos_embed);
+- "hf":          F.interpolate bicubic, align_corners=False, no antialias (transformers interpolate_pos_encoding);
+- "torchvision": F.interpolate bicubic, align_corners=True, no antialias (torchvision interpolate_embeddings).
 The prefix tokens' rows (the class token's, and a distilled DeiT's distillation token's) are kept apart and
 unchanged.
 """
@@ -15,7 +16,7 @@ import scipy.ndimage
 import torch
 import torch.nn.functional as F
 
-METHODS = ("official", "timm", "hf")
+METHODS = ("official", "timm", "hf", "torchvision")
 
 
 def resample_grid(grid: torch.Tensor, new_grid: tuple[int, int], method: str = "official") -> torch.Tensor:
@@ -31,7 +32,7 @@ def resample_grid(grid: torch.Tensor, new_grid: tuple[int, int], method: str = "
     if method == "timm":                                                     # timm interpolates in float32
         x = F.interpolate(x.float(), size=new_grid, mode="bicubic", align_corners=False, antialias=True)
         return x[0].permute(1, 2, 0).to(grid.dtype)
-    x = F.interpolate(x, size=new_grid, mode="bicubic", align_corners=False, antialias=False)
+    x = F.interpolate(x, size=new_grid, mode="bicubic", align_corners=method == "torchvision", antialias=False)
     return x[0].permute(1, 2, 0)
 
 

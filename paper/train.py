@@ -5,6 +5,10 @@
     torchrun --standalone --nproc_per_node=2 -m paper.train   # data-parallel, 2 processes (gloo on CPU, NCCL on GPU)
     python -m paper.train --distill hard --teacher runs/main/finetune.pt --out runs/deit   # DeiT: a distilled student
 
+Everything is checked before the first step: the flags, --out, every image of every split, the class folders, and
+with --resume the checkpoints' recipe, seed, dtype and step. Ctrl-C or SIGTERM finishes the step in hand, saves a
+checkpoint that --resume goes on from, and exits with code 130; a second Ctrl-C stops at once.
+
 Each stage is: build the optimizer of its recipe (Adam or SGD), then for step = 1 … T take the global batch,
 split it over the processes and into micro-batches, average the gradients (accumulated over micro-batches,
 all-reduced over processes), clip their global norm, and step. Pre-training uses the MLP head at a low
@@ -13,11 +17,11 @@ resolution; fine-tuning swaps in a zero-initialised linear head and interpolates
 With --distill the student is a distilled DeiT (Touvron et al. 2021, §4): a distillation token and head, trained in
 every stage against the frozen --teacher (distillation.py) while the class head learns the true labels.
 """
-import argparse
 import contextlib
 import dataclasses
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -30,7 +34,7 @@ from tqdm import tqdm
 
 import lowlevel as vit
 
-from . import recipes
+from . import cli, recipes
 from .atomic import write_atomically, write_text
 from .augment import batch_mixing, image_augmentation
 from .configs import paper_config
@@ -40,7 +44,7 @@ from .dtypes import DTYPES
 from .heads import finetuning_head, pretraining_head
 from .resolution import change_resolution
 from .schedules import Schedule
-from .train_state import check_same_run, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .train_state import check_resumable, check_same_run, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 
 class ExplicitParams(nn.Module):
@@ -195,9 +199,23 @@ class Run:
     teacher: Callable[[torch.Tensor], torch.Tensor] | None = None   # the frozen teacher (distillation.load_teacher)
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def stop_requested(requested, procs: Processes) -> bool:
+    """Whether any process was asked to stop (Ctrl-C, SIGTERM): all of them agree, so that they stop after the same
+    step and save one consistent checkpoint together."""
+    flag = torch.tensor(float(requested.is_set()), device=procs.device)
+    if procs.world_size > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def train_stage(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data, test_data,
                 run: Run) -> tuple[dict, dict]:
-    """Train `params` by `recipe` for its total_steps, checkpointing to OUT/NAME.pt. -> (params, the stage's log)."""
+    """Train `params` by `recipe` for its total_steps, checkpointing to OUT/NAME.pt. -> (params, the stage's log).
+    Ctrl-C or SIGTERM: the step in hand is finished and saved, then KeyboardInterrupt."""
     procs, path = run.procs, os.path.join(run.out, f"{name}.pt")
     distilling = run.distillation is not None
     model = ExplicitParams({k: v.to(procs.device, run.dtype) for k, v in params.items()}, cfg, run.fast,
@@ -213,7 +231,7 @@ def train_stage(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data,
     done = 0
     if run.resume and os.path.exists(path):
         state = load_checkpoint(path)
-        check_same_run(state, cfg, recipe, path)
+        check_same_run(state, cfg, recipe, run.seed, dtype_name(run.dtype), path)
         with torch.no_grad():
             for k, p in model.as_dict().items():
                 p.copy_(state["params"][k])
@@ -238,28 +256,32 @@ def train_stage(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data,
     evaluation = EvalView(test_data, cfg.image_size[0])
     bar = tqdm(total=recipe.total_steps, initial=done, desc=name, disable=procs.rank != 0, dynamic_ncols=True)
     start = time.perf_counter()
-    for step, (images, labels) in enumerate(loader, start=done + 1):
-        lr = scheduler.get_last_lr()[0]
-        images, labels = images.to(procs.device, run.dtype), labels.to(procs.device)
-        if mixing:                                                   # Mixup/CutMix: labels become mixed targets
-            images, labels = mixing(images, labels, seed=(stream_seed * 2 ** 32 + step) * 1024 + procs.rank)
-        loss = train_step(trained, optimizer, scheduler, images, labels, accum_steps=run.accum_steps,
-                          grad_clip=recipe.grad_clip, procs=procs, bf16=run.bf16, criterion=criterion)
-        log["train"].append({"step": step, "loss": loss, "lr": lr})
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-        last = step == recipe.total_steps
-        if last or (run.eval_every and step % run.eval_every == 0):
-            log["eval"].append({"step": step, "test_accuracy": evaluate(model, evaluation, procs, run.dtype)})
-        if last or (run.save_every and step % run.save_every == 0):
-            save(path, model, cfg, recipe, optimizer, scheduler, step, log, procs)
-    bar.close()
+    with bar, cli.interrupts_deferred() as interrupt:       # the bar closed first, so an error line comes after it
+        for step, (images, labels) in enumerate(loader, start=done + 1):
+            lr = scheduler.get_last_lr()[0]
+            images, labels = images.to(procs.device, run.dtype), labels.to(procs.device)
+            if mixing:                                               # Mixup/CutMix: labels become mixed targets
+                images, labels = mixing(images, labels, seed=(stream_seed * 2 ** 32 + step) * 1024 + procs.rank)
+            loss = train_step(trained, optimizer, scheduler, images, labels, accum_steps=run.accum_steps,
+                              grad_clip=recipe.grad_clip, procs=procs, bf16=run.bf16, criterion=criterion)
+            log["train"].append({"step": step, "loss": loss, "lr": lr})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            last = step == recipe.total_steps
+            if last or (run.eval_every and step % run.eval_every == 0):
+                log["eval"].append({"step": step, "test_accuracy": evaluate(model, evaluation, procs, run.dtype)})
+            stop = stop_requested(interrupt, procs)
+            if stop or last or (run.save_every and step % run.save_every == 0):
+                save(path, model, cfg, recipe, optimizer, scheduler, step, log, procs, run)
+            if stop:
+                raise KeyboardInterrupt(f"{name} stopped after step {step} of {recipe.total_steps}; {path} holds it, "
+                                        f"--resume goes on from there")
     log.setdefault("seconds", 0.0)
     log["seconds"] += time.perf_counter() - start
     return {k: v.detach() for k, v in model.as_dict().items()}, log
 
 
-def save(path, model, cfg, recipe, optimizer, scheduler, step, log, procs: Processes) -> None:
+def save(path, model, cfg, recipe, optimizer, scheduler, step, log, procs: Processes, run: Run) -> None:
     """Rank 0 writes the checkpoint with every process's random-number state."""
     rng = [rng_state()]
     if procs.world_size > 1:
@@ -267,7 +289,8 @@ def save(path, model, cfg, recipe, optimizer, scheduler, step, log, procs: Proce
         dist.all_gather_object(rng, rng_state())
     if procs.rank == 0:
         save_checkpoint(path, cfg=cfg, recipe=recipe, params=model.as_dict(), optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), step=step, rng=rng, log=log)
+                        scheduler=scheduler.state_dict(), step=step, rng=rng, log=log, seed=run.seed,
+                        dtype=dtype_name(run.dtype))
     if procs.world_size > 1:
         dist.barrier()
 
@@ -331,9 +354,8 @@ def stage_recipes(args) -> tuple:
             with_steps(fine, args.finetune_steps, args.finetune_batch))
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m paper.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None):
+    p = cli.parser("python -m paper.train", __doc__)
     p.add_argument("--data", choices=DATASETS, default="digits",
                    help="digits: scikit-learn's bundled 8×8 digits (offline); cifar10/cifar100: torchvision's files in "
                         "--data-dir; folder: --data-dir/train and --data-dir/val, one sub-directory per class")
@@ -346,29 +368,33 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="pre-training recipe: 'digits', 'deit' (DeiT's Table 9: AdamW, RandAugment, Mixup, CutMix, "
                         "random erasing, label smoothing, stochastic depth), or a Table 3 data set (its row for "
                         "--model)")
-    p.add_argument("--pretrain-epochs", type=int, help="Table 3's epoch choice where it gives two (7/14, 30/90)")
+    p.add_argument("--pretrain-epochs", type=cli.positive, help="Table 3's epoch choice where it gives two (7/14, 30/90)")
     p.add_argument("--finetune", default="digits", choices=["digits"] + sorted(recipes.TABLE_4),
                    help="fine-tuning recipe: 'digits', or a Table 4 data set")
     p.add_argument("--finetune-lr", type=float, help="fine-tuning base learning rate, one of Table 4's sweep")
-    p.add_argument("--pretrain-steps", type=int, help="override the recipe's steps (warm-up scaled in proportion)")
-    p.add_argument("--finetune-steps", type=int, help="override the recipe's steps (warm-up scaled in proportion)")
-    p.add_argument("--pretrain-batch", type=int, help="override the recipe's global batch size")
-    p.add_argument("--finetune-batch", type=int, help="override the recipe's global batch size")
-    p.add_argument("--accum", type=int, default=1, help="micro-batches per step per process (gradient accumulation)")
+    p.add_argument("--pretrain-steps", type=cli.positive, help="override the recipe's steps (warm-up scaled in "
+                                                               "proportion)")
+    p.add_argument("--finetune-steps", type=cli.positive, help="override the recipe's steps (warm-up scaled in "
+                                                               "proportion)")
+    p.add_argument("--pretrain-batch", type=cli.positive, help="override the recipe's global batch size")
+    p.add_argument("--finetune-batch", type=cli.positive, help="override the recipe's global batch size")
+    p.add_argument("--accum", type=cli.positive, default=1,
+                   help="micro-batches per step per process (gradient accumulation)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass")
     p.add_argument("--fast", action="store_true", help="lowlevel's fast path: the same model, fused attention")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="float64 for numerical checks")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--workers", type=cli.non_negative, default=0, help="DataLoader worker processes")
+    p.add_argument("--threads", type=cli.positive, default=1,
                    help="CPU threads per process (default 1: the main job's small matrices gain little from more, and "
                         "OpenMP threads slow down many-fold when other programs share the cores; torchrun also gives "
                         "each process one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=os.path.join("runs", "main"), help="output directory")
     p.add_argument("--resume", action="store_true", help="go on from the checkpoints in --out")
-    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: at the end of each stage)")
-    p.add_argument("--eval-every", type=int, help="test accuracy every N steps (default: 10 times per stage)")
+    p.add_argument("--save-every", type=cli.non_negative, default=0,
+                   help="checkpoint every N steps (0: at the end of each stage)")
+    p.add_argument("--eval-every", type=cli.positive, help="test accuracy every N steps (default: 10 times per stage)")
     p.add_argument("--distill", choices=KINDS,
                    help="train a distilled DeiT student (a distillation token and head) against --teacher: 'hard' "
                         "(DeiT eq. 3) or 'soft' (eq. 2)")
@@ -398,6 +424,37 @@ def distillation_teacher(path: str, image: torch.Tensor, num_classes: int, run: 
     return teacher
 
 
+def check_out(out: str) -> None:
+    """--out is a directory this process can write in (made if missing): found now, not when the first checkpoint
+    is saved at the end of a stage."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"out: expected a directory, got {out!r}, which is a file")
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise ValueError(f"out: expected a directory this run can write in, got {out!r} ({e.strerror})") from e
+
+
+def check_batches(stages: dict, accum_steps: int, procs: Processes) -> None:
+    """Each stage's global batch splits evenly over the processes and their micro-batches."""
+    for name, recipe in stages.items():
+        parts = procs.world_size * accum_steps
+        if recipe.batch_size % parts:
+            raise ValueError(f"{name}_batch: expected a multiple of {parts} (--accum {accum_steps} × "
+                             f"{procs.world_size} process(es)), got {recipe.batch_size}")
+
+
+def check_resume(stages: dict, run: Run) -> None:
+    """With --resume, each existing stage checkpoint was written with this run's recipe, seed and dtype, and claims
+    no step beyond the recipe's (its model config is checked when the stage starts)."""
+    for name, recipe in stages.items():
+        path = os.path.join(run.out, f"{name}.pt")
+        if os.path.exists(path):
+            check_resumable(load_checkpoint(path), recipe, run.seed, dtype_name(run.dtype), path)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.bf16 and args.dtype == "float64":
@@ -411,10 +468,15 @@ def main(argv=None) -> dict:
     procs = start_processes(args.device)
     run = Run(out=args.out, procs=procs, dtype=DTYPES[args.dtype], bf16=args.bf16, fast=args.fast, accum_steps=args.accum,
               seed=args.seed, resume=args.resume, workers=args.workers, save_every=args.save_every)
+    pre, fine = stage_recipes(args)
+    stages = {name: recipe for name, recipe in (("pretrain", pre), ("finetune", fine)) if name in args.stages}
+    check_batches(stages, args.accum, procs)
+    check_out(args.out)
+    if args.resume:
+        check_resume(stages, run)
     train, test, num_classes = load_data(args.data, args.data_dir)
     in_channels = train[0][0].shape[0]
     base = model_config(args.model, in_channels)
-    pre, fine = stage_recipes(args)
     log = {"command": vars(args), "world_size": procs.world_size, "stages": {}}
     if args.distill:
         run.distillation = Distillation(args.distill, args.distill_lambda, args.distill_tau, args.distill_reduction)
@@ -461,4 +523,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

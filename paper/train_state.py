@@ -1,9 +1,9 @@
 """Checkpoints: everything a run needs to go on exactly where it stopped, written so that a good file is never
 replaced by a broken or half-written one.
 
-A checkpoint holds the model config, the recipe, the params, the optimizer and scheduler state, the step, the
-random-number state of every process (dropout draws from it) and the log so far. The data stream needs no state:
-it is a pure function of (seed, step) (see data.py).
+A checkpoint holds the model config, the recipe, the seed and dtype of the run, the params, the optimizer and
+scheduler state, the step, the random-number state of every process (dropout draws from it) and the log so far. The
+data stream needs no state: it is a pure function of (seed, step) (see data.py).
 """
 import dataclasses
 import os
@@ -29,7 +29,7 @@ def optimizer_tensors(state_dict: dict) -> dict:
 
 
 def save_checkpoint(path: str, *, cfg: ViTConfig, recipe: Recipe, params: dict, optimizer: dict, scheduler: dict,
-                    step: int, rng: list, log: dict) -> None:
+                    step: int, rng: list, log: dict, seed: int, dtype: str) -> None:
     """Write a checkpoint atomically; refuse (ValueError, the existing file untouched) if any value is not finite."""
     params = {k: v.detach().cpu() for k, v in params.items()}
     bad = non_finite(params) + non_finite(optimizer_tensors(optimizer))
@@ -37,7 +37,8 @@ def save_checkpoint(path: str, *, cfg: ViTConfig, recipe: Recipe, params: dict, 
         raise ValueError(f"params: expected finite values to save at step {step}, got NaN or inf in {bad[:5]}"
                          f"{' …' if len(bad) > 5 else ''}; {path} is left as it was")
     state = {"config": dataclasses.asdict(cfg), "recipe": dataclasses.asdict(recipe), "params": params,
-             "optimizer": optimizer, "scheduler": scheduler, "step": step, "rng": rng, "log": log}
+             "optimizer": optimizer, "scheduler": scheduler, "step": step, "rng": rng, "log": log, "seed": seed,
+             "dtype": dtype}
     write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
@@ -56,16 +57,33 @@ def load_checkpoint(path: str) -> dict:
     return state
 
 
-def check_same_run(state: dict, cfg: ViTConfig, recipe: Recipe, path: str) -> None:
-    """A checkpoint may only be resumed by the run that wrote it: same model config, same recipe."""
-    for what, saved, current in (("config", state["config"], dataclasses.asdict(cfg)),
-                                 ("recipe", state["recipe"], dataclasses.asdict(recipe))):
-        saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
-        diff = [f"{k}: checkpoint {saved.get(k)!r}, this run {current.get(k)!r}"
-                for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
-        if diff:
-            raise ValueError(f"checkpoint: expected a checkpoint of this run's {what}, got {path!r} with a different "
-                             f"one:\n  " + "\n  ".join(diff))
+def check_resumable(state: dict, recipe: Recipe, seed: int, dtype: str, path: str) -> None:
+    """What a run can check before its first step: the checkpoint was written by a run with the same recipe, seed and
+    dtype, and claims no step beyond the recipe's."""
+    differences = [f"{what}: checkpoint {state.get(what)!r}, this run {value!r}"
+                   for what, value in (("seed", seed), ("dtype", dtype)) if state.get(what) != value]
+    if differences:
+        raise ValueError(f"checkpoint: expected a checkpoint of this run's seed and dtype, got {path!r} with:\n  "
+                         + "\n  ".join(differences))
+    check_same(state, "recipe", dataclasses.asdict(recipe), path)
+    if not 0 <= state["step"] <= recipe.total_steps:
+        raise ValueError(f"checkpoint: expected a step between 0 and the recipe's {recipe.total_steps}, got {path!r} "
+                         f"at step {state['step']}")
+
+
+def check_same(state: dict, what: str, current: dict, path: str) -> None:
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in state[what].items()}
+    diff = [f"{k}: checkpoint {saved.get(k)!r}, this run {current.get(k)!r}"
+            for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    if diff:
+        raise ValueError(f"checkpoint: expected a checkpoint of this run's {what}, got {path!r} with a different "
+                         f"one:\n  " + "\n  ".join(diff))
+
+
+def check_same_run(state: dict, cfg: ViTConfig, recipe: Recipe, seed: int, dtype: str, path: str) -> None:
+    """A checkpoint may only be resumed by the run that wrote it: same model config, recipe, seed and dtype."""
+    check_same(state, "config", dataclasses.asdict(cfg), path)
+    check_resumable(state, recipe, seed, dtype, path)
 
 
 def rng_state() -> dict:

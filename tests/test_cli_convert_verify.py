@@ -9,6 +9,7 @@ from transformers import ViTForImageClassification
 
 import lowlevel as vit
 import paper.verify
+from paper import cli
 from paper.checkpoints import read_checkpoint
 from paper.convert import main as convert_main
 from paper.formats.npz import write_npz
@@ -46,7 +47,7 @@ def test_convert_npz_to_hf_directory_then_timm(tmp_path, capsys):
     torch.testing.assert_close(ours, model(x).logits, rtol=0, atol=1e-10)   # float64: rounding order only
 
     convert_main([str(tmp_path / "hf"), str(tmp_path / "m.safetensors")])
-    cfg2, params2, fmt = read_checkpoint(tmp_path / "m.safetensors")
+    cfg2, params2, fmt = read_checkpoint(tmp_path / "m.safetensors", num_heads=cfg.num_heads)
     assert fmt == "timm" and all(torch.equal(params[k], params2[k]) for k in params)
 
 
@@ -54,12 +55,12 @@ def test_convert_refuses_and_writes_nothing(tmp_path, capsys):
     cfg = tiny_cfg()
     write_npz(random_params(cfg), cfg, tmp_path / "m.npz")
     with pytest.raises(SystemExit) as e:
-        convert_main([str(tmp_path / "m.npz"), str(tmp_path / "out.pth"), "--model", "ViT-B/16"])
+        cli.run(convert_main, [str(tmp_path / "m.npz"), str(tmp_path / "out.pth"), "--model", "ViT-B/16"])
     assert e.value.code == 2
     assert "mis-shaped key embedding/kernel" in capsys.readouterr().err
     (tmp_path / "bad.npz").write_bytes((tmp_path / "m.npz").read_bytes()[:500])
     with pytest.raises(SystemExit):
-        convert_main([str(tmp_path / "bad.npz"), str(tmp_path / "out.pth")])
+        cli.run(convert_main, [str(tmp_path / "bad.npz"), str(tmp_path / "out.pth")])
     assert "bad.npz" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npz", "m.npz"]
 
@@ -84,7 +85,7 @@ def test_verify_reports_what_does_not_fit(monkeypatch, capsys):
 
 def test_verify_refuses_bad_arguments(capsys):
     with pytest.raises(SystemExit):
-        paper.verify.main(["--models", "ViT-Q/16"])
+        cli.run(paper.verify.main, ["--models", "ViT-Q/16"])
     assert "name: expected" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         paper.verify.main(["--batch", "0"])

@@ -1,4 +1,6 @@
 """paper/resolution.py: each named resampling method equals its original, on random square and non-square grids."""
+import itertools
+
 import numpy as np
 import pytest
 import scipy.ndimage
@@ -7,12 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import checkpoint_filter_fn
+from torchvision.models.vision_transformer import interpolate_embeddings
 from transformers.models.vit.modeling_vit import ViTEmbeddings
 
 import lowlevel as vit
 from paper.formats.timm import to_timm
 from paper.reference_models import hf_config, hf_vit, timm_vit
-from paper.resolution import change_resolution, resample_pos_embed
+from paper.resolution import METHODS, change_resolution, resample_pos_embed
 from tests import helpers
 
 grid = st.tuples(st.integers(2, 12), st.integers(2, 12))
@@ -68,11 +71,22 @@ def test_hf_equals_interpolate_pos_encoding(side, new, dtype, seed):
     assert torch.equal(ours, theirs)
 
 
+@given(side=st.integers(2, 12), new_side=st.integers(2, 12), dtype=dtypes, seed=st.integers(0, 2**16))
+def test_torchvision_equals_interpolate_embeddings(side, new_side, dtype, seed):
+    """torchvision's interpolate_embeddings, on the state_dict it takes (square grids only, as it asserts)."""
+    p = 4
+    pos = random_pos((side, side), 8, dtype, seed)
+    theirs = interpolate_embeddings(new_side * p, p, {"encoder.pos_embedding": pos.clone()})["encoder.pos_embedding"]
+    ours = resample_pos_embed(pos, (side, side), (new_side, new_side), 1, "torchvision")
+    assert ours.dtype == theirs.dtype == dtype
+    assert torch.equal(ours, theirs)
+
+
 def test_the_methods_really_differ():
     """The reason the method is a named choice: on a 14×14 -> 24×24 grid they disagree well above rounding."""
     pos = random_pos((14, 14), 16, torch.float64, 0) * 0.02
-    out = {m: resample_pos_embed(pos, (14, 14), (24, 24), 1, m) for m in ("official", "timm", "hf")}
-    for a, b in [("official", "timm"), ("official", "hf"), ("timm", "hf")]:
+    out = {m: resample_pos_embed(pos, (14, 14), (24, 24), 1, m) for m in METHODS}
+    for a, b in itertools.combinations(METHODS, 2):
         assert (out[a] - out[b]).abs().max() > 1e-4
     for m in out:
         assert torch.equal(out[m][:, 0], pos[:, 0])            # the class token's row is kept apart
@@ -80,7 +94,7 @@ def test_the_methods_really_differ():
 
 def test_same_grid_is_identity():
     pos = random_pos((5, 7), 8, torch.float64, 1)
-    for m in ("official", "timm", "hf"):
+    for m in METHODS:
         assert torch.allclose(resample_pos_embed(pos, (5, 7), (5, 7), 1, m), pos, atol=1e-6, rtol=0)
 
 

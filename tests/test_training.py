@@ -159,13 +159,6 @@ def dies_at(call: int, step):
     return dying_step
 
 
-@pytest.fixture
-def deterministic():
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(False)
-
-
 def test_a_killed_run_resumed_ends_with_exactly_the_same_weights(tmp_path, monkeypatch, deterministic):
     args = TINY_MAIN + ["--save-every", "2"]  # pre-training keeps its dropout: the RNG state must resume too
     main(args + ["--out", str(tmp_path / "whole")])

@@ -1,7 +1,18 @@
-"""Reading tensor files with errors that name the file, and writing them whole or not at all (`paper.atomic`)."""
+"""Reading tensor files with errors that name the file, and writing them whole or not at all (`paper.atomic`).
+
+Reading refuses, before opening anything for long or allocating much: a path that is no regular file (a FIFO or
+/dev/zero would block or never end), an .npz member whose header declares more bytes than the member holds, or
+whose arrays are not floating-point weights, and a config.json value of the wrong type. (safetensors and torch.load
+check a tensor's declared size against the bytes stored before allocating it.)
+"""
+import contextlib
+import json
+import math
 import os
 import pickle
+import stat
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import safetensors.torch
@@ -12,6 +23,31 @@ from paper.atomic import write_atomically
 
 READ_ERRORS = (OSError, ValueError, RuntimeError, EOFError, KeyError, zipfile.BadZipFile, pickle.UnpicklingError,
                SafetensorError)
+
+
+FILE_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+              (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
+MAX_JSON_BYTES = 64 * 2 ** 20         # a config.json with 21k label names is ~1 MiB
+
+
+@contextlib.contextmanager
+def naming(path):
+    """A ValueError raised within names `path` first: the user learns which file is wrong."""
+    try:
+        yield
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
+def regular_file(path) -> None:
+    """Refuse at once what is not a regular file: reading a FIFO blocks until a writer comes, /dev/zero never ends."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise ValueError(f"{path}: expected a readable file, got {e.strerror.lower()}") from e
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in FILE_KINDS if test(mode)), "special file")
+        raise ValueError(f"{path}: expected a regular file, got a {kind}")
 
 
 def is_safetensors(path) -> bool:
@@ -33,6 +69,7 @@ def is_npz(path) -> bool:
 def load_tensors(path) -> dict[str, torch.Tensor]:
     """A state_dict from a .safetensors or torch.save file; a {"state_dict": ...} or {"model": ...} wrapper is
     opened."""
+    regular_file(path)
     try:
         if is_safetensors(path):
             return safetensors.torch.load_file(path)
@@ -57,13 +94,93 @@ def save_tensors(sd: dict[str, torch.Tensor], path) -> None:
         write_atomically(path, lambda tmp: torch.save(sd, tmp))
 
 
+def npz_headers(path) -> list[tuple[str, tuple, np.dtype, int, int]]:
+    """(name, shape, dtype, bytes declared, bytes stored) of every .npy member, from the headers alone."""
+    headers = []
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            with z.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(f)
+                headers.append((info.filename.removesuffix(".npy"), shape, dtype, math.prod(shape) * dtype.itemsize,
+                                info.file_size - f.tell()))
+    return headers
+
+
+def save_directory(directory, tensors_name: str, sd: dict[str, torch.Tensor], texts: dict[str, str]) -> None:
+    """A directory of one tensor file and text files (transformers' save_pretrained layout, a timm hub directory),
+    built beside `directory` and renamed over it: it appears whole or not at all (`paper.atomic`)."""
+    def write(tmp):
+        save_tensors(sd, Path(tmp) / tensors_name)
+        for name, text in texts.items():
+            (Path(tmp) / name).write_text(text)
+    write_atomically(directory, write, directory=True)
+
+
 def load_arrays(path) -> dict[str, np.ndarray]:
-    """Every array of an .npz, read now (np.load is lazy, so a truncated member would fail later)."""
+    """Every array of an .npz, read now (np.load is lazy, so a truncated member would fail later). Each must hold
+    floating-point numbers and exactly the bytes its header declares: np.load allocates the declared shape before
+    reading, so an absurd one is refused first."""
+    regular_file(path)
+    try:
+        headers = npz_headers(path)
+    except READ_ERRORS as e:
+        raise ValueError(f"{path}: expected a readable .npz archive, got an unreadable file ({e})") from e
+    for name, shape, dtype, declared, stored in headers:
+        if dtype.kind != "f":
+            raise ValueError(f"{path}: array {name!r}: expected floating-point weights, got dtype {dtype}")
+        if declared != stored:
+            raise ValueError(f"{path}: array {name!r}: expected its header's shape {shape} ({declared:,} bytes) to "
+                             f"match the {stored:,} bytes stored")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except READ_ERRORS as e:
         raise ValueError(f"{path}: expected a readable .npz archive, got an unreadable file ({e})") from e
+
+
+JSON_KINDS = {
+    "an integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "a finite number": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
+    "true or false": lambda v: isinstance(v, bool),
+    "a string": lambda v: isinstance(v, str),
+    "an integer or [height, width]": lambda v: JSON_KINDS["an integer"](v) or (
+        isinstance(v, list) and len(v) == 2 and all(JSON_KINDS["an integer"](x) for x in v)),
+    "a list of numbers": lambda v: isinstance(v, list) and all(JSON_KINDS["a finite number"](x) for x in v),
+    "an object": lambda v: isinstance(v, dict),
+}
+REQUIRED = object()
+
+
+def read_json(path) -> dict:
+    """A JSON object from a regular file of sane size, or a ValueError naming the file."""
+    regular_file(path)
+    if os.path.getsize(path) > MAX_JSON_BYTES:
+        raise ValueError(f"{path}: expected a JSON config of at most {MAX_JSON_BYTES:,} bytes, got "
+                         f"{os.path.getsize(path):,}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: expected a JSON config, got an unreadable file ({e})") from e
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    return config
+
+
+def json_value(config: dict, key: str, kind: str, where, default=REQUIRED):
+    """config[key], which must be of `kind` (a key of JSON_KINDS); `default` when absent, unless REQUIRED.
+    `where` (the file) is named in the error, with the key."""
+    if key not in config:
+        if default is REQUIRED:
+            raise ValueError(f"{where}: {key}: expected {kind}, got no such field")
+        return default
+    value = config[key]
+    if not JSON_KINDS[kind](value):
+        raise ValueError(f"{where}: {key}: expected {kind}, got {value!r}")
+    return value
 
 
 def save_arrays(arrays: dict[str, np.ndarray], path) -> None:

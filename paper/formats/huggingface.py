@@ -24,7 +24,9 @@ head_dist                distillation_classifier (DeiT)                 -
 transformers 5 names the modules differently in memory (`layers.i.attention.q_proj`, `.o_proj`, `mlp.fc1`, ...) and
 renames on load (transformers/conversion_mapping.py, where "DeiTModel" takes the "ViTModel" rules); both spellings
 are read, the one above is written. transformers' config defaults differ from the paper's model (eps 1e-12, not
-1e-6), so the config written beside the weights always carries the model's real eps and activation.
+1e-6), so the config written beside the weights always carries the model's real eps and activation. The
+preprocessing lives in preprocessor_config.json (ViTImageProcessor: resize straight to the image size, then
+(x − image_mean) / image_std), read when present and written when known.
 
 A DeiT without the distillation token is a plain ViT, and transformers stores it as one (the hub's non-distilled
 facebook/deit-* models say "model_type": "vit"); its DeiTForImageClassification keeps a distillation token but no
@@ -37,11 +39,10 @@ from pathlib import Path
 import torch
 
 from lowlevel import ViTConfig, check_params, param_shapes
-from paper.atomic import write_atomically
 from paper.reference_models import HF_ACTIVATIONS, hf_config
 
-from .fields import num_heads_for, square_image_size
-from .files import load_tensors, save_tensors
+from .fields import Preprocessing, num_heads_for, square_image_size
+from .files import REQUIRED, json_value, load_tensors, naming, read_json, save_directory
 
 BLOCK_NAMES = {"ln1": "layernorm_before", "proj": "attention.output.dense", "ln2": "layernorm_after",
                "fc1": "intermediate.dense", "fc2": "output.dense"}
@@ -54,6 +55,9 @@ BACKBONES = ("vit", "deit")
 HEAD_NAMES = {"vit": {"head": "classifier"}, "deit": {"head": "cls_classifier", "head_dist": "distillation_classifier"}}
 # transformers 5's in-memory names <-> the saved names above (conversion_mapping.py's "ViTModel" renames), as
 # (saved, in memory) pieces of a name without "vit." or "deit."
+# ViTImageProcessor's defaults (IMAGENET_STANDARD_MEAN/STD, resize to `size` without a crop)
+PREPROCESSING = Preprocessing((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), None, "transformers' ViTImageProcessor defaults")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")      # save_pretrained's, in the order transformers prefers
 MEMORY_NAMES = [("encoder.layer.", "layers."),
                 (".attention.attention.query.", ".attention.q_proj."),
                 (".attention.attention.key.", ".attention.k_proj."),
@@ -120,17 +124,23 @@ def is_hf_state_dict(sd: dict) -> bool:
     return any(without_backbone(k) == "embeddings.patch_embeddings.projection.weight" for k in sd)
 
 
-def config_from_hf_config(config: dict) -> dict:
-    """Our config fields from a transformers config.json."""
-    act = config.get("hidden_act", "gelu")
+def config_from_hf_config(config: dict, where="config") -> dict:
+    """Our config fields from a transformers config.json dict; a field of the wrong type is a ValueError naming
+    `where` (the file) and the field."""
+    def value(key, kind, default=REQUIRED):
+        return json_value(config, key, kind, where, default)
+
+    act = value("hidden_act", "a string", "gelu")
     gelu = {v: k for k, v in HF_ACTIVATIONS.items()}.get(act)
     if gelu is None:
-        raise ValueError(f"hidden_act: expected one of {sorted(HF_ACTIVATIONS.values())}, got {act!r}")
-    return {"image_size": config.get("image_size", 224), "patch_size": config.get("patch_size", 16),
-            "in_channels": config.get("num_channels", 3), "dim": config["hidden_size"],
-            "depth": config["num_hidden_layers"], "num_heads": config["num_attention_heads"],
-            "mlp_dim": config["intermediate_size"], "layer_norm_eps": config.get("layer_norm_eps", 1e-12),
-            "qkv_bias": config.get("qkv_bias", True), "gelu": gelu}
+        raise ValueError(f"{where}: hidden_act: expected one of {sorted(HF_ACTIVATIONS.values())}, got {act!r}")
+    return {"image_size": value("image_size", "an integer or [height, width]", 224),
+            "patch_size": value("patch_size", "an integer", 16), "in_channels": value("num_channels", "an integer", 3),
+            "dim": value("hidden_size", "an integer"), "depth": value("num_hidden_layers", "an integer"),
+            "num_heads": value("num_attention_heads", "an integer"),
+            "mlp_dim": value("intermediate_size", "an integer"),
+            "layer_norm_eps": value("layer_norm_eps", "a finite number", 1e-12),
+            "qkv_bias": value("qkv_bias", "true or false", True), "gelu": gelu}
 
 
 def config_from_hf_state_dict(sd: dict, known: dict) -> dict:
@@ -150,7 +160,7 @@ def config_from_hf_state_dict(sd: dict, known: dict) -> dict:
               "num_classes": sd[head].shape[0] if head in sd else 0,
               "representation_size": sd["pooler.dense.weight"].shape[0] if has_pooler else None, **known}
     if "num_heads" not in fields:
-        fields["num_heads"] = num_heads_for(d)
+        fields["num_heads"] = num_heads_for(fields["dim"], fields["depth"], fields["mlp_dim"], fields["patch_size"])
     if "image_size" not in fields:
         fields["image_size"] = square_image_size(sd["embeddings.position_embeddings"].shape[1], 1 + distilled,
                                                  fields["patch_size"])
@@ -211,38 +221,58 @@ def to_hf(params: dict, cfg: ViTConfig) -> tuple[dict, object]:
 
 def read_hf(path, **overrides) -> tuple[ViTConfig, dict]:
     """A `save_pretrained` directory (config.json + model.safetensors or pytorch_model.bin), or a bare state_dict
-    file (then eps is 1e-6 and GELU exact unless overridden) -> (cfg, params)."""
+    file (then eps is 1e-6 and GELU exact unless overridden) -> (cfg, params). config.json is checked before the
+    weights are read."""
     path = Path(path)
     config = None
     if path.is_dir():
-        weights = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).exists()]
+        weights = [path / n for n in WEIGHT_FILES if (path / n).exists()]
         if not (path / "config.json").exists() or not weights:
             raise ValueError(f"{path}: expected a save_pretrained directory with config.json and model.safetensors")
-        try:
-            config = json.loads((path / "config.json").read_text())
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{path / 'config.json'}: expected a JSON transformers config, got an unreadable file "
-                             f"({e})") from e
+        config = read_json(path / "config.json")
+        config_from_hf_config(config, path / "config.json")
         path = weights[0]
     else:
         overrides = {"layer_norm_eps": 1e-6, **overrides}
     sd = load_tensors(path)
-    try:
+    with naming(path):
         return from_hf(sd, config, **overrides)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
 
 
-def write_hf(params: dict, cfg: ViTConfig, directory) -> None:
-    """(params, cfg) -> a `save_pretrained` directory: config.json (with the real eps and activation) and
-    model.safetensors, loadable offline by `from_pretrained(directory)` of transformers' ViTForImageClassification
-    (DeiTForImageClassificationWithTeacher for a distilled model).
-    Both are built and checked before anything is written, and the directory appears whole or not at all."""
+def read_hf_preprocessing(path) -> Preprocessing:
+    """preprocessor_config.json's image_mean and image_std (and its centre crop, if it has one) when the directory
+    holds one, else ViTImageProcessor's defaults."""
+    file = Path(path) / "preprocessor_config.json"
+    if not file.exists():
+        return PREPROCESSING
+    config = read_json(file)
+    crop_pct = None
+    if config.get("do_center_crop"):      # e.g. DeiTImageProcessor: resize to `size`, then crop `crop_size`
+        size = json_value(json_value(config, "size", "an object", file), "height", "an integer", f"{file} size")
+        crop = json_value(json_value(config, "crop_size", "an object", file), "height", "an integer", f"{file} crop_size")
+        crop_pct = crop / size
+    return Preprocessing(tuple(json_value(config, "image_mean", "a list of numbers", file)),
+                         tuple(json_value(config, "image_std", "a list of numbers", file)), crop_pct, str(file))
+
+
+def preprocessor_config(cfg: ViTConfig, preprocessing: Preprocessing) -> dict:
+    """A ViTImageProcessor's preprocessor_config.json: resize to the image size (a crop_pct cannot be expressed:
+    ViTImageProcessor does not crop), rescale to [0, 1], normalise."""
+    h, w = cfg.image_size
+    return {"image_processor_type": "ViTImageProcessor", "do_resize": True, "size": {"height": h, "width": w},
+            "resample": 2, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+            "image_mean": list(preprocessing.mean), "image_std": list(preprocessing.std)}
+
+
+def write_hf(params: dict, cfg: ViTConfig, directory, preprocessing: Preprocessing | None = None) -> None:
+    """(params, cfg) -> a `save_pretrained` directory: config.json (with the real eps and activation),
+    model.safetensors and, when the preprocessing is known, preprocessor_config.json; loadable offline by
+    `from_pretrained(directory)` of transformers' ViTForImageClassification (DeiTForImageClassificationWithTeacher
+    for a distilled model). Everything is built and checked before
+    anything is written, beside the destination, and renamed: the directory appears whole or not at all."""
     config = hf_config(cfg)
     sd = with_prefix(saved_state_dict(params, cfg), cfg)
-    text = config.to_json_string(use_diff=False)
-
-    def write(tmp):
-        save_tensors(sd, Path(tmp) / "model.safetensors")
-        (Path(tmp) / "config.json").write_text(text)
-    write_atomically(directory, write, directory=True)
+    texts = {"config.json": config.to_json_string(use_diff=False)}
+    if preprocessing is not None:
+        texts["preprocessor_config.json"] = json.dumps(preprocessor_config(cfg, preprocessing), indent=2)
+    save_directory(directory, WEIGHT_FILES[0], sd, texts)

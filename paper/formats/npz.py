@@ -40,10 +40,12 @@ import torch
 
 from lowlevel import ViTConfig, check_params, param_shapes
 
-from .fields import require, square_image_size
-from .files import load_arrays, save_arrays
+from .fields import Preprocessing, require, square_image_size
+from .files import load_arrays, naming, save_arrays
 
 LAYOUTS = ("vit2020", "big_vision")
+# vision_transformer input_pipeline.py: evaluation resizes to the image size, pixels (x - 127.5) / 127.5
+PREPROCESSING = Preprocessing((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), None, "the official input pipeline's [-1, 1] scaling")
 # (attention, second LayerNorm, MLP) submodule numbers
 NUMBERING = {"pre_linen": ("MultiHeadDotProductAttention_1", "LayerNorm_2", "MlpBlock_3"),
              "linen": ("MultiHeadDotProductAttention_0", "LayerNorm_1", "MlpBlock_0")}
@@ -217,10 +219,8 @@ def to_npz(params: dict, cfg: ViTConfig, layout: str = "vit2020") -> dict[str, n
 def read_npz(path, **overrides) -> tuple[ViTConfig, dict]:
     """An official .npz file -> (cfg, params)."""
     arrays = load_arrays(path)
-    try:
+    with naming(path):
         return from_npz(arrays, **overrides)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
 
 
 def write_npz(params: dict, cfg: ViTConfig, path, layout: str = "vit2020") -> None:

@@ -18,15 +18,43 @@ head_dist                head_dist (DeiT)                 -
 
 timm has no pre-logits layer and no fixed sin-cos position embedding, so configs with either cannot be written.
 A DeiT without the distillation token is timm's plain VisionTransformer (deit.py builds deit_tiny_patch16_224 so).
+
+Hub directories (what timm's `save_for_hf` writes and `create_model("local-dir:DIR")` or "hf-hub:…" reads):
+model.safetensors (or pytorch_model.bin) with the state_dict above, and config.json naming the `architecture` (a timm
+model name), the `model_args` it was built with (each overriding the architecture's default) and the
+`pretrained_cfg` (input_size, mean, std, crop_pct: the preprocessing). The architecture and model_args give the head
+count and the image size that the weights cannot; this file writes every model_arg, so timm rebuilds exactly our
+config whatever the architecture named.
 """
+import json
+from pathlib import Path
+
 import torch
+import torch.nn as nn
 
 from lowlevel import ViTConfig, check_params, param_shapes
 
-from .fields import num_heads_for, require, square_image_size
-from .files import load_tensors, save_tensors
+from .architectures import TIMM
+from .fields import Preprocessing, num_heads_for, require, square_image_size
+from .files import json_value, load_tensors, naming, read_json, save_directory, save_tensors
 
 FORMAT = "timm's VisionTransformer"
+# timm's preprocessing for its ViTs (vision_transformer.py _cfg: IMAGENET_INCEPTION_MEAN/STD, crop_pct 0.9), and what
+# timm.data.resolve_data_config takes when a hub config.json leaves a field out (timm/data/constants.py)
+PREPROCESSING = Preprocessing((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 0.9, "timm's default for its ViTs (_cfg)")
+DATA_DEFAULTS = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "crop_pct": 0.875}
+HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")          # timm/models/_hub.py _PREFERRED_FILES, in order
+# model_args (VisionTransformer arguments) that are config fields as they are, with their JSON type
+MODEL_ARGS = {"img_size": ("image_size", "an integer or [height, width]"), "patch_size": ("patch_size", "an integer"),
+              "in_chans": ("in_channels", "an integer"), "embed_dim": ("dim", "an integer"),
+              "depth": ("depth", "an integer"), "num_heads": ("num_heads", "an integer"),
+              "num_classes": ("num_classes", "an integer"), "class_token": ("class_token", "true or false"),
+              "qkv_bias": ("qkv_bias", "true or false")}
+# model_args whose string values map onto a config field's
+MODEL_ARG_CHOICES = {"global_pool": ("pool", {"token": "token", "avg": "avg"}),
+                     "pos_embed": ("pos_embed", {"learn": "learned", "none": "none"}),
+                     "act_layer": ("gelu", {"gelu": "exact", "gelu_tanh": "tanh"})}
+ANY_VIT = "vit_base_patch16_224"      # the architecture written when no known one has the config: model_args set all
 BLOCK_NAMES = {"ln1": "norm1", "qkv": "attn.qkv", "proj": "attn.proj", "ln2": "norm2", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
 
 
@@ -42,6 +70,26 @@ def timm_key(name: str, cfg: ViTConfig) -> str:
         part, name)
 
 
+def renamed_to_ours(sd: dict, cfg: ViTConfig, key, what: str) -> dict[str, torch.Tensor]:
+    """A state_dict named by `key` (our name -> theirs), its patch weight a conv kernel (D, C, P, P), as timm's and
+    torchvision's are -> our params. Every key is checked (missing, unexpected, mis-shaped) before any is copied."""
+    shapes = param_shapes(cfg)
+    names = {key(k): k for k in shapes}
+    kernel = (cfg.dim, cfg.in_channels, cfg.patch_size, cfg.patch_size)
+    check_params(sd, {t: kernel if k == "patch.weight" else shapes[k] for t, k in names.items()}, what=what)
+    params = {names[t]: v.detach().clone() for t, v in sd.items()}
+    params["patch.weight"] = params["patch.weight"].reshape(shapes["patch.weight"])
+    return params
+
+
+def renamed_from_ours(params: dict, cfg: ViTConfig, key) -> dict[str, torch.Tensor]:
+    """The inverse of `renamed_to_ours`: our params, checked against cfg, named by `key`, the patch weight a kernel."""
+    check_params(params, param_shapes(cfg))
+    sd = {key(k): v.detach().clone() for k, v in params.items()}
+    sd[key("patch.weight")] = sd[key("patch.weight")].reshape(cfg.dim, cfg.in_channels, cfg.patch_size, cfg.patch_size)
+    return sd
+
+
 def is_timm_state_dict(sd: dict) -> bool:
     return "patch_embed.proj.weight" in sd
 
@@ -49,11 +97,24 @@ def is_timm_state_dict(sd: dict) -> bool:
 def config_from_timm_model(model) -> dict:
     """What a timm model says about itself that its weights do not: image size, heads, eps, GELU, pooling."""
     block = model.blocks[0]
-    act = block.mlp.act
     norm = model.norm if model.global_pool == "token" else model.fc_norm
+    if not isinstance(norm, nn.LayerNorm):       # e.g. the official GAP models: LN before the mean, Identity after it
+        raise ValueError(f"norm: expected the LayerNorm of eq. (4) after the pooling, got {type(norm).__name__}")
     return {"image_size": tuple(model.patch_embed.img_size), "num_heads": block.attn.num_heads,
-            "layer_norm_eps": norm.eps, "gelu": "tanh" if getattr(act, "approximate", "none") == "tanh" else "exact",
+            "layer_norm_eps": norm.eps, "gelu": gelu_of(block.mlp.act),
             "pool": "avg" if model.global_pool == "avg" else "token"}
+
+
+def gelu_of(act) -> str:
+    """"exact" or "tanh" for the GELU modules timm builds (torch's, or its own from act_layer="gelu"/"gelu_tanh");
+    any other activation (QuickGELU, say) is refused rather than read as a GELU."""
+    from timm.layers.activations import GELU, GELUTanh
+
+    if isinstance(act, nn.GELU):
+        return "tanh" if act.approximate == "tanh" else "exact"
+    if isinstance(act, GELU | GELUTanh):
+        return "tanh" if isinstance(act, GELUTanh) else "exact"
+    raise ValueError(f"act_layer: expected a GELU (exact or tanh), got {type(act).__name__}")
 
 
 def config_from_timm_state_dict(sd: dict, known: dict) -> dict:
@@ -67,7 +128,7 @@ def config_from_timm_state_dict(sd: dict, known: dict) -> dict:
               "num_classes": sd["head.weight"].shape[0] if "head.weight" in sd else 0,
               "pool": "avg" if "fc_norm.weight" in sd else "token", **known}
     if "num_heads" not in fields:
-        fields["num_heads"] = num_heads_for(d)
+        fields["num_heads"] = num_heads_for(fields["dim"], fields["depth"], fields["mlp_dim"], fields["patch_size"])
     if "pos_embed" not in sd:
         fields.setdefault("pos_embed", "none")
     elif "image_size" not in fields:
@@ -89,14 +150,7 @@ def from_timm(model_or_state_dict, **overrides) -> tuple[ViTConfig, dict[str, to
             raise ValueError(f"state_dict: expected a timm VisionTransformer state_dict, missing key(s) {missing}")
         known = overrides
     cfg = ViTConfig(**config_from_timm_state_dict(sd, known))
-    shapes = param_shapes(cfg)
-    names = {timm_key(k, cfg): k for k in shapes}
-    timm_shapes = {t: (shapes[k] if k != "patch.weight" else (cfg.dim, cfg.in_channels, cfg.patch_size, cfg.patch_size))
-                   for t, k in names.items()}
-    check_params(sd, timm_shapes, what="timm state_dict")
-    params = {names[t]: v.detach().clone() for t, v in sd.items()}
-    params["patch.weight"] = params["patch.weight"].reshape(shapes["patch.weight"])
-    return cfg, params
+    return cfg, renamed_to_ours(sd, cfg, lambda name: timm_key(name, cfg), "timm state_dict")
 
 
 def to_timm(params: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
@@ -105,11 +159,7 @@ def to_timm(params: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.
     require(FORMAT, cfg, representation_size=None, pos_embed=("learned", "none"))
     if cfg.distilled:                               # VisionTransformerDistilled always learns E_pos (deit.py)
         require("timm's VisionTransformerDistilled", cfg, pos_embed="learned")
-    check_params(params, param_shapes(cfg))
-    sd = {timm_key(k, cfg): v.detach().clone() for k, v in params.items()}
-    p = cfg.patch_size
-    sd["patch_embed.proj.weight"] = sd["patch_embed.proj.weight"].reshape(cfg.dim, cfg.in_channels, p, p)
-    return sd
+    return renamed_from_ours(params, cfg, lambda name: timm_key(name, cfg))
 
 
 def read_timm(path, **overrides) -> tuple[ViTConfig, dict]:
@@ -119,13 +169,119 @@ def read_timm(path, **overrides) -> tuple[ViTConfig, dict]:
     if not is_timm_state_dict(sd):
         raise ValueError(f"{path}: expected a timm VisionTransformer state_dict with 'patch_embed.proj.weight', "
                          f"got keys {sorted(sd)[:4]}...")
-    try:
+    with naming(path):
         return from_timm(sd, **overrides)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
 
 
 def write_timm(params: dict, cfg: ViTConfig, path) -> None:
     """(params, cfg) -> a timm state_dict at `path` (.safetensors by suffix, torch.save otherwise). Everything is
     checked before the file is written."""
     save_tensors(to_timm(params, cfg), path)
+
+
+def mlp_ratio(dim: int, mlp_dim: int) -> float:
+    """The mlp_ratio for which timm builds an MLP of mlp_dim units: timm takes int(dim * mlp_ratio), and
+    int(11 * (15 / 11)) is 14, so when mlp_dim / dim does not come back exactly the ratio aims at mid-unit."""
+    ratio = mlp_dim / dim
+    return ratio if int(dim * ratio) == mlp_dim else (mlp_dim + 0.5) / dim
+
+
+def config_from_hub_config(config: dict, where) -> dict:
+    """The config fields a timm hub config.json fixes: the named architecture's shapes and head count
+    (architectures.TIMM), each overridden by model_args, and the image size of pretrained_cfg's input_size. A value
+    of the wrong type, or a model_arg that would build another kind of model, is a ValueError naming `where`."""
+    arch = json_value(config, "architecture", "a string", where)
+    args = json_value(config, "model_args", "an object", where, {})
+    pretrained = json_value(config, "pretrained_cfg", "an object", where, {})
+    known = dict(zip(("dim", "depth", "mlp_dim", "patch_size", "num_heads"), TIMM[arch], strict=True)) \
+        if arch in TIMM else {}
+    if "num_classes" in config:
+        known["num_classes"] = json_value(config, "num_classes", "an integer", where)
+    size = json_value(pretrained, "input_size", "a list of numbers", f"{where} pretrained_cfg", None)
+    if size is not None:
+        if len(size) != 3 or not all(isinstance(x, int) for x in size):
+            raise ValueError(f"{where} pretrained_cfg: input_size: expected [channels, height, width], got {size!r}")
+        known.update(in_channels=size[0], image_size=tuple(size[1:]))
+    where_args = f"{where} model_args"
+    for key in args:
+        if key in MODEL_ARGS:
+            field, kind = MODEL_ARGS[key]
+            known[field] = json_value(args, key, kind, where_args)
+        elif key in MODEL_ARG_CHOICES:
+            field, choices = MODEL_ARG_CHOICES[key]
+            value = json_value(args, key, "a string", where_args)
+            if value not in choices:
+                raise ValueError(f"{where_args}: {key}: expected one of {sorted(choices)}, got {value!r}")
+            known[field] = choices[value]
+        elif key != "mlp_ratio" and not key.endswith("drop_rate"):     # dropout rates do not change the function
+            raise ValueError(f"{where_args}: {key}: expected only arguments this reader maps ({sorted(MODEL_ARGS)}, "
+                             f"{sorted(MODEL_ARG_CHOICES)}, mlp_ratio, drop rates), got {key}={args[key]!r}")
+    if "mlp_ratio" in args and "dim" in known:
+        known["mlp_dim"] = int(known["dim"] * json_value(args, "mlp_ratio", "a finite number", where_args))
+    if isinstance(known.get("image_size"), list):
+        known["image_size"] = tuple(known["image_size"])
+    return known
+
+
+def hub_preprocessing(config: dict, where) -> Preprocessing:
+    """pretrained_cfg's mean, std and crop_pct; a field it leaves out takes timm.data's default, as timm would."""
+    pretrained = json_value(config, "pretrained_cfg", "an object", where, {})
+    found = {k: json_value(pretrained, k, "a list of numbers" if k != "crop_pct" else "a finite number",
+                           f"{where} pretrained_cfg", None) for k in DATA_DEFAULTS}
+    missing = [k for k, v in found.items() if v is None]
+    source = f"{where} pretrained_cfg" + (f" (timm's defaults for {', '.join(missing)})" if missing else "")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in found.items() if v is not None}
+    return Preprocessing(**{**DATA_DEFAULTS, **values, "source": source})
+
+
+def hub_weights(directory: Path) -> Path:
+    weights = [directory / n for n in HUB_WEIGHTS if (directory / n).exists()]
+    if not (directory / "config.json").exists() or not weights:
+        raise ValueError(f"{directory}: expected a timm hub directory with config.json and {' or '.join(HUB_WEIGHTS)}")
+    return weights[0]
+
+
+def read_timm_hub(directory, **overrides) -> tuple[ViTConfig, dict]:
+    """A timm hub directory -> (cfg, params); config.json is checked before the weights are read."""
+    directory = Path(directory)
+    weights = hub_weights(directory)
+    known = {**config_from_hub_config(read_json(directory / "config.json"), directory / "config.json"), **overrides}
+    sd = load_tensors(weights)
+    with naming(weights):
+        return from_timm(sd, **known)
+
+
+def read_hub_preprocessing(directory) -> Preprocessing:
+    directory = Path(directory)
+    return hub_preprocessing(read_json(directory / "config.json"), directory / "config.json")
+
+
+def hub_config(cfg: ViTConfig, preprocessing: Preprocessing | None) -> dict:
+    """config.json of a hub directory for `cfg`: every model_arg spelled out, so that timm builds exactly this
+    model; the preprocessing, when known, in pretrained_cfg."""
+    require(FORMAT + " hub directory", cfg, representation_size=None, pos_embed=("learned", "none"), layer_norm_eps=1e-6)
+    shapes = (cfg.dim, cfg.depth, cfg.mlp_dim, cfg.patch_size, cfg.num_heads)
+    arch = next((name for name, row in TIMM.items() if row == shapes), ANY_VIT)
+    pool = "avg" if cfg.pool == "avg" else "token"
+    args = {"img_size": list(cfg.image_size), "patch_size": cfg.patch_size, "in_chans": cfg.in_channels,
+            "embed_dim": cfg.dim, "depth": cfg.depth, "num_heads": cfg.num_heads,
+            "mlp_ratio": mlp_ratio(cfg.dim, cfg.mlp_dim),
+            "num_classes": cfg.num_classes, "global_pool": pool, "class_token": cfg.class_token,
+            "qkv_bias": cfg.qkv_bias, "pos_embed": "learn" if cfg.pos_embed == "learned" else "none",
+            "act_layer": "gelu_tanh" if cfg.gelu == "tanh" else "gelu"}
+    pretrained = {"input_size": [cfg.in_channels, *cfg.image_size], "fixed_input_size": True,
+                  "num_classes": cfg.num_classes, "first_conv": "patch_embed.proj", "classifier": "head"}
+    if preprocessing is not None:
+        pretrained.update(mean=list(preprocessing.mean), std=list(preprocessing.std))
+        if preprocessing.crop_pct is not None:
+            pretrained["crop_pct"] = preprocessing.crop_pct
+    return {"architecture": arch, "num_classes": cfg.num_classes, "num_features": cfg.dim, "global_pool": pool,
+            "model_args": args, "pretrained_cfg": pretrained}
+
+
+def write_timm_hub(params: dict, cfg: ViTConfig, directory, preprocessing: Preprocessing | None = None) -> None:
+    """(params, cfg) -> a timm hub directory (config.json + model.safetensors) that
+    `timm.create_model("local-dir:DIR", pretrained=True)` loads; built beside the destination and renamed, so it
+    appears whole or not at all."""
+    text = json.dumps(hub_config(cfg, preprocessing), indent=2)
+    save_directory(directory, HUB_WEIGHTS[0], to_timm(params, cfg), {"config.json": text})

@@ -1,0 +1,74 @@
+"""The known architectures: the head count of every paper, timm, DeiT and torchvision ViT, for files that do not
+store it.
+
+timm and torchvision keep q, k and v of all heads in one (3D, D) matrix, transformers in three (D, D) ones: any
+divisor of D fits the shapes, and a wrong one computes another function. (Guessing D_h = 64 read a timm model with
+D = 64 and 4 heads as 1 head, logits off by 0.70, and is wrong for the paper's own ViT-H/14: D = 1280, 16 heads,
+D_h = 80.) So a reader that finds no head count in the file matches what the shapes do tell, (D, depth, MLP size,
+patch size), against this table, says which architecture matched, and refuses when none does or when two head counts
+do (`paper.formats.fields.num_heads_for`).
+
+The timm rows are every model of timm 1.0.31's vision_transformer.py and deit.py whose state_dict
+paper/formats/timm.py reads (DeiT's distilled models included); tests/test_architectures.py rebuilds them from timm's
+registry on the meta device, and the torchvision rows from torchvision's builders, and fails on any difference.
+"""
+from paper.configs import PATCH_SIZES, VARIANTS
+
+# name: (D, depth, MLP size, patch size, heads)
+TIMM = {
+    "deit_base_distilled_patch16_224": (768, 12, 3072, 16, 12),
+    "deit_base_distilled_patch16_384": (768, 12, 3072, 16, 12),
+    "deit_base_patch16_224": (768, 12, 3072, 16, 12),
+    "deit_base_patch16_384": (768, 12, 3072, 16, 12),
+    "deit_small_distilled_patch16_224": (384, 12, 1536, 16, 6),
+    "deit_small_patch16_224": (384, 12, 1536, 16, 6),
+    "deit_tiny_distilled_patch16_224": (192, 12, 768, 16, 3),
+    "deit_tiny_patch16_224": (192, 12, 768, 16, 3),
+    "eva_large_patch14_196": (1024, 24, 4096, 14, 16),
+    "eva_large_patch14_336": (1024, 24, 4096, 14, 16),
+    "test_vit": (64, 6, 192, 16, 2),
+    "vit_base_patch16_224": (768, 12, 3072, 16, 12),
+    "vit_base_patch16_224_miil": (768, 12, 3072, 16, 12),
+    "vit_base_patch16_384": (768, 12, 3072, 16, 12),
+    "vit_base_patch16_rpn_224": (768, 12, 3072, 16, 12),
+    "vit_base_patch32_224": (768, 12, 3072, 32, 12),
+    "vit_base_patch32_384": (768, 12, 3072, 32, 12),
+    "vit_base_patch8_224": (768, 12, 3072, 8, 12),
+    "vit_giant_patch14_224": (1408, 40, 6144, 14, 16),
+    "vit_gigantic_patch14_224": (1664, 48, 8192, 14, 16),
+    "vit_huge_patch14_224": (1280, 32, 5120, 14, 16),
+    "vit_large_patch14_224": (1024, 24, 4096, 14, 16),
+    "vit_large_patch16_224": (1024, 24, 4096, 16, 16),
+    "vit_large_patch16_384": (1024, 24, 4096, 16, 16),
+    "vit_large_patch32_224": (1024, 24, 4096, 32, 16),
+    "vit_large_patch32_384": (1024, 24, 4096, 32, 16),
+    "vit_small_patch16_224": (384, 12, 1536, 16, 6),
+    "vit_small_patch16_384": (384, 12, 1536, 16, 6),
+    "vit_small_patch32_224": (384, 12, 1536, 32, 6),
+    "vit_small_patch32_384": (384, 12, 1536, 32, 6),
+    "vit_small_patch8_224": (384, 12, 1536, 8, 6),
+    "vit_tiny_patch16_224": (192, 12, 768, 16, 3),
+    "vit_tiny_patch16_384": (192, 12, 768, 16, 3),
+}
+# The paper's Table 1 and DeiT's Ti and S (paper/configs.py), at every patch size the paper uses
+PAPER = {f"ViT-{variant}/{p}": (d, depth, mlp, p, heads)
+         for variant, (d, depth, mlp, heads) in VARIANTS.items() for p in PATCH_SIZES}
+# torchvision 0.29's builders (torchvision/models/vision_transformer.py vit_b_16 … vit_h_14) are paper models
+TORCHVISION = {f"vit_{variant.lower()}_{p}": PAPER[f"ViT-{variant}/{p}"]
+               for variant, p in (("B", 16), ("B", 32), ("L", 16), ("L", 32), ("H", 14))}
+KNOWN = {**PAPER, **TORCHVISION, **TIMM}
+
+
+def matching(dim: int, depth: int, mlp_dim: int, patch_size: int) -> dict[int, list[str]]:
+    """head count -> the names of the known architectures with these shapes (empty when none has them)."""
+    found = {}
+    for name, (*shapes, heads) in KNOWN.items():
+        if tuple(shapes) == (dim, depth, mlp_dim, patch_size):
+            found.setdefault(heads, []).append(name)
+    return found
+
+
+def described(names: list[str], shown: int = 3) -> str:
+    """"ViT-B/16, vit_b_16, vit_base_patch16_224 and 5 more"."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
