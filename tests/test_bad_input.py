@@ -19,7 +19,7 @@ from PIL import Image
 import lowlevel as vit
 import paper.formats.files as files
 import paper.train as train_module
-from lowlevel.fast import class_token_attention
+from lowlevel.fast import prefix_attention
 from paper import cli
 from paper.checkpoints import read_checkpoint, write_checkpoint
 from paper.convert import main as convert
@@ -90,7 +90,7 @@ def test_zero_patch_size_and_zero_heads_are_value_errors():
     with pytest.raises(ValueError, match="num_heads: expected a positive divisor of the input dim 8, got 0"):
         vit.multi_head_attention(tokens, w, None, torch.zeros(8, 8), None, 0)
     with pytest.raises(ValueError, match="num_heads: expected a positive divisor of the input dim 8, got 0"):
-        class_token_attention(tokens, w, None, 0)
+        prefix_attention(tokens, w, None, 0, 1)
 
 
 # ---------------------------------------------------------------- reading
