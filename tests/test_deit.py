@@ -14,6 +14,7 @@ from timm.models.deit import VisionTransformerDistilled
 from transformers import DeiTForImageClassificationWithTeacher
 
 import lowlevel as vit
+from paper import cli
 from paper.checkpoints import read_checkpoint, write_checkpoint
 from paper.configs import DEIT_MODELS, model_name, paper_config, param_count, timm_model_name
 from paper.convert import main as convert_main
@@ -252,7 +253,7 @@ def test_timm_files_round_trip_and_load_strictly_into_timm(tmp_path):
     cfg = tiny()
     params = random_params(cfg)
     write_timm(params, cfg, tmp_path / "deit.safetensors")
-    cfg2, params2 = read_timm(tmp_path / "deit.safetensors")
+    cfg2, params2 = read_timm(tmp_path / "deit.safetensors", num_heads=cfg.num_heads)   # a state dict has no head count
     assert cfg2 == cfg and all(torch.equal(params[k], params2[k]) for k in params) and sorted(params) == sorted(params2)
     model = VisionTransformerDistilled(**timm_kwargs(cfg)).double().eval()
     model.load_state_dict(to_timm(params, cfg), strict=True)
@@ -299,17 +300,18 @@ def test_convert_command_timm_to_transformers_to_timm(tmp_path, capsys):
     cfg = tiny()
     params = random_params(cfg)
     write_checkpoint(params, cfg, tmp_path / "deit.pth")
-    convert_main([str(tmp_path / "deit.pth"), str(tmp_path / "hf")])
-    convert_main([str(tmp_path / "hf"), str(tmp_path / "back.safetensors")])
+    heads = ["--num-heads", str(cfg.num_heads)]        # a timm state dict does not store it
+    convert_main([str(tmp_path / "deit.pth"), str(tmp_path / "hf"), *heads])
+    convert_main([str(tmp_path / "hf"), str(tmp_path / "back.safetensors")])     # config.json stores it
     assert "(timm) ->" in capsys.readouterr().out
-    cfg2, params2, fmt = read_checkpoint(tmp_path / "back.safetensors")
+    cfg2, params2, fmt = read_checkpoint(tmp_path / "back.safetensors", num_heads=cfg.num_heads)
     assert (cfg2, fmt) == (cfg, "timm") and all(torch.equal(params[k], params2[k]) for k in params)
     with pytest.raises(SystemExit) as e:       # the official format has no distillation token
-        convert_main([str(tmp_path / "deit.pth"), str(tmp_path / "deit.npz")])
+        cli.run(convert_main, [str(tmp_path / "deit.pth"), str(tmp_path / "deit.npz"), *heads])
     assert e.value.code == 2 and "distilled: the official npz format cannot express distilled=True" in \
         capsys.readouterr().err
     with pytest.raises(SystemExit):            # a model name fixes the distillation token too
-        convert_main([str(tmp_path / "deit.pth"), str(tmp_path / "x.pth"), "--model", "ViT-B/16"])
+        cli.run(convert_main, [str(tmp_path / "deit.pth"), str(tmp_path / "x.pth"), "--model", "ViT-B/16"])
     assert not (tmp_path / "deit.npz").exists() and not (tmp_path / "x.pth").exists()
 
 

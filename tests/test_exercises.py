@@ -26,7 +26,7 @@ from exercises import runner, wire
 from exercises.__main__ import main
 from exercises.checker import Grading, Namespace, check_workbook, defined_functions, sections, shown_output, workbooks
 from exercises.grading import GRADERS
-from paper import analysis
+from paper import analysis, cli
 from paper.trained import EXERCISE_MODEL, trained_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -316,7 +316,9 @@ def test_help_usage_errors_and_a_task_that_does_not_exist(capsys):
     with pytest.raises(SystemExit) as exit_usage:
         main(["check"])
     assert exit_usage.value.code == 2 and "expected workbook paths or --all" in capsys.readouterr().err
-    assert main(["check", "exercises/01_patch_embedding.md", "--task", "99"]) == 2
+    with pytest.raises(SystemExit) as exit_task:
+        cli.run(main, ["check", "exercises/01_patch_embedding.md", "--task", "99"])
+    assert exit_task.value.code == 2
     assert capsys.readouterr().err.strip() == "error: task: expected one of [1, 2, 3, 4, 5] for 01_patch_embedding.md, got 99"
 
 

@@ -45,7 +45,7 @@ def load_timm(state_dict: dict, cfg) -> dict:
 
 
 def hf_names(name: str) -> list[str]:
-    return [memory_name(n) for n in saved_hf_names(name)]
+    return [memory_name(n) for n in saved_hf_names(name, vit.ViTConfig())]   # a ViT: no distillation token
 
 
 def load_hf(state_dict: dict, cfg) -> dict:
