@@ -2,6 +2,7 @@
 
 Tensor ops and torch.nn.functional only: params in, tensors out. Primitives take tensors; block-level functions take
 (params, x, cfg); `forward`, `forward_intermediates` and `fast_forward` take (params, images, cfg)."""
+from . import swin
 from .attention import merge_heads, multi_head_attention, qkv_heads, scaled_dot_product_attention
 from .checks import check_params
 from .config import ViTConfig
@@ -13,9 +14,11 @@ from .norm import layer_norm
 from .params import init_params, param_shapes
 from .patches import patch_embedding, patchify, unpatchify
 from .position import sincos_2d
+from .swin_config import SwinConfig
 
 __all__ = ["ViTConfig", "init_params", "param_shapes", "check_params",
            "forward", "forward_intermediates", "fast_forward",
            "embed", "encoder", "encoder_block", "block_params", "fast_encoder", "fast_encoder_block", "pool",
            "layer_norm", "mlp", "multi_head_attention", "scaled_dot_product_attention", "qkv_heads", "merge_heads",
-           "patchify", "unpatchify", "patch_embedding", "sincos_2d"]
+           "patchify", "unpatchify", "patch_embedding", "sincos_2d",
+           "SwinConfig", "swin"]

@@ -7,9 +7,14 @@ not fix
 - a non-square image size: E_pos has N = gh·gw rows, and N factors many ways;
 - the layer-norm eps and the GELU flavour (numerics, not shapes).
 A reader takes these from the file where the format stores them, else from the caller's overrides, else from the
-functions below.
+functions below. A Swin's weights tell the head counts (the relative-position tables have a column per head) but not
+the image size, nor the conventions of the code that computed with them (`lowlevel.swin_config`): each format's
+reader sets its code's conventions, and a writer refuses a config whose function its code would change.
 """
 import math
+from dataclasses import replace
+
+from lowlevel.swin_config import SwinConfig, convention_difference
 
 
 def num_heads_for(dim: int) -> int:
@@ -36,3 +41,37 @@ def require(fmt: str, cfg, **allowed) -> None:
         if value not in values:
             expected = values[0] if len(values) == 1 else f"one of {values}"
             raise ValueError(f"{field}: {fmt} cannot express {field}={value!r}; it holds {field}={expected!r}")
+
+
+def swin_image_size(window_size: int, patch_size: int, num_stages: int) -> int:
+    """The side of the image a Swin checkpoint is taken to be for when neither the file nor the caller says: the
+    smallest whose last stage holds one whole window, M·P·2^(S−1) (224 for M = 7, 384 for M = 12: the sizes the
+    original, timm and torchvision name their checkpoints by, swin_tiny_patch4_window7_224). A Swin's weights fit any
+    size; the size matters where stages are padded or windows shrink, so pass it (--model) for other sizes."""
+    return window_size * patch_size * 2 ** (num_stages - 1)
+
+
+def window_from_tables(tables: list) -> int:
+    """M, from the stages' relative-position tables B̂, (2M−1)² rows at full size; a checkpoint whose largest table is
+    shrunk or non-square (timm at small images) does not tell M."""
+    rows = max(t.shape[0] for t in tables)
+    side = math.isqrt(rows)
+    if side * side != rows or side % 2 == 0:
+        raise ValueError(f"window_size: expected a (2M−1)²-row relative-position table, got {rows} rows; pass the "
+                         f"model (--model, e.g. swin_tiny_patch4_window7_224)")
+    return (side + 1) // 2
+
+
+def require_conventions(fmt: str, cfg: SwinConfig, **conventions) -> SwinConfig:
+    """The Swin config `cfg` as the code behind `fmt` computes it (its padding, small_window and merge_position),
+    refused when that would change the model's function at cfg.image_size: conventions are what code does, not what
+    weights hold, so weights moved to other code are right only where the two compute alike."""
+    theirs = replace(cfg, **conventions)
+    difference = convention_difference(cfg, theirs)
+    if difference is not None:
+        changed = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in conventions if getattr(cfg, k) != conventions[k])
+        side = swin_image_size(cfg.window_size, cfg.patch_size, cfg.num_stages)
+        raise ValueError(f"{changed}: {fmt} cannot express it at image_size {cfg.image_size}, where {difference}; "
+                         f"convert at an image size whose stages are whole windows (e.g. {side}×{side}) or keep the "
+                         f"format")
+    return theirs

@@ -1,0 +1,116 @@
+"""timm's `SwinTransformer` state dict (swin_tiny_patch4_window7_224 and its siblings), as `.pth` or `.safetensors`.
+
+Our name                                   timm name                                     transform
+patch.weight (C, in·P·P)                   patch_embed.proj.weight                       reshape to the conv kernel
+patch.bias                                 patch_embed.proj.bias                         -
+patch_norm                                 patch_embed.norm                              -
+stages.s.blocks.j.ln1 / ln2                layers.s.blocks.j.norm1 / norm2               -
+stages.s.blocks.j.qkv                      layers.s.blocks.j.attn.qkv                    - (rows [q; k; v], head-major)
+stages.s.blocks.j.proj                     layers.s.blocks.j.attn.proj                   -
+stages.s.blocks.j.relative_position_bias_table                                           - ((2M−1)², heads)
+                                           layers.s.blocks.j.attn.relative_position_bias_table
+stages.s.blocks.j.fc1 / fc2                layers.s.blocks.j.mlp.fc1 / fc2               -
+stages.s.merge (the k-th merging)          layers.{k+1}.downsample                       - (timm merges at the start of
+                                                                                           stages 1..3)
+norm                                       norm                                          -
+head                                       head.fc                                       -
+
+timm keeps `relative_position_index` and the shifted windows' `attn_mask` as non-persistent buffers: they are not in
+its state dict, and neither read nor written here (timm's own `checkpoint_filter_fn` drops them from the original's
+checkpoints). timm computes with its conventions (padding "after_shift", small_window "shrink"), so a reader sets
+them and a writer refuses a config whose function they would change at its image size.
+"""
+import torch
+
+from lowlevel import SwinConfig, check_params
+from lowlevel.swin import param_shapes
+from lowlevel.swin_params import merge_index
+
+from ..reference_swin import TIMM_CONVENTIONS, require_timm
+from .fields import swin_image_size, window_from_tables
+from .files import load_tensors, save_tensors
+
+BLOCK_NAMES = {"ln1": "norm1", "qkv": "attn.qkv", "proj": "attn.proj", "ln2": "norm2", "fc1": "mlp.fc1",
+               "fc2": "mlp.fc2", "relative_position_bias_table": "attn.relative_position_bias_table"}
+TABLE = "layers.{}.blocks.0.attn.relative_position_bias_table"
+
+
+def timm_swin_key(name: str, cfg: SwinConfig) -> str:
+    """Our parameter name -> timm's state-dict key."""
+    parts = name.split(".")
+    if parts[0] == "stages" and parts[2] == "blocks":
+        s, j, part = parts[1], parts[3], ".".join(parts[4:])
+        piece, _, leaf = part.partition(".")
+        return f"layers.{s}.blocks.{j}.{BLOCK_NAMES[piece]}" + (f".{leaf}" if leaf else "")
+    if parts[0] == "stages":                                   # stages.s.merge.{norm,reduction}.leaf
+        return f"layers.{merge_index(cfg, int(parts[1])) + 1}.downsample.{'.'.join(parts[3:])}"
+    head, _, leaf = name.partition(".")
+    return {"patch": f"patch_embed.proj.{leaf}", "patch_norm": f"patch_embed.norm.{leaf}",
+            "head": f"head.fc.{leaf}"}.get(head, name)
+
+
+def is_timm_swin_state_dict(sd: dict) -> bool:
+    return "patch_embed.proj.weight" in sd and TABLE.format(0) in sd
+
+
+def config_from_timm_swin(sd: dict, known: dict) -> dict:
+    """The config fields a timm Swin state dict's shapes determine, with `known` fields (the caller's) taking
+    precedence; the heads are the tables' columns."""
+    c, channels, p, _ = sd["patch_embed.proj.weight"].shape
+    stages = len({k.split(".")[1] for k in sd if k.startswith("layers.")})
+    fields = {"patch_size": p, "in_channels": channels, "dim": c,
+              "depths": tuple(len({k.split(".")[3] for k in sd if k.startswith(f"layers.{s}.blocks.")})
+                              for s in range(stages)),
+              "num_heads": tuple(sd[TABLE.format(s)].shape[1] for s in range(stages)),
+              "mlp_ratio": sd["layers.0.blocks.0.mlp.fc1.weight"].shape[0] / c,
+              "qkv_bias": "layers.0.blocks.0.attn.qkv.bias" in sd,
+              "num_classes": sd["head.fc.weight"].shape[0] if "head.fc.weight" in sd else 0,
+              **TIMM_CONVENTIONS, **known}
+    if "window_size" not in fields:
+        fields["window_size"] = window_from_tables([sd[TABLE.format(s)] for s in range(stages)])
+    if "image_size" not in fields:
+        fields["image_size"] = swin_image_size(fields["window_size"], p, stages)
+    return fields
+
+
+def from_timm_swin(state_dict: dict, **overrides) -> tuple[SwinConfig, dict[str, torch.Tensor]]:
+    """A timm SwinTransformer state dict -> (cfg, params). Keyword overrides set what the weights cannot tell (image
+    size, eps, ...). All keys are checked (missing, unexpected, mis-shaped) before anything is converted."""
+    sd = dict(state_dict)
+    missing = [k for k in ("patch_embed.proj.weight", TABLE.format(0), "layers.0.blocks.0.mlp.fc1.weight")
+               if k not in sd]
+    if missing:
+        raise ValueError(f"state_dict: expected a timm SwinTransformer state_dict, missing key(s) {missing}")
+    cfg = SwinConfig(**config_from_timm_swin(sd, overrides))
+    shapes = param_shapes(cfg)
+    names = {timm_swin_key(k, cfg): k for k in shapes}
+    c, p = cfg.dim, cfg.patch_size
+    check_params(sd, {t: (shapes[k] if k != "patch.weight" else (c, cfg.in_channels, p, p)) for t, k in names.items()},
+                 what="timm Swin state_dict")
+    params = {names[t]: v.detach().clone() for t, v in sd.items()}
+    params["patch.weight"] = params["patch.weight"].reshape(shapes["patch.weight"])
+    return cfg, {k: params[k] for k in shapes}
+
+
+def to_timm_swin(params: dict[str, torch.Tensor], cfg: SwinConfig) -> dict[str, torch.Tensor]:
+    """(params, cfg) -> a timm SwinTransformer state dict (`paper.reference_swin.timm_swin(cfg)` builds the model)."""
+    require_timm(cfg)
+    check_params(params, param_shapes(cfg))
+    sd = {timm_swin_key(k, cfg): v.detach().clone() for k, v in params.items()}
+    p = cfg.patch_size
+    sd["patch_embed.proj.weight"] = sd["patch_embed.proj.weight"].reshape(cfg.dim, cfg.in_channels, p, p)
+    return sd
+
+
+def read_timm_swin(path, **overrides) -> tuple[SwinConfig, dict]:
+    """A timm Swin state-dict file -> (cfg, params)."""
+    try:
+        return from_timm_swin(load_tensors(path), **overrides)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
+def write_timm_swin(params: dict, cfg: SwinConfig, path) -> None:
+    """(params, cfg) -> a timm Swin state dict at `path` (.safetensors by suffix, torch.save otherwise), checked
+    before anything is written."""
+    save_tensors(to_timm_swin(params, cfg), path)

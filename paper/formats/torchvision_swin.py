@@ -1,0 +1,132 @@
+"""torchvision's `SwinTransformer` state dict (`swin_t`, `swin_s`, `swin_b`), as `.pth` or `.safetensors`.
+
+Our name                                   torchvision name                              transform
+patch.weight (C, in·P·P)                   features.0.0.weight                           reshape to the conv kernel
+patch.bias                                 features.0.0.bias                             -
+patch_norm                                 features.0.2                                  - (features.0.1 is a Permute)
+stages.s.blocks.j.ln1 / ln2                features.{2s+1}.j.norm1 / norm2               -
+stages.s.blocks.j.qkv                      features.{2s+1}.j.attn.qkv                    - (rows [q; k; v], head-major)
+stages.s.blocks.j.proj                     features.{2s+1}.j.attn.proj                   -
+stages.s.blocks.j.relative_position_bias_table                                           - ((2M−1)², heads)
+                                           features.{2s+1}.j.attn.relative_position_bias_table
+(computed)                                 features.{2s+1}.j.attn.relative_position_index   written; checked on read
+stages.s.blocks.j.fc1 / fc2                features.{2s+1}.j.mlp.0 / mlp.3               - (mlp.1 GELU, mlp.2 and
+                                                                                           mlp.4 dropout)
+stages.s.merge (the k-th merging)          features.{2k+2}                               - (merging ends stages 0..2)
+norm                                       norm                                          -
+head                                       head                                          -
+
+Stages and mergings alternate in one `features` Sequential, hence the 2s+1 and 2k+2. torchvision registers
+`relative_position_index` as a persistent buffer, flattened to (M⁴,): every torchvision checkpoint holds it. It is
+not a parameter (relative_position.py computes it from M), so a reader checks it equals the computed one and refuses a
+file where it does not, and a writer writes it so that `load_state_dict` finds every key. torchvision computes with its
+conventions (padding "before_shift", small_window "pad"), set on reading and required of a config on writing.
+"""
+import torch
+
+from lowlevel import SwinConfig, check_params
+from lowlevel.relative_position import relative_position_index
+from lowlevel.swin import param_shapes
+from lowlevel.swin_params import merge_index
+
+from ..reference_swin import TORCHVISION_CONVENTIONS, require_torchvision
+from .fields import swin_image_size, window_from_tables
+from .files import load_tensors, save_tensors
+
+BLOCK_NAMES = {"ln1": "norm1", "qkv": "attn.qkv", "proj": "attn.proj", "ln2": "norm2", "fc1": "mlp.0", "fc2": "mlp.3",
+               "relative_position_bias_table": "attn.relative_position_bias_table"}
+TABLE = "features.{}.0.attn.relative_position_bias_table"
+INDEX = "relative_position_index"
+
+
+def torchvision_swin_key(name: str, cfg: SwinConfig) -> str:
+    """Our parameter name -> torchvision's state-dict key."""
+    parts = name.split(".")
+    if parts[0] == "stages" and parts[2] == "blocks":
+        s, j, part = int(parts[1]), parts[3], ".".join(parts[4:])
+        piece, _, leaf = part.partition(".")
+        return f"features.{2 * s + 1}.{j}.{BLOCK_NAMES[piece]}" + (f".{leaf}" if leaf else "")
+    if parts[0] == "stages":                                   # stages.s.merge.{norm,reduction}.leaf
+        return f"features.{2 * merge_index(cfg, int(parts[1])) + 2}.{'.'.join(parts[3:])}"
+    head, _, leaf = name.partition(".")
+    return {"patch": f"features.0.0.{leaf}", "patch_norm": f"features.0.2.{leaf}"}.get(head, name)
+
+
+def index_keys(cfg: SwinConfig) -> dict[str, torch.Tensor]:
+    """Every block's `relative_position_index` buffer, as torchvision computes it: (M⁴,) long."""
+    index = relative_position_index((cfg.window_size, cfg.window_size)).flatten()
+    return {f"features.{2 * s + 1}.{j}.attn.{INDEX}": index for s in range(cfg.num_stages) for j in range(cfg.depths[s])}
+
+
+def is_torchvision_swin_state_dict(sd: dict) -> bool:
+    return "features.0.0.weight" in sd and TABLE.format(1) in sd
+
+
+def config_from_torchvision_swin(sd: dict, known: dict) -> dict:
+    """The config fields a torchvision Swin state dict's shapes determine, with `known` fields (the caller's) taking
+    precedence; the heads are the tables' columns."""
+    c, channels, p, _ = sd["features.0.0.weight"].shape
+    stages = len({k.split(".")[1] for k in sd if k.startswith("features.")}) // 2   # patch embed + stages + mergings
+    fields = {"patch_size": p, "in_channels": channels, "dim": c,
+              "depths": tuple(len({k.split(".")[2] for k in sd if k.startswith(f"features.{2 * s + 1}.")})
+                              for s in range(stages)),
+              "num_heads": tuple(sd[TABLE.format(2 * s + 1)].shape[1] for s in range(stages)),
+              "mlp_ratio": sd["features.1.0.mlp.0.weight"].shape[0] / c,
+              "qkv_bias": "features.1.0.attn.qkv.bias" in sd,
+              "num_classes": sd["head.weight"].shape[0] if "head.weight" in sd else 0,
+              **TORCHVISION_CONVENTIONS, **known}
+    if "window_size" not in fields:
+        fields["window_size"] = window_from_tables([sd[TABLE.format(2 * s + 1)] for s in range(stages)])
+    if "image_size" not in fields:
+        fields["image_size"] = swin_image_size(fields["window_size"], p, stages)
+    return fields
+
+
+def from_torchvision_swin(state_dict: dict, **overrides) -> tuple[SwinConfig, dict[str, torch.Tensor]]:
+    """A torchvision SwinTransformer state dict -> (cfg, params). Every key is checked (missing, unexpected,
+    mis-shaped), and every relative_position_index against the computed one, before anything is converted."""
+    sd = dict(state_dict)
+    missing = [k for k in ("features.0.0.weight", TABLE.format(1), "features.1.0.mlp.0.weight") if k not in sd]
+    if missing:
+        raise ValueError(f"state_dict: expected a torchvision SwinTransformer state_dict, missing key(s) {missing}")
+    cfg = SwinConfig(**config_from_torchvision_swin(sd, overrides))
+    shapes = param_shapes(cfg)
+    names = {torchvision_swin_key(k, cfg): k for k in shapes}
+    c, p = cfg.dim, cfg.patch_size
+    expected = {t: (shapes[k] if k != "patch.weight" else (c, cfg.in_channels, p, p)) for t, k in names.items()}
+    indices = index_keys(cfg)
+    check_params(sd, {**expected, **{k: tuple(v.shape) for k, v in indices.items()}}, what="torchvision Swin state_dict")
+    wrong = [k for k, v in indices.items() if not torch.equal(sd[k].long(), v)]
+    if wrong:
+        raise ValueError(f"{wrong[0]}: expected the relative position index of a {cfg.window_size}×{cfg.window_size} "
+                         f"window (query minus key offsets, Swin §3.2), got different values in {len(wrong)} block(s)")
+    params = {names[t]: sd[t].detach().clone() for t in names}
+    params["patch.weight"] = params["patch.weight"].reshape(shapes["patch.weight"])
+    return cfg, {k: params[k] for k in shapes}
+
+
+def to_torchvision_swin(params: dict[str, torch.Tensor], cfg: SwinConfig) -> dict[str, torch.Tensor]:
+    """(params, cfg) -> a torchvision SwinTransformer state dict, index buffers included
+    (`paper.reference_swin.torchvision_swin(cfg)` builds the model)."""
+    require_torchvision(cfg)
+    check_params(params, param_shapes(cfg))
+    sd = {torchvision_swin_key(k, cfg): v.detach().clone() for k, v in params.items()}
+    p = cfg.patch_size
+    sd["features.0.0.weight"] = sd["features.0.0.weight"].reshape(cfg.dim, cfg.in_channels, p, p)
+    device = params["patch.weight"].device
+    sd.update({k: v.to(device) for k, v in index_keys(cfg).items()})
+    return sd
+
+
+def read_torchvision_swin(path, **overrides) -> tuple[SwinConfig, dict]:
+    """A torchvision Swin state-dict file -> (cfg, params)."""
+    try:
+        return from_torchvision_swin(load_tensors(path), **overrides)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
+def write_torchvision_swin(params: dict, cfg: SwinConfig, path) -> None:
+    """(params, cfg) -> a torchvision Swin state dict at `path` (.safetensors by suffix, torch.save otherwise),
+    checked before anything is written."""
+    save_tensors(to_torchvision_swin(params, cfg), path)

@@ -1,0 +1,56 @@
+"""The independent Swin Transformers we check against, built to compute the same model as a `SwinConfig`: timm's
+`SwinTransformer`, torchvision's `SwinTransformer` (the class behind swin_t/s/b) and transformers'
+`SwinForImageClassification`. Each refuses a config whose conventions its code does not compute."""
+from functools import partial
+
+import torch.nn as nn
+
+from lowlevel import SwinConfig
+
+from .formats.fields import require, require_conventions
+
+TIMM = "timm's SwinTransformer"
+TORCHVISION = "torchvision's SwinTransformer"
+TRANSFORMERS = "transformers' Swin"
+# Each code's conventions (lowlevel/swin_config.py); merge_position is where its checkpoints name the merging.
+TIMM_CONVENTIONS = dict(padding="after_shift", small_window="shrink", merge_position="start")
+TORCHVISION_CONVENTIONS = dict(padding="before_shift", small_window="pad", merge_position="end")
+TRANSFORMERS_CONVENTIONS = dict(padding="before_shift", small_window="shrink_min", merge_position="end")
+
+
+def require_timm(cfg: SwinConfig) -> None:
+    """Refuse a config timm's code does not compute: its GELU is fixed to nn.GELU (the exact erf), its conventions
+    are its own."""
+    require(TIMM, cfg, gelu="exact")
+    require_conventions(TIMM, cfg, **TIMM_CONVENTIONS)
+
+
+def require_torchvision(cfg: SwinConfig) -> None:
+    """Refuse a config torchvision's code does not compute: its patch projection takes 3 channels, its q/k/v always
+    have biases, its GELU is nn.GELU, it always has a classifier, its conventions are its own."""
+    require(TORCHVISION, cfg, in_channels=3, qkv_bias=True, gelu="exact")
+    if cfg.num_classes < 1:
+        raise ValueError(f"num_classes: {TORCHVISION} cannot express num_classes={cfg.num_classes}; it always has a "
+                         f"classifier (num_classes ≥ 1)")
+    require_conventions(TORCHVISION, cfg, **TORCHVISION_CONVENTIONS)
+
+
+def timm_swin(cfg: SwinConfig, **kwargs):
+    """timm's SwinTransformer for `cfg` (random weights; load ours with `paper.formats.timm_swin.to_timm_swin`)."""
+    from timm.models.swin_transformer import SwinTransformer
+    require_timm(cfg)
+    return SwinTransformer(img_size=cfg.image_size, patch_size=cfg.patch_size, in_chans=cfg.in_channels,
+                           num_classes=cfg.num_classes, embed_dim=cfg.dim, depths=cfg.depths, num_heads=cfg.num_heads,
+                           window_size=cfg.window_size, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
+                           drop_path_rate=cfg.drop_path, norm_layer=partial(nn.LayerNorm, eps=cfg.layer_norm_eps),
+                           **kwargs)
+
+
+def torchvision_swin(cfg: SwinConfig):
+    """torchvision's SwinTransformer for `cfg` (load ours with `paper.formats.torchvision_swin.to_torchvision_swin`)."""
+    from torchvision.models.swin_transformer import SwinTransformer
+    require_torchvision(cfg)
+    return SwinTransformer(patch_size=[cfg.patch_size] * 2, embed_dim=cfg.dim, depths=list(cfg.depths),
+                           num_heads=list(cfg.num_heads), window_size=[cfg.window_size] * 2, mlp_ratio=cfg.mlp_ratio,
+                           stochastic_depth_prob=cfg.drop_path, num_classes=cfg.num_classes,
+                           norm_layer=partial(nn.LayerNorm, eps=cfg.layer_norm_eps))
