@@ -8,7 +8,9 @@ use the exact erf, so `gelu` is an override.
 import math
 import re
 
-from lowlevel import ViTConfig, param_shapes
+from lowlevel import SwinConfig, ViTConfig, param_shapes, swin
+
+from .swin_configs import parse_swin_name, swin_config, swin_model_name
 
 # name: (hidden size D, layers L, MLP size, heads); D_h = 64 throughout (paper App. A, DeiT §5.1)
 VARIANTS = {
@@ -40,9 +42,11 @@ def parse_name(name: str) -> tuple[str, int, int | None]:
                      f"got {name!r}")
 
 
-def paper_config(name: str, **overrides) -> ViTConfig:
+def paper_config(name: str, **overrides) -> ViTConfig | SwinConfig:
     """The exact config for a paper or timm model name; image size 224 unless the name or overrides say otherwise,
-    1000 classes unless overridden."""
+    1000 classes unless overridden. Swin names (paper/swin_configs.py) give a SwinConfig."""
+    if parse_swin_name(name):
+        return swin_config(name, **overrides)
     variant, patch, size = parse_name(name)
     if patch not in PATCH_SIZES:
         raise ValueError(f"name: expected patch size one of {PATCH_SIZES}, got {patch} in {name!r}")
@@ -59,14 +63,17 @@ def timm_model_name(name: str, image_size: int = 224) -> str:
     return f"vit_{long}_patch{patch}_{size or image_size}"
 
 
-def model_name(cfg: ViTConfig) -> str | None:
+def model_name(cfg: ViTConfig | SwinConfig) -> str | None:
     """The paper name of the variant `cfg` has (D, L, MLP size, heads), e.g. "ViT-B/16"; None if it is none of them."""
+    if isinstance(cfg, SwinConfig):
+        return swin_model_name(cfg)
     for variant, shape in VARIANTS.items():
         if shape == (cfg.dim, cfg.depth, cfg.mlp_dim, cfg.num_heads):
             return f"ViT-{variant}/{cfg.patch_size}"
     return None
 
 
-def param_count(cfg: ViTConfig) -> int:
+def param_count(cfg: ViTConfig | SwinConfig) -> int:
     """The number of parameters of `cfg`, from the shapes alone: nothing is allocated (ViT-H/14 holds 632M)."""
-    return sum(math.prod(shape) for shape in param_shapes(cfg).values())
+    shapes = swin.param_shapes(cfg) if isinstance(cfg, SwinConfig) else param_shapes(cfg)
+    return sum(math.prod(shape) for shape in shapes.values())

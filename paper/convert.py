@@ -1,10 +1,13 @@
 """Convert a ViT checkpoint between formats: timm (.pth/.safetensors), Hugging Face transformers (a save_pretrained
-directory or its state_dict) and the official Google .npz. The source format is recognised from the file, the
-destination's from its name; the config is inferred from the weights unless --model names it.
+directory or its state_dict) and the official Google .npz; or a Swin between timm's and torchvision's state dicts.
+The source format is recognised from the file, the destination's from its name (--state-dict torchvision for a
+torchvision Swin); the config is inferred from the weights unless --model names it.
 
     python -m paper.convert ViT-B_16.npz vit-b16-hf/              # official npz -> from_pretrained directory
     python -m paper.convert vit-b16-hf/ vit_b16.safetensors       # transformers -> timm state_dict
     python -m paper.convert model.pth model.npz --model ViT-B/16  # refuse anything that is not a ViT-B/16
+    python -m paper.convert swin_t.pth swin_t_timm.pth             # torchvision swin_t -> timm SwinTransformer
+    python -m paper.convert swin_t_timm.pth swin_t.pth --state-dict torchvision
 """
 import argparse
 import sys
@@ -15,7 +18,8 @@ from paper.checkpoints import read_checkpoint, write_checkpoint
 from paper.configs import model_name, param_count
 
 
-def convert(src, dst, model: str | None = None, gelu: str | None = None, npz_layout: str = "vit2020") -> str:
+def convert(src, dst, model: str | None = None, gelu: str | None = None, npz_layout: str = "vit2020",
+            state_dict: str = "timm") -> str:
     """Read `src`, write `dst`; returns a one-line summary. Nothing is written if reading or checking fails."""
     overrides = {"gelu": gelu} if gelu else {}
     with tqdm(total=2, desc="convert", unit="step", file=sys.stderr) as bar:
@@ -23,7 +27,7 @@ def convert(src, dst, model: str | None = None, gelu: str | None = None, npz_lay
         cfg, params, src_format = read_checkpoint(src, model, **overrides)
         bar.update()
         bar.set_postfix_str(f"writing {dst}")
-        dst_format = write_checkpoint(params, cfg, dst, npz_layout)
+        dst_format = write_checkpoint(params, cfg, dst, npz_layout, state_dict)
         bar.update()
     name = model_name(cfg) or f"D={cfg.dim} L={cfg.depth}"
     return (f"{src} ({src_format}) -> {dst} ({dst_format}): {name} at {cfg.image_size[0]}x{cfg.image_size[1]}, "
@@ -44,9 +48,12 @@ def main(argv=None) -> None:
                              "for an official .npz, as trained; otherwise what the source says, exact for timm)")
     parser.add_argument("--npz-layout", choices=("vit2020", "big_vision"), default="vit2020",
                         help="official .npz naming to write (default: the 2020 released files')")
+    parser.add_argument("--state-dict", choices=("timm", "torchvision"), default="timm",
+                        help="layout of a .pth, .pt or .safetensors destination: timm's (default) or torchvision's "
+                             "(a Swin only, as swin_t/s/b load it)")
     args = parser.parse_args(argv)
     try:
-        print(convert(args.src, args.dst, args.model, args.gelu, args.npz_layout))
+        print(convert(args.src, args.dst, args.model, args.gelu, args.npz_layout, args.state_dict))
     except ValueError as e:
         parser.exit(2, f"convert: error: {e}\n")
 

@@ -3,6 +3,7 @@
 `SwinForImageClassification`. Each refuses a config whose conventions its code does not compute."""
 from functools import partial
 
+import torch
 import torch.nn as nn
 
 from lowlevel import SwinConfig
@@ -27,11 +28,15 @@ def require_timm(cfg: SwinConfig) -> None:
 
 def require_torchvision(cfg: SwinConfig) -> None:
     """Refuse a config torchvision's code does not compute: its patch projection takes 3 channels, its q/k/v always
-    have biases, its GELU is nn.GELU, it always has a classifier, its conventions are its own."""
+    have biases, its GELU is nn.GELU, it always has a classifier and two blocks or more, its conventions are its
+    own."""
     require(TORCHVISION, cfg, in_channels=3, qkv_bias=True, gelu="exact")
     if cfg.num_classes < 1:
         raise ValueError(f"num_classes: {TORCHVISION} cannot express num_classes={cfg.num_classes}; it always has a "
                          f"classifier (num_classes ≥ 1)")
+    if cfg.depth < 2:
+        raise ValueError(f"depths: {TORCHVISION} cannot build depths={cfg.depths}; it divides by the block count − 1 "
+                         f"for its stochastic depth rates, so it needs two blocks or more")
     require_conventions(TORCHVISION, cfg, **TORCHVISION_CONVENTIONS)
 
 
@@ -54,3 +59,18 @@ def torchvision_swin(cfg: SwinConfig):
                            num_heads=list(cfg.num_heads), window_size=[cfg.window_size] * 2, mlp_ratio=cfg.mlp_ratio,
                            stochastic_depth_prob=cfg.drop_path, num_classes=cfg.num_classes,
                            norm_layer=partial(nn.LayerNorm, eps=cfg.layer_norm_eps))
+
+
+def with_weights(build, cfg: SwinConfig, state_dict: dict, dtype=None):
+    """`build(cfg)` holding `state_dict`, in eval mode, without initialising its weights first: built on the meta
+    device, given uninitialised memory, loaded (strictly), and its computed non-persistent buffers (timm's
+    relative-position index and shift masks) recomputed for the new memory. Whole Swin-Bs are built in seconds."""
+    with torch.device("meta"):
+        model = build(cfg)
+    dtype = dtype or next(iter(state_dict.values())).dtype
+    model = model.to_empty(device="cpu").to(dtype)
+    model.load_state_dict(state_dict)
+    for module in model.modules():
+        if hasattr(module, "init_non_persistent_buffers"):
+            module.init_non_persistent_buffers()
+    return model.eval()
