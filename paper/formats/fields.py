@@ -69,7 +69,8 @@ def require_conventions(fmt: str, cfg: SwinConfig, **conventions) -> SwinConfig:
     theirs = replace(cfg, **conventions)
     difference = convention_difference(cfg, theirs)
     if difference is not None:
-        changed = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in conventions if getattr(cfg, k) != conventions[k])
+        changed = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in ("padding", "small_window")   # merge_position
+                            if k in conventions and getattr(cfg, k) != conventions[k])       # changes no number
         side = swin_image_size(cfg.window_size, cfg.patch_size, cfg.num_stages)
         raise ValueError(f"{changed}: {fmt} cannot express it at image_size {cfg.image_size}, where {difference}; "
                          f"convert at an image size whose stages are whole windows (e.g. {side}×{side}) or keep the "

@@ -53,9 +53,11 @@ def torchvision_swin_key(name: str, cfg: SwinConfig) -> str:
 
 
 def index_keys(cfg: SwinConfig) -> dict[str, torch.Tensor]:
-    """Every block's `relative_position_index` buffer, as torchvision computes it: (M⁴,) long."""
+    """Every block's `relative_position_index` buffer, as torchvision computes it: (M⁴,) long, one tensor each (a
+    file format such as safetensors refuses tensors that share memory)."""
     index = relative_position_index((cfg.window_size, cfg.window_size)).flatten()
-    return {f"features.{2 * s + 1}.{j}.attn.{INDEX}": index for s in range(cfg.num_stages) for j in range(cfg.depths[s])}
+    return {f"features.{2 * s + 1}.{j}.attn.{INDEX}": index.clone()
+            for s in range(cfg.num_stages) for j in range(cfg.depths[s])}
 
 
 def is_torchvision_swin_state_dict(sd: dict) -> bool:

@@ -1,0 +1,130 @@
+"""Swin checkpoints: timm's and torchvision's state dicts read and written losslessly, recognised from the file, and
+`python -m paper.convert` turning a torchvision swin_t into a state dict timm's swin_tiny_patch4_window7_224 loads
+with equal outputs, and back; a conversion that would change the function is refused and writes nothing."""
+import dataclasses
+
+import pytest
+import timm
+import torch
+import torchvision
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lowlevel import SwinConfig
+from paper.checkpoints import detect_format, read_checkpoint, write_checkpoint
+from paper.convert import main as convert_main
+from paper.formats.timm import write_timm
+from paper.formats.timm_swin import from_timm_swin, to_timm_swin
+from paper.formats.torchvision_swin import from_torchvision_swin, to_torchvision_swin
+from paper.reference_swin import TIMM_CONVENTIONS, TORCHVISION_CONVENTIONS
+from tests import helpers
+
+FORMATS = {"timm": (TIMM_CONVENTIONS, to_timm_swin, from_timm_swin),
+           "torchvision": (TORCHVISION_CONVENTIONS, to_torchvision_swin, from_torchvision_swin)}
+
+
+def untold(cfg: SwinConfig) -> dict:
+    """What a Swin state dict does not hold: the image size, eps, and M where every table is shrunk."""
+    return dict(image_size=cfg.image_size, window_size=cfg.window_size, layer_norm_eps=cfg.layer_norm_eps)
+
+
+@given(st.sampled_from(sorted(FORMATS)).flatmap(
+    lambda f: st.tuples(st.just(f), helpers.swin_configs(FORMATS[f][0], torchvision=f == "torchvision"))))
+def test_state_dict_round_trip_is_lossless(format_and_cfg):
+    fmt, cfg = format_and_cfg
+    _, to_format, from_format = FORMATS[fmt]
+    params = helpers.random_params(cfg, seed=1)
+    cfg2, params2 = from_format(to_format(params, cfg), **untold(cfg))
+    assert cfg2 == cfg
+    assert list(params2) == list(params) and all(torch.equal(params2[k], params[k]) for k in params)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_files_are_recognised_and_read_back(tmp_path, fmt, suffix):
+    cfg = SwinConfig(image_size=224, dim=12, depths=(2, 2, 2, 2), num_heads=(1, 2, 3, 4), num_classes=5,
+                     **FORMATS[fmt][0])
+    params = helpers.random_params(cfg, seed=2)
+    path = tmp_path / f"m{suffix}"
+    assert write_checkpoint(params, cfg, path, state_dict=fmt) == f"{fmt}-swin"
+    assert detect_format(path) == f"{fmt}-swin"
+    cfg2, params2, _ = read_checkpoint(path)                          # 224 = M·P·2³, the default, told by no key
+    assert cfg2 == cfg and all(torch.equal(params2[k], params[k]) for k in params)
+    vit_cfg = helpers.ViTConfig(image_size=32, patch_size=8, dim=64, depth=1, num_heads=1, mlp_dim=8)
+    write_timm(helpers.random_params(vit_cfg), vit_cfg, tmp_path / f"vit{suffix}")
+    assert detect_format(tmp_path / f"vit{suffix}") == "timm"        # a ViT's patch_embed.proj.weight stays a ViT
+
+
+@pytest.fixture(scope="module")
+def swin_t_file(tmp_path_factory):
+    """torchvision's own swin_t (its builder, not ours), every tensor perturbed, float64, saved as torch.save does."""
+    torch.manual_seed(0)
+    model = torchvision.models.swin_t().double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    path = tmp_path_factory.mktemp("swin") / "swin_t.pth"
+    torch.save(model.state_dict(), path)
+    return path, model
+
+
+@pytest.mark.slow
+def test_convert_turns_torchvision_swin_t_into_timm_and_back(swin_t_file, tmp_path, capsys):
+    """The command, on torchvision's swin_t: timm's swin_tiny_patch4_window7_224 loads the result strictly and computes
+    the same logits in float64; converting back gives torchvision's state dict bit for bit, index buffers included."""
+    src, tv = swin_t_file
+    convert_main([str(src), str(tmp_path / "timm.pth")])
+    assert "(torchvision-swin) -> " in capsys.readouterr().out
+    model = timm.create_model("swin_tiny_patch4_window7_224").double().eval()
+    model.load_state_dict(torch.load(tmp_path / "timm.pth"))
+    images = torch.randn(2, 3, 224, 224, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), tv(images), rtol=0, atol=1e-10)
+    convert_main([str(tmp_path / "timm.pth"), str(tmp_path / "back.pth"), "--state-dict", "torchvision"])
+    back, original = torch.load(tmp_path / "back.pth"), tv.state_dict()
+    assert back.keys() == original.keys() and all(torch.equal(back[k], original[k]) for k in original)
+
+
+@pytest.mark.slow
+def test_convert_refuses_a_size_where_the_codes_differ_and_a_wrong_model(swin_t_file, tmp_path, capsys):
+    """At 256 px stage 0 is 64×64, not whole 7×7 windows: timm's weights would compute another function, so the
+    conversion is refused and nothing is written. --model Swin-S is refused, naming the missing blocks."""
+    src, _ = swin_t_file
+    for argv, message in (([str(tmp_path / "out.pth"), "--model", "swin_tiny_patch4_window7_256"],
+                           "padding='before_shift', small_window='pad': timm's SwinTransformer cannot express it at "
+                           "image_size (256, 256), where stage 0's 64×64 map is padded to whole 7×7 windows"),
+                          ([str(tmp_path / "out.pth"), "--model", "Swin-S"],
+                           "missing key: features.5.17.attn.qkv.weight")):
+        with pytest.raises(SystemExit) as exit_:
+            convert_main([str(src), *argv])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_torchvision_index_buffers_are_written_and_checked():
+    cfg = SwinConfig(dim=12, num_heads=(1, 2, 3, 4), **TORCHVISION_CONVENTIONS)
+    sd = to_torchvision_swin(helpers.random_params(cfg), cfg)
+    index = sd["features.5.3.attn.relative_position_index"]
+    assert index.dtype == torch.long and index.shape == (7 ** 4,)
+    sd["features.5.3.attn.relative_position_index"] = index.flip(0)
+    with pytest.raises(ValueError, match=r"features.5.3.attn.relative_position_index: expected the relative position "
+                                         r"index of a 7×7 window"):
+        from_torchvision_swin(sd)
+
+
+def test_formats_refuse_what_their_code_cannot_compute(tmp_path):
+    cfg = SwinConfig(image_size=112, dim=12, num_heads=(1, 2, 3, 4), num_classes=5)     # stages 28, 14, 7, 4
+    params = helpers.random_params(cfg)
+    with pytest.raises(ValueError, match=r"expected a .pth, .pt or .safetensors destination for a Swin"):
+        write_checkpoint(params, cfg, tmp_path / "swin.npz")
+    with pytest.raises(ValueError, match=r"in_channels: torchvision's SwinTransformer cannot express in_channels=1"):
+        one = dataclasses.replace(cfg, in_channels=1)
+        to_torchvision_swin(helpers.random_params(one), one)
+    with pytest.raises(ValueError, match=r"small_window='shrink': torchvision's SwinTransformer cannot express it at "
+                                         r"image_size \(112, 112\), where stage 3's 4×4 map gets window and shift "
+                                         r"\(\(4, 4\), \(0, 0\)\) in unshifted blocks"):
+        to_torchvision_swin(params, cfg)
+    wide = dataclasses.replace(cfg, image_size=(20, 36))                  # stage 0 is 5×9: a 5×7 window, 9·13 rows
+    with pytest.raises(ValueError, match=r"window_size: expected a \(2M−1\)²-row relative-position table, got 117"):
+        from_timm_swin(to_timm_swin(helpers.random_params(wide), wide))
+    assert list(tmp_path.iterdir()) == []
