@@ -52,8 +52,8 @@ def detect_format(path) -> str:
         return "timm"
     if is_hf_state_dict(sd):
         return "hf"
-    raise ValueError(f"{path}: expected a timm or transformers ViT, or a timm or torchvision Swin state_dict, got keys "
-                     f"{sorted(sd)[:4]}...")
+    raise ValueError(f"{path}: expected a timm or transformers ViT state_dict, or a timm or torchvision Swin one, got "
+                     f"keys {sorted(sd)[:4]}...")
 
 
 def model_overrides(model: str | None) -> dict:

@@ -1,4 +1,5 @@
-"""Verify numerical equivalence: our forward against timm's and transformers' on the same random weights.
+"""Verify numerical equivalence: our forward against timm's and transformers' on the same random weights (a Swin:
+against timm's and torchvision's, paper/verify_swin.py).
 
 For each config: build random weights, load them into our model, into timm's VisionTransformer and into
 transformers' ViTForImageClassification, run one batch, and print the largest absolute and relative differences of
@@ -6,8 +7,8 @@ the logits and of the features (y of eq. (4), what the classifier reads), in flo
 parameter counts of all three and the paper's. Relative means max |ours − theirs| / max |theirs|. Configs that
 would not fit in free memory are listed, not run.
 
-    python -m paper.verify                                 # every paper model
-    python -m paper.verify --models ViT-B/16 --dtypes float64
+    python -m paper.verify                                 # every paper model, ViT and Swin
+    python -m paper.verify --models ViT-B/16 Swin-T --dtypes float64
 """
 import argparse
 import gc
@@ -22,6 +23,8 @@ from paper.dtypes import DTYPES
 from paper.formats.huggingface import to_hf
 from paper.formats.timm import to_timm
 from paper.reference_models import hf_vit, timm_vit
+from paper.swin_configs import SWIN_MODELS, parse_swin_name
+from paper.verify_swin import format_swin_table, swin_bytes_needed, verify_swin_config
 from paper.weights import perturbed
 
 VERIFY_DTYPES = ("float32", "float64")
@@ -118,20 +121,21 @@ def verify(models=PAPER_MODELS, dtypes=VERIFY_DTYPES, batch: int = 1, seed: int 
     jobs = [(m, d) for m in models for d in dtypes]
     for name, dtype_name in tqdm(jobs, desc="verify", unit="run", file=sys.stderr):
         cfg, dtype = paper_config(name), DTYPES[dtype_name]
-        need, free = bytes_needed(cfg, dtype, batch), available_bytes()
+        swin = parse_swin_name(name) is not None
+        need, free = (swin_bytes_needed if swin else bytes_needed)(cfg, dtype, batch), available_bytes()
         if need > free:
             rows.append({"model": name, "dtype": dtype_name, "ours": param_count(cfg),
                          "skipped": f"not run: needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"})
             continue
-        rows.append(verify_config(cfg, dtype, batch, seed, name))
+        rows.append((verify_swin_config if swin else verify_config)(cfg, dtype, batch, seed, name))
     return rows
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m paper.verify", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=list(PAPER_MODELS), metavar="NAME",
-                        help=f"paper or timm model names (default: {' '.join(PAPER_MODELS)})")
+    parser.add_argument("--models", nargs="+", default=list(PAPER_MODELS + SWIN_MODELS), metavar="NAME",
+                        help=f"paper, timm or torchvision model names (default: {' '.join(PAPER_MODELS + SWIN_MODELS)})")
     parser.add_argument("--dtypes", nargs="+", choices=VERIFY_DTYPES, default=list(VERIFY_DTYPES),
                         help="precisions to compare in (default: both)")
     parser.add_argument("--batch", type=int, default=1, help="images per forward (default 1, so ViT-H/14 in float64 "
@@ -145,7 +149,11 @@ def main(argv=None) -> None:
             paper_config(name)
     except ValueError as e:
         parser.error(str(e))
-    print(format_table(verify(args.models, args.dtypes, args.batch, args.seed)))
+    rows = verify(args.models, args.dtypes, args.batch, args.seed)
+    vit_rows = [r for r in rows if not parse_swin_name(r["model"])]
+    swin_rows = [r for r in rows if parse_swin_name(r["model"])]
+    print("\n\n".join(([format_table(vit_rows)] if vit_rows else []) +
+                      ([format_swin_table(swin_rows)] if swin_rows else [])))
 
 
 if __name__ == "__main__":

@@ -128,3 +128,20 @@ def test_formats_refuse_what_their_code_cannot_compute(tmp_path):
     with pytest.raises(ValueError, match=r"window_size: expected a \(2M−1\)²-row relative-position table, got 117"):
         from_timm_swin(to_timm_swin(helpers.random_params(wide), wide))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_covers_swin(monkeypatch, capsys):
+    """paper.verify's Swin rows: a small Swin with Swin-T's code paths equals timm and torchvision in float64; a
+    model that does not fit gets a row saying so, in the Swin table beside the ViT's."""
+    import paper.verify
+    from paper.verify_swin import verify_swin_config
+    cfg = SwinConfig(dim=12, num_heads=(1, 2, 3, 4), num_classes=7)
+    row = verify_swin_config(cfg, torch.float64, batch=2)
+    for key in ("timm_logits", "timm_features", "tv_logits", "tv_features"):
+        assert 0 <= row[key][0] < 1e-10
+    assert row["ours"] == row["timm"] == row["torchvision"] == 443_283
+    monkeypatch.setattr(paper.verify, "available_bytes", lambda: 0)
+    paper.verify.main(["--models", "ViT-Ti/16", "Swin-B", "--dtypes", "float64"])
+    out = capsys.readouterr().out
+    assert "| ViT-Ti/16 | float64 | not run: needs ~" in out
+    assert "logits vs torchvision" in out and "| Swin-B | float64 | not run: needs ~" in out and "87,768,224" in out
