@@ -24,7 +24,8 @@ from paper import analysis
 
 REPO = Path(__file__).resolve().parent.parent
 SOLUTIONS = REPO / "exercises" / "solutions"
-NAMES = ["01_patch_embedding", "02_attention_maps", "03_position_embeddings", "04_fine_tuning"]
+NAMES = ["01_patch_embedding", "02_attention_maps", "03_position_embeddings", "04_fine_tuning",
+         "08_windows_and_relative_positions"]
 
 # Each copy of a solution gets typical mistakes by text substitution, in tasks whose code does not depend on each
 # other, and states the hint each mistaken task must get. `only`: grade just that task (earlier ones still run).
@@ -70,6 +71,19 @@ MISTAKES = {
          "velocity = {k: scale * grads[k] for k in p}", "momentum: v = 0.9·v + g"),
         (4, "steps=200, base_lr=0.1)", "steps=1, base_lr=0.1)", ""),          # a short run: the mistake is below
         (4, "params, velocity, _ = sgd_step(", "_, velocity, _ = sgd_step(", "gradients that are never applied")]),
+    "08-a": ("08_windows_and_relative_positions", None, [
+        (1, "return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, m, m, c)", "return x.reshape(-1, m, m, c)",
+         "a plain reshape does not cut M×M windows"),
+        (2, "dh = h[:, None] - h[None, :] + m - 1", "dh = h[None, :] - h[:, None] + m - 1", "query minus key"),
+        (2, "dw = w[:, None] - w[None, :] + m - 1", "dw = w[None, :] - w[:, None] + m - 1", ""),
+        (4, "+ 2 * (h * w) ** 2 * c", "+ (h * w) ** 2 * c", "(hw)²C each: 2(hw)²C")]),
+    "08-b": ("08_windows_and_relative_positions", None, [
+        (2, "scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5 + bias",
+         "scores = (q @ k.transpose(-2, -1) + bias) / q.shape[-1] ** 0.5", "added after the scaling"),
+        (3, "masked_fill(~same, -100.0)", "masked_fill(same, -100.0)", "the mask is inverted"),
+        (4, "+ 2 * m * m * h * w * c", "+ 2 * m * h * w * c", "each query meets M² keys")]),
+    "08-c": ("08_windows_and_relative_positions", 3, [
+        (3, "masked_fill(~same, -100.0)", "masked_fill(~same, float('-inf'))", "not −inf")]),
 }
 
 
