@@ -23,8 +23,8 @@ from paper.dtypes import DTYPES
 from paper.formats.huggingface import to_hf
 from paper.formats.timm import to_timm
 from paper.reference_models import hf_vit, timm_vit
-from paper.swin_configs import SWIN_MODELS, parse_swin_name
-from paper.verify_swin import format_swin_table, swin_bytes_needed, verify_swin_config
+from paper.swin_configs import SWIN_MODELS, SWIN_TABLE1_PARAMS, parse_swin_name
+from paper.verify_swin import swin_bytes_needed, verify_swin_config
 from paper.weights import perturbed
 
 VERIFY_DTYPES = ("float32", "float64")
@@ -55,17 +55,22 @@ def diffs(ours: torch.Tensor, theirs: torch.Tensor) -> tuple[float, float]:
     return d, d / theirs.abs().max().item()
 
 
+def our_outputs(model, cfg, dtype, batch: int, seed: int) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`model` (lowlevel, or lowlevel.swin) on perturbed weights and random images: (params, images, logits, the
+    features the classifier reads). The attention maps are freed on return."""
+    params = perturbed(model.init_params(cfg, torch.Generator().manual_seed(seed)), seed, dtype)
+    x = torch.randn(batch, cfg.in_channels, *cfg.image_size, generator=torch.Generator().manual_seed(seed + 1),
+                    dtype=dtype)
+    logits, out = model.forward_intermediates(params, x, cfg)
+    return params, x, logits, out["features"]
+
+
 @torch.no_grad()
 def verify_config(cfg, dtype=torch.float64, batch: int = 1, seed: int = 0, name: str | None = None) -> dict:
     """One row of the table: differences to timm and transformers, and the parameter counts."""
     row = {"model": name or model_name(cfg) or "custom", "dtype": str(dtype).removeprefix("torch."),
            "ours": param_count(cfg)}
-    params = perturbed(vit.init_params(cfg, torch.Generator().manual_seed(seed)), seed, dtype)
-    x = torch.randn(batch, cfg.in_channels, *cfg.image_size, generator=torch.Generator().manual_seed(seed + 1),
-                    dtype=dtype)
-    logits, out = vit.forward_intermediates(params, x, cfg)
-    features = out["features"]
-    del out
+    params, x, logits, features = our_outputs(vit, cfg, dtype, batch, seed)
 
     with torch.device("meta"):                       # build without allocating, then adopt the converted tensors
         model = timm_vit(cfg)
@@ -92,26 +97,30 @@ def verify_config(cfg, dtype=torch.float64, batch: int = 1, seed: int = 0, name:
 
 
 def paper_count(name: str) -> str:
+    swin = parse_swin_name(name)
+    if swin:
+        return SWIN_TABLE1_PARAMS[swin[0]]
     try:
         return TABLE1_PARAMS.get(parse_name(name)[0], "-")
     except ValueError:
         return "-"
 
 
-def format_table(rows: list[dict]) -> str:
-    """A markdown table: one row per (model, dtype)."""
-    head = ("| model | dtype | logits vs timm (abs / rel) | features vs timm | logits vs HF | features vs HF | "
-            "params ours | timm | HF | paper |")
+def format_table(rows: list[dict], second: str = "hf", label: str = "HF") -> str:
+    """A markdown table: one row per (model, dtype), against timm and the `second` reference (rows' keys
+    "{second}_logits", "{second}_features", "{second}": transformers for a ViT, torchvision for a Swin)."""
+    head = (f"| model | dtype | logits vs timm (abs / rel) | features vs timm | logits vs {label} | features vs {label} | "
+            f"params ours | timm | {label} | paper |")
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in rows:
         if "skipped" in r:
             lines.append(f"| {r['model']} | {r['dtype']} | {r['skipped']} | | | | {r['ours']:,} | | | "
                          f"{paper_count(r['model'])} |")
             continue
-        cells = [f"{a:.1e} / {b:.1e}" for a, b in (r["timm_logits"], r["timm_features"], r["hf_logits"],
-                                                    r["hf_features"])]
+        cells = [f"{a:.1e} / {b:.1e}" for a, b in (r["timm_logits"], r["timm_features"], r[f"{second}_logits"],
+                                                    r[f"{second}_features"])]
         lines.append(f"| {r['model']} | {r['dtype']} | {' | '.join(cells)} | {r['ours']:,} | {r['timm']:,} | "
-                     f"{r['hf']:,} | {paper_count(r['model'])} |")
+                     f"{r[second]:,} | {paper_count(r['model'])} |")
     return "\n".join(lines)
 
 
@@ -153,7 +162,7 @@ def main(argv=None) -> None:
     vit_rows = [r for r in rows if not parse_swin_name(r["model"])]
     swin_rows = [r for r in rows if parse_swin_name(r["model"])]
     print("\n\n".join(([format_table(vit_rows)] if vit_rows else []) +
-                      ([format_swin_table(swin_rows)] if swin_rows else [])))
+                      ([format_table(swin_rows, "torchvision", "torchvision")] if swin_rows else [])))
 
 
 if __name__ == "__main__":

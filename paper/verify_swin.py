@@ -1,7 +1,7 @@
 """`python -m paper.verify` for the Swin models: our forward against timm's SwinTransformer and torchvision's
 SwinTransformer on the same random weights, the largest differences of the logits and of the pooled features, and
-the three parameter counts beside the paper's (Table 1). At the models' 224 px every stage is whole windows, so
-one set of weights (our config keeps timm's conventions) is compared with both."""
+the three parameter counts (paper.verify's format_table shows them beside Table 1's). At the models' 224 px every
+stage is whole windows, so one set of weights (our config keeps timm's conventions) is compared with both."""
 import math
 
 import torch
@@ -11,8 +11,7 @@ from lowlevel import SwinConfig, swin
 from .formats.timm_swin import to_timm_swin
 from .formats.torchvision_swin import to_torchvision_swin
 from .reference_swin import timm_swin, torchvision_swin, with_weights
-from .swin_configs import SWIN_TABLE1_PARAMS, parse_swin_name, swin_model_name
-from .weights import perturbed
+from .swin_configs import swin_model_name
 
 
 def swin_bytes_needed(cfg: SwinConfig, dtype, batch: int) -> int:
@@ -35,15 +34,10 @@ def torchvision_features(model, images: torch.Tensor) -> torch.Tensor:
 def verify_swin_config(cfg: SwinConfig, dtype=torch.float64, batch: int = 1, seed: int = 0,
                        name: str | None = None) -> dict:
     """One row of the Swin table: differences to timm and torchvision, and the parameter counts."""
-    from .verify import diffs  # here, not above: paper.verify imports this module
+    from .verify import diffs, our_outputs  # here, not above: paper.verify imports this module
     row = {"model": name or swin_model_name(cfg) or "custom", "dtype": str(dtype).removeprefix("torch."),
            "ours": sum(math.prod(s) for s in swin.param_shapes(cfg).values())}
-    params = perturbed(swin.init_params(cfg, torch.Generator().manual_seed(seed)), seed, dtype)
-    x = torch.randn(batch, cfg.in_channels, *cfg.image_size, generator=torch.Generator().manual_seed(seed + 1),
-                    dtype=dtype)
-    logits, out = swin.forward_intermediates(params, x, cfg)
-    features = out["features"]
-    del out
+    params, x, logits, features = our_outputs(swin, cfg, dtype, batch, seed)
     model = with_weights(timm_swin, cfg, to_timm_swin(params, cfg))
     row["timm"] = sum(p.numel() for p in model.parameters())
     theirs = model.forward_head(model.forward_features(x), pre_logits=True)      # pooled, before the classifier
@@ -51,23 +45,6 @@ def verify_swin_config(cfg: SwinConfig, dtype=torch.float64, batch: int = 1, see
     model = with_weights(torchvision_swin, cfg, to_torchvision_swin(params, cfg))
     row["torchvision"] = sum(p.numel() for p in model.parameters())
     theirs = torchvision_features(model, x)
-    row["tv_logits"], row["tv_features"] = diffs(logits, model.head(theirs)), diffs(features, theirs)
+    row["torchvision_logits"], row["torchvision_features"] = diffs(logits, model.head(theirs)), diffs(features, theirs)
     return row
 
-
-def format_swin_table(rows: list[dict]) -> str:
-    """A markdown table: one row per (model, dtype)."""
-    head = ("| model | dtype | logits vs timm (abs / rel) | features vs timm | logits vs torchvision | "
-            "features vs torchvision | params ours | timm | torchvision | paper |")
-    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
-    for r in rows:
-        parsed = parse_swin_name(r["model"])
-        paper = SWIN_TABLE1_PARAMS[parsed[0]] if parsed else "-"
-        if "skipped" in r:
-            lines.append(f"| {r['model']} | {r['dtype']} | {r['skipped']} | | | | {r['ours']:,} | | | {paper} |")
-            continue
-        cells = [f"{a:.1e} / {b:.1e}" for a, b in (r["timm_logits"], r["timm_features"], r["tv_logits"],
-                                                    r["tv_features"])]
-        lines.append(f"| {r['model']} | {r['dtype']} | {' | '.join(cells)} | {r['ours']:,} | {r['timm']:,} | "
-                     f"{r['torchvision']:,} | {paper} |")
-    return "\n".join(lines)

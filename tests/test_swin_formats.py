@@ -137,7 +137,7 @@ def test_verify_covers_swin(monkeypatch, capsys):
     from paper.verify_swin import verify_swin_config
     cfg = SwinConfig(dim=12, num_heads=(1, 2, 3, 4), num_classes=7)
     row = verify_swin_config(cfg, torch.float64, batch=2)
-    for key in ("timm_logits", "timm_features", "tv_logits", "tv_features"):
+    for key in ("timm_logits", "timm_features", "torchvision_logits", "torchvision_features"):
         assert 0 <= row[key][0] < 1e-10
     assert row["ours"] == row["timm"] == row["torchvision"] == 443_283
     monkeypatch.setattr(paper.verify, "available_bytes", lambda: 0)

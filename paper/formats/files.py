@@ -48,6 +48,15 @@ def load_tensors(path) -> dict[str, torch.Tensor]:
     return sd
 
 
+def read_state_dict(path, convert, **overrides):
+    """convert(the state dict in `path`, **overrides), a refusal naming the file."""
+    sd = load_tensors(path)
+    try:
+        return convert(sd, **overrides)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
 def save_tensors(sd: dict[str, torch.Tensor], path) -> None:
     """.safetensors by the name's suffix, torch.save otherwise; atomic."""
     sd = {k: v.detach().contiguous() for k, v in sd.items()}

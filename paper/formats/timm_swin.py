@@ -22,13 +22,14 @@ them and a writer refuses a config whose function they would change at its image
 """
 import torch
 
-from lowlevel import SwinConfig, check_params
+from lowlevel import SwinConfig
 from lowlevel.swin import param_shapes
 from lowlevel.swin_params import merge_index
 
 from ..reference_swin import TIMM_CONVENTIONS, require_timm
 from .fields import swin_image_size, window_from_tables
-from .files import load_tensors, save_tensors
+from .files import read_state_dict, save_tensors
+from .renaming import renamed, unrenamed
 
 BLOCK_NAMES = {"ln1": "norm1", "qkv": "attn.qkv", "proj": "attn.proj", "ln2": "norm2", "fc1": "mlp.fc1",
                "fc2": "mlp.fc2", "relative_position_bias_table": "attn.relative_position_bias_table"}
@@ -82,32 +83,18 @@ def from_timm_swin(state_dict: dict, **overrides) -> tuple[SwinConfig, dict[str,
     if missing:
         raise ValueError(f"state_dict: expected a timm SwinTransformer state_dict, missing key(s) {missing}")
     cfg = SwinConfig(**config_from_timm_swin(sd, overrides))
-    shapes = param_shapes(cfg)
-    names = {timm_swin_key(k, cfg): k for k in shapes}
-    c, p = cfg.dim, cfg.patch_size
-    check_params(sd, {t: (shapes[k] if k != "patch.weight" else (c, cfg.in_channels, p, p)) for t, k in names.items()},
-                 what="timm Swin state_dict")
-    params = {names[t]: v.detach().clone() for t, v in sd.items()}
-    params["patch.weight"] = params["patch.weight"].reshape(shapes["patch.weight"])
-    return cfg, {k: params[k] for k in shapes}
+    return cfg, unrenamed(sd, param_shapes(cfg), cfg, lambda k: timm_swin_key(k, cfg), "timm Swin state_dict")
 
 
 def to_timm_swin(params: dict[str, torch.Tensor], cfg: SwinConfig) -> dict[str, torch.Tensor]:
     """(params, cfg) -> a timm SwinTransformer state dict (`paper.reference_swin.timm_swin(cfg)` builds the model)."""
     require_timm(cfg)
-    check_params(params, param_shapes(cfg))
-    sd = {timm_swin_key(k, cfg): v.detach().clone() for k, v in params.items()}
-    p = cfg.patch_size
-    sd["patch_embed.proj.weight"] = sd["patch_embed.proj.weight"].reshape(cfg.dim, cfg.in_channels, p, p)
-    return sd
+    return renamed(params, param_shapes(cfg), cfg, lambda k: timm_swin_key(k, cfg))
 
 
 def read_timm_swin(path, **overrides) -> tuple[SwinConfig, dict]:
     """A timm Swin state-dict file -> (cfg, params)."""
-    try:
-        return from_timm_swin(load_tensors(path), **overrides)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
+    return read_state_dict(path, from_timm_swin, **overrides)
 
 
 def write_timm_swin(params: dict, cfg: SwinConfig, path) -> None:

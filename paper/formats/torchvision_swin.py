@@ -24,14 +24,15 @@ conventions (padding "before_shift", small_window "pad"), set on reading and req
 """
 import torch
 
-from lowlevel import SwinConfig, check_params
+from lowlevel import SwinConfig
 from lowlevel.relative_position import relative_position_index
 from lowlevel.swin import param_shapes
 from lowlevel.swin_params import merge_index
 
 from ..reference_swin import TORCHVISION_CONVENTIONS, require_torchvision
 from .fields import swin_image_size, window_from_tables
-from .files import load_tensors, save_tensors
+from .files import read_state_dict, save_tensors
+from .renaming import renamed, unrenamed
 
 BLOCK_NAMES = {"ln1": "norm1", "qkv": "attn.qkv", "proj": "attn.proj", "ln2": "norm2", "fc1": "mlp.0", "fc2": "mlp.3",
                "relative_position_bias_table": "attn.relative_position_bias_table"}
@@ -92,29 +93,21 @@ def from_torchvision_swin(state_dict: dict, **overrides) -> tuple[SwinConfig, di
     if missing:
         raise ValueError(f"state_dict: expected a torchvision SwinTransformer state_dict, missing key(s) {missing}")
     cfg = SwinConfig(**config_from_torchvision_swin(sd, overrides))
-    shapes = param_shapes(cfg)
-    names = {torchvision_swin_key(k, cfg): k for k in shapes}
-    c, p = cfg.dim, cfg.patch_size
-    expected = {t: (shapes[k] if k != "patch.weight" else (c, cfg.in_channels, p, p)) for t, k in names.items()}
     indices = index_keys(cfg)
-    check_params(sd, {**expected, **{k: tuple(v.shape) for k, v in indices.items()}}, what="torchvision Swin state_dict")
+    params = unrenamed(sd, param_shapes(cfg), cfg, lambda k: torchvision_swin_key(k, cfg), "torchvision Swin state_dict",
+                       buffers={k: tuple(v.shape) for k, v in indices.items()})
     wrong = [k for k, v in indices.items() if not torch.equal(sd[k].long(), v)]
     if wrong:
         raise ValueError(f"{wrong[0]}: expected the relative position index of a {cfg.window_size}×{cfg.window_size} "
                          f"window (query minus key offsets, Swin §3.2), got different values in {len(wrong)} block(s)")
-    params = {names[t]: sd[t].detach().clone() for t in names}
-    params["patch.weight"] = params["patch.weight"].reshape(shapes["patch.weight"])
-    return cfg, {k: params[k] for k in shapes}
+    return cfg, params
 
 
 def to_torchvision_swin(params: dict[str, torch.Tensor], cfg: SwinConfig) -> dict[str, torch.Tensor]:
     """(params, cfg) -> a torchvision SwinTransformer state dict, index buffers included
     (`paper.reference_swin.torchvision_swin(cfg)` builds the model)."""
     require_torchvision(cfg)
-    check_params(params, param_shapes(cfg))
-    sd = {torchvision_swin_key(k, cfg): v.detach().clone() for k, v in params.items()}
-    p = cfg.patch_size
-    sd["features.0.0.weight"] = sd["features.0.0.weight"].reshape(cfg.dim, cfg.in_channels, p, p)
+    sd = renamed(params, param_shapes(cfg), cfg, lambda k: torchvision_swin_key(k, cfg))
     device = params["patch.weight"].device
     sd.update({k: v.to(device) for k, v in index_keys(cfg).items()})
     return sd
@@ -122,10 +115,7 @@ def to_torchvision_swin(params: dict[str, torch.Tensor], cfg: SwinConfig) -> dic
 
 def read_torchvision_swin(path, **overrides) -> tuple[SwinConfig, dict]:
     """A torchvision Swin state-dict file -> (cfg, params)."""
-    try:
-        return from_torchvision_swin(load_tensors(path), **overrides)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
+    return read_state_dict(path, from_torchvision_swin, **overrides)
 
 
 def write_torchvision_swin(params: dict, cfg: SwinConfig, path) -> None:
