@@ -2,7 +2,8 @@
 destination's name. Reading returns (cfg, params); writing takes (params, cfg).
 
     source                                     recognised by
-    directory with config.json                 transformers `save_pretrained` layout
+    directory with config.json                 transformers `save_pretrained` layout (a ViT, or a Swin by its
+                                               "model_type")
     .npz (a zip of .npy arrays)                the official Google format
     safetensors or torch.save state_dict       timm's names ("patch_embed.proj.weight") or transformers';
                                                a Swin: timm's ("layers.0.blocks.0.attn.relative_position_bias_table")
@@ -12,6 +13,7 @@ destination's name. Reading returns (cfg, params); writing takes (params, cfg).
     *.npz                                      the official format (2020 layout unless told "big_vision")
     *.pth, *.pt, *.safetensors                a timm state_dict (a Swin: torchvision's when told "torchvision")
     anything else (a directory)                transformers `save_pretrained`: config.json + model.safetensors
+                                               (ViTForImageClassification or SwinForImageClassification)
 """
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from paper.configs import paper_config
 
 from .formats.files import is_npz, load_tensors
 from .formats.huggingface import is_hf_state_dict, read_hf, write_hf
+from .formats.huggingface_swin import is_hf_swin_state_dict, read_hf_config, read_hf_swin, write_hf_swin
 from .formats.npz import read_npz, write_npz
 from .formats.timm import is_timm_state_dict, read_timm, write_timm
 from .formats.timm_swin import is_timm_swin_state_dict, read_timm_swin, write_timm_swin
@@ -29,18 +32,19 @@ TIMM_SUFFIXES = (".pth", ".pt", ".safetensors")
 # The fields a model name fixes; the head (classes, pre-logits) and the numerics stay the checkpoint's own.
 ARCHITECTURE = ("image_size", "patch_size", "dim", "depth", "num_heads", "mlp_dim")
 SWIN_ARCHITECTURE = ("image_size", "patch_size", "dim", "depths", "num_heads", "window_size", "mlp_ratio")
-READERS = {"hf": read_hf, "npz": read_npz, "timm": read_timm, "timm-swin": read_timm_swin,
+READERS = {"hf": read_hf, "npz": read_npz, "timm": read_timm, "hf-swin": read_hf_swin, "timm-swin": read_timm_swin,
            "torchvision-swin": read_torchvision_swin}
 
 
 def detect_format(path) -> str:
-    """"hf", "npz", "timm", "timm-swin" or "torchvision-swin", from the file's content (a directory is transformers'
-    layout)."""
+    """"hf", "npz", "timm", "hf-swin", "timm-swin" or "torchvision-swin", from the file's content (a directory is
+    transformers' layout)."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path}: expected a checkpoint file or directory, got a path that does not exist")
     if path.is_dir():
-        return "hf"
+        swin = (path / "config.json").exists() and read_hf_config(path).get("model_type") == "swin"
+        return "hf-swin" if swin else "hf"
     if is_npz(path):
         return "npz"
     sd = load_tensors(path)
@@ -48,6 +52,8 @@ def detect_format(path) -> str:
         return "timm-swin"
     if is_torchvision_swin_state_dict(sd):
         return "torchvision-swin"
+    if is_hf_swin_state_dict(sd):
+        return "hf-swin"
     if is_timm_state_dict(sd):
         return "timm"
     if is_hf_state_dict(sd):
@@ -93,10 +99,13 @@ def write_checkpoint(params: dict, cfg: ViTConfig | SwinConfig, path, npz_layout
 
 
 def write_swin(params: dict, cfg: SwinConfig, path: Path, state_dict: str) -> str:
-    """A Swin as a timm or torchvision state dict; the official .npz and transformers' ViT directory hold no Swin."""
+    """A Swin as a timm or torchvision state dict, or a transformers directory; the official .npz holds no Swin."""
+    if path.suffix == ".npz":
+        raise ValueError(f"{path}: the official .npz format holds ViTs only; write a Swin to a .pth, .pt or "
+                         f".safetensors file (timm or torchvision) or to a directory (transformers)")
     if path.suffix not in TIMM_SUFFIXES:
-        raise ValueError(f"{path}: expected a .pth, .pt or .safetensors destination for a Swin (a timm or torchvision "
-                         f"state_dict), got {path.suffix or 'a directory name'}")
+        write_hf_swin(params, cfg, path)
+        return "hf-swin"
     if state_dict == "torchvision":
         write_torchvision_swin(params, cfg, path)
         return "torchvision-swin"

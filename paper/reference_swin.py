@@ -40,6 +40,21 @@ def require_torchvision(cfg: SwinConfig) -> None:
     require_conventions(TORCHVISION, cfg, **TORCHVISION_CONVENTIONS)
 
 
+def require_transformers(cfg: SwinConfig) -> None:
+    """Refuse a config transformers' code does not compute: its patch-embedding and patch-merging LayerNorms keep
+    PyTorch's eps 1e-5 whatever `layer_norm_eps` says (modeling_swin.py `SwinEmbeddings`, `SwinPatchMerging`); its
+    conventions are the original's; and (measured with transformers 5.23) a stage smaller than the window fails: it
+    shrinks the window but keeps the M×M relative-position table (RuntimeError: the size of tensor a (25) must
+    match the size of tensor b (49))."""
+    require(TRANSFORMERS, cfg, layer_norm_eps=1e-5)
+    require_conventions(TRANSFORMERS, cfg, **TRANSFORMERS_CONVENTIONS)
+    for s, size in enumerate(cfg.stage_sizes):
+        if min(size) < cfg.window_size:
+            raise ValueError(f"image_size: {TRANSFORMERS} cannot compute image_size {cfg.image_size}, where stage {s} "
+                             f"is {size[0]}×{size[1]}, smaller than the window M={cfg.window_size}: it shrinks the "
+                             f"window but keeps the M×M relative-position table (transformers 5.23)")
+
+
 def timm_swin(cfg: SwinConfig, **kwargs):
     """timm's SwinTransformer for `cfg` (random weights; load ours with `paper.formats.timm_swin.to_timm_swin`)."""
     from timm.models.swin_transformer import SwinTransformer
@@ -74,3 +89,28 @@ def with_weights(build, cfg: SwinConfig, state_dict: dict, dtype=None):
         if hasattr(module, "init_non_persistent_buffers"):
             module.init_non_persistent_buffers()
     return model.eval()
+
+
+def hf_swin_config(cfg: SwinConfig):
+    """transformers' SwinConfig computing the same model as `cfg`: eps, activation and stochastic depth set to ours
+    (its default drop_path_rate is 0.1), no absolute position embeddings, no dropout."""
+    from transformers import SwinConfig as HFSwinConfig
+
+    from .reference_models import HF_ACTIVATIONS
+    require_transformers(cfg)
+    h, w = cfg.image_size
+    config = HFSwinConfig(image_size=h if h == w else [h, w], patch_size=cfg.patch_size, num_channels=cfg.in_channels,
+                          embed_dim=cfg.dim, depths=list(cfg.depths), num_heads=list(cfg.num_heads),
+                          window_size=cfg.window_size, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
+                          hidden_act=HF_ACTIVATIONS[cfg.gelu], layer_norm_eps=cfg.layer_norm_eps,
+                          drop_path_rate=cfg.drop_path, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                          use_absolute_embeddings=False, num_labels=cfg.num_classes)
+    config.architectures = ["SwinForImageClassification"]
+    return config
+
+
+def hf_swin(cfg: SwinConfig):
+    """transformers' SwinForImageClassification for `cfg` (its classifier the identity when num_classes is 0); load
+    ours with `paper.formats.huggingface_swin.to_hf_swin`."""
+    from transformers import SwinForImageClassification
+    return SwinForImageClassification(hf_swin_config(cfg))

@@ -14,9 +14,18 @@ from hypothesis import strategies as st
 from lowlevel import SwinConfig, swin
 from lowlevel.relative_position import relative_position_bias, relative_position_index
 from lowlevel.windows import shift_mask, window_partition, window_reverse
+from paper.formats.huggingface_swin import to_hf_swin
 from paper.formats.timm_swin import to_timm_swin
 from paper.formats.torchvision_swin import to_torchvision_swin
-from paper.reference_swin import TIMM_CONVENTIONS, TORCHVISION_CONVENTIONS, timm_swin, torchvision_swin, with_weights
+from paper.reference_swin import (
+    TIMM_CONVENTIONS,
+    TORCHVISION_CONVENTIONS,
+    TRANSFORMERS_CONVENTIONS,
+    hf_swin,
+    timm_swin,
+    torchvision_swin,
+    with_weights,
+)
 from paper.swin_configs import swin_config
 from tests.helpers import random_images, random_params, swin_configs
 
@@ -65,7 +74,8 @@ def assert_gradients_equal(params: dict, cfg: SwinConfig, images: torch.Tensor, 
     images, images_ref = images.clone().requires_grad_(True), images.clone().requires_grad_(True)
     w = loss_weights(cfg, images.shape[0])
     (swin.forward(params, images, cfg) * w).sum().backward()
-    (model(images_ref) * w).sum().backward()
+    out = model(images_ref)
+    (getattr(out, "logits", out) * w).sum().backward()                   # transformers returns an output object
     torch.testing.assert_close(images.grad, images_ref.grad, rtol=0, atol=1e-10)
     ref = dict(model.named_parameters())
     grads = to_format({k: v.grad for k, v in params.items()}, cfg)
@@ -327,3 +337,51 @@ def test_benchmark_flop_count_equals_pytorchs_count_of_the_executed_operations()
         assert counter.get_total_flops() == bench.executed_flops(name, cfg), name
     assert bench.executed_flops("ours fast", cfg) < bench.executed_flops("ours explicit", cfg)
     assert round(bench.forward_flops(swin_config("Swin-T")) / 2e9, 2) == 4.49
+
+
+def hf_twin(params: dict, cfg: SwinConfig):
+    """transformers' SwinForImageClassification holding our weights, float64, eval."""
+    model = hf_swin(cfg).double().eval()
+    model.load_state_dict(to_hf_swin(params, cfg))
+    return model
+
+
+@given(swin_configs(TRANSFORMERS_CONVENTIONS, transformers=True), st.integers(1, 2))
+def test_forward_attention_and_gradients_equal_transformers(cfg, batch):
+    """transformers computes the original's conventions: a stage no larger than the window gets one window of its
+    shorter side and no shift along either axis ("shrink_min")."""
+    params = random_params(cfg, seed=batch)
+    images = random_images(cfg, batch, seed=batch)
+    model = hf_twin(params, cfg)
+    with torch.no_grad():
+        logits, out = swin.forward_intermediates(params, images, cfg)
+        torch.testing.assert_close(logits, model(images).logits, rtol=0, atol=1e-10)
+        model.set_attn_implementation("eager")                                # the one that returns probabilities
+        attentions = model(images, output_attentions=True).attentions        # each stage's last block's
+    assert len(attentions) == cfg.num_stages
+    for s, theirs in enumerate(attentions):
+        # transformers' eager attention takes its softmax in float32 (eager_attention_forward, dtype=torch.float32):
+        # its probabilities carry float32 rounding, ~6e-8 relative, whatever the model's dtype
+        torch.testing.assert_close(out["attention"][sum(cfg.depths[:s + 1]) - 1], theirs, rtol=0, atol=1e-6)
+    model.set_attn_implementation("sdpa")
+    assert_gradients_equal(params, cfg, images, model, to_hf_swin)
+
+
+def test_the_three_small_window_conventions_give_three_functions():
+    """At 224×320 Swin-T's last stage is 7×10: timm and torchvision shift its windows along the 10 side, transformers
+    (and the original) shift along neither; stage 1 (56×80) is padded, rolled before (timm) or after (the others).
+    Each of ours equals its original; the three differ from each other by far more than rounding."""
+    logits = {}
+    for conventions, reference, to_format in ((TIMM_CONVENTIONS, timm_swin, to_timm_swin),
+                                              (TORCHVISION_CONVENTIONS, torchvision_swin, to_torchvision_swin),
+                                              (TRANSFORMERS_CONVENTIONS, hf_swin, to_hf_swin)):
+        cfg = SwinConfig(image_size=(224, 320), **TINY, **conventions)
+        params = random_params(cfg, seed=0, scale=0.2)
+        images = random_images(cfg, 1, seed=0)
+        model = reference(cfg).double().eval()
+        model.load_state_dict(to_format(params, cfg))
+        with torch.no_grad():
+            logits[reference], ref = swin.forward(params, images, cfg), model(images)
+        torch.testing.assert_close(logits[reference], getattr(ref, "logits", ref), rtol=0, atol=1e-10)
+    first, second, third = logits.values()
+    assert min((first - second).abs().max(), (first - third).abs().max(), (second - third).abs().max()) > 1e-3

@@ -10,26 +10,31 @@ import torchvision
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lowlevel import SwinConfig
+from lowlevel import SwinConfig, swin
 from paper.checkpoints import detect_format, read_checkpoint, write_checkpoint
 from paper.convert import main as convert_main
+from paper.formats.huggingface_swin import from_hf_swin, to_hf_swin
 from paper.formats.timm import write_timm
 from paper.formats.timm_swin import from_timm_swin, to_timm_swin
 from paper.formats.torchvision_swin import from_torchvision_swin, to_torchvision_swin
-from paper.reference_swin import TIMM_CONVENTIONS, TORCHVISION_CONVENTIONS
+from paper.reference_swin import TIMM_CONVENTIONS, TORCHVISION_CONVENTIONS, TRANSFORMERS_CONVENTIONS
 from tests import helpers
 
 FORMATS = {"timm": (TIMM_CONVENTIONS, to_timm_swin, from_timm_swin),
-           "torchvision": (TORCHVISION_CONVENTIONS, to_torchvision_swin, from_torchvision_swin)}
+           "torchvision": (TORCHVISION_CONVENTIONS, to_torchvision_swin, from_torchvision_swin),
+           "transformers": (TRANSFORMERS_CONVENTIONS, to_hf_swin, from_hf_swin)}
 
 
 def untold(cfg: SwinConfig) -> dict:
-    """What a Swin state dict does not hold: the image size, eps, and M where every table is shrunk."""
-    return dict(image_size=cfg.image_size, window_size=cfg.window_size, layer_norm_eps=cfg.layer_norm_eps)
+    """What a Swin state dict does not hold: the image size, eps, stochastic depth, and M where every table is
+    shrunk."""
+    return dict(image_size=cfg.image_size, window_size=cfg.window_size, layer_norm_eps=cfg.layer_norm_eps,
+                drop_path=cfg.drop_path)
 
 
 @given(st.sampled_from(sorted(FORMATS)).flatmap(
-    lambda f: st.tuples(st.just(f), helpers.swin_configs(FORMATS[f][0], torchvision=f == "torchvision"))))
+    lambda f: st.tuples(st.just(f), helpers.swin_configs(FORMATS[f][0], torchvision=f == "torchvision",
+                                                         transformers=f == "transformers"))))
 def test_state_dict_round_trip_is_lossless(format_and_cfg):
     fmt, cfg = format_and_cfg
     _, to_format, from_format = FORMATS[fmt]
@@ -53,6 +58,24 @@ def test_files_are_recognised_and_read_back(tmp_path, fmt, suffix):
     vit_cfg = helpers.ViTConfig(image_size=32, patch_size=8, dim=64, depth=1, num_heads=1, mlp_dim=8)
     write_timm(helpers.random_params(vit_cfg), vit_cfg, tmp_path / f"vit{suffix}")
     assert detect_format(tmp_path / f"vit{suffix}") == "timm"        # a ViT's patch_embed.proj.weight stays a ViT
+
+
+def test_transformers_directory_is_written_read_back_and_loaded_by_from_pretrained(tmp_path):
+    """A save_pretrained directory: recognised by its config.json's model_type, read back bit for bit, and
+    `SwinForImageClassification.from_pretrained` (offline) computes our logits from it; stochastic depth and eps
+    travel in config.json."""
+    from transformers import SwinForImageClassification
+    cfg = SwinConfig(image_size=(56, 84), dim=12, depths=(2, 2), num_heads=(1, 2), window_size=7, num_classes=5,
+                     drop_path=0.2, **TRANSFORMERS_CONVENTIONS)
+    params = helpers.random_params(cfg, seed=3)
+    assert write_checkpoint(params, cfg, tmp_path / "hf") == "hf-swin"
+    assert detect_format(tmp_path / "hf") == "hf-swin"
+    cfg2, params2, _ = read_checkpoint(tmp_path / "hf")
+    assert cfg2 == cfg and all(torch.equal(params2[k], params[k]) for k in params)
+    model = SwinForImageClassification.from_pretrained(tmp_path / "hf", local_files_only=True).double().eval()
+    images = helpers.random_images(cfg, 2, seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images).logits, swin.forward(params, images, cfg), rtol=0, atol=1e-10)
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +138,11 @@ def test_torchvision_index_buffers_are_written_and_checked():
 def test_formats_refuse_what_their_code_cannot_compute(tmp_path):
     cfg = SwinConfig(image_size=112, dim=12, num_heads=(1, 2, 3, 4), num_classes=5)     # stages 28, 14, 7, 4
     params = helpers.random_params(cfg)
-    with pytest.raises(ValueError, match=r"expected a .pth, .pt or .safetensors destination for a Swin"):
+    with pytest.raises(ValueError, match=r"swin.npz: the official .npz format holds ViTs only"):
         write_checkpoint(params, cfg, tmp_path / "swin.npz")
+    with pytest.raises(ValueError, match=r"image_size: transformers' Swin cannot compute image_size \(112, 112\), "
+                                         r"where stage 3 is 4×4, smaller than the window M=7"):
+        to_hf_swin(params, dataclasses.replace(cfg, **TRANSFORMERS_CONVENTIONS))
     with pytest.raises(ValueError, match=r"in_channels: torchvision's SwinTransformer cannot express in_channels=1"):
         one = dataclasses.replace(cfg, in_channels=1)
         to_torchvision_swin(helpers.random_params(one), one)
