@@ -1,7 +1,9 @@
-"""A functional Vision Transformer (Dosovitskiy et al. 2020) over explicit parameter tensors.
+"""A functional Vision Transformer (Dosovitskiy et al. 2020) over explicit parameter tensors, and its windowed
+sibling the Swin Transformer (Liu et al. 2021) in `lowlevel.swin` with `SwinConfig`.
 
 Tensor ops and torch.nn.functional only: params in, tensors out. Primitives take tensors; block-level functions take
-(params, x, cfg); `forward`, `forward_intermediates` and `fast_forward` take (params, images, cfg)."""
+(params, x, cfg); `forward`, `forward_intermediates` and `fast_forward` take (params, images, cfg), in `lowlevel`
+for the ViT and in `lowlevel.swin` for the Swin."""
 from . import swin
 from .attention import merge_heads, multi_head_attention, qkv_heads, scaled_dot_product_attention
 from .checks import check_params

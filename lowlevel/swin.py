@@ -114,7 +114,8 @@ def drop_path(x: torch.Tensor, rate: float, train: bool) -> torch.Tensor:
 
 
 def block_drop_rate(cfg: SwinConfig, stage: int, j: int) -> float:
-    """Stochastic depth of block j of `stage`: 0 at the first block, cfg.drop_path at the last, linear between."""
+    """Stochastic depth of block j of `stage` (§4.1): 0 at the first block, cfg.drop_path at the last, linear between,
+    as the original, timm and torchvision set it."""
     index = sum(cfg.depths[:stage]) + j
     return cfg.drop_path * index / max(cfg.depth - 1, 1)
 
@@ -138,7 +139,8 @@ def swin_block(params: dict, x: torch.Tensor, cfg: SwinConfig, stage: int, j: in
 
 def residual_projection(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, rate: float,
                         train: bool) -> torch.Tensor:
-    """z + drop_path(x Wᵀ + b): one GEMM accumulating into z (fast.py's residual_linear) unless a branch may drop."""
+    """A residual line of eq. (3), z + drop_path(x Wᵀ + b): one GEMM accumulating into z (fast.py's residual_linear)
+    unless a branch may drop."""
     if train and rate:
         return z + drop_path(F.linear(x, w, b), rate, train)
     return residual_linear(z, x, w, b)
@@ -174,7 +176,7 @@ def patch_merging(params: dict, x: torch.Tensor, cfg: SwinConfig) -> torch.Tenso
 
 
 def merge(params: dict, x: torch.Tensor, cfg: SwinConfig, stage: int, position: str) -> torch.Tensor:
-    """Patch merging if `stage` holds one at `position` ("start" or "end", cfg.merge_position), else x."""
+    """Patch merging (§3.1) if `stage` holds one at `position` ("start" or "end", cfg.merge_position), else x."""
     has_merge = stage > 0 if cfg.merge_position == "start" else stage < cfg.num_stages - 1
     if position != cfg.merge_position or not has_merge:
         return x
@@ -205,7 +207,8 @@ def fast_stage(params: dict, x: torch.Tensor, cfg: SwinConfig, stage: int, train
 
 
 def pool(params: dict, x: torch.Tensor, cfg: SwinConfig) -> torch.Tensor:
-    """The original's head: LayerNorm on every token, then the mean over the map. (B, H, W, 8C) -> (B, 8C)."""
+    """What the classifier reads, as the original computes it (`forward_features`) and timm and torchvision too:
+    LayerNorm on every token, then the average over the map. (B, H, W, 8C) -> (B, 8C)."""
     return layer_norm(x, params["norm.weight"], params["norm.bias"], cfg.layer_norm_eps).mean(dim=(1, 2))
 
 

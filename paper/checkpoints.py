@@ -21,8 +21,8 @@ from lowlevel import SwinConfig, ViTConfig
 from paper.configs import paper_config
 
 from .formats.files import is_npz, load_tensors
-from .formats.huggingface import is_hf_state_dict, read_hf, write_hf
-from .formats.huggingface_swin import is_hf_swin_state_dict, read_hf_config, read_hf_swin, write_hf_swin
+from .formats.huggingface import is_hf_state_dict, pretrained_files, read_hf, write_hf
+from .formats.huggingface_swin import is_hf_swin_state_dict, read_hf_swin, write_hf_swin
 from .formats.npz import read_npz, write_npz
 from .formats.timm import is_timm_state_dict, read_timm, write_timm
 from .formats.timm_swin import is_timm_swin_state_dict, read_timm_swin, write_timm_swin
@@ -43,8 +43,7 @@ def detect_format(path) -> str:
     if not path.exists():
         raise ValueError(f"{path}: expected a checkpoint file or directory, got a path that does not exist")
     if path.is_dir():
-        swin = (path / "config.json").exists() and read_hf_config(path).get("model_type") == "swin"
-        return "hf-swin" if swin else "hf"
+        return "hf-swin" if pretrained_files(path)[0].get("model_type") == "swin" else "hf"
     if is_npz(path):
         return "npz"
     sd = load_tensors(path)

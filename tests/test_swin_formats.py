@@ -45,7 +45,7 @@ def test_state_dict_round_trip_is_lossless(format_and_cfg):
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
-@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize("fmt", ["timm", "torchvision"])
 def test_files_are_recognised_and_read_back(tmp_path, fmt, suffix):
     cfg = SwinConfig(image_size=224, dim=12, depths=(2, 2, 2, 2), num_heads=(1, 2, 3, 4), num_classes=5,
                      **FORMATS[fmt][0])
@@ -63,19 +63,30 @@ def test_files_are_recognised_and_read_back(tmp_path, fmt, suffix):
 def test_transformers_directory_is_written_read_back_and_loaded_by_from_pretrained(tmp_path):
     """A save_pretrained directory: recognised by its config.json's model_type, read back bit for bit, and
     `SwinForImageClassification.from_pretrained` (offline) computes our logits from it; stochastic depth and eps
-    travel in config.json."""
+    travel in config.json. torchvision's conventions are written where transformers computes the same (224 px: whole
+    windows, a last stage of exactly M) and refused where it does not (56×84: its 7×11 last stage is shifted along
+    the 11 side by torchvision, along neither side by transformers)."""
     from transformers import SwinForImageClassification
-    cfg = SwinConfig(image_size=(56, 84), dim=12, depths=(2, 2), num_heads=(1, 2), window_size=7, num_classes=5,
-                     drop_path=0.2, **TRANSFORMERS_CONVENTIONS)
-    params = helpers.random_params(cfg, seed=3)
-    assert write_checkpoint(params, cfg, tmp_path / "hf") == "hf-swin"
-    assert detect_format(tmp_path / "hf") == "hf-swin"
-    cfg2, params2, _ = read_checkpoint(tmp_path / "hf")
-    assert cfg2 == cfg and all(torch.equal(params2[k], params[k]) for k in params)
-    model = SwinForImageClassification.from_pretrained(tmp_path / "hf", local_files_only=True).double().eval()
-    images = helpers.random_images(cfg, 2, seed=3)
-    with torch.no_grad():
-        torch.testing.assert_close(model(images).logits, swin.forward(params, images, cfg), rtol=0, atol=1e-10)
+    tiny = dict(dim=12, depths=(2, 2, 2, 2), num_heads=(1, 2, 3, 4), num_classes=5)
+    transformers_cfg = SwinConfig(image_size=(56, 84), **{**tiny, "depths": (2, 2), "num_heads": (1, 2)},
+                                  drop_path=0.2, **TRANSFORMERS_CONVENTIONS)
+    torchvision_cfg = SwinConfig(image_size=224, **tiny, **TORCHVISION_CONVENTIONS)
+    for cfg in (transformers_cfg, torchvision_cfg):
+        params = helpers.random_params(cfg, seed=3)
+        assert write_checkpoint(params, cfg, tmp_path / "hf") == "hf-swin"
+        assert detect_format(tmp_path / "hf") == "hf-swin"
+        cfg2, params2, _ = read_checkpoint(tmp_path / "hf")
+        assert cfg2 == dataclasses.replace(cfg, **TRANSFORMERS_CONVENTIONS)
+        assert all(torch.equal(params2[k], params[k]) for k in params)
+        model = SwinForImageClassification.from_pretrained(tmp_path / "hf", local_files_only=True).double().eval()
+        images = helpers.random_images(cfg, 2, seed=3)
+        with torch.no_grad():
+            torch.testing.assert_close(model(images).logits, swin.forward(params, images, cfg), rtol=0, atol=1e-10)
+    wide = dataclasses.replace(torchvision_cfg, image_size=(56, 84), depths=(2, 2), num_heads=(1, 2))
+    with pytest.raises(ValueError, match=r"small_window='pad': transformers' Swin cannot express it at image_size "
+                                         r"\(56, 84\), where stage 1's 7×11 map gets window and shift"):
+        write_checkpoint(helpers.random_params(wide), wide, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
 
 
 @pytest.fixture(scope="module")

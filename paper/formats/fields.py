@@ -62,6 +62,27 @@ def window_from_tables(tables: list) -> int:
     return (side + 1) // 2
 
 
+def swin_fields(sd: dict, key, known: dict) -> dict:
+    """The SwinConfig fields a Swin state dict's shapes tell, whatever the format: `key` maps our parameter names to
+    the format's (blocks and global names only), `known` (a format's conventions, the caller's fields) takes
+    precedence. B̂ has a column per head and, at full size, (2M−1)² rows; the image size is swin_image_size's."""
+    c, channels, p, _ = sd[key("patch.weight")].shape
+    stages = next(s for s in range(len(sd) + 1) if key(f"stages.{s}.blocks.0.relative_position_bias_table") not in sd)
+    tables = [sd[key(f"stages.{s}.blocks.0.relative_position_bias_table")] for s in range(stages)]
+    fields = {"patch_size": p, "in_channels": channels, "dim": c,
+              "depths": tuple(next(j for j in range(len(sd) + 1) if key(f"stages.{s}.blocks.{j}.ln1.weight") not in sd)
+                              for s in range(stages)),
+              "num_heads": tuple(t.shape[1] for t in tables),
+              "mlp_ratio": sd[key("stages.0.blocks.0.fc1.weight")].shape[0] / c,
+              "qkv_bias": key("stages.0.blocks.0.qkv.bias") in sd,
+              "num_classes": sd[key("head.weight")].shape[0] if key("head.weight") in sd else 0, **known}
+    if "window_size" not in fields:
+        fields["window_size"] = window_from_tables(tables)
+    if "image_size" not in fields:
+        fields["image_size"] = swin_image_size(fields["window_size"], p, stages)
+    return fields
+
+
 def require_conventions(fmt: str, cfg: SwinConfig, **conventions) -> SwinConfig:
     """The Swin config `cfg` as the code behind `fmt` computes it (its padding, small_window and merge_position),
     refused when that would change the model's function at cfg.image_size: conventions are what code does, not what

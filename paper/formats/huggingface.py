@@ -76,17 +76,18 @@ def hf_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def saved_name(name: str) -> str:
-    """A transformers name, either spelling, with or without "vit." -> the saved spelling without "vit."."""
-    name = name.removeprefix("vit.")
-    for saved, memory in MEMORY_NAMES:
+def saved_name(name: str, renames: list = MEMORY_NAMES, prefix: str = "vit.") -> str:
+    """A transformers name, either spelling, with or without "vit." -> the saved spelling without "vit.".
+    (`renames` and `prefix`: another model's, e.g. the Swin's.)"""
+    name = name.removeprefix(prefix)
+    for saved, memory in renames:
         name = name.replace(memory, saved)
     return name
 
 
-def memory_name(name: str) -> str:
+def memory_name(name: str, renames: list = MEMORY_NAMES) -> str:
     """A saved name without "vit." -> transformers 5's in-memory spelling (without "vit.")."""
-    for saved, memory in MEMORY_NAMES:
+    for saved, memory in renames:
         name = name.replace(saved, memory)
     return name
 
@@ -175,22 +176,27 @@ def to_hf(params: dict, cfg: ViTConfig) -> tuple[dict, object]:
     return with_prefix({memory_name(k): v for k, v in sd.items()}, cfg), config
 
 
+def pretrained_files(path) -> tuple[dict | None, Path]:
+    """A `save_pretrained` directory -> (its config.json as a dict, its weights file: model.safetensors or
+    pytorch_model.bin); a file -> (None, the file)."""
+    path = Path(path)
+    if not path.is_dir():
+        return None, path
+    weights = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).exists()]
+    if not (path / "config.json").exists() or not weights:
+        raise ValueError(f"{path}: expected a save_pretrained directory with config.json and model.safetensors")
+    try:
+        return json.loads((path / "config.json").read_text()), weights[0]
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path / 'config.json'}: expected a JSON transformers config, got an unreadable file "
+                         f"({e})") from e
+
+
 def read_hf(path, **overrides) -> tuple[ViTConfig, dict]:
     """A `save_pretrained` directory (config.json + model.safetensors or pytorch_model.bin), or a bare state_dict
     file (then eps is 1e-6 and GELU exact unless overridden) -> (cfg, params)."""
-    path = Path(path)
-    config = None
-    if path.is_dir():
-        weights = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).exists()]
-        if not (path / "config.json").exists() or not weights:
-            raise ValueError(f"{path}: expected a save_pretrained directory with config.json and model.safetensors")
-        try:
-            config = json.loads((path / "config.json").read_text())
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{path / 'config.json'}: expected a JSON transformers config, got an unreadable file "
-                             f"({e})") from e
-        path = weights[0]
-    else:
+    config, path = pretrained_files(path)
+    if config is None:
         overrides = {"layer_norm_eps": 1e-6, **overrides}
     sd = load_tensors(path)
     try:

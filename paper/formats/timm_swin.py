@@ -27,7 +27,7 @@ from lowlevel.swin import param_shapes
 from lowlevel.swin_params import merge_index
 
 from ..reference_swin import TIMM_CONVENTIONS, require_timm
-from .fields import swin_image_size, window_from_tables
+from .fields import swin_fields
 from .files import read_state_dict, save_tensors
 from .renaming import renamed, unrenamed
 
@@ -36,8 +36,8 @@ BLOCK_NAMES = {"ln1": "norm1", "qkv": "attn.qkv", "proj": "attn.proj", "ln2": "n
 TABLE = "layers.{}.blocks.0.attn.relative_position_bias_table"
 
 
-def timm_swin_key(name: str, cfg: SwinConfig) -> str:
-    """Our parameter name -> timm's state-dict key."""
+def timm_swin_key(name: str, cfg: SwinConfig | None) -> str:
+    """Our parameter name -> timm's state-dict key (the config tells where the mergings are; no other name needs it)."""
     parts = name.split(".")
     if parts[0] == "stages" and parts[2] == "blocks":
         s, j, part = parts[1], parts[3], ".".join(parts[4:])
@@ -54,26 +54,6 @@ def is_timm_swin_state_dict(sd: dict) -> bool:
     return "patch_embed.proj.weight" in sd and TABLE.format(0) in sd
 
 
-def config_from_timm_swin(sd: dict, known: dict) -> dict:
-    """The config fields a timm Swin state dict's shapes determine, with `known` fields (the caller's) taking
-    precedence; the heads are the tables' columns."""
-    c, channels, p, _ = sd["patch_embed.proj.weight"].shape
-    stages = len({k.split(".")[1] for k in sd if k.startswith("layers.")})
-    fields = {"patch_size": p, "in_channels": channels, "dim": c,
-              "depths": tuple(len({k.split(".")[3] for k in sd if k.startswith(f"layers.{s}.blocks.")})
-                              for s in range(stages)),
-              "num_heads": tuple(sd[TABLE.format(s)].shape[1] for s in range(stages)),
-              "mlp_ratio": sd["layers.0.blocks.0.mlp.fc1.weight"].shape[0] / c,
-              "qkv_bias": "layers.0.blocks.0.attn.qkv.bias" in sd,
-              "num_classes": sd["head.fc.weight"].shape[0] if "head.fc.weight" in sd else 0,
-              **TIMM_CONVENTIONS, **known}
-    if "window_size" not in fields:
-        fields["window_size"] = window_from_tables([sd[TABLE.format(s)] for s in range(stages)])
-    if "image_size" not in fields:
-        fields["image_size"] = swin_image_size(fields["window_size"], p, stages)
-    return fields
-
-
 def from_timm_swin(state_dict: dict, **overrides) -> tuple[SwinConfig, dict[str, torch.Tensor]]:
     """A timm SwinTransformer state dict -> (cfg, params). Keyword overrides set what the weights cannot tell (image
     size, eps, ...). All keys are checked (missing, unexpected, mis-shaped) before anything is converted."""
@@ -82,7 +62,7 @@ def from_timm_swin(state_dict: dict, **overrides) -> tuple[SwinConfig, dict[str,
                if k not in sd]
     if missing:
         raise ValueError(f"state_dict: expected a timm SwinTransformer state_dict, missing key(s) {missing}")
-    cfg = SwinConfig(**config_from_timm_swin(sd, overrides))
+    cfg = SwinConfig(**swin_fields(sd, lambda k: timm_swin_key(k, None), {**TIMM_CONVENTIONS, **overrides}))
     return cfg, unrenamed(sd, param_shapes(cfg), cfg, lambda k: timm_swin_key(k, cfg), "timm Swin state_dict")
 
 

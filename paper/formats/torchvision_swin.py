@@ -30,7 +30,7 @@ from lowlevel.swin import param_shapes
 from lowlevel.swin_params import merge_index
 
 from ..reference_swin import TORCHVISION_CONVENTIONS, require_torchvision
-from .fields import swin_image_size, window_from_tables
+from .fields import swin_fields
 from .files import read_state_dict, save_tensors
 from .renaming import renamed, unrenamed
 
@@ -40,8 +40,9 @@ TABLE = "features.{}.0.attn.relative_position_bias_table"
 INDEX = "relative_position_index"
 
 
-def torchvision_swin_key(name: str, cfg: SwinConfig) -> str:
-    """Our parameter name -> torchvision's state-dict key."""
+def torchvision_swin_key(name: str, cfg: SwinConfig | None) -> str:
+    """Our parameter name -> torchvision's state-dict key (the config tells where the mergings are; no other name
+    needs it)."""
     parts = name.split(".")
     if parts[0] == "stages" and parts[2] == "blocks":
         s, j, part = int(parts[1]), parts[3], ".".join(parts[4:])
@@ -65,26 +66,6 @@ def is_torchvision_swin_state_dict(sd: dict) -> bool:
     return "features.0.0.weight" in sd and TABLE.format(1) in sd
 
 
-def config_from_torchvision_swin(sd: dict, known: dict) -> dict:
-    """The config fields a torchvision Swin state dict's shapes determine, with `known` fields (the caller's) taking
-    precedence; the heads are the tables' columns."""
-    c, channels, p, _ = sd["features.0.0.weight"].shape
-    stages = len({k.split(".")[1] for k in sd if k.startswith("features.")}) // 2   # patch embed + stages + mergings
-    fields = {"patch_size": p, "in_channels": channels, "dim": c,
-              "depths": tuple(len({k.split(".")[2] for k in sd if k.startswith(f"features.{2 * s + 1}.")})
-                              for s in range(stages)),
-              "num_heads": tuple(sd[TABLE.format(2 * s + 1)].shape[1] for s in range(stages)),
-              "mlp_ratio": sd["features.1.0.mlp.0.weight"].shape[0] / c,
-              "qkv_bias": "features.1.0.attn.qkv.bias" in sd,
-              "num_classes": sd["head.weight"].shape[0] if "head.weight" in sd else 0,
-              **TORCHVISION_CONVENTIONS, **known}
-    if "window_size" not in fields:
-        fields["window_size"] = window_from_tables([sd[TABLE.format(2 * s + 1)] for s in range(stages)])
-    if "image_size" not in fields:
-        fields["image_size"] = swin_image_size(fields["window_size"], p, stages)
-    return fields
-
-
 def from_torchvision_swin(state_dict: dict, **overrides) -> tuple[SwinConfig, dict[str, torch.Tensor]]:
     """A torchvision SwinTransformer state dict -> (cfg, params). Every key is checked (missing, unexpected,
     mis-shaped), and every relative_position_index against the computed one, before anything is converted."""
@@ -92,7 +73,8 @@ def from_torchvision_swin(state_dict: dict, **overrides) -> tuple[SwinConfig, di
     missing = [k for k in ("features.0.0.weight", TABLE.format(1), "features.1.0.mlp.0.weight") if k not in sd]
     if missing:
         raise ValueError(f"state_dict: expected a torchvision SwinTransformer state_dict, missing key(s) {missing}")
-    cfg = SwinConfig(**config_from_torchvision_swin(sd, overrides))
+    cfg = SwinConfig(**swin_fields(sd, lambda k: torchvision_swin_key(k, None),
+                                   {**TORCHVISION_CONVENTIONS, **overrides}))
     indices = index_keys(cfg)
     params = unrenamed(sd, param_shapes(cfg), cfg, lambda k: torchvision_swin_key(k, cfg), "torchvision Swin state_dict",
                        buffers={k: tuple(v.shape) for k, v in indices.items()})
