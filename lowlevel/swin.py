@@ -96,7 +96,10 @@ def fused_window_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Te
     """Eq. (4) in every window through `F.scaled_dot_product_attention`, before the output projection:
     x (B·nW, N, C) -> [SA_1; …; SA_k] (B·nW, N, C). The fused kernel takes one additive mask per (image, head);
     laying the windows beside the heads, (B, nW·heads, N, D_h), makes the (nW, heads, N, N) bias exactly that, so
-    it broadcasts over the images without being copied B times."""
+    it broadcasts over the images without being copied B times. When the bias needs a gradient (training: B̂ is
+    learned), PyTorch's fused CPU kernel cannot give one and `scaled_dot_product_attention` falls back to its math
+    implementation, which keeps the probabilities for the backward as the explicit path does (measured, torch 2.14:
+    `ScaledDotProductFlashAttentionForCpuBackward0` with a constant bias, `SafeSoftmaxBackward0` with a learned one)."""
     windows = bias.shape[0]
     q, k, v = (t.unflatten(0, (-1, windows)).flatten(1, 2) for t in qkv_heads(x, w_qkv, b_qkv, num_heads))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.flatten(0, 1)[None])  # (B, nW·H, N, D_h)

@@ -377,3 +377,16 @@ def test_forward_attention_and_gradients_equal_transformers(cfg, batch):
         torch.testing.assert_close(out["attention"][sum(cfg.depths[:s + 1]) - 1], theirs, rtol=0, atol=1e-6)
     model.set_attn_implementation("sdpa")
     assert_gradients_equal(params, cfg, images, model, to_hf_swin)
+
+
+def test_bench_report_growth_slopes():
+    """The sweep's growth table: time against pixels on log-log axes, slope 1 for cost linear in the tokens and 2 for
+    quadratic; one row per model and attention path, from its smallest image to its largest."""
+    from paper.bench_report import growth
+
+    def point(model, side, seconds):
+        return {"model": model, "image_size": [side, side],
+                "contenders": {"ours fast": {"infer_s": [seconds], "train_s": [3 * seconds]}}}
+    sweep = [point("ViT", 224, 1.0), point("ViT", 448, 16.0), point("Swin", 224, 1.0), point("Swin", 448, 4.0)]
+    assert growth(sweep)[3:] == ["| ViT | ours fast | 4.0 | 16.0× (2.00) | 16.0× (2.00) |",
+                                 "| Swin | ours fast | 4.0 | 4.0× (1.00) | 4.0× (1.00) |"]
