@@ -4,7 +4,7 @@ sibling the Swin Transformer (Liu et al. 2021) in `lowlevel.swin` with `SwinConf
 Tensor ops and torch.nn.functional only: params in, tensors out. Primitives take tensors; block-level functions take
 (params, x, cfg); `forward`, `forward_intermediates` and `fast_forward` take (params, images, cfg), in `lowlevel`
 for the ViT and in `lowlevel.swin` for the Swin."""
-from . import swin
+from . import swin as swin  # the Swin Transformer's namespace: swin.forward, swin.init_params, ...
 from .attention import merge_heads, multi_head_attention, qkv_heads, scaled_dot_product_attention
 from .checks import check_params
 from .config import ViTConfig
@@ -16,11 +16,10 @@ from .norm import layer_norm
 from .params import init_params, param_shapes
 from .patches import patch_embedding, patchify, unpatchify
 from .position import sincos_2d
-from .swin_config import SwinConfig
+from .swin_config import SwinConfig as SwinConfig
 
 __all__ = ["ViTConfig", "init_params", "param_shapes", "check_params",
            "forward", "forward_intermediates", "fast_forward",
            "embed", "encoder", "encoder_block", "block_params", "fast_encoder", "fast_encoder_block", "pool",
            "layer_norm", "mlp", "multi_head_attention", "scaled_dot_product_attention", "qkv_heads", "merge_heads",
-           "patchify", "unpatchify", "patch_embedding", "sincos_2d",
-           "SwinConfig", "swin"]
+           "patchify", "unpatchify", "patch_embedding", "sincos_2d"]

@@ -76,18 +76,17 @@ def hf_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def saved_name(name: str, renames: list = MEMORY_NAMES, prefix: str = "vit.") -> str:
-    """A transformers name, either spelling, with or without "vit." -> the saved spelling without "vit.".
-    (`renames` and `prefix`: another model's, e.g. the Swin's.)"""
-    name = name.removeprefix(prefix)
-    for saved, memory in renames:
+def saved_name(name: str) -> str:
+    """A transformers name, either spelling, with or without "vit." -> the saved spelling without "vit."."""
+    name = name.removeprefix("vit.")
+    for saved, memory in MEMORY_NAMES:
         name = name.replace(memory, saved)
     return name
 
 
-def memory_name(name: str, renames: list = MEMORY_NAMES) -> str:
+def memory_name(name: str) -> str:
     """A saved name without "vit." -> transformers 5's in-memory spelling (without "vit.")."""
-    for saved, memory in renames:
+    for saved, memory in MEMORY_NAMES:
         name = name.replace(saved, memory)
     return name
 

@@ -39,8 +39,8 @@ from ..reference_models import HF_ACTIVATIONS
 from ..reference_swin import TRANSFORMERS_CONVENTIONS, hf_swin_config, require_transformers
 from .fields import swin_fields
 from .files import load_tensors, save_tensors
-from .huggingface import memory_name, pretrained_files, saved_name
-from .renaming import renamed, unrenamed
+from .huggingface import pretrained_files
+from .renaming import renamed, respelled, unrenamed
 
 PATCH = "embeddings.patch_embeddings.projection.weight"
 
@@ -95,9 +95,13 @@ def fuse_qkv(sd: dict) -> dict:
     return out
 
 
+def saved_name(name: str) -> str:
+    """A transformers Swin name, either spelling, with or without "swin." -> the saved spelling without "swin."."""
+    return respelled(name.removeprefix("swin."), MEMORY_NAMES, to_saved=True)
+
+
 def is_hf_swin_state_dict(sd: dict) -> bool:
-    return any(saved_name(k, MEMORY_NAMES, "swin.") == PATCH for k in sd) and \
-        any("relative_position_bias_table" in k for k in sd)
+    return any(saved_name(k) == PATCH for k in sd) and any("relative_position_bias_table" in k for k in sd)
 
 
 def config_from_hf_swin_config(config: dict) -> dict:
@@ -120,7 +124,7 @@ def from_hf_swin(state_dict: dict, config: dict | None = None, **overrides) -> t
     """A transformers Swin state dict (either naming, with or without "swin.") and optionally its config.json dict
     -> (cfg, params). Every key is checked (missing, unexpected, mis-shaped; q, k and v as the qkv they form) before
     anything is converted."""
-    sd = fuse_qkv({saved_name(k, MEMORY_NAMES, "swin."): v for k, v in state_dict.items()})
+    sd = fuse_qkv({saved_name(k): v for k, v in state_dict.items()})
     if PATCH not in sd:
         raise ValueError(f"state_dict: expected a transformers Swin state_dict, missing key 'swin.{PATCH}'")
     known = {**TRANSFORMERS_CONVENTIONS, **(config_from_hf_swin_config(config) if config is not None else {}),
@@ -144,7 +148,7 @@ def saved_state_dict(params: dict, cfg: SwinConfig) -> dict:
 def to_hf_swin(params: dict, cfg: SwinConfig) -> dict:
     """(params, cfg) -> the state dict in transformers 5's in-memory names, for
     `paper.reference_swin.hf_swin(cfg).load_state_dict`."""
-    return {memory_name(k, MEMORY_NAMES): v for k, v in saved_state_dict(params, cfg).items()}
+    return {respelled(k, MEMORY_NAMES, to_saved=False): v for k, v in saved_state_dict(params, cfg).items()}
 
 
 def read_hf_swin(path, **overrides) -> tuple[SwinConfig, dict]:

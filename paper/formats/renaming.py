@@ -5,6 +5,14 @@ import torch
 from lowlevel import check_params
 
 
+def respelled(name: str, renames: list[tuple[str, str]], to_saved: bool) -> str:
+    """A transformers name between its saved (transformers 4) and in-memory (transformers 5) spellings: `renames`
+    holds (saved, in memory) pieces, replaced in order."""
+    for saved, memory in renames:
+        name = name.replace(memory, saved) if to_saved else name.replace(saved, memory)
+    return name
+
+
 def conv_shape(cfg) -> tuple[int, int, int, int]:
     """The patch projection as a Conv2d kernel, (D, C, P, P)."""
     return cfg.dim, cfg.in_channels, cfg.patch_size, cfg.patch_size
