@@ -135,7 +135,9 @@ def test_convert_refuses_a_size_where_the_codes_differ_and_a_wrong_model(swin_t_
     assert list(tmp_path.iterdir()) == []
 
 
-def test_torchvision_index_buffers_are_written_and_checked():
+def test_index_buffers_are_written_where_persistent_and_checked_where_found():
+    """torchvision's persistent (M⁴,) buffers are written and checked; transformers 4 files held (M², M²) ones, which
+    are checked and dropped (transformers 5 computes them)."""
     cfg = SwinConfig(dim=12, num_heads=(1, 2, 3, 4), **TORCHVISION_CONVENTIONS)
     sd = to_torchvision_swin(helpers.random_params(cfg), cfg)
     index = sd["features.5.3.attn.relative_position_index"]
@@ -144,6 +146,15 @@ def test_torchvision_index_buffers_are_written_and_checked():
     with pytest.raises(ValueError, match=r"features.5.3.attn.relative_position_index: expected the relative position "
                                          r"index of a 7×7 window"):
         from_torchvision_swin(sd)
+    hf_cfg = dataclasses.replace(cfg, **TRANSFORMERS_CONVENTIONS)
+    params = helpers.random_params(hf_cfg)
+    old = {**to_hf_swin(params, hf_cfg), "swin.encoder.layers.1.blocks.0.attention.self.relative_position_index":
+           index.view(49, 49)}
+    cfg2, params2 = from_hf_swin(old)
+    assert cfg2 == hf_cfg and all(torch.equal(params2[k], params[k]) for k in params)
+    old["swin.encoder.layers.1.blocks.0.attention.self.relative_position_index"] = index.view(49, 49).T
+    with pytest.raises(ValueError, match=r"relative_position_index: expected the relative position index of a 7×7"):
+        from_hf_swin(old)
 
 
 def test_formats_refuse_what_their_code_cannot_compute(tmp_path):
