@@ -1,8 +1,11 @@
-"""A functional Vision Transformer (Dosovitskiy et al. 2020) over explicit parameter tensors.
+"""A functional Vision Transformer (Dosovitskiy et al. 2020) over explicit parameter tensors, and its windowed
+sibling the Swin Transformer (Liu et al. 2021) in `lowlevel.swin` with `SwinConfig`.
 
 Tensor ops and torch.nn.functional only: params in, tensors out. Primitives take tensors; block-level functions take
 (params, x, cfg); `forward`, `forward_intermediates` and `fast_forward` take (params, images, cfg), and so do
-`forward_heads` and `fast_forward_heads`, the two heads of a distilled DeiT (Touvron et al. 2021)."""
+`forward_heads` and `fast_forward_heads`, the two heads of a distilled DeiT (Touvron et al. 2021). The Swin's
+entry points have the same names and arguments in `lowlevel.swin`."""
+from . import swin
 from .attention import merge_heads, multi_head_attention, qkv_heads, scaled_dot_product_attention
 from .checks import check_params
 from .config import ViTConfig
@@ -15,8 +18,9 @@ from .norm import layer_norm
 from .params import init_params, param_shapes
 from .patches import patch_embedding, patchify, unpatchify
 from .position import sincos_2d
+from .swin_config import SwinConfig
 
-__all__ = ["ViTConfig", "init_params", "param_shapes", "check_params",
+__all__ = ["ViTConfig", "SwinConfig", "swin", "init_params", "param_shapes", "check_params",
            "forward", "forward_intermediates", "fast_forward", "forward_heads", "fast_forward_heads",
            "embed", "encoder", "encoder_block", "block_params", "fast_encoder", "fast_encoder_block", "pool",
            "fuse", "drop_path", "drop_path_rates",

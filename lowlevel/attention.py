@@ -14,9 +14,14 @@ import torch.nn.functional as F
 from .checks import check_num_heads
 
 
-def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eqs. (6)-(7): softmax(q kᵀ/√D_h) v. q, k, v: (B, H, N, D_h) -> output (B, H, N, D_h), probabilities (B, H, N, N)."""
+def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                 bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eqs. (6)-(7): softmax(q kᵀ/√D_h) v. q, k, v: (B, H, N, D_h) -> output (B, H, N, D_h), probabilities (B, H, N, N).
+    Leading axes beyond B broadcast. `bias`, broadcastable to the (…, H, N, N) logits, is added after the scaling:
+    Swin's eq. (4), softmax(q kᵀ/√d + B) v, with B the relative position bias plus the shifted windows' mask."""
     scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5  # (B, H, N, N); row i: query i against every key
+    if bias is not None:
+        scores = scores + bias
     probs = scores.softmax(dim=-1)                          # each query's weights over the keys sum to 1
     return probs @ v, probs
 

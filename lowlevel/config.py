@@ -18,6 +18,17 @@ def is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def image_size_pair(size) -> tuple[int, int]:
+    """A config's image_size as (height, width), an integer meaning a square image; each side a positive integer."""
+    if is_integer(size):
+        size = (size, size)
+    elif not (isinstance(size, tuple | list) and len(size) == 2):
+        raise ValueError(f"image_size: expected an integer or (height, width), got {size!r}")
+    if not all(is_integer(s) and s >= 1 for s in size):
+        raise ValueError(f"image_size: expected positive integers (height, width), got {tuple(size)!r}")
+    return tuple(size)
+
+
 @dataclass(frozen=True)
 class ViTConfig:
     image_size: tuple[int, int] = (224, 224)  # (H, W); an int means a square image
@@ -43,17 +54,10 @@ class ViTConfig:
                                               # (timm, transformers, official code) or "softmax_sum" (DeiT §4's text)
 
     def __post_init__(self):
-        size = self.image_size
-        if is_integer(size):
-            size = (size, size)
-        elif not (isinstance(size, tuple | list) and len(size) == 2):
-            raise ValueError(f"image_size: expected an integer or (height, width), got {size!r}")
-        object.__setattr__(self, "image_size", tuple(size))
+        object.__setattr__(self, "image_size", image_size_pair(self.image_size))
         for name in ("patch_size", "in_channels", "dim", "depth", "num_heads", "mlp_dim"):
             if not is_integer(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
-        if not all(is_integer(s) and s >= 1 for s in self.image_size):
-            raise ValueError(f"image_size: expected positive integers (height, width), got {self.image_size!r}")
         if not is_integer(self.num_classes) or self.num_classes < 0:
             raise ValueError(f"num_classes: expected a non-negative integer (0: no head), got {self.num_classes!r}")
         if self.representation_size is not None and (not is_integer(self.representation_size)

@@ -14,10 +14,14 @@ from .mlp import mlp
 from .norm import layer_norm
 
 
+def params_under(params: dict, prefix: str) -> dict:
+    """The parameters whose names start with `prefix`, the prefix removed."""
+    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+
+
 def block_params(params: dict, i: int) -> dict:
     """The parameters of block i with the `blocks.{i}.` prefix removed: ln1, qkv, proj, ln2, fc1, fc2."""
-    prefix = f"blocks.{i}."
-    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+    return params_under(params, f"blocks.{i}.")
 
 
 def encoder_block(params: dict, z: torch.Tensor, cfg: ViTConfig, train: bool = False,

@@ -2,6 +2,7 @@
 
     python -m paper.bench                              # ViT-B/16 @224, batch 8, fp32, CPU, all threads torch uses
     python -m paper.bench --sweep                      # and the sequence-length sweep, 224/384/512 for /16
+    python -m paper.bench --sweep 224,384,512,768 --sweep-models ViT-B/16,Swin-T   # global vs windowed attention
     python -m paper.bench --dtype bfloat16 --device cuda --compile
 
 Method. One process holds every contender with the same weights (`init_params`, seed 0). Each round runs, for every
@@ -30,6 +31,7 @@ a round, then summarised by its median and range over the rounds.
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import platform
 import shlex
@@ -42,7 +44,8 @@ import time
 import torch
 from tqdm import tqdm
 
-from lowlevel import ViTConfig, init_params
+from lowlevel import SwinConfig, ViTConfig, init_params, swin
+from lowlevel.swin_params import block_windows
 
 from . import cli
 from .atomic import write_text
@@ -64,11 +67,14 @@ def block_macs(queries: int, tokens: int, d: int, m: int) -> int:
     return tokens * d * 2 * d + queries * (d * d + 2 * tokens * d + d * d + 2 * d * m)
 
 
-def forward_flops(cfg: ViTConfig, class_token_only: bool = False) -> float:
+def forward_flops(cfg: ViTConfig | SwinConfig, class_token_only: bool = False) -> float:
     """FLOPs of one image's forward pass: 2 × the multiply-accumulates of every matmul (LN, softmax, GELU not
     counted): patch embedding, per block qkv, q kᵀ, A v, out-projection and MLP, head. tests/test_fast_path.py
     checks it against torch.utils.flop_counter's count of the operations each contender runs.
-    class_token_only: the count of the fast path with class-token pooling, whose last block computes one query."""
+    class_token_only: the count of the fast path with class-token pooling, whose last block computes one query.
+    A Swin: `swin_forward_flops`."""
+    if isinstance(cfg, SwinConfig):
+        return swin_forward_flops(cfg)
     n, t, d, m = cfg.num_patches, cfg.num_tokens, cfg.dim, cfg.mlp_dim
     macs = n * cfg.in_channels * cfg.patch_size ** 2 * d                      # x_p E
     macs += (cfg.depth - class_token_only) * block_macs(t, t, d, m)
@@ -79,8 +85,26 @@ def forward_flops(cfg: ViTConfig, class_token_only: bool = False) -> float:
     return 2.0 * macs
 
 
-def executed_flops(name: str, cfg: ViTConfig) -> float:
-    """forward_flops of what contender `name` computes: the fast path skips work when only the class token is read."""
+def swin_forward_flops(cfg: SwinConfig, fast: bool = False) -> float:
+    """FLOPs of one image's Swin forward, 2 × the multiply-accumulates of every matmul: the patch projection; per
+    block q/k/v, q kᵀ and A v in every window (N·C each per token, Swin §3.2: linear in the tokens, where global
+    attention's grows with them) and the output projection, all over the padded map, and the MLP over the tokens;
+    the patch mergings; the head. The fast path projects the attention output after cropping the padding."""
+    macs = cfg.num_tokens * cfg.in_channels * cfg.patch_size ** 2 * cfg.dim
+    for (s, _), ((mh, mw), _) in block_windows(cfg).items():
+        (h, w), c, m = cfg.stage_sizes[s], cfg.stage_dims[s], cfg.mlp_dims[s]
+        padded = -(-h // mh) * mh * -(-w // mw) * mw
+        macs += padded * (3 * c * c + 2 * mh * mw * c) + (h * w if fast else padded) * c * c + h * w * 2 * c * m
+    for k in range(cfg.num_stages - 1):                              # 4C -> 2C at every token of the halved map
+        macs += math.prod(cfg.stage_sizes[k + 1]) * 8 * cfg.stage_dims[k] ** 2
+    return 2.0 * (macs + cfg.num_features * cfg.num_classes)
+
+
+def executed_flops(name: str, cfg: ViTConfig | SwinConfig) -> float:
+    """forward_flops of what contender `name` computes: the fast path skips work when only the class token is read
+    (a Swin's, the padded tokens' output projection)."""
+    if isinstance(cfg, SwinConfig):
+        return swin_forward_flops(cfg, fast=name == "ours fast")
     return forward_flops(cfg, class_token_only=name == "ours fast" and cfg.pool == "token")
 
 
@@ -104,10 +128,11 @@ def matmul_gflops(a: torch.Tensor, b: torch.Tensor, device: str) -> float:
     return 2 * n ** 3 / timed(lambda: a @ b, device) / 1e9
 
 
-def weights(cfg: ViTConfig) -> dict:
+def weights(cfg: ViTConfig | SwinConfig) -> dict:
     """The weights every contender holds: the official initialisation perturbed (`paper.weights`), so that the
     logits, which the contenders must agree on, depend on every layer."""
-    return perturbed(init_params(cfg, torch.Generator().manual_seed(0)), seed=0, dtype=torch.float32)
+    init = swin.init_params if isinstance(cfg, SwinConfig) else init_params
+    return perturbed(init(cfg, torch.Generator().manual_seed(0)), seed=0, dtype=torch.float32)
 
 
 def batch_of(cfg: ViTConfig, batch: int, dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,8 +200,9 @@ def training_memory(name: str, cfg: ViTConfig, batch: int, dtype, device: str, t
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - base
     dtype_name = next(k for k, v in DTYPES.items() if v == dtype)
-    call = (f"from paper.bench import *; print(training_memory_here({name!r}, ViTConfig(**{dataclasses.asdict(cfg)!r}), "
-            f"{batch}, {dtype_name!r}, {threads}, {compile}))")
+    config = f"{type(cfg).__name__}(**{dataclasses.asdict(cfg)!r})"                  # ViTConfig or SwinConfig
+    call = (f"from paper.bench import *; print(training_memory_here({name!r}, {config}, {batch}, {dtype_name!r}, "
+            f"{threads}, {compile}))")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536",
            "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
@@ -262,6 +288,16 @@ def sweep_sizes(text: str, patch_size: int) -> list[int]:
     return [patch_size * max(1, round(s / patch_size)) for s in sizes]
 
 
+def sweep_models(args) -> list[str]:
+    """--sweep-models as a list of names (each checked), --model when not given."""
+    names = [n.strip() for n in (args.sweep_models or args.model).split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"--sweep-models: expected comma-separated model names, got {args.sweep_models!r}")
+    for name in names:
+        paper_config(name)                                       # a ValueError naming the bad name
+    return names
+
+
 def cpu_name() -> str:
     """The processor's model name (Linux /proc/cpuinfo), else what platform knows."""
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
@@ -287,6 +323,8 @@ def parse_args(argv=None):
                    help=f"comma-separated contenders (default all: {', '.join(CONTENDERS)})")
     p.add_argument("--sweep", nargs="?", const=",".join(map(str, SWEEP)), metavar="SIZES",
                    help="also time explicit vs fast attention at these resolutions (default %(const)s)")
+    p.add_argument("--sweep-models", metavar="NAMES",
+                   help="comma-separated models the sweep runs, e.g. ViT-B/16,Swin-T (default: --model)")
     p.add_argument("--no-memory", action="store_true",
                    help="skip the peak-memory measurement (a fresh process per contender, seconds each)")
     p.add_argument("--out", default="runs/bench", help="folder for bench.json, bench.md and bench.png")
@@ -314,9 +352,9 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     overrides = {"image_size": args.resolution} if args.resolution else {}
     cfg = paper_config(args.model, **overrides)
-    sizes = sweep_sizes(args.sweep, cfg.patch_size) if args.sweep else []
-    steps = 2 * len(names) + args.repeats * len(names) + sum(2 * len(SWEEP_CONTENDERS) + args.repeats *
-                                                              len(SWEEP_CONTENDERS) for _ in sizes)
+    sweep = [(m, size) for m in sweep_models(args) for size in sweep_sizes(args.sweep, paper_config(m).patch_size)] \
+        if args.sweep else []
+    steps = 2 * len(names) + args.repeats * len(names) + len(sweep) * (2 + args.repeats) * len(SWEEP_CONTENDERS)
     device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else cpu_name()
     run = {"model": args.model, "batch": args.batch, "dtype": args.dtype, "device": args.device,
            "device_name": device_name, "threads": args.threads, "compile": args.compile, "repeats": args.repeats,
@@ -324,8 +362,8 @@ def main(argv=None) -> dict:
            "command": shlex.join(["python", "-m", "paper.bench", *(sys.argv[1:] if argv is None else argv)])}
     with tqdm(total=steps, desc="benchmark", unit="run") as progress:
         result = {"run": run, "config": dataclasses.asdict(cfg), "main": measure(cfg, tuple(names), args, progress),
-                  "sweep": [measure(dataclasses.replace(cfg, image_size=s), SWEEP_CONTENDERS, args, progress)
-                            for s in sizes]}
+                  "sweep": [{"model": m, **measure(paper_config(m, image_size=s), SWEEP_CONTENDERS, args, progress)}
+                            for m, s in sweep]}
     table = markdown(result)
     write_text(os.path.join(args.out, "bench.json"), json.dumps(result, indent=1))
     write_text(os.path.join(args.out, "bench.md"), table)

@@ -1,4 +1,5 @@
-"""The contenders of the benchmark (`python -m paper.bench`): one model, four implementations, the same weights.
+"""The contenders of the benchmark (`python -m paper.bench`): one model, four implementations, the same weights (a
+Swin, in the sequence-length sweep: ours, explicit and fast).
 
 Each contender offers `infer(images) -> logits`, `train_logits(images)` (dropout mode, autograd recording) and
 `train_step(images, labels)` (forward, cross-entropy, backward, SGD with momentum 0.9 as in the official fine-tuning
@@ -11,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from lowlevel import ViTConfig, fast_forward, forward
+from lowlevel import SwinConfig, ViTConfig, fast_forward, forward, swin
 
 from .formats.huggingface import to_hf
 from .formats.timm import to_timm
@@ -40,9 +41,12 @@ def sgd(parameters: list) -> torch.optim.Optimizer:
     return torch.optim.SGD(parameters, lr=LEARNING_RATE, momentum=0.9)
 
 
-def ours(params: dict, cfg: ViTConfig, fast: bool, compile: bool) -> Contender:
+def ours(params: dict, cfg: ViTConfig | SwinConfig, fast: bool, compile: bool) -> Contender:
     params = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
-    model = fast_forward if fast else forward
+    if isinstance(cfg, SwinConfig):
+        model = swin.fast_forward if fast else swin.forward
+    else:
+        model = fast_forward if fast else forward
     run = partial(model, params, cfg=cfg)
     train = partial(model, params, cfg=cfg, train=True)
     if compile:
@@ -66,11 +70,14 @@ def module_contender(name: str, model: torch.nn.Module, compile: bool, logits_of
     return Contender(name, infer, logits, list(model.parameters()), sgd(list(model.parameters())))
 
 
-def build(name: str, params: dict, cfg: ViTConfig, *, dtype: torch.dtype, device: str, compile: bool = False):
-    """The contender `name` holding `params` (float32) in `dtype` on `device`."""
+def build(name: str, params: dict, cfg: ViTConfig | SwinConfig, *, dtype: torch.dtype, device: str,
+          compile: bool = False):
+    """The contender `name` holding `params` (float32) in `dtype` on `device`; a Swin has only ours."""
     params = {k: v.to(device=device, dtype=dtype) for k, v in params.items()}
     if name in ("ours explicit", "ours fast"):
         return ours(params, cfg, fast=name == "ours fast", compile=compile)
+    if isinstance(cfg, SwinConfig):
+        raise ValueError(f"name: a Swin is benchmarked as 'ours explicit' or 'ours fast', got {name!r}")
     if name == "timm":
         model = timm_vit(cfg).to(device=device, dtype=dtype)
         model.load_state_dict(to_timm(params, cfg))

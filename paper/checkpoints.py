@@ -4,10 +4,14 @@ destination's name (or named). Reading returns (cfg, params); writing takes (par
     source                                     recognised by
     directory whose config.json names an       a timm hub directory ("timm-hub")
       "architecture"
-    other directory with config.json           transformers `save_pretrained` layout ("hf")
+    other directory with config.json           transformers `save_pretrained` layout ("hf"; a Swin by its
+                                               "model_type": "hf-swin")
     .npz (a zip of .npy arrays)                the official Google format ("npz")
     safetensors or torch.save state_dict       its names: timm's "patch_embed.proj.weight" ("timm"), torchvision's
-                                               "conv_proj.weight" ("torchvision") or transformers' ("hf")
+                                               "conv_proj.weight" ("torchvision") or transformers' ("hf"); a Swin:
+                                               timm's "layers.0.blocks.0.attn.relative_position_bias_table"
+                                               ("timm-swin"), torchvision's "features.1.0.attn.…" ("torchvision-swin")
+                                               or transformers' ("hf-swin")
 
     destination                                written as
     *.npz (any case)                           the official format (2020 layout unless told "big_vision")
@@ -16,48 +20,66 @@ destination's name (or named). Reading returns (cfg, params); writing takes (par
                                                "timm-hub"
 
 A distilled DeiT is read and written by the same rules (timm's VisionTransformerDistilled, transformers'
-DeiTForImageClassificationWithTeacher); the official .npz format has no distillation token and refuses it.
+DeiTForImageClassificationWithTeacher); the official .npz format has no distillation token and refuses it. A Swin
+too (timm's SwinTransformer, torchvision's swin_t/s/b, transformers' SwinForImageClassification), written as
+"timm-swin", "torchvision-swin" or "hf-swin" by the destination's name or format; .npz and timm hub directories hold
+ViTs only.
 """
 from pathlib import Path
 
-from lowlevel import ViTConfig
+from lowlevel import SwinConfig, ViTConfig
 from paper.configs import paper_config
 
-from .formats import huggingface, npz, timm, torchvision
+from .formats import huggingface, huggingface_swin, npz, timm, timm_swin, torchvision, torchvision_swin
 from .formats.architectures import TIMM, described, matching
 from .formats.fields import Preprocessing
 from .formats.files import is_npz, load_tensors, read_json, regular_file
 
-FORMATS = ("timm", "timm-hub", "hf", "npz", "torchvision")
+FORMATS = ("timm", "timm-hub", "hf", "npz", "torchvision")              # what a destination is written as (--to)
 TENSOR_SUFFIXES = (".pth", ".pt", ".safetensors")
 FILE_FORMATS = {"timm": TENSOR_SUFFIXES, "torchvision": TENSOR_SUFFIXES, "npz": (".npz",)}
+# A Swin written in a destination format, and read back as "<format>-swin"
+SWIN_WRITERS = {"timm": timm_swin.write_timm_swin, "torchvision": torchvision_swin.write_torchvision_swin,
+                "hf": huggingface_swin.write_hf_swin}
 READERS = {"hf": huggingface.read_hf, "npz": npz.read_npz, "timm": timm.read_timm, "timm-hub": timm.read_timm_hub,
-           "torchvision": torchvision.read_torchvision}
+           "torchvision": torchvision.read_torchvision, "timm-swin": timm_swin.read_timm_swin,
+           "torchvision-swin": torchvision_swin.read_torchvision_swin, "hf-swin": huggingface_swin.read_hf_swin}
+# A state_dict file's format, by the first test its keys pass: a Swin's before a ViT's (timm's both have
+# "patch_embed.proj.weight")
+STATE_DICT_TESTS = (("timm-swin", timm_swin.is_timm_swin_state_dict),
+                    ("torchvision-swin", torchvision_swin.is_torchvision_swin_state_dict),
+                    ("hf-swin", huggingface_swin.is_hf_swin_state_dict), ("timm", timm.is_timm_state_dict),
+                    ("torchvision", torchvision.is_torchvision_state_dict), ("hf", huggingface.is_hf_state_dict))
 # What a file of these formats does not record, and what reading it assumes (the other formats record both, or, as
 # torchvision, refuse any other value when writing)
-ASSUMED_WHEN_READ = {"timm": {"gelu": "exact", "layer_norm_eps": 1e-6}, "npz": {"gelu": "tanh", "layer_norm_eps": 1e-6}}
+ASSUMED_WHEN_READ = {"timm": {"gelu": "exact", "layer_norm_eps": 1e-6}, "npz": {"gelu": "tanh", "layer_norm_eps": 1e-6},
+                     "timm-swin": {"layer_norm_eps": 1e-5}, "torchvision-swin": {"layer_norm_eps": 1e-5}}
 # The fields a model name fixes; the head (classes, pre-logits) and the numerics stay the checkpoint's own.
 ARCHITECTURE = ("image_size", "patch_size", "dim", "depth", "num_heads", "mlp_dim", "distilled")
-
+SWIN_ARCHITECTURE = ("image_size", "patch_size", "dim", "depths", "num_heads", "window_size", "mlp_ratio")
 
 def detect_format(path) -> str:
-    """One of FORMATS, from the file's content (a directory from its config.json)."""
+    """One of FORMATS, or a Swin's "timm-swin", "torchvision-swin", "hf-swin", from the file's content (a directory
+    from its config.json)."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path}: expected a checkpoint file or directory, got a path that does not exist")
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ValueError(f"{path}: expected a transformers or timm hub directory with config.json, got none")
-        return "timm-hub" if "architecture" in read_json(path / "config.json") else "hf"
+        config = read_json(path / "config.json")
+        if "architecture" in config:
+            return "timm-hub"
+        return "hf-swin" if config.get("model_type") == "swin" else "hf"
     regular_file(path)
     if is_npz(path):
         return "npz"
     sd = load_tensors(path)
-    for fmt, test in (("timm", timm.is_timm_state_dict), ("torchvision", torchvision.is_torchvision_state_dict),
-                      ("hf", huggingface.is_hf_state_dict)):
+    for fmt, test in STATE_DICT_TESTS:
         if test(sd):
             return fmt
-    raise ValueError(f"{path}: expected a timm, torchvision or transformers ViT state_dict, got keys {sorted(sd)[:4]}...")
+    raise ValueError(f"{path}: expected a timm, torchvision or transformers ViT or Swin state_dict, got keys "
+                     f"{sorted(sd)[:4]}...")
 
 
 def model_overrides(model: str | None) -> dict:
@@ -65,13 +87,14 @@ def model_overrides(model: str | None) -> dict:
     if model is None:
         return {}
     cfg = paper_config(model)
-    return {k: getattr(cfg, k) for k in ARCHITECTURE}
+    return {k: getattr(cfg, k) for k in (SWIN_ARCHITECTURE if isinstance(cfg, SwinConfig) else ARCHITECTURE)}
 
 
-def read_checkpoint(path, model: str | None = None, **overrides) -> tuple[ViTConfig, dict, str]:
+def read_checkpoint(path, model: str | None = None, **overrides) -> tuple[ViTConfig | SwinConfig, dict, str]:
     """Any supported checkpoint -> (cfg, params, format). The config is inferred from the weights and what the
-    format stores, except what `model` (e.g. "ViT-B/16") and `overrides` fix; a checkpoint that does not match them
-    is refused, naming keys. A head count found nowhere is refused, never guessed (paper/formats/fields.py)."""
+    format stores, except what `model` (e.g. "ViT-B/16", "Swin-T") and `overrides` fix; a checkpoint that does not
+    match them is refused, naming keys. A head count found nowhere is refused, never guessed (paper/formats/fields.py;
+    a Swin's relative-position tables have a column per head)."""
     fmt = detect_format(path)
     return (*READERS[fmt](path, **{**model_overrides(model), **overrides}), fmt)
 
@@ -81,13 +104,18 @@ def read_preprocessing(path, fmt: str) -> Preprocessing:
     preprocessor_config.json, else the format's documented default."""
     if fmt == "timm-hub":
         return timm.read_hub_preprocessing(path)
-    if fmt == "hf":
+    if fmt in ("hf", "hf-swin"):
         return huggingface.read_hf_preprocessing(path) if Path(path).is_dir() else huggingface.PREPROCESSING
-    return {"timm": timm.PREPROCESSING, "npz": npz.PREPROCESSING, "torchvision": torchvision.PREPROCESSING}[fmt]
+    return {"timm": timm.PREPROCESSING, "npz": npz.PREPROCESSING, "torchvision": torchvision.PREPROCESSING,
+            "timm-swin": timm_swin.PREPROCESSING, "torchvision-swin": torchvision_swin.PREPROCESSING}[fmt]
 
 
-def heads_source(path, fmt: str, cfg: ViTConfig) -> str:
+def heads_source(path, fmt: str, cfg: ViTConfig | SwinConfig) -> str:
     """Where the reader found cfg's head count, when the caller did not give it."""
+    if fmt == "hf-swin" and Path(path).is_dir():
+        return "config.json"
+    if isinstance(cfg, SwinConfig):
+        return "the relative-position tables, a column per head"
     if fmt == "npz":
         return "the attention kernels' shape (D, H, D_h)"
     if fmt == "hf" and Path(path).is_dir():
@@ -102,7 +130,7 @@ def heads_source(path, fmt: str, cfg: ViTConfig) -> str:
     return f"known architecture {described(names)}"
 
 
-def unrecorded(cfg: ViTConfig, fmt: str) -> dict:
+def unrecorded(cfg: ViTConfig | SwinConfig, fmt: str) -> dict:
     """The fields of cfg that a file of `fmt` cannot record and its reader would take otherwise."""
     return {field: getattr(cfg, field) for field, assumed in ASSUMED_WHEN_READ.get(fmt, {}).items()
             if getattr(cfg, field) != assumed}
@@ -123,12 +151,14 @@ def destination_format(path, fmt: str | None = None) -> str:
     return fmt
 
 
-def write_checkpoint(params: dict, cfg: ViTConfig, path, npz_layout: str = "vit2020", fmt: str | None = None,
-                     preprocessing: Preprocessing | None = None) -> str:
+def write_checkpoint(params: dict, cfg: ViTConfig | SwinConfig, path, npz_layout: str = "vit2020",
+                     fmt: str | None = None, preprocessing: Preprocessing | None = None) -> str:
     """Write in `fmt`, or the format the destination's name implies; returns it. npz_layout applies to the npz
-    format alone; the preprocessing is written where the format has a place for it (the directories). Nothing is
-    written if the params or config are refused."""
+    format alone; the preprocessing is written where the format has a place for it (a ViT's directories). Nothing
+    is written if the params or config are refused."""
     fmt = destination_format(path, fmt)
+    if isinstance(cfg, SwinConfig):
+        return write_swin(params, cfg, path, fmt)
     if fmt == "npz":
         npz.write_npz(params, cfg, path, npz_layout)
     elif fmt == "timm":
@@ -141,3 +171,13 @@ def write_checkpoint(params: dict, cfg: ViTConfig, path, npz_layout: str = "vit2
         huggingface.write_hf(params, cfg, path, preprocessing)
     return fmt
 
+
+def write_swin(params: dict, cfg: SwinConfig, path, fmt: str) -> str:
+    """A Swin in timm's, torchvision's or transformers' format (`fmt`, from destination_format); returns the format
+    it is read back as."""
+    if fmt not in SWIN_WRITERS:
+        raise ValueError(f"format: {fmt} holds ViTs only, not a Swin (got {path}); write a Swin to a .pth, .pt or "
+                         f".safetensors file (timm's, or torchvision's with --to torchvision) or to a directory "
+                         f"(transformers')")
+    SWIN_WRITERS[fmt](params, cfg, path)
+    return f"{fmt}-swin"

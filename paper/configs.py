@@ -11,7 +11,9 @@ import math
 import re
 from typing import NamedTuple
 
-from lowlevel import ViTConfig, param_shapes
+from lowlevel import SwinConfig, ViTConfig, param_shapes, swin
+
+from .swin_configs import SWIN_TABLE1_PARAMS, parse_swin_name, swin_config, swin_model_name
 
 # name: (hidden size D, layers L, MLP size, heads); D_h = 64 throughout (paper App. A, DeiT §5.1)
 VARIANTS = {
@@ -66,9 +68,11 @@ def parse_name(name: str) -> ModelName:
                      f"'vit_base_patch16_224' or 'deit_base_distilled_patch16_224', got {name!r}")
 
 
-def paper_config(name: str, **overrides) -> ViTConfig:
+def paper_config(name: str, **overrides) -> ViTConfig | SwinConfig:
     """The exact config for a paper or timm model name; image size 224 unless the name or overrides say otherwise,
-    1000 classes unless overridden."""
+    1000 classes unless overridden. Swin names (paper/swin_configs.py) give a SwinConfig."""
+    if parse_swin_name(name):
+        return swin_config(name, **overrides)
     family, variant, patch, size, distilled = parse_name(name)
     if patch not in PATCH_SIZES:
         raise ValueError(f"name: expected patch size one of {PATCH_SIZES}, got {patch} in {name!r}")
@@ -88,9 +92,11 @@ def timm_model_name(name: str, image_size: int = 224) -> str:
     return f"vit_{long}_patch{patch}_{size or image_size}"
 
 
-def model_name(cfg: ViTConfig) -> str | None:
+def model_name(cfg: ViTConfig | SwinConfig) -> str | None:
     """The paper name of the variant `cfg` has (D, L, MLP size, heads), e.g. "ViT-B/16", or for a distilled model
-    DeiT's, e.g. "DeiT-B⚗↑384"; None if it is none of them."""
+    DeiT's, e.g. "DeiT-B⚗↑384", or a Swin's, e.g. "Swin-T"; None if it is none of them."""
+    if isinstance(cfg, SwinConfig):
+        return swin_model_name(cfg)
     for variant, shape in VARIANTS.items():
         if shape != (cfg.dim, cfg.depth, cfg.mlp_dim, cfg.num_heads):
             continue
@@ -102,7 +108,11 @@ def model_name(cfg: ViTConfig) -> str | None:
 
 
 def paper_params(name: str) -> str:
-    """The parameter count the paper states for `name` (Table 1 of ViT or DeiT, Table 5 of DeiT), "-" if none."""
+    """The parameter count the paper states for `name` (Table 1 of ViT, DeiT or Swin, Table 5 of DeiT), "-" if
+    none."""
+    swin_name = parse_swin_name(name)
+    if swin_name:
+        return SWIN_TABLE1_PARAMS[swin_name[0]]
     try:
         family, variant, _, _, distilled = parse_name(name)
     except ValueError:
@@ -112,6 +122,7 @@ def paper_params(name: str) -> str:
     return TABLE1_PARAMS.get(variant, "-")
 
 
-def param_count(cfg: ViTConfig) -> int:
+def param_count(cfg: ViTConfig | SwinConfig) -> int:
     """The number of parameters of `cfg`, from the shapes alone: nothing is allocated (ViT-H/14 holds 632M)."""
-    return sum(math.prod(shape) for shape in param_shapes(cfg).values())
+    shapes = swin.param_shapes(cfg) if isinstance(cfg, SwinConfig) else param_shapes(cfg)
+    return sum(math.prod(shape) for shape in shapes.values())

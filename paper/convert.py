@@ -1,8 +1,8 @@
-"""Convert a ViT or DeiT checkpoint between formats: timm (.pth/.safetensors, or a hub directory), torchvision (.pth), Hugging
-Face transformers (a save_pretrained directory or its state_dict) and the official Google .npz (ViT only). The source format is
-recognised from the file, the destination's from its name or --to; the config is inferred from the weights and from
-what the format stores. What neither tells is never guessed: a head count found nowhere (nor in the table of known
-architectures) is refused until --num-heads gives it.
+"""Convert a ViT, DeiT or Swin checkpoint between formats: timm (.pth/.safetensors, or a hub directory), torchvision
+(.pth), Hugging Face transformers (a save_pretrained directory or its state_dict) and the official Google .npz (ViT
+only). The source format is recognised from the file, the destination's from its name or --to; the config is inferred
+from the weights and from what the format stores. What neither tells is never guessed: a head count found nowhere
+(nor in the table of known architectures) is refused until --num-heads gives it.
 
     python -m paper.convert ViT-B_16.npz vit-b16-hf/                    # official npz -> from_pretrained directory
     python -m paper.convert vit-b16-hf/ vit_b16.safetensors             # transformers -> timm state_dict
@@ -11,6 +11,8 @@ architectures) is refused until --num-heads gives it.
     python -m paper.convert model.pth model.npz --model ViT-B/16        # refuse anything that is not a ViT-B/16
     python -m paper.convert custom.pth out/ --num-heads 4               # a model no known architecture matches
     python -m paper.convert deit_b.pth deit-b-hf/ --model DeiT-B⚗        # timm DeiT -> DeiTForImageClassificationWithTeacher
+    python -m paper.convert swin_t.pth swin_t_timm.pth                  # torchvision swin_t -> timm SwinTransformer
+    python -m paper.convert swin_t_timm.pth swin_t.pth --to torchvision # and back
 
 An existing destination is kept unless --force; the destination appears whole or not at all.
 """
@@ -40,16 +42,17 @@ def convert(src, dst, model: str | None = None, gelu: str | None = None, npz_lay
         bar.update()
         bar.set_postfix_str(f"writing {dst}")
         preprocessing = checkpoints.read_preprocessing(src, src_format)
-        checkpoints.write_checkpoint(params, cfg, dst, npz_layout or "vit2020", fmt, preprocessing)
+        written = checkpoints.write_checkpoint(params, cfg, dst, npz_layout or "vit2020", fmt, preprocessing)
         bar.update()
     name = model_name(cfg) or f"D={cfg.dim} L={cfg.depth}"
     heads = "--num-heads" if num_heads else f"--model {model}" if model else checkpoints.heads_source(src, src_format, cfg)
-    lost = checkpoints.unrecorded(cfg, fmt)
+    lost = checkpoints.unrecorded(cfg, written)
     notes = [f"the file cannot record GELU {cfg.gelu}: read it back with --gelu {cfg.gelu}"] if "gelu" in lost else []
     if "layer_norm_eps" in lost:
-        notes.append(f"the file cannot record eps {cfg.layer_norm_eps:g}: its readers assume 1e-6")
+        assumed = checkpoints.ASSUMED_WHEN_READ[written]["layer_norm_eps"]
+        notes.append(f"the file cannot record eps {cfg.layer_norm_eps:g}: its readers assume {assumed:g}")
     note = "; ".join(notes)
-    return (f"{src} ({src_format}) -> {dst} ({fmt}): {name} at {cfg.image_size[0]}x{cfg.image_size[1]}, "
+    return (f"{src} ({src_format}) -> {dst} ({written}): {name} at {cfg.image_size[0]}x{cfg.image_size[1]}, "
             f"{cfg.num_heads} heads ({heads}), {cfg.num_classes} classes, {param_count(cfg):,} parameters, "
             f"eps {cfg.layer_norm_eps:g}, GELU {cfg.gelu}" + (f" ({note})" if note else ""))
 
@@ -61,15 +64,18 @@ def main(argv=None) -> None:
     parser.add_argument("dst", help="where to write: *.npz official format; *.pth, *.pt, *.safetensors timm "
                                     "state_dict; any other name a save_pretrained directory (see --to)")
     parser.add_argument("--to", choices=checkpoints.FORMATS, help="the destination's format when its name does not say it: "
-                                                      "torchvision (a .pth), timm-hub (a directory)")
-    parser.add_argument("--model", help="paper or timm model name (ViT-B/16, vit_large_patch16_384, DeiT-B⚗, "
-                                        "deit_base_distilled_patch16_224) fixing the architecture and image size; "
-                                        "the checkpoint is refused if it differs. Classes and pre-logits stay the "
+                                                      "torchvision (a .pth; a ViT's or a Swin's), timm-hub (a "
+                                                      "directory)")
+    parser.add_argument("--model", help="paper, timm or torchvision model name (ViT-B/16, vit_large_patch16_384, "
+                                        "DeiT-B⚗, deit_base_distilled_patch16_224, Swin-T, swin_t, "
+                                        "swin_tiny_patch4_window7_256) fixing the architecture and image size; the "
+                                        "checkpoint is refused if it differs. Classes and pre-logits stay the "
                                         "checkpoint's")
     parser.add_argument("--num-heads", type=cli.positive, help="the head count, for a checkpoint that does not store "
                                                            "it and whose shapes match no known architecture")
     parser.add_argument("--image-size", type=cli.positive, nargs=2, metavar=("H", "W"),
-                        help="the image size, for a non-square model whose file does not store it")
+                        help="the image size, for a model whose file does not store it: a non-square ViT, a Swin "
+                             "at another size than its window's (M·32: 224 for M = 7)")
     parser.add_argument("--gelu", choices=("exact", "tanh"),
                         help="GELU flavour the model computes, written into a transformers config (default: tanh "
                              "for an official .npz, as trained; otherwise what the source says, exact for timm)")

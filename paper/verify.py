@@ -1,4 +1,5 @@
-"""Verify numerical equivalence: our forward against timm's, transformers' and torchvision's.
+"""Verify numerical equivalence: our forward against timm's, transformers' and torchvision's (a Swin: against
+timm's and torchvision's, paper/verify_swin.py).
 
 Paper models (default): for each config, build random weights, load them into our model, into timm's
 VisionTransformer and into transformers' ViTForImageClassification, run one batch, and print the largest absolute
@@ -9,13 +10,16 @@ VisionTransformerDistilled and transformers' DeiTForImageClassificationWithTeach
 largest difference over the evaluation logits (the two heads' mean) and each head's logits, and its features are the
 mean of the two tokens' (timm's pre_logits).
 
+The Swin models (Swin-T/S/B) are checked the same way against timm's and torchvision's SwinTransformer, in a table
+of their own.
+
 Your checkpoint (--checkpoint): its weights, in any format paper.convert reads, run through our model and through
 timm, transformers and torchvision (each where it can express the config) on a real photo (default: scikit-learn's
 bundled china.jpg) prepared with the checkpoint's preprocessing; printed: the max absolute and relative logit
 differences to ours, top-5 agreement and the top-5 classes side by side.
 
-    python -m paper.verify                                 # every paper model, ViT's and DeiT's
-    python -m paper.verify --models ViT-B/16 --dtypes float64
+    python -m paper.verify                                 # every paper model: ViT's, DeiT's and Swin's
+    python -m paper.verify --models ViT-B/16 Swin-T --dtypes float64
     python -m paper.verify --models DeiT-B⚗ deit_tiny_distilled_patch16_224
     python -m paper.verify --checkpoint vit_b_16.pth --image cat.jpg
 """
@@ -28,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 import lowlevel as vit
+from lowlevel import SwinConfig, swin
 from lowlevel.model import heads
 from paper import cli
 from paper.checkpoints import heads_source, read_checkpoint, read_preprocessing
@@ -39,9 +44,12 @@ from paper.formats.huggingface import to_hf
 from paper.formats.timm import to_timm
 from paper.formats.torchvision import to_torchvision
 from paper.reference_models import hf_vit, timm_vit, torchvision_vit
+from paper.swin_configs import SWIN_MODELS, parse_swin_name
+from paper.verify_swin import swin_bytes_needed, swin_reference_logits, verify_swin_config
 from paper.weights import perturbed
 
 VERIFY_DTYPES = ("float32", "float64")
+DEFAULT_MODELS = PAPER_MODELS + DEIT_MODELS + SWIN_MODELS
 
 
 def available_bytes() -> int:
@@ -93,19 +101,25 @@ def hf_outputs(model, x: torch.Tensor, cfg) -> tuple[torch.Tensor, torch.Tensor]
     return torch.stack([out.logits, out.cls_logits, out.distillation_logits]), features
 
 
+def our_outputs(model, cfg, dtype, batch: int, seed: int) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`model` (lowlevel, or lowlevel.swin) on perturbed weights and random images: (params, images, logits, the
+    features the classifier reads); a distilled DeiT's logits stacked with its two heads', as timm_outputs stacks
+    them. The attention maps are freed on return."""
+    params = perturbed(model.init_params(cfg, torch.Generator().manual_seed(seed)), seed, dtype)
+    x = torch.randn(batch, cfg.in_channels, *cfg.image_size, generator=torch.Generator().manual_seed(seed + 1),
+                    dtype=dtype)
+    logits, out = model.forward_intermediates(params, x, cfg)
+    if isinstance(cfg, vit.ViTConfig) and cfg.distilled:
+        logits = torch.stack([logits, *heads(params, out["hidden"][-1], cfg)])
+    return params, x, logits, out["features"]
+
+
 @torch.no_grad()
 def verify_config(cfg, dtype=torch.float64, batch: int = 1, seed: int = 0, name: str | None = None) -> dict:
     """One row of the table: differences to timm and transformers, and the parameter counts."""
     row = {"model": name or model_name(cfg) or "custom", "dtype": str(dtype).removeprefix("torch."),
            "ours": param_count(cfg)}
-    params = perturbed(vit.init_params(cfg, torch.Generator().manual_seed(seed)), seed, dtype)
-    x = torch.randn(batch, cfg.in_channels, *cfg.image_size, generator=torch.Generator().manual_seed(seed + 1),
-                    dtype=dtype)
-    logits, out = vit.forward_intermediates(params, x, cfg)
-    if cfg.distilled:
-        logits = torch.stack([logits, *heads(params, out["hidden"][-1], cfg)])
-    features = out["features"]
-    del out
+    params, x, logits, features = our_outputs(vit, cfg, dtype, batch, seed)
 
     with torch.device("meta"):                       # build without allocating, then adopt the converted tensors
         model = timm_vit(cfg)
@@ -131,35 +145,37 @@ def verify_config(cfg, dtype=torch.float64, batch: int = 1, seed: int = 0, name:
     return row
 
 
-def format_table(rows: list[dict]) -> str:
-    """A markdown table: one row per (model, dtype)."""
-    head = ("| model | dtype | logits vs timm (abs / rel) | features vs timm | logits vs HF | features vs HF | "
-            "params ours | timm | HF | paper |")
+def format_table(rows: list[dict], second: str = "hf", label: str = "HF") -> str:
+    """A markdown table: one row per (model, dtype), against timm and the `second` reference (rows' keys
+    "{second}_logits", "{second}_features", "{second}": transformers for a ViT, torchvision for a Swin)."""
+    head = (f"| model | dtype | logits vs timm (abs / rel) | features vs timm | logits vs {label} | features vs {label} | "
+            f"params ours | timm | {label} | paper |")
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in rows:
         if "skipped" in r:
             lines.append(f"| {r['model']} | {r['dtype']} | {r['skipped']} | | | | {r['ours']:,} | | | "
                          f"{paper_params(r['model'])} |")
             continue
-        cells = [f"{a:.1e} / {b:.1e}" for a, b in (r["timm_logits"], r["timm_features"], r["hf_logits"],
-                                                    r["hf_features"])]
+        cells = [f"{a:.1e} / {b:.1e}" for a, b in (r["timm_logits"], r["timm_features"], r[f"{second}_logits"],
+                                                    r[f"{second}_features"])]
         lines.append(f"| {r['model']} | {r['dtype']} | {' | '.join(cells)} | {r['ours']:,} | {r['timm']:,} | "
-                     f"{r['hf']:,} | {paper_params(r['model'])} |")
+                     f"{r[second]:,} | {paper_params(r['model'])} |")
     return "\n".join(lines)
 
 
-def verify(models=PAPER_MODELS + DEIT_MODELS, dtypes=VERIFY_DTYPES, batch: int = 1, seed: int = 0) -> list[dict]:
+def verify(models=DEFAULT_MODELS, dtypes=VERIFY_DTYPES, batch: int = 1, seed: int = 0) -> list[dict]:
     """verify_config for every model and dtype that fits in memory; the others get a row saying why not."""
     rows = []
     jobs = [(m, d) for m in models for d in dtypes]
     for name, dtype_name in tqdm(jobs, desc="verify", unit="run", file=sys.stderr):
         cfg, dtype = paper_config(name), DTYPES[dtype_name]
-        need, free = bytes_needed(cfg, dtype, batch), available_bytes()
+        swin = parse_swin_name(name) is not None
+        need, free = (swin_bytes_needed if swin else bytes_needed)(cfg, dtype, batch), available_bytes()
         if need > free:
             rows.append({"model": name, "dtype": dtype_name, "ours": param_count(cfg),
                          "skipped": f"not run: needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"})
             continue
-        rows.append(verify_config(cfg, dtype, batch, seed, name))
+        rows.append((verify_swin_config if swin else verify_config)(cfg, dtype, batch, seed, name))
     return rows
 
 
@@ -222,6 +238,8 @@ def class_names(path, fmt: str, num_classes: int) -> list[str] | None:
 def reference_logits(name: str, params: dict, cfg, x: torch.Tensor) -> torch.Tensor:
     """Logits of one independent implementation holding `params` (built on the meta device, then given our tensors);
     a ValueError when it cannot express cfg."""
+    if isinstance(cfg, SwinConfig):
+        return swin_reference_logits(name, params, cfg, x)
     if name == "timm":
         with torch.device("meta"):
             model = timm_vit(cfg)
@@ -277,7 +295,7 @@ def verify_checkpoint(path, image=None, dtypes=("float32", "float64"), **overrid
         dtype = DTYPES[dtype_name]
         cast = {k: v.to(dtype) for k, v in params.items()}
         with torch.no_grad():
-            ours = vit.forward(cast, x.to(dtype), cfg)
+            ours = (swin if isinstance(cfg, SwinConfig) else vit).forward(cast, x.to(dtype), cfg)
         best, cell = top5(ours, names, cfg.num_classes)
         rows.append({"implementation": "ours", "dtype": dtype_name, "top5": cell})
         for name in REFERENCES:
@@ -317,14 +335,15 @@ def format_checkpoint_table(result: dict) -> str:
 def main(argv=None) -> None:
     parser = cli.parser("python -m paper.verify", __doc__)
     parser.add_argument("--models", nargs="+", metavar="NAME",
-                        help=f"paper or timm model names (default: {' '.join(PAPER_MODELS + DEIT_MODELS)})")
+                        help=f"paper, timm or torchvision model names (default: {' '.join(DEFAULT_MODELS)})")
     parser.add_argument("--checkpoint", help="verify this checkpoint's own weights instead (any format paper.convert "
                                              "reads)")
     parser.add_argument("--image", help="the photo for --checkpoint (default: scikit-learn's bundled china.jpg)")
     parser.add_argument("--num-heads", type=cli.positive, help="with --checkpoint: the head count, when the checkpoint "
                                                            "does not store it and matches no known architecture")
     parser.add_argument("--image-size", type=cli.positive, nargs=2, metavar=("H", "W"),
-                        help="with --checkpoint: the image size of a non-square model whose file does not store it")
+                        help="with --checkpoint: the image size, when its file does not store it (a non-square ViT, "
+                             "a Swin at another size than its window's)")
     parser.add_argument("--dtypes", nargs="+", choices=VERIFY_DTYPES, default=list(VERIFY_DTYPES),
                         help="precisions to compare in (default: both)")
     parser.add_argument("--batch", type=cli.positive, default=1, help="images per forward for the paper models "
@@ -335,10 +354,14 @@ def main(argv=None) -> None:
         for flag in ("image", "num_heads", "image_size"):
             if getattr(args, flag) is not None:
                 parser.error(f"--{flag.replace('_', '-')}: expected only with --checkpoint")
-        models = args.models or list(PAPER_MODELS + DEIT_MODELS)
+        models = args.models or list(DEFAULT_MODELS)
         for name in models:
             paper_config(name)
-        print(format_table(verify(models, args.dtypes, args.batch, args.seed)))
+        rows = verify(models, args.dtypes, args.batch, args.seed)
+        vit_rows = [r for r in rows if not parse_swin_name(r["model"])]
+        swin_rows = [r for r in rows if parse_swin_name(r["model"])]
+        print("\n\n".join(([format_table(vit_rows)] if vit_rows else []) +
+                          ([format_table(swin_rows, "torchvision", "torchvision")] if swin_rows else [])))
         return
     if args.models:
         parser.error("--models: expected either --models or --checkpoint, got both")

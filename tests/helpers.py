@@ -2,7 +2,7 @@
 import torch
 from hypothesis import strategies as st
 
-from lowlevel import ViTConfig, init_params
+from lowlevel import SwinConfig, ViTConfig, init_params, swin
 from paper.formats.timm import to_timm
 from paper.reference_models import timm_vit
 from paper.weights import perturbed
@@ -25,13 +25,40 @@ def vit_configs(draw, max_depth=3, learned_or_none=True):
         layer_norm_eps=draw(st.sampled_from([1e-6, 1e-12, 1e-5])))
 
 
-def random_params(cfg: ViTConfig, seed: int = 0, dtype=torch.float64, scale: float = 0.02) -> dict:
+@st.composite
+def swin_configs(draw, conventions: dict, max_stages=3, torchvision=False, transformers=False):
+    """Small random Swin configs with the given conventions (paper.reference_swin's TIMM_CONVENTIONS, ...): 1-3
+    stages of 1-2 blocks (so shifted blocks too), windows of 2-5, grids from smaller than a window (shrunk or padded
+    windows) to three windows with a remainder (padding), odd sides (padded patch merging), square and not.
+    torchvision=True: only what torchvision's class holds (3 channels, q/k/v biases, a head, two blocks or more).
+    transformers=True: only sizes whose every stage is at least a window (transformers 5.23 fails on smaller ones),
+    each side halving, rounded up, to a last stage of M to M + 3 tokens; eps 1e-5 (its only one)."""
+    stages = draw(st.integers(1, max_stages))
+    window = draw(st.integers(2, 5))
+    patch = draw(st.sampled_from([1, 2, 4]))
+    scale = 2 ** (stages - 1)
+    side = st.builds(lambda last, cut: last * scale - cut, st.integers(window, window + 3), st.integers(0, scale - 1)) \
+        if transformers else st.integers(1, 3 * window + 2)
+    return SwinConfig(
+        image_size=(patch * draw(side), patch * draw(side)), patch_size=patch,
+        in_channels=3 if torchvision else draw(st.integers(1, 3)), dim=draw(st.sampled_from([6, 12])),
+        depths=tuple(draw(st.integers(2 if torchvision and s == 0 else 1, 2)) for s in range(stages)),
+        num_heads=tuple(draw(st.integers(1, 3)) for _ in range(stages)), window_size=window,
+        mlp_ratio=draw(st.sampled_from([1.0, 1.5, 4.0])),
+        num_classes=draw(st.sampled_from([3] if torchvision else [0, 3])),
+        qkv_bias=torchvision or draw(st.booleans()),
+        layer_norm_eps=1e-5 if transformers else draw(st.sampled_from([1e-5, 1e-6])),
+        **conventions)
+
+
+def random_params(cfg: ViTConfig | SwinConfig, seed: int = 0, dtype=torch.float64, scale: float = 0.02) -> dict:
     """The official initialisation, then every tensor perturbed (`paper.weights.perturbed`): zero heads, unit
     LayerNorms and zero biases would hide mistakes that random values expose."""
-    return perturbed(init_params(cfg, torch.Generator().manual_seed(seed)), seed, dtype, scale)
+    init = swin.init_params if isinstance(cfg, SwinConfig) else init_params
+    return perturbed(init(cfg, torch.Generator().manual_seed(seed)), seed, dtype, scale)
 
 
-def random_images(cfg: ViTConfig, batch: int, seed: int, dtype=torch.float64) -> torch.Tensor:
+def random_images(cfg: ViTConfig | SwinConfig, batch: int, seed: int, dtype=torch.float64) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch, cfg.in_channels, *cfg.image_size, generator=g, dtype=dtype)
 

@@ -350,7 +350,7 @@ def test_unknown_files_are_refused(tmp_path):
     with pytest.raises(ValueError, match="x.pth: expected a readable"):
         detect_format(tmp_path / "x.pth")
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "y.pth")
-    with pytest.raises(ValueError, match="y.pth: expected a timm, torchvision or transformers ViT state_dict"):
+    with pytest.raises(ValueError, match="y.pth: expected a timm, torchvision or transformers ViT or Swin state_dict"):
         detect_format(tmp_path / "y.pth")
     with pytest.raises(ValueError, match="does not exist"):
         detect_format(tmp_path / "nothing.npz")

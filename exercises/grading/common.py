@@ -25,9 +25,11 @@ A check runs in the checker's process; the learner's code runs in another (exerc
 
 and it compares with `expect(got, want, what, {hint: wrong variant, ...}, hint=..., atol=..., rtol=...)`: equal to
 `want` passes; equal to a wrong variant fails with that variant's hint (the mistake made); anything else fails with
-the general `hint`. Tolerances are chosen below the smallest effect a known mistake has, with the reason beside
-them; inputs in float64 let them be tight.
+the general `hint`; a count, with `expect_integer(got, want, what, {wrong count: hint, ...}, hint)`. Tolerances are
+chosen below the smallest effect a known mistake has, with the reason beside them; inputs in float64 let them be
+tight.
 """
+import numbers
 from contextvars import ContextVar
 from pathlib import Path
 
@@ -100,6 +102,15 @@ def expect(got, want: torch.Tensor, what: str, mistakes: dict[str, torch.Tensor]
         if close(got, wrong, atol, rtol):
             raise Mistake(f"{what}: {describe(got, want)}", mistake_hint)
     raise Mistake(f"{what}: {describe(got, want)}", hint)
+
+
+def expect_integer(got, want: int, what: str, mistakes: dict[int, str], hint: str) -> None:
+    """`got` must be the integer `want` (a count). Otherwise the hint `mistakes` gives for the wrong value got (the
+    count a known mistake gives), else `hint`."""
+    if not isinstance(got, numbers.Integral):
+        raise Mistake(f"{what} returned {type_name(got)}, expected an integer", "return an int")
+    if got != want:
+        raise Mistake(f"{what}: expected {want:,}, got {got:,}", mistakes.get(got, hint))
 
 
 def describe(got: torch.Tensor, want: torch.Tensor) -> str:

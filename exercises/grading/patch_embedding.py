@@ -1,6 +1,5 @@
 """Checks for 01_patch_embedding.md, against lowlevel/patches.py, lowlevel/params.py and paper/analysis.py."""
 import math
-import numbers
 import random
 
 import torch
@@ -9,7 +8,7 @@ import torch.nn.functional as F
 import lowlevel as vit
 from paper import analysis
 
-from .common import Mistake, call, expect, expect_png, type_name
+from .common import call, expect, expect_integer, expect_png
 
 HINTS = {
     "pcp order": "each patch is flattened in (P, P, C) order; flatten it channel first, (C, P, P), like a conv kernel",
@@ -119,13 +118,6 @@ def task_patch_embedding_conv(ns, output_dir):
             HINTS["conv tokens"]: want.transpose(1, 2),
             HINTS["conv kernel"]: F.conv2d(images, hwc_kernel, bias, stride=p).flatten(2).transpose(1, 2),
         }, hint="kernel size and stride are both P: F.conv2d(images, weight.reshape(D, C, P, P), bias, stride=P)")
-
-
-def expect_integer(got, want: int, what: str, mistakes: dict[int, str], hint: str) -> None:
-    if not isinstance(got, numbers.Integral):
-        raise Mistake(f"{what} returned {type_name(got)}, expected an integer", "return an int")
-    if got != want:
-        raise Mistake(f"{what}: expected {want:,}, got {got:,}", mistakes.get(got, hint))
 
 
 def task_count(ns, output_dir):

@@ -10,9 +10,14 @@ not fix
 - the preprocessing the model was trained with (`Preprocessing`).
 A reader takes these from the file where the format stores them, else from the caller's overrides, else from the
 functions below, which never guess: the head count comes from a known architecture with the same shapes or not at all.
+A Swin's weights tell the head counts (the relative-position tables have a column per head) but not the image size,
+nor the conventions of the code that computed with them (`lowlevel.swin_config`): each format's reader sets its code's
+conventions, and a writer refuses a config whose function its code would change.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from lowlevel.swin_config import SwinConfig, convention_difference
 
 from .architectures import described, matching
 
@@ -63,3 +68,59 @@ class Preprocessing:
     std: tuple[float, ...]
     crop_pct: float | None
     source: str
+
+
+def swin_image_size(window_size: int, patch_size: int, num_stages: int) -> int:
+    """The side of the image a Swin checkpoint is taken to be for when neither the file nor the caller says: the
+    smallest whose last stage holds one whole window, M·P·2^(S−1) (224 for M = 7, 384 for M = 12: the sizes the
+    original, timm and torchvision name their checkpoints by, swin_tiny_patch4_window7_224). A Swin's weights fit any
+    size; the size matters where stages are padded or windows shrink, so pass it (--model) for other sizes."""
+    return window_size * patch_size * 2 ** (num_stages - 1)
+
+
+def window_from_tables(tables: list) -> int:
+    """M, from the stages' relative-position tables B̂, (2M−1)² rows at full size; a checkpoint whose largest table is
+    shrunk or non-square (timm at small images) does not tell M."""
+    rows = max(t.shape[0] for t in tables)
+    side = math.isqrt(rows)
+    if side * side != rows or side % 2 == 0:
+        raise ValueError(f"window_size: expected a (2M−1)²-row relative-position table, got {rows} rows; pass the "
+                         f"model (--model, e.g. swin_tiny_patch4_window7_224)")
+    return (side + 1) // 2
+
+
+def swin_fields(sd: dict, key, known: dict) -> dict:
+    """The SwinConfig fields a Swin state dict's shapes tell, whatever the format: `key` maps our parameter names to
+    the format's (blocks and global names only), `known` (a format's conventions, the caller's fields) takes
+    precedence. B̂ has a column per head and, at full size, (2M−1)² rows; the image size is swin_image_size's."""
+    c, channels, p, _ = sd[key("patch.weight")].shape
+    stages = next(s for s in range(len(sd) + 1) if key(f"stages.{s}.blocks.0.relative_position_bias_table") not in sd)
+    tables = [sd[key(f"stages.{s}.blocks.0.relative_position_bias_table")] for s in range(stages)]
+    fields = {"patch_size": p, "in_channels": channels, "dim": c,
+              "depths": tuple(next(j for j in range(len(sd) + 1) if key(f"stages.{s}.blocks.{j}.ln1.weight") not in sd)
+                              for s in range(stages)),
+              "num_heads": tuple(t.shape[1] for t in tables),
+              "mlp_ratio": sd[key("stages.0.blocks.0.fc1.weight")].shape[0] / c,
+              "qkv_bias": key("stages.0.blocks.0.qkv.bias") in sd,
+              "num_classes": sd[key("head.weight")].shape[0] if key("head.weight") in sd else 0, **known}
+    if "window_size" not in fields:
+        fields["window_size"] = window_from_tables(tables)
+    if "image_size" not in fields:
+        fields["image_size"] = swin_image_size(fields["window_size"], p, stages)
+    return fields
+
+
+def require_conventions(fmt: str, cfg: SwinConfig, **conventions) -> SwinConfig:
+    """The Swin config `cfg` as the code behind `fmt` computes it (its padding, small_window and merge_position),
+    refused when that would change the model's function at cfg.image_size: conventions are what code does, not what
+    weights hold, so weights moved to other code are right only where the two compute alike."""
+    theirs = replace(cfg, **conventions)
+    difference = convention_difference(cfg, theirs)
+    if difference is not None:
+        changed = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in ("padding", "small_window")   # merge_position
+                            if k in conventions and getattr(cfg, k) != conventions[k])       # changes no number
+        side = swin_image_size(cfg.window_size, cfg.patch_size, cfg.num_stages)
+        raise ValueError(f"{changed}: {fmt} cannot express it at image_size {cfg.image_size}, where {difference}; "
+                         f"convert at an image size whose stages are whole windows (e.g. {side}×{side}) or keep the "
+                         f"format")
+    return theirs

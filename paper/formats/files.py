@@ -149,6 +149,7 @@ JSON_KINDS = {
     "an integer or [height, width]": lambda v: JSON_KINDS["an integer"](v) or (
         isinstance(v, list) and len(v) == 2 and all(JSON_KINDS["an integer"](x) for x in v)),
     "a list of numbers": lambda v: isinstance(v, list) and all(JSON_KINDS["a finite number"](x) for x in v),
+    "a list of integers": lambda v: isinstance(v, list) and all(JSON_KINDS["an integer"](x) for x in v),
     "an object": lambda v: isinstance(v, dict),
 }
 REQUIRED = object()

@@ -43,6 +43,7 @@ from paper.reference_models import HF_ACTIVATIONS, hf_config
 
 from .fields import Preprocessing, num_heads_for, square_image_size
 from .files import REQUIRED, json_value, load_tensors, naming, read_json, save_directory
+from .renaming import respelled
 
 BLOCK_NAMES = {"ln1": "layernorm_before", "proj": "attention.output.dense", "ln2": "layernorm_after",
                "fc1": "intermediate.dense", "fc2": "output.dense"}
@@ -107,17 +108,12 @@ def without_backbone(name: str) -> str:
 def saved_name(name: str) -> str:
     """A transformers name, either spelling, with or without the backbone's prefix -> the saved spelling without
     it."""
-    name = without_backbone(name)
-    for saved, memory in MEMORY_NAMES:
-        name = name.replace(memory, saved)
-    return name
+    return respelled(without_backbone(name), MEMORY_NAMES, to_saved=True)
 
 
 def memory_name(name: str) -> str:
     """A saved name without the backbone's prefix -> transformers 5's in-memory spelling (without it)."""
-    for saved, memory in MEMORY_NAMES:
-        name = name.replace(saved, memory)
-    return name
+    return respelled(name, MEMORY_NAMES, to_saved=False)
 
 
 def is_hf_state_dict(sd: dict) -> bool:
@@ -130,17 +126,22 @@ def config_from_hf_config(config: dict, where="config") -> dict:
     def value(key, kind, default=REQUIRED):
         return json_value(config, key, kind, where, default)
 
-    act = value("hidden_act", "a string", "gelu")
-    gelu = {v: k for k, v in HF_ACTIVATIONS.items()}.get(act)
-    if gelu is None:
-        raise ValueError(f"{where}: hidden_act: expected one of {sorted(HF_ACTIVATIONS.values())}, got {act!r}")
     return {"image_size": value("image_size", "an integer or [height, width]", 224),
             "patch_size": value("patch_size", "an integer", 16), "in_channels": value("num_channels", "an integer", 3),
             "dim": value("hidden_size", "an integer"), "depth": value("num_hidden_layers", "an integer"),
             "num_heads": value("num_attention_heads", "an integer"),
             "mlp_dim": value("intermediate_size", "an integer"),
             "layer_norm_eps": value("layer_norm_eps", "a finite number", 1e-12),
-            "qkv_bias": value("qkv_bias", "true or false", True), "gelu": gelu}
+            "qkv_bias": value("qkv_bias", "true or false", True), "gelu": gelu_from_hf_config(config, where)}
+
+
+def gelu_from_hf_config(config: dict, where="config") -> str:
+    """Our `gelu` from a transformers config.json's hidden_act (default "gelu", the exact erf), a ViT's or a Swin's."""
+    act = json_value(config, "hidden_act", "a string", where, "gelu")
+    gelu = {v: k for k, v in HF_ACTIVATIONS.items()}.get(act)
+    if gelu is None:
+        raise ValueError(f"{where}: hidden_act: expected one of {sorted(HF_ACTIVATIONS.values())}, got {act!r}")
+    return gelu
 
 
 def config_from_hf_state_dict(sd: dict, known: dict) -> dict:
@@ -219,19 +220,25 @@ def to_hf(params: dict, cfg: ViTConfig) -> tuple[dict, object]:
     return with_prefix({memory_name(k): v for k, v in sd.items()}, cfg), config
 
 
+def pretrained_files(path) -> tuple[dict | None, Path]:
+    """A `save_pretrained` directory -> (its config.json as a dict, its weights file: model.safetensors or
+    pytorch_model.bin); a file -> (None, the file). A ViT's and a Swin's directories alike."""
+    path = Path(path)
+    if not path.is_dir():
+        return None, path
+    weights = [path / n for n in WEIGHT_FILES if (path / n).exists()]
+    if not (path / "config.json").exists() or not weights:
+        raise ValueError(f"{path}: expected a save_pretrained directory with config.json and model.safetensors")
+    return read_json(path / "config.json"), weights[0]
+
+
 def read_hf(path, **overrides) -> tuple[ViTConfig, dict]:
     """A `save_pretrained` directory (config.json + model.safetensors or pytorch_model.bin), or a bare state_dict
     file (then eps is 1e-6 and GELU exact unless overridden) -> (cfg, params). config.json is checked before the
     weights are read."""
-    path = Path(path)
-    config = None
-    if path.is_dir():
-        weights = [path / n for n in WEIGHT_FILES if (path / n).exists()]
-        if not (path / "config.json").exists() or not weights:
-            raise ValueError(f"{path}: expected a save_pretrained directory with config.json and model.safetensors")
-        config = read_json(path / "config.json")
-        config_from_hf_config(config, path / "config.json")
-        path = weights[0]
+    config, path = pretrained_files(path)
+    if config is not None:
+        config_from_hf_config(config, path.parent / "config.json")
     else:
         overrides = {"layer_norm_eps": 1e-6, **overrides}
     sd = load_tensors(path)

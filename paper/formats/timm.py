@@ -32,11 +32,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from lowlevel import ViTConfig, check_params, param_shapes
+from lowlevel import ViTConfig, param_shapes
 
 from .architectures import TIMM
 from .fields import Preprocessing, num_heads_for, require, square_image_size
 from .files import json_value, load_tensors, naming, read_json, save_directory, save_tensors
+from .renaming import renamed, unrenamed
 
 FORMAT = "timm's VisionTransformer"
 # timm's preprocessing for its ViTs (vision_transformer.py _cfg: IMAGENET_INCEPTION_MEAN/STD, crop_pct 0.9), and what
@@ -68,26 +69,6 @@ def timm_key(name: str, cfg: ViTConfig) -> str:
         return f"fc_norm.{leaf}"
     return {"patch": f"patch_embed.proj.{leaf}", "cls": "cls_token", "dist": "dist_token", "pos": "pos_embed"}.get(
         part, name)
-
-
-def renamed_to_ours(sd: dict, cfg: ViTConfig, key, what: str) -> dict[str, torch.Tensor]:
-    """A state_dict named by `key` (our name -> theirs), its patch weight a conv kernel (D, C, P, P), as timm's and
-    torchvision's are -> our params. Every key is checked (missing, unexpected, mis-shaped) before any is copied."""
-    shapes = param_shapes(cfg)
-    names = {key(k): k for k in shapes}
-    kernel = (cfg.dim, cfg.in_channels, cfg.patch_size, cfg.patch_size)
-    check_params(sd, {t: kernel if k == "patch.weight" else shapes[k] for t, k in names.items()}, what=what)
-    params = {names[t]: v.detach().clone() for t, v in sd.items()}
-    params["patch.weight"] = params["patch.weight"].reshape(shapes["patch.weight"])
-    return params
-
-
-def renamed_from_ours(params: dict, cfg: ViTConfig, key) -> dict[str, torch.Tensor]:
-    """The inverse of `renamed_to_ours`: our params, checked against cfg, named by `key`, the patch weight a kernel."""
-    check_params(params, param_shapes(cfg))
-    sd = {key(k): v.detach().clone() for k, v in params.items()}
-    sd[key("patch.weight")] = sd[key("patch.weight")].reshape(cfg.dim, cfg.in_channels, cfg.patch_size, cfg.patch_size)
-    return sd
 
 
 def is_timm_state_dict(sd: dict) -> bool:
@@ -150,7 +131,7 @@ def from_timm(model_or_state_dict, **overrides) -> tuple[ViTConfig, dict[str, to
             raise ValueError(f"state_dict: expected a timm VisionTransformer state_dict, missing key(s) {missing}")
         known = overrides
     cfg = ViTConfig(**config_from_timm_state_dict(sd, known))
-    return cfg, renamed_to_ours(sd, cfg, lambda name: timm_key(name, cfg), "timm state_dict")
+    return cfg, unrenamed(sd, param_shapes(cfg), cfg, lambda name: timm_key(name, cfg), "timm state_dict")
 
 
 def to_timm(params: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
@@ -159,7 +140,7 @@ def to_timm(params: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.
     require(FORMAT, cfg, representation_size=None, pos_embed=("learned", "none"))
     if cfg.distilled:                               # VisionTransformerDistilled always learns E_pos (deit.py)
         require("timm's VisionTransformerDistilled", cfg, pos_embed="learned")
-    return renamed_from_ours(params, cfg, lambda name: timm_key(name, cfg))
+    return renamed(params, param_shapes(cfg), cfg, lambda name: timm_key(name, cfg))
 
 
 def read_timm(path, **overrides) -> tuple[ViTConfig, dict]:

@@ -23,11 +23,11 @@ architectures (vit_b_16 … vit_h_14 are the paper's B/16, B/32, L/16, L/32, H/1
 """
 import torch
 
-from lowlevel import ViTConfig
+from lowlevel import ViTConfig, param_shapes
 
 from .fields import Preprocessing, num_heads_for, require, square_image_size
 from .files import load_tensors, naming, save_tensors
-from .timm import renamed_from_ours, renamed_to_ours
+from .renaming import renamed, unrenamed
 
 FORMAT = "torchvision's VisionTransformer"
 LAYER = "encoder.layers.encoder_layer_{}."
@@ -94,14 +94,14 @@ def from_torchvision(state_dict: dict, **overrides) -> tuple[ViTConfig, dict[str
     if missing:
         raise ValueError(f"state_dict: expected a torchvision VisionTransformer state_dict, missing key(s) {missing}")
     cfg = ViTConfig(**config_from_torchvision_state_dict(sd, overrides))
-    return cfg, renamed_to_ours(sd, cfg, torchvision_key, "torchvision state_dict")
+    return cfg, unrenamed(sd, param_shapes(cfg), cfg, torchvision_key, "torchvision state_dict")
 
 
 def to_torchvision(params: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
     """(params, cfg) -> a state_dict that torchvision's VisionTransformer(image_size, patch_size, num_layers,
     num_heads, hidden_dim, mlp_dim, num_classes=, representation_size=) loads strictly."""
     check_expressible(cfg)
-    return renamed_from_ours(params, cfg, torchvision_key)
+    return renamed(params, param_shapes(cfg), cfg, torchvision_key)
 
 
 def read_torchvision(path, **overrides) -> tuple[ViTConfig, dict]:
