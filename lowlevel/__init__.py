@@ -1,12 +1,15 @@
 """A functional Vision Transformer (Dosovitskiy et al. 2020) over explicit parameter tensors.
 
 Tensor ops and torch.nn.functional only: params in, tensors out. Primitives take tensors; block-level functions take
-(params, x, cfg); `forward`, `forward_intermediates` and `fast_forward` take (params, images, cfg)."""
+(params, x, cfg); `forward`, `forward_intermediates` and `fast_forward` take (params, images, cfg). `lora` adapts
+the params with low-rank updates kept in a dict of their own (Hu et al. 2021)."""
+from . import lora
 from .attention import merge_heads, multi_head_attention, qkv_heads, scaled_dot_product_attention
 from .checks import check_params
 from .config import ViTConfig
 from .encoder import block_params, encoder, encoder_block
 from .fast import fast_encoder, fast_encoder_block
+from .linear import LowRank, linear
 from .mlp import mlp
 from .model import embed, fast_forward, forward, forward_intermediates, pool
 from .norm import layer_norm
@@ -17,5 +20,6 @@ from .position import sincos_2d
 __all__ = ["ViTConfig", "init_params", "param_shapes", "check_params",
            "forward", "forward_intermediates", "fast_forward",
            "embed", "encoder", "encoder_block", "block_params", "fast_encoder", "fast_encoder_block", "pool",
-           "layer_norm", "mlp", "multi_head_attention", "scaled_dot_product_attention", "qkv_heads", "merge_heads",
+           "layer_norm", "linear", "LowRank", "lora", "mlp", "multi_head_attention", "scaled_dot_product_attention",
+           "qkv_heads", "merge_heads",
            "patchify", "unpatchify", "patch_embedding", "sincos_2d"]

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from .attention import merge_heads, qkv_heads
 from .config import ViTConfig
 from .encoder import block_params
+from .linear import LowRank
 from .mlp import mlp_hidden
 from .norm import layer_norm
 
@@ -79,7 +80,13 @@ def class_token_block(params: dict, z: torch.Tensor, cfg: ViTConfig) -> torch.Te
 
 def fast_encoder(params: dict, z: torch.Tensor, cfg: ViTConfig, train: bool = False) -> torch.Tensor:
     """z_0 -> z_L through cfg.depth fast blocks; only z_L^0, (B, 1, D), when the pooling reads nothing else.
-    While dropout is on the last block runs whole, so that every mask is drawn as in the explicit path."""
+    While dropout is on the last block runs whole, so that every mask is drawn as in the explicit path.
+    Weights must be plain tensors: LoRA's LowRank weights (lora.adapt) run through `encoder`, or are merged first."""
+    adapted = sorted(k for k, v in params.items() if isinstance(v, LowRank))
+    if adapted:
+        raise ValueError(f"params: the fast path expected plain weight tensors, got LoRA weights at {adapted[:3]}"
+                         f"{' …' if len(adapted) > 3 else ''}; run forward instead, or fold the adapters in with "
+                         "lora.merge")
     class_token_only = cfg.pool == "token" and not (train and cfg.dropout)
     for i in range(cfg.depth - class_token_only):
         z = fast_encoder_block(block_params(params, i), z, cfg, train)

@@ -18,6 +18,7 @@ from .checks import check_images
 from .config import ViTConfig
 from .encoder import block_params, encoder, encoder_block
 from .fast import fast_encoder
+from .linear import linear
 from .norm import layer_norm
 from .patches import patch_embedding
 from .position import embed_positions
@@ -43,14 +44,14 @@ def pre_logits(params: dict, y: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
     tanh per App. D.3) when cfg.representation_size is set; the identity for the fine-tuning head. (B, D) -> (B, R)."""
     if not cfg.representation_size:
         return y
-    return torch.tanh(F.linear(y, params["pre_logits.weight"], params["pre_logits.bias"]))
+    return torch.tanh(linear(y, params["pre_logits.weight"], params["pre_logits.bias"]))
 
 
 def classifier(params: dict, features: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
     """The final linear layer, (B, R) -> (B, K); with num_classes=0 there is none and features pass through."""
     if not cfg.num_classes:
         return features
-    return F.linear(features, params["head.weight"], params["head.bias"])
+    return linear(features, params["head.weight"], params["head.bias"])
 
 
 def forward(params: dict, images: torch.Tensor, cfg: ViTConfig, *, train: bool = False) -> torch.Tensor:

@@ -5,6 +5,7 @@ destination's from its name; the config is inferred from the weights unless --mo
     python -m paper.convert ViT-B_16.npz vit-b16-hf/              # official npz -> from_pretrained directory
     python -m paper.convert vit-b16-hf/ vit_b16.safetensors       # transformers -> timm state_dict
     python -m paper.convert model.pth model.npz --model ViT-B/16  # refuse anything that is not a ViT-B/16
+    python -m paper.convert base.pth tuned.npz --adapter lora-dir/  # a peft LoRA adapter merged into the weights
 """
 import argparse
 import sys
@@ -13,15 +14,23 @@ from tqdm import tqdm
 
 from paper.checkpoints import read_checkpoint, write_checkpoint
 from paper.configs import model_name, param_count
+from paper.formats.peft import apply_peft
 
 
-def convert(src, dst, model: str | None = None, gelu: str | None = None, npz_layout: str = "vit2020") -> str:
-    """Read `src`, write `dst`; returns a one-line summary. Nothing is written if reading or checking fails."""
+def convert(src, dst, model: str | None = None, gelu: str | None = None, npz_layout: str = "vit2020",
+            adapter=None) -> str:
+    """Read `src` (and merge the peft LoRA directory `adapter` into it), write `dst`; returns a one-line summary.
+    Nothing is written if reading or checking fails."""
     overrides = {"gelu": gelu} if gelu else {}
-    with tqdm(total=2, desc="convert", unit="step", file=sys.stderr) as bar:
+    with tqdm(total=2 + bool(adapter), desc="convert", unit="step", file=sys.stderr) as bar:
         bar.set_postfix_str(f"reading {src}")
         cfg, params, src_format = read_checkpoint(src, model, **overrides)
         bar.update()
+        if adapter:
+            bar.set_postfix_str(f"merging {adapter}")
+            cfg, params = apply_peft(params, cfg, adapter)
+            src_format += f" + LoRA {adapter}"
+            bar.update()
         bar.set_postfix_str(f"writing {dst}")
         dst_format = write_checkpoint(params, cfg, dst, npz_layout)
         bar.update()
@@ -44,9 +53,13 @@ def main(argv=None) -> None:
                              "for an official .npz, as trained; otherwise what the source says, exact for timm)")
     parser.add_argument("--npz-layout", choices=("vit2020", "big_vision"), default="vit2020",
                         help="official .npz naming to write (default: the 2020 released files')")
+    parser.add_argument("--adapter", metavar="DIR",
+                        help="a peft LoRA adapter directory (adapter_config.json + adapter_model.safetensors) for src's "
+                             "transformers or timm model: its adapters are merged into the weights (W₀ + (α/r)·BA) and "
+                             "a head it trained whole (modules_to_save) replaces src's")
     args = parser.parse_args(argv)
     try:
-        print(convert(args.src, args.dst, args.model, args.gelu, args.npz_layout))
+        print(convert(args.src, args.dst, args.model, args.gelu, args.npz_layout, args.adapter))
     except ValueError as e:
         parser.exit(2, f"convert: error: {e}\n")
 

@@ -32,6 +32,7 @@ from .configs import paper_config
 from .data import DATASETS, EvalView, TrainStream, load_data, shard_positions
 from .dtypes import DTYPES
 from .heads import finetuning_head, pretraining_head
+from .lora_training import LoRARun, add_arguments, check_same_adapters, lora_run
 from .resolution import change_resolution
 from .schedules import Schedule
 from .train_state import check_same_run, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -172,13 +173,16 @@ class Run:
     workers: int = 0
     save_every: int = 0       # 0: only at the end of the stage
     eval_every: int = 0       # 0: only at the end of the stage
+    lora: LoRARun | None = None  # fine-tune through LoRA adapters (paper/lora_training.py)
 
 
 def train_stage(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data, test_data,
                 run: Run) -> tuple[dict, dict]:
     """Train `params` by `recipe` for its total_steps, checkpointing to OUT/NAME.pt. -> (params, the stage's log)."""
     procs, path = run.procs, os.path.join(run.out, f"{name}.pt")
-    model = ExplicitParams({k: v.to(procs.device, run.dtype) for k, v in params.items()}, cfg, run.fast).train()
+    lora = run.lora if name == "finetune" else None
+    params = {k: v.to(procs.device, run.dtype) for k, v in params.items()}
+    model = (lora.model(params, cfg, run.seed) if lora else ExplicitParams(params, cfg, run.fast)).train()
     optimizer = make_optimizer(model.parameters(), recipe)
     schedule = Schedule(recipe.base_lr, recipe.total_steps, recipe.warmup_steps, recipe.decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -187,6 +191,7 @@ def train_stage(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data,
     if run.resume and os.path.exists(path):
         state = load_checkpoint(path)
         check_same_run(state, cfg, recipe, path)
+        check_same_adapters(state, lora, path)
         with torch.no_grad():
             for k, p in model.as_dict().items():
                 p.copy_(state["params"][k])
@@ -220,22 +225,22 @@ def train_stage(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data,
         if last or (run.eval_every and step % run.eval_every == 0):
             log["eval"].append({"step": step, "test_accuracy": evaluate(model, evaluation, procs, run.dtype)})
         if last or (run.save_every and step % run.save_every == 0):
-            save(path, model, cfg, recipe, optimizer, scheduler, step, log, procs)
+            save(path, model, cfg, recipe, optimizer, scheduler, step, log, procs, lora.fields() if lora else {})
     bar.close()
     log.setdefault("seconds", 0.0)
     log["seconds"] += time.perf_counter() - start
     return {k: v.detach() for k, v in model.as_dict().items()}, log
 
 
-def save(path, model, cfg, recipe, optimizer, scheduler, step, log, procs: Processes) -> None:
-    """Rank 0 writes the checkpoint with every process's random-number state."""
+def save(path, model, cfg, recipe, optimizer, scheduler, step, log, procs: Processes, extra: dict) -> None:
+    """Rank 0 writes the checkpoint with every process's random-number state (and `extra` keys: a LoRA run's)."""
     rng = [rng_state()]
     if procs.world_size > 1:
         rng = [None] * procs.world_size
         dist.all_gather_object(rng, rng_state())
     if procs.rank == 0:
         save_checkpoint(path, cfg=cfg, recipe=recipe, params=model.as_dict(), optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), step=step, rng=rng, log=log)
+                        scheduler=scheduler.state_dict(), step=step, rng=rng, log=log, **extra)
     if procs.world_size > 1:
         dist.barrier()
 
@@ -338,6 +343,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="go on from the checkpoints in --out")
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: at the end of each stage)")
     p.add_argument("--eval-every", type=int, help="test accuracy every N steps (default: 10 times per stage)")
+    add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -373,6 +379,7 @@ def main(argv=None) -> dict:
     # Fine-tuning (§3.2): drop the whole head for a zero-initialised linear one, interpolate E_pos to the
     # higher resolution, patch size unchanged.
     if "finetune" in args.stages:
+        run.lora = lora_run(args, os.path.join(args.out, "pretrain.pt") if "pretrain" in args.stages else args.init)
         params, cfg = finetuning_head(params, dataclasses.replace(cfg, dropout=fine.dropout), num_classes)
         params, cfg = change_resolution(params, cfg, fine.image_size, method="official")
         run.eval_every = args.eval_every or max(1, fine.total_steps // 10)

@@ -29,15 +29,16 @@ def optimizer_tensors(state_dict: dict) -> dict:
 
 
 def save_checkpoint(path: str, *, cfg: ViTConfig, recipe: Recipe, params: dict, optimizer: dict, scheduler: dict,
-                    step: int, rng: list, log: dict) -> None:
-    """Write a checkpoint atomically; refuse (ValueError, the existing file untouched) if any value is not finite."""
+                    step: int, rng: list, log: dict, **extra) -> None:
+    """Write a checkpoint atomically; refuse (ValueError, the existing file untouched) if any value is not finite.
+    `extra` keys are stored beside the others (a LoRA run's adapter config and base reference)."""
     params = {k: v.detach().cpu() for k, v in params.items()}
     bad = non_finite(params) + non_finite(optimizer_tensors(optimizer))
     if bad:
         raise ValueError(f"params: expected finite values to save at step {step}, got NaN or inf in {bad[:5]}"
                          f"{' …' if len(bad) > 5 else ''}; {path} is left as it was")
     state = {"config": dataclasses.asdict(cfg), "recipe": dataclasses.asdict(recipe), "params": params,
-             "optimizer": optimizer, "scheduler": scheduler, "step": step, "rng": rng, "log": log}
+             "optimizer": optimizer, "scheduler": scheduler, "step": step, "rng": rng, "log": log, **extra}
     write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
