@@ -82,8 +82,8 @@ class LoRARun:
         return {"lora": dataclasses.asdict(self.lora), "base": {"path": self.base, "sha256": self.base_sha256}}
 
 
-def lora_run(args, base: str | None) -> LoRARun | None:
-    """The command line's --lora flags -> a LoRARun over the base checkpoint `base` (None without --lora)."""
+def lora_config(args) -> LoRAConfig | None:
+    """The command line's --lora flags, checked before any training starts (None without --lora)."""
     if args.lora is None:
         return None
     if "finetune" not in args.stages:
@@ -95,7 +95,12 @@ def lora_run(args, base: str | None) -> LoRARun | None:
         raise ValueError("lora_targets: the new head is trained whole (the zero-initialised layer of §3.2), so it "
                          "cannot be a LoRA target, got 'head'")
     alpha = float(args.lora if args.lora_alpha is None else args.lora_alpha)
-    return LoRARun(LoRAConfig(rank=args.lora, alpha=alpha, targets=targets), base, file_sha256(base))
+    return LoRAConfig(rank=args.lora, alpha=alpha, targets=targets)
+
+
+def lora_run(lora: LoRAConfig | None, base: str) -> LoRARun | None:
+    """Adapters of `lora` over the base checkpoint at `base`, as its bytes are now (None without LoRA)."""
+    return None if lora is None else LoRARun(lora, base, file_sha256(base))
 
 
 def check_same_adapters(state: dict, run: LoRARun | None, path: str) -> None:

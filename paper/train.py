@@ -32,7 +32,7 @@ from .configs import paper_config
 from .data import DATASETS, EvalView, TrainStream, load_data, shard_positions
 from .dtypes import DTYPES
 from .heads import finetuning_head, pretraining_head
-from .lora_training import LoRARun, add_arguments, check_same_adapters, lora_run
+from .lora_training import LoRARun, add_arguments, check_same_adapters, lora_config, lora_run
 from .resolution import change_resolution
 from .schedules import Schedule
 from .train_state import check_same_run, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -353,6 +353,7 @@ def main(argv=None) -> dict:
         raise ValueError("bf16: expected float32 parameters for bfloat16 autocast, got --dtype float64")
     if args.stages == ["finetune"] and not args.init:
         raise ValueError("init: expected a pretrain.pt to fine-tune from when --stages is finetune alone, got none")
+    lora = lora_config(args)
     torch.set_num_threads(args.threads)
     procs = start_processes(args.device)
     run = Run(out=args.out, procs=procs, dtype=DTYPES[args.dtype], bf16=args.bf16, fast=args.fast, accum_steps=args.accum,
@@ -379,7 +380,7 @@ def main(argv=None) -> dict:
     # Fine-tuning (§3.2): drop the whole head for a zero-initialised linear one, interpolate E_pos to the
     # higher resolution, patch size unchanged.
     if "finetune" in args.stages:
-        run.lora = lora_run(args, os.path.join(args.out, "pretrain.pt") if "pretrain" in args.stages else args.init)
+        run.lora = lora_run(lora, os.path.join(args.out, "pretrain.pt") if "pretrain" in args.stages else args.init)
         params, cfg = finetuning_head(params, dataclasses.replace(cfg, dropout=fine.dropout), num_classes)
         params, cfg = change_resolution(params, cfg, fine.image_size, method="official")
         run.eval_every = args.eval_every or max(1, fine.total_steps // 10)
