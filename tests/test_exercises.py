@@ -24,7 +24,7 @@ from paper import analysis
 
 REPO = Path(__file__).resolve().parent.parent
 SOLUTIONS = REPO / "exercises" / "solutions"
-NAMES = ["01_patch_embedding", "02_attention_maps", "03_position_embeddings", "04_fine_tuning"]
+NAMES = ["01_patch_embedding", "02_attention_maps", "03_position_embeddings", "04_fine_tuning", "07_lora"]
 
 # Each copy of a solution gets typical mistakes by text substitution, in tasks whose code does not depend on each
 # other, and states the hint each mistaken task must get. `only`: grade just that task (earlier ones still run).
@@ -70,6 +70,25 @@ MISTAKES = {
          "velocity = {k: scale * grads[k] for k in p}", "momentum: v = 0.9·v + g"),
         (4, "steps=200, base_lr=0.1)", "steps=1, base_lr=0.1)", ""),          # a short run: the mistake is below
         (4, "params, velocity, _ = sgd_step(", "_, velocity, _ = sgd_step(", "gradients that are never applied")]),
+    "07-a": ("07_lora", None, [
+        (1, "return x @ weight.T + bias + scaling * update", "return x @ weight.T + bias + update",
+         "scale the update by `scaling`"),
+        (2, "A = torch.empty(rank, in_features).uniform_(-bound, bound, generator=generator)\n    B = torch.zeros(",
+         "A = torch.zeros(rank, in_features)\n    B = torch.randn(", "the other way round (§4.1)"),
+        (3, "return weight - scaling * (lora_B @ lora_A)", "return weight + scaling * (lora_B @ lora_A)",
+         "unmerge subtracts"),
+        (4, 'LoRAConfig(rank=rank, alpha=rank, targets=("q", "v"))', 'LoRAConfig(rank=rank, alpha=rank, targets=("q", "k", "v"))',
+         "W_q and W_v only (§5.1)"),
+        (4, 'LoRAConfig(rank=4, alpha=4, targets=("q", "v"))', 'LoRAConfig(rank=4, alpha=4, targets=("q", "k", "v"))', ""),
+        (4, "steps=200, lr=0.1)", "steps=2, lr=0.1)", "")]),                   # a short run: the mistake is above
+    "07-b": ("07_lora", None, [
+        (1, "return x @ weight.T + bias + scaling * update", "return x @ weight.T + scaling * update",
+         "the bias b is part of the frozen layer"),
+        (2, "B = torch.zeros(out_features, rank)", "B = torch.randn(out_features, rank, generator=generator)",
+         "B starts at zero"),
+        (3, "return weight + scaling * (lora_B @ lora_A)", "return weight + lora_B @ lora_A", "scale ΔW by `scaling`"),
+        (4, "sgd([*adapters.values(), *head.values()]", "sgd([*head.values()]", "give lora_A and lora_B to the optimizer"),
+        (4, "steps=200, lr=0.1)", "steps=2, lr=0.1)", "")]),
 }
 
 
