@@ -38,4 +38,6 @@ def linear(x: torch.Tensor, weight: Weight, bias: torch.Tensor | None = None) ->
     h = F.dropout(x, weight.dropout) if weight.dropout else x
     update = F.linear(F.linear(h, weight.lora_A), weight.lora_B) * weight.scaling   # (..., in) -> (..., r) -> (..., rows)
     start, stop = weight.rows
+    if (start, stop) == (0, out.shape[-1]):
+        return out + update
     return out + F.pad(update, (start, out.shape[-1] - stop))               # zeros outside the adapted rows
