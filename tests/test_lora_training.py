@@ -17,19 +17,11 @@ from paper.train import Processes, main, make_optimizer, train_step
 from paper.train_state import load_checkpoint, save_checkpoint
 from tests.helpers import random_params
 from tests.test_lora import TIMM_ALL, peft_model, trained_by_peft
-from tests.test_training import TINY_MAIN, Killed, dies_at
+from tests.test_training import TINY_MAIN, Killed, dies_at, one_thread  # noqa: F401 (autouse: one thread, tiny models)
 
 CFG = vit.ViTConfig(image_size=8, patch_size=4, in_channels=1, dim=16, depth=2, num_heads=2, mlp_dim=32, num_classes=5)
 FINETUNE = ["--stages", "finetune", "--finetune-steps", "4", "--finetune-batch", "16", "--eval-every", "2"]
 HEAD = {"head.weight": (10, 64), "head.bias": (10,)}   # the digits model: D = 64, 10 classes
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
