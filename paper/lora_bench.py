@@ -13,12 +13,15 @@ two ranks, α = r (the default of --lora).
   of 64, the rows interleaved in rounds so that noise from other work falls on all alike; the median over rounds.
 - Peak memory: paper.bench's measure: in a fresh process per row, the resident-set growth at its peak over two
   training steps (gradients, optimizer state, activations, workspace; the weights are allocated before).
+- Activations saved: paper.bench's exact count of the bytes autograd keeps from the forward for the backward, weights
+  (frozen or trained) left out.
 """
 import argparse
 import dataclasses
 import json
 import os
 import statistics
+from types import SimpleNamespace
 
 import torch
 from tqdm import tqdm
@@ -27,7 +30,7 @@ import lowlevel as vit
 from lowlevel.lora import LoRAConfig
 
 from .atomic import write_atomically
-from .bench import batch_of, in_fresh_process, peak_resident_growth, timed, write_text
+from .bench import activation_bytes, batch_of, in_fresh_process, peak_resident_growth, timed, write_text
 from .heads import finetuning_head
 from .lora_training import LoRARun
 from .recipes import DIGITS_FINETUNE
@@ -64,6 +67,13 @@ def stepper(init: str, lora: LoRAConfig | None, batch: int):
                               grad_clip=DIGITS_FINETUNE.grad_clip, procs=Processes())
 
 
+def saved_activations(init: str, lora: LoRAConfig | None, batch: int) -> int:
+    model, cfg = fine_tuning_model(init, lora)
+    weights = [*model.parameters(), *getattr(model, "base", {}).values()]
+    return activation_bytes(SimpleNamespace(train_logits=model, parameters=weights),
+                            batch_of(cfg, batch, torch.float32, "cpu")[0])
+
+
 def memory_here(init: str, row: str, batch: int) -> int:
     """In a fresh process: the peak resident-set growth over two training steps of `row`."""
     torch.set_num_threads(1)
@@ -89,6 +99,7 @@ def measure(init: str, out: str, batch: int, rounds: int) -> dict:
                             "trainable": sum(v.numel() for v in state["params"].values()),
                             "optimizer_bytes": sum(t.numel() * t.element_size() for t in momentum),
                             "peak_memory_bytes": int(in_fresh_process(call, f"the training memory of {row!r}")),
+                            "activation_bytes": saved_activations(init, lora, batch),
                             "test_accuracy": log["test_accuracy"]}
             bar.update()
     steps = {row: stepper(init, lora, batch) for row, lora in ROWS.items()}
@@ -106,11 +117,12 @@ def measure(init: str, out: str, batch: int, rounds: int) -> dict:
 
 
 def markdown(results: dict, total: int) -> str:
-    lines = ["| fine-tuning | trainable parameters | optimizer state | peak memory | step time (median, ms) | "
-             "test accuracy |", "|---|---|---|---|---|---|"]
+    lines = ["| fine-tuning | trainable parameters | optimizer state | peak memory | activations saved | "
+             "step time (median, ms) | test accuracy |", "|---|---:|---:|---:|---:|---:|---:|"]
     for row, r in results.items():
         lines.append(f"| {row} | {r['trainable']:,} ({100 * r['trainable'] / total:.1f}%) | "
                      f"{r['optimizer_bytes'] / KIB:.1f} KiB | {r['peak_memory_bytes'] / MIB:.1f} MiB | "
+                     f"{r['activation_bytes'] / MIB:.1f} MiB | "
                      f"{1000 * r['step_s']['median']:.1f} | {100 * r['test_accuracy']:.2f}% |")
     return "\n".join(lines) + "\n"
 

@@ -138,3 +138,11 @@ def test_bad_lora_flags_get_clear_messages(pretrained, tmp_path):
         main(args + ["--lora", "0"])
     with pytest.raises(ValueError, match="lora: expected the finetune stage"):
         main(TINY_MAIN + ["--stages", "pretrain", "--out", str(tmp_path), "--lora", "2"])
+
+
+def test_lora_bench_refuses_a_missing_base_in_one_line(tmp_path, capsys):
+    from paper.lora_bench import main as lora_bench
+    with pytest.raises(SystemExit) as exit_code:
+        lora_bench(["--init", str(tmp_path / "missing.pt"), "--out", str(tmp_path)])
+    assert exit_code.value.code == 2
+    assert capsys.readouterr().err.startswith("lora_bench: error: init: expected a pre-trained checkpoint, got ")

@@ -52,7 +52,7 @@ def module_names(name: str, cfg: ViTConfig, library: str) -> list[str]:
         return [] if target in ("q", "k", "v") else [timm_key(f"blocks.{i}.{target}.weight", cfg).removesuffix(".weight")]
     if target == "qkv":
         return []
-    part, pick = ("qkv", "qkv".index(target)) if target in ("q", "k", "v") else (target, 0)
+    part, pick = ("qkv", ("q", "k", "v").index(target)) if target in ("q", "k", "v") else (target, 0)
     saved = hf_names(f"blocks.{i}.{part}.weight")[pick]                       # transformers 4's name
     return [memory_name(saved).removesuffix(".weight"), saved.removesuffix(".weight")]
 
@@ -132,7 +132,7 @@ def read_peft(directory, cfg: ViTConfig) -> tuple[LoRAConfig, dict, dict | None]
     layers = {k.rsplit(".", 1)[0] for k in adapters}
     targets = tuple(t for t in (*BLOCK_TARGETS, "head") if any(n.rsplit(".", 1)[-1] == t for n in layers))
     blocks = sorted({int(n.split(".")[1]) for n in layers if n.startswith("blocks.")})
-    lora = LoRAConfig(rank=config["r"], alpha=config["lora_alpha"], targets=targets,
+    lora = LoRAConfig(rank=config.get("r", 8), alpha=config.get("lora_alpha", 8), targets=targets,   # peft's defaults
                       blocks=None if blocks == list(range(cfg.depth)) else tuple(blocks),
                       rslora=bool(config.get("use_rslora", False)), dropout=config.get("lora_dropout", 0.0))
     check_params(adapters, adapter_shapes(cfg, lora), what=f"{directory / WEIGHTS}: adapters")
@@ -145,8 +145,9 @@ def apply_peft(params: dict, cfg: ViTConfig, directory) -> tuple[ViTConfig, dict
     """A base model and a peft adapter directory -> (cfg, params) of the fine-tuned model: the adapters merged into
     the weights (lora.merge) and, if the directory has one, the head trained whole in place of the base's."""
     lora, adapters, head = read_peft(directory, cfg)
-    params = merge(params, adapters, cfg, lora)
+    dtype = params["norm.weight"].dtype                       # the base's: peft merges ΔW into the weight's dtype
+    params = merge(params, {k: v.to(dtype) for k, v in adapters.items()}, cfg, lora)
     if head is not None:
         cfg = dataclasses.replace(cfg, num_classes=head["head.weight"].shape[0])
-        params = {**params, **{k: v.to(params["norm.weight"].dtype) for k, v in head.items()}}
+        params = {**params, **{k: v.to(dtype) for k, v in head.items()}}
     return cfg, params
