@@ -73,8 +73,8 @@ MISTAKES = {
     "07-a": ("07_lora", None, [
         (1, "return x @ weight.T + bias + scaling * update", "return x @ weight.T + bias + update",
          "scale the update by `scaling`"),
-        (2, "A = torch.empty(rank, in_features).uniform_(-bound, bound, generator=generator)\n    B = torch.zeros(",
-         "A = torch.zeros(rank, in_features)\n    B = torch.randn(", "the other way round (§4.1)"),
+        (2, "A = torch.empty(rank, in_features).uniform_(-bound, bound, generator=torch.Generator().manual_seed(seed))"
+            "\n    B = torch.zeros(", "A = torch.zeros(rank, in_features)\n    B = torch.randn(", "the other way round (§4.1)"),
         (3, "return weight - scaling * (lora_B @ lora_A)", "return weight + scaling * (lora_B @ lora_A)",
          "unmerge subtracts"),
         (4, 'LoRAConfig(rank=rank, alpha=rank, targets=("q", "v"))', 'LoRAConfig(rank=rank, alpha=rank, targets=("q", "k", "v"))',
@@ -84,8 +84,7 @@ MISTAKES = {
     "07-b": ("07_lora", None, [
         (1, "return x @ weight.T + bias + scaling * update", "return x @ weight.T + scaling * update",
          "the bias b is part of the frozen layer"),
-        (2, "B = torch.zeros(out_features, rank)", "B = torch.randn(out_features, rank, generator=generator)",
-         "B starts at zero"),
+        (2, "B = torch.zeros(out_features, rank)", "B = torch.randn(out_features, rank)", "B starts at zero"),
         (3, "return weight + scaling * (lora_B @ lora_A)", "return weight + lora_B @ lora_A", "scale ΔW by `scaling`"),
         (4, "sgd([*adapters.values(), *head.values()]", "sgd([*head.values()]", "give lora_A and lora_B to the optimizer"),
         (4, "steps=200, lr=0.1)", "steps=2, lr=0.1)", "")]),

@@ -19,7 +19,7 @@ from lowlevel.lora import TARGETS, LoRAConfig, adapt, adapted_layers, adapted_we
 from paper.convert import main as convert_main
 from paper.formats.huggingface import from_hf, to_hf
 from paper.formats.peft import adapter_names, read_peft, write_peft
-from paper.formats.timm import from_timm, to_timm, write_timm
+from paper.formats.timm import from_timm, to_timm
 from paper.lora_training import LoRAParams
 from paper.reference_models import hf_vit, timm_vit
 from tests.helpers import random_images, random_params, vit_configs
@@ -262,23 +262,25 @@ def test_peft_adapter_files_read_into_our_adapters(tmp_path, case):
 
 
 def test_convert_merges_a_peft_adapter_and_writes_any_format(tmp_path, capsys):
-    """`python -m paper.convert BASE OUT --adapter DIR`: a timm base with 5 classes and peft's adapter with a new
-    3-class head, written as a transformers directory, computes what peft's model computes. (D_h = 64: a timm file
-    does not store the head count, and the reader assumes 64, as in every paper model.)"""
-    from transformers import ViTForImageClassification
-    cfg = vit.ViTConfig(image_size=8, patch_size=4, dim=64, depth=2, num_heads=1, mlp_dim=32, num_classes=5)
-    params, images = random_params(cfg, 8), random_images(cfg, 2, 8)
-    write_timm(params, cfg, tmp_path / "base.safetensors")
-    model = peft_model("timm", cfg, params, r=2, lora_alpha=4, target_modules=TIMM_ALL, modules_to_save=["head"])
-    new_head = torch.nn.Linear(64, 3).double()            # the new head: 3 classes where the base has 5
+    """`python -m paper.convert BASE OUT --adapter DIR`: a transformers base with 5 classes and peft's adapter (q_proj,
+    v_proj) with a new 3-class classifier, written as an official .npz, computes what peft's model computes."""
+    from paper.checkpoints import read_checkpoint
+    from paper.formats.huggingface import write_hf
+    base_cfg = vit.ViTConfig(**{**CFG.__dict__, "num_classes": 5})
+    params, images = random_params(base_cfg, 8), random_images(base_cfg, 2, 8)
+    write_hf(params, base_cfg, tmp_path / "base")
+    model = peft_model("transformers", base_cfg, params, r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"],
+                       modules_to_save=["classifier"])
+    new_head = torch.nn.Linear(16, 3).double()            # the new head: 3 classes where the base has 5
     torch.nn.init.normal_(new_head.weight, generator=torch.Generator().manual_seed(8))
-    model.base_model.model.head.modules_to_save["default"] = new_head
+    model.base_model.model.classifier.modules_to_save["default"] = new_head
     model.save_pretrained(tmp_path / "adapter")
-    convert_main([str(tmp_path / "base.safetensors"), str(tmp_path / "tuned"), "--adapter", str(tmp_path / "adapter")])
-    assert "(timm + LoRA " in capsys.readouterr().out
-    tuned = ViTForImageClassification.from_pretrained(tmp_path / "tuned", local_files_only=True).double().eval()
-    assert tuned.config.num_labels == 3
-    torch.testing.assert_close(tuned(images).logits, model(images), rtol=0, atol=1e-10)
+    convert_main([str(tmp_path / "base"), str(tmp_path / "tuned.npz"), "--adapter", str(tmp_path / "adapter")])
+    assert "+ LoRA " in capsys.readouterr().out
+    cfg, tuned, fmt = read_checkpoint(tmp_path / "tuned.npz", gelu="exact")   # .npz files do not record the GELU
+    assert fmt == "npz" and cfg.num_classes == 3
+    torch.testing.assert_close(vit.forward({k: v.double() for k, v in tuned.items()}, images, cfg),
+                               peft_logits(model, images), rtol=0, atol=1e-10)
 
 
 def test_what_our_lora_or_peft_cannot_express_is_refused(tmp_path):

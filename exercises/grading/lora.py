@@ -39,7 +39,7 @@ def task_lora_linear(ns, output_dir):
 
 def task_init(ns, output_dir):
     k, d, r = 512, 40, 8
-    got = call(ns, "init_lora", k, d, r, torch.Generator().manual_seed(3))
+    got = call(ns, "init_lora", k, d, r, 3)
     if not (isinstance(got, tuple) and len(got) == 2 and all(isinstance(t, torch.Tensor) for t in got)):
         raise Mistake("init_lora must return (A, B)", "return the two tensors, A first")
     a, b = got
@@ -60,10 +60,11 @@ def task_init(ns, output_dir):
         raise Mistake(f"A: expected U(±{bound:.4f}) values (std {bound / math.sqrt(3):.4f}), got max |A| "
                       f"{a.abs().max().item():.4f} and std {a.std().item():.4f}",
                       "Kaiming-uniform with a = √5 is U(±1/√in): uniform_(-bound, bound) with bound = 1/√in_features")
-    again = call(ns, "init_lora", k, d, r, torch.Generator().manual_seed(3))[0]
+    again = call(ns, "init_lora", k, d, r, 3)[0]
     if not torch.equal(again, a):
-        raise Mistake("two calls with equally seeded generators gave different A",
-                      "draw A from `generator` (uniform_(..., generator=generator)), not from the global RNG")
+        raise Mistake("two calls with the same seed gave different A",
+                      "draw A from torch.Generator().manual_seed(seed) (uniform_(..., generator=...)), not from the "
+                      "global random number generator")
 
 
 def task_merge(ns, output_dir):
