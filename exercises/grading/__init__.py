@@ -1,12 +1,22 @@
 """The hidden checks, one module per workbook, each written with the grader API of common.py (TASKS, REFERENCE,
 HINTS), registered here under the workbook's file name."""
-from . import attention_maps, embedding_filters, encoder_block, fine_tuning, patch_embedding, position_embeddings, reading_libraries
+from . import (
+    attention_maps,
+    deit,
+    embedding_filters,
+    encoder_block,
+    fine_tuning,
+    patch_embedding,
+    position_embeddings,
+    reading_libraries,
+)
 
 GRADERS = {
     "01_patch_embedding": patch_embedding,
     "02_attention_maps": attention_maps,
     "03_position_embeddings": position_embeddings,
     "04_fine_tuning": fine_tuning,
+    "06_deit": deit,
     "09_encoder_block": encoder_block,
     "10_reading_timm_and_transformers": reading_libraries,
     "11_patch_embedding_filters": embedding_filters,
