@@ -62,9 +62,10 @@ def check_model_inputs(params: dict, images: torch.Tensor, expected: dict[str, t
         raise ValueError(f"params: expected a dict of tensors, got {type(params).__name__}")
     tensors = {k: weight_tensors(k, v) for k, v in params.items() if k in expected}
     check_params({k: t[k] for k, t in tensors.items()}, expected)
-    for k, v in (item for t in tensors.values() for item in t.items()):
-        if not isinstance(v, torch.Tensor):
-            raise ValueError(f"params: expected {k} to be a tensor, got {type(v).__name__}")
-        if v.device != images.device or v.dtype != images.dtype:
-            raise ValueError(f"params: expected every tensor on the images' device and dtype ({images.device}, "
-                             f"{images.dtype}), got {k} on {v.device} as {v.dtype}")
+    for parts in tensors.values():
+        for k, v in parts.items():
+            if not isinstance(v, torch.Tensor):
+                raise ValueError(f"params: expected {k} to be a tensor, got {type(v).__name__}")
+            if v.device != images.device or v.dtype != images.dtype:
+                raise ValueError(f"params: expected every tensor on the images' device and dtype ({images.device}, "
+                                 f"{images.dtype}), got {k} on {v.device} as {v.dtype}")

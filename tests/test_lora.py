@@ -330,6 +330,16 @@ def test_bad_configs_and_adapters_name_the_field():
         adapt(random_params(CFG, 0), adapters, CFG, LoRAConfig(4, 2))
 
 
+def test_forward_checks_lora_weights_as_it_checks_plain_ones():
+    """The forward's input check reads through a LowRank: adapters in another dtype than the images are refused,
+    naming the weight and the rows they adapt, before torch would fail deep in a matmul."""
+    params, images = random_params(CFG, 0), random_images(CFG, 1, 0)                  # float64
+    lora = LoRAConfig(2, 2)
+    adapted = adapt(params, init_adapters(CFG, lora), CFG, lora)                       # float32 adapters
+    with pytest.raises(ValueError, match=r"got blocks\.0\.qkv\.weight\[32:48\]\.lora_A on cpu as torch\.float32"):
+        vit.forward(adapted, images, CFG)
+
+
 def test_the_fast_path_refuses_lora_weights_with_a_clear_error():
     params, images = random_params(CFG, 0), random_images(CFG, 1, 0)
     lora = LoRAConfig(2, 2)

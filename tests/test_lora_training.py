@@ -10,7 +10,7 @@ import torch
 import lowlevel as vit
 import paper.train as train_module
 from lowlevel.lora import LoRAConfig, adapter_shapes
-from paper.lora_training import LoRAParams
+from paper.lora_training import LoRAParams, LoRARun
 from paper.recipes import Recipe
 from paper.schedules import Schedule
 from paper.train import Processes, main, make_optimizer, train_step
@@ -140,6 +140,9 @@ def test_bad_lora_flags_get_clear_messages(pretrained, tmp_path, capsys):
     assert usage.value.code == 2 and "argument --lora: invalid positive value: '0'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="distill: LoRA fine-tunes a model with one head"):
         main(args + ["--lora", "2", "--distill", "hard", "--teacher", str(pretrained)])
+    distilled = vit.ViTConfig(**{**CFG.__dict__, "distilled": True})               # a distilled --init, say
+    with pytest.raises(ValueError, match="distilled: LoRA fine-tunes a model with one head"):
+        LoRARun(LoRAConfig(), str(pretrained), "").model(vit.init_params(distilled), distilled, seed=0)
     with pytest.raises(ValueError, match="lora: expected the finetune stage"):
         main(TINY_MAIN + ["--stages", "pretrain", "--out", str(tmp_path), "--lora", "2"])
 
