@@ -2,13 +2,16 @@
 
 Tensor ops and torch.nn.functional only: params in, tensors out. Primitives take tensors; block-level functions take
 (params, x, cfg); `forward`, `forward_intermediates` and `fast_forward` take (params, images, cfg), and so do
-`forward_heads` and `fast_forward_heads`, the two heads of a distilled DeiT (Touvron et al. 2021)."""
+`forward_heads` and `fast_forward_heads`, the two heads of a distilled DeiT (Touvron et al. 2021). `lora` adapts
+the params with low-rank updates kept in a dict of their own (Hu et al. 2021)."""
+from . import lora
 from .attention import merge_heads, multi_head_attention, qkv_heads, scaled_dot_product_attention
 from .checks import check_params
 from .config import ViTConfig
 from .drop_path import drop_path, drop_path_rates
 from .encoder import block_params, encoder, encoder_block
 from .fast import fast_encoder, fast_encoder_block
+from .linear import LowRank, linear
 from .mlp import mlp
 from .model import embed, fast_forward, fast_forward_heads, forward, forward_heads, forward_intermediates, fuse, pool
 from .norm import layer_norm
@@ -20,5 +23,6 @@ __all__ = ["ViTConfig", "init_params", "param_shapes", "check_params",
            "forward", "forward_intermediates", "fast_forward", "forward_heads", "fast_forward_heads",
            "embed", "encoder", "encoder_block", "block_params", "fast_encoder", "fast_encoder_block", "pool",
            "fuse", "drop_path", "drop_path_rates",
-           "layer_norm", "mlp", "multi_head_attention", "scaled_dot_product_attention", "qkv_heads", "merge_heads",
+           "layer_norm", "linear", "LowRank", "lora", "mlp", "multi_head_attention", "scaled_dot_product_attention",
+           "qkv_heads", "merge_heads",
            "patchify", "unpatchify", "patch_embedding", "sincos_2d"]

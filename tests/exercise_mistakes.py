@@ -248,6 +248,32 @@ PLANTED = {
          'p = {k: v.requires_grad_(True) for k, v in params.items()}',
          'params modified'),
     ],
+    '07_lora': [
+        (1, 'return x @ weight.T + bias + scaling * update', 'return x @ weight.T + bias + update', 'unscaled'),
+        (1, 'return x @ weight.T + bias + scaling * update', 'return scaling * update', 'update only'),
+        (1, 'return x @ weight.T + bias + scaling * update', 'return x @ weight.T + scaling * update', 'no bias'),
+        (2, 'A = torch.empty(rank, in_features)', 'A = torch.empty(in_features, rank)', 'A transposed'),
+        (2,
+         'A = torch.empty(rank, in_features).uniform_(-bound, bound, generator=torch.Generator().manual_seed(seed))',
+         'A = torch.zeros(rank, in_features)',
+         'both zero'),
+        (2,
+         'A = torch.empty(rank, in_features).uniform_(-bound, bound, generator=torch.Generator().manual_seed(seed))\n'
+         '    B = torch.zeros(out_features, rank)',
+         'A = torch.zeros(rank, in_features)\n    B = torch.randn(out_features, rank)',
+         'swapped init'),
+        (2, 'B = torch.zeros(out_features, rank)', 'B = torch.randn(out_features, rank)', 'B random'),
+        (2, 'bound = 1 / math.sqrt(in_features)', 'bound = 1.0', 'A bound'),
+        (2, '.uniform_(-bound, bound, generator=torch.Generator().manual_seed(seed))', '.uniform_(-bound, bound)',
+         'global generator'),
+        (3, 'return weight + scaling * (lora_B @ lora_A)', 'return weight + lora_B @ lora_A', 'merge unscaled'),
+        (3, 'return weight - scaling * (lora_B @ lora_A)', 'return weight + scaling * (lora_B @ lora_A)', 'unmerge adds'),
+        (4,
+         'LoRAConfig(rank=rank, alpha=rank, targets=("q", "v"))',
+         'LoRAConfig(rank=rank, alpha=rank, targets=("q", "k", "v"))',
+         'extra targets'),
+        (4, 'sgd([*adapters.values(), *head.values()]', 'sgd([*head.values()]', 'adapters frozen'),
+    ],
     '09_encoder_block': [
         (1, 'var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)', 'var = x.var(dim=-1, keepdim=True)', 'unbiased'),
         (1, 'torch.sqrt(var + eps)', '(torch.sqrt(var) + eps)', 'eps outside'),
@@ -387,6 +413,10 @@ QUICK = {
     '06_deit': (4, [
         ('teacher = train_teacher(train_images, train_labels)', 'teacher = train_teacher(train_images, train_labels, steps=1)'),
         ('steps=60, kind=kind', 'steps=1, kind=kind'),
+    ]),
+    '07_lora': (None, [
+        ('steps=200, lr=0.1)', 'steps=2, lr=0.1)'),
+        ('rank=4, steps=150, lr=0.3)', 'rank=4, steps=2, lr=0.3)'),
     ]),
     '10_reading_timm_and_transformers': (None, [
         ('big = paper_config("ViT-B/16", num_classes=1000)', 'big = paper_config("ViT-Ti/16", num_classes=10)'),

@@ -1,5 +1,6 @@
 """The public API is exactly what the README documents: every name in `lowlevel.__all__` is listed in the README's
-API block with its real signature, and the block lists nothing else."""
+API block with its real signature, and the block lists nothing else; a submodule in `lowlevel.__all__` (`lora`) has
+a block of its own, listing its `__all__` the same way."""
 import inspect
 import re
 from pathlib import Path
@@ -18,30 +19,47 @@ def plain_signature(obj) -> str:
 
 def documented(package: str) -> dict[str, str]:
     """name -> signature text, from the code block that follows `<!-- api:PACKAGE -->` in the README."""
-    block = re.search(rf"<!-- api:{package} -->\s*```text\n(.*?)```", README.read_text(), re.DOTALL)
+    block = re.search(rf"<!-- api:{re.escape(package)} -->\s*```text\n(.*?)```", README.read_text(), re.DOTALL)
     assert block, f"the README has no API block for {package}"
     entries = {}
     for line in block[1].splitlines():
         line = re.sub(r"\s{2,}#.*$", "", line).strip()
-        m = re.fullmatch(rf"{package}\.(\w+)(\(.*\))", line)
+        m = re.fullmatch(rf"{re.escape(package)}\.(\w+)(\(.*\))", line)
         assert m, f"not a '{package}.name(signature)' line: {line!r}"
         assert m[1] not in entries, f"{m[1]} is listed twice"
         entries[m[1]] = m[2]
     return entries
 
 
+def public_api() -> dict[str, object]:
+    """Each documented package (lowlevel, and each submodule it exports) -> its module."""
+    submodules = {f"lowlevel.{name}": getattr(lowlevel, name) for name in lowlevel.__all__
+                  if inspect.ismodule(getattr(lowlevel, name))}
+    return {"lowlevel": lowlevel, **submodules}
+
+
+def public_names(module) -> list[str]:
+    """The names a package's API block lists: its __all__ without the submodules, which have blocks of their own."""
+    return [name for name in module.__all__ if not inspect.ismodule(getattr(module, name))]
+
+
 def test_readme_lists_exactly_the_public_names_of_lowlevel():
-    assert sorted(documented("lowlevel")) == sorted(lowlevel.__all__)
+    for package, module in public_api().items():
+        assert sorted(documented(package)) == sorted(public_names(module)), package
 
 
 def test_readme_signatures_are_the_code_signatures():
-    docs = documented("lowlevel")
-    wrong = {name: (docs[name], plain_signature(getattr(lowlevel, name)))
-             for name in lowlevel.__all__ if name in docs and docs[name] != plain_signature(getattr(lowlevel, name))}
+    wrong = {}
+    for package, module in public_api().items():
+        docs = documented(package)
+        wrong.update({f"{package}.{name}": (docs[name], plain_signature(getattr(module, name)))
+                      for name in public_names(module)
+                      if name in docs and docs[name] != plain_signature(getattr(module, name))})
     assert wrong == {}
 
 
 def test_every_public_name_is_importable_and_documented_in_its_module():
-    for name in lowlevel.__all__:
-        obj = getattr(lowlevel, name)
-        assert inspect.getdoc(obj), f"lowlevel.{name} has no docstring"
+    for package, module in public_api().items():
+        for name in module.__all__:
+            obj = getattr(module, name)
+            assert inspect.getdoc(obj), f"{package}.{name} has no docstring"
