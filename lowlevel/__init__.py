@@ -3,15 +3,17 @@ sibling the Swin Transformer (Liu et al. 2021) in `lowlevel.swin` with `SwinConf
 
 Tensor ops and torch.nn.functional only: params in, tensors out. Primitives take tensors; block-level functions take
 (params, x, cfg); `forward`, `forward_intermediates` and `fast_forward` take (params, images, cfg), and so do
-`forward_heads` and `fast_forward_heads`, the two heads of a distilled DeiT (Touvron et al. 2021). The Swin's
-entry points have the same names and arguments in `lowlevel.swin`."""
-from . import swin
+`forward_heads` and `fast_forward_heads`, the two heads of a distilled DeiT (Touvron et al. 2021). `lora` adapts
+the params with low-rank updates kept in a dict of their own (Hu et al. 2021). The Swin Transformer's entry points
+have the same names and arguments in `lowlevel.swin`."""
+from . import lora, swin
 from .attention import merge_heads, multi_head_attention, qkv_heads, scaled_dot_product_attention
 from .checks import check_params
 from .config import ViTConfig
 from .drop_path import drop_path, drop_path_rates
 from .encoder import block_params, encoder, encoder_block
 from .fast import fast_encoder, fast_encoder_block
+from .linear import LowRank, linear
 from .mlp import mlp
 from .model import embed, fast_forward, fast_forward_heads, forward, forward_heads, forward_intermediates, fuse, pool
 from .norm import layer_norm
@@ -24,5 +26,6 @@ __all__ = ["ViTConfig", "SwinConfig", "swin", "init_params", "param_shapes", "ch
            "forward", "forward_intermediates", "fast_forward", "forward_heads", "fast_forward_heads",
            "embed", "encoder", "encoder_block", "block_params", "fast_encoder", "fast_encoder_block", "pool",
            "fuse", "drop_path", "drop_path_rates",
-           "layer_norm", "mlp", "multi_head_attention", "scaled_dot_product_attention", "qkv_heads", "merge_heads",
+           "layer_norm", "linear", "LowRank", "lora", "mlp", "multi_head_attention", "scaled_dot_product_attention",
+           "qkv_heads", "merge_heads",
            "patchify", "unpatchify", "patch_embedding", "sincos_2d"]

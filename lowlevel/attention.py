@@ -9,9 +9,9 @@ Weights use the layout of PyTorch's `MultiheadAttention` module and timm: `w_qkv
 k, then v, each block head-major (head 0's D_h rows first); `w_out` (D, D) is the output projection.
 """
 import torch
-import torch.nn.functional as F
 
 from .checks import check_num_heads
+from .linear import Weight, linear
 
 
 def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -26,12 +26,12 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return probs @ v, probs
 
 
-def qkv_heads(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor | None,
+def qkv_heads(x: torch.Tensor, w_qkv: Weight, b_qkv: torch.Tensor | None,
               num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eq. (5) for every head at once: x (B, N, D) -> q, k, v, each (B, H, N, D_h), views of one projection."""
     b, n, d = x.shape
     check_num_heads(d, num_heads)
-    qkv = F.linear(x, w_qkv, b_qkv).view(b, n, 3, num_heads, d // num_heads)  # (B, N, 3·D) -> (B, N, 3, H, D_h)
+    qkv = linear(x, w_qkv, b_qkv).view(b, n, 3, num_heads, d // num_heads)  # (B, N, 3·D) -> (B, N, 3, H, D_h)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                           # 3 × (B, H, N, D_h)
     return q, k, v
 
@@ -42,8 +42,8 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, n, h * dh)
 
 
-def multi_head_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor | None, w_out: torch.Tensor,
+def multi_head_attention(x: torch.Tensor, w_qkv: Weight, b_qkv: torch.Tensor | None, w_out: Weight,
                          b_out: torch.Tensor | None, num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. (8): MSA(x). x (B, N, D) -> (output (B, N, D), probabilities (B, H, N, N))."""
     out, probs = scaled_dot_product_attention(*qkv_heads(x, w_qkv, b_qkv, num_heads))
-    return F.linear(merge_heads(out), w_out, b_out), probs
+    return linear(merge_heads(out), w_out, b_out), probs

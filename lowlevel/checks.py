@@ -1,6 +1,8 @@
 """Input checks that fail early with an error naming the parameter, what was expected and what was got."""
 import torch
 
+from .linear import LowRank
+
 
 def check_images(images: torch.Tensor, *, patch_size: int, channels: int | None = None,
                  size: tuple[int, int] | None = None) -> None:
@@ -39,17 +41,31 @@ def check_num_heads(dim: int, num_heads: int) -> None:
         raise ValueError(f"num_heads: expected a positive divisor of the input dim {dim}, got {num_heads!r}")
 
 
+def weight_tensors(name: str, weight) -> dict[str, torch.Tensor]:
+    """A parameter's tensors by name, the frozen one first: itself, or for LoRA's LowRank (linear.py) W₀ and each
+    update's A and B, named by the rows they adapt."""
+    updates = {}
+    while isinstance(weight, LowRank):
+        start, stop = weight.rows
+        updates.update({f"{name}[{start}:{stop}].lora_A": weight.lora_A, f"{name}[{start}:{stop}].lora_B": weight.lora_B})
+        weight = weight.weight
+    return {name: weight, **updates}
+
+
 def check_model_inputs(params: dict, images: torch.Tensor, expected: dict[str, tuple[int, ...]]) -> None:
     """Before a forward pass: every parameter the model reads is there with its shape (keys it does not read are
-    ignored), and on the images' device in their dtype. A mismatch is a ValueError naming both sides (otherwise torch
-    raises a RuntimeError deep in the model, or a weight left on the meta device gives NaN logits)."""
+    ignored), and on the images' device in their dtype. A LoRA weight (linear.LowRank) is checked by its W₀'s shape
+    (lora.adapt checked the adapters') and by the device and dtype of W₀, A and B. A mismatch is a ValueError naming
+    both sides (otherwise torch raises a RuntimeError deep in the model, or a weight left on the meta device gives NaN
+    logits)."""
     if not isinstance(params, dict):
         raise ValueError(f"params: expected a dict of tensors, got {type(params).__name__}")
-    check_params({k: v for k, v in params.items() if k in expected}, expected)
-    for k in expected:
-        v = params[k]
-        if not isinstance(v, torch.Tensor):
-            raise ValueError(f"params: expected {k} to be a tensor, got {type(v).__name__}")
-        if v.device != images.device or v.dtype != images.dtype:
-            raise ValueError(f"params: expected every tensor on the images' device and dtype ({images.device}, "
-                             f"{images.dtype}), got {k} on {v.device} as {v.dtype}")
+    tensors = {k: weight_tensors(k, v) for k, v in params.items() if k in expected}
+    check_params({k: t[k] for k, t in tensors.items()}, expected)
+    for parts in tensors.values():
+        for k, v in parts.items():
+            if not isinstance(v, torch.Tensor):
+                raise ValueError(f"params: expected {k} to be a tensor, got {type(v).__name__}")
+            if v.device != images.device or v.dtype != images.dtype:
+                raise ValueError(f"params: expected every tensor on the images' device and dtype ({images.device}, "
+                                 f"{images.dtype}), got {k} on {v.device} as {v.dtype}")

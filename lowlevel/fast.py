@@ -23,6 +23,7 @@ from .checks import check_num_heads
 from .config import ViTConfig
 from .drop_path import drop_path, drop_path_rates
 from .encoder import block_params
+from .linear import LowRank
 from .mlp import mlp_hidden
 from .norm import layer_norm
 
@@ -89,7 +90,13 @@ def prefix_block(params: dict, z: torch.Tensor, cfg: ViTConfig, train: bool = Fa
 def fast_encoder(params: dict, z: torch.Tensor, cfg: ViTConfig, train: bool = False) -> torch.Tensor:
     """z_0 -> z_L through cfg.depth fast blocks; only the prefix tokens' z_L, (B, P, D), when the pooling reads
     nothing else. While dropout is on the last block runs whole, so that every mask is drawn as in the explicit
-    path."""
+    path. Weights must be plain tensors: LoRA's LowRank weights (lora.adapt) run through `encoder`, or are merged
+    first."""
+    adapted = sorted(k for k, v in params.items() if isinstance(v, LowRank))
+    if adapted:
+        raise ValueError(f"params: the fast path expected plain weight tensors, got LoRA weights at {adapted[:3]}"
+                         f"{' …' if len(adapted) > 3 else ''}; run forward instead, or fold the adapters in with "
+                         "lora.merge")
     prefix_only = cfg.pool == "token" and not (train and cfg.dropout)
     rates = drop_path_rates(cfg.drop_path, cfg.depth)
     for i in range(cfg.depth - prefix_only):

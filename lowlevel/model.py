@@ -30,6 +30,7 @@ from .config import ViTConfig
 from .drop_path import drop_path_rates
 from .encoder import block_params, encoder, encoder_block
 from .fast import fast_encoder
+from .linear import linear
 from .norm import layer_norm
 from .params import param_shapes
 from .patches import patch_embedding
@@ -67,7 +68,7 @@ def pre_logits(params: dict, y: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
     tanh per App. D.3) when cfg.representation_size is set; the identity for the fine-tuning head. (…, D) -> (…, R)."""
     if not cfg.representation_size:
         return y
-    return torch.tanh(F.linear(y, params["pre_logits.weight"], params["pre_logits.bias"]))
+    return torch.tanh(linear(y, params["pre_logits.weight"], params["pre_logits.bias"]))
 
 
 def classifier(params: dict, features: torch.Tensor, cfg: ViTConfig, head: str = "head") -> torch.Tensor:
@@ -75,7 +76,7 @@ def classifier(params: dict, features: torch.Tensor, cfg: ViTConfig, head: str =
     features pass through."""
     if not cfg.num_classes:
         return features
-    return F.linear(features, params[f"{head}.weight"], params[f"{head}.bias"])
+    return linear(features, params[f"{head}.weight"], params[f"{head}.bias"])
 
 
 def heads(params: dict, z: torch.Tensor, cfg: ViTConfig) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,9 +7,9 @@ projection's weight is a conv kernel (D, C, P, P) reshaped to (D, C·P·P): patc
 convolution with kernel size = stride = P.
 """
 import torch
-import torch.nn.functional as F
 
 from .checks import check_images
+from .linear import linear
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -36,4 +36,4 @@ def unpatchify(patches: torch.Tensor, patch_size: int, grid_size: tuple[int, int
 
 def patch_embedding(images: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Eq. (1): x_p E. (B, C, H, W) -> (B, N, D), with weight E as (D, C·P·P) and bias (D,)."""
-    return F.linear(patchify(images, patch_size), weight, bias)
+    return linear(patchify(images, patch_size), weight, bias)

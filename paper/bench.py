@@ -167,11 +167,8 @@ def resident_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def training_memory_here(name: str, cfg: ViTConfig, batch: int, dtype_name: str, threads: int, compile: bool) -> int:
-    """In a fresh process: bytes by which the resident set grows, at its peak, over two training steps."""
-    torch.set_num_threads(threads)
-    contender = build(name, weights(cfg), cfg, dtype=DTYPES[dtype_name], device="cpu", compile=compile)
-    images, labels = batch_of(cfg, batch, DTYPES[dtype_name], "cpu")
+def peak_resident_growth(step, repeats: int = 2) -> int:
+    """Bytes by which the resident set grows, at its peak, over `repeats` calls of step() (sampled every ms)."""
     peak, done = [resident_bytes()], threading.Event()
     base = peak[0]
 
@@ -182,11 +179,31 @@ def training_memory_here(name: str, cfg: ViTConfig, batch: int, dtype_name: str,
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    for _ in range(2):
-        contender.train_step(images, labels)
+    for _ in range(repeats):
+        step()
     done.set()
     sampler.join()
     return max(peak[0], resident_bytes()) - base
+
+
+def in_fresh_process(code: str, what: str) -> str:
+    """Run `code` in a new Python process with glibc's mmap threshold at 64 KiB (so that freed tensors go back to
+    the system and the resident set follows the live tensors); -> the last word it printed."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536",
+           "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"measuring {what} failed:\n{done.stderr[-3000:]}")
+    return done.stdout.split()[-1]
+
+
+def training_memory_here(name: str, cfg: ViTConfig, batch: int, dtype_name: str, threads: int, compile: bool) -> int:
+    """In a fresh process: bytes by which the resident set grows, at its peak, over two training steps."""
+    torch.set_num_threads(threads)
+    contender = build(name, weights(cfg), cfg, dtype=DTYPES[dtype_name], device="cpu", compile=compile)
+    images, labels = batch_of(cfg, batch, DTYPES[dtype_name], "cpu")
+    return peak_resident_growth(lambda: contender.train_step(images, labels))
 
 
 def training_memory(name: str, cfg: ViTConfig, batch: int, dtype, device: str, threads: int, compile: bool,
@@ -203,13 +220,7 @@ def training_memory(name: str, cfg: ViTConfig, batch: int, dtype, device: str, t
     config = f"{type(cfg).__name__}(**{dataclasses.asdict(cfg)!r})"                  # ViTConfig or SwinConfig
     call = (f"from paper.bench import *; print(training_memory_here({name!r}, {config}, {batch}, {dtype_name!r}, "
             f"{threads}, {compile}))")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536",
-           "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
-    done = subprocess.run([sys.executable, "-c", call], env=env, capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"measuring the training memory of {name!r} failed:\n{done.stderr[-3000:]}")
-    return int(done.stdout.split()[-1])
+    return int(in_fresh_process(call, f"the training memory of {name!r}"))
 
 
 def activation_bytes(contender, images: torch.Tensor) -> int:

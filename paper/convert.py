@@ -13,6 +13,7 @@ from the weights and from what the format stores. What neither tells is never gu
     python -m paper.convert deit_b.pth deit-b-hf/ --model DeiT-B⚗        # timm DeiT -> DeiTForImageClassificationWithTeacher
     python -m paper.convert swin_t.pth swin_t_timm.pth                  # torchvision swin_t -> timm SwinTransformer
     python -m paper.convert swin_t_timm.pth swin_t.pth --to torchvision # and back
+    python -m paper.convert base.pth tuned.npz --adapter lora-dir/        # a peft LoRA adapter merged into the weights
 
 An existing destination is kept unless --force; the destination appears whole or not at all.
 """
@@ -23,23 +24,28 @@ from tqdm import tqdm
 
 from paper import checkpoints, cli
 from paper.configs import model_name, param_count
+from paper.formats.peft import apply_peft
 
 
 def convert(src, dst, model: str | None = None, gelu: str | None = None, npz_layout: str | None = None,
             num_heads: int | None = None, image_size: tuple[int, int] | None = None, to: str | None = None,
-            force: bool = False) -> str:
-    """Read `src`, write `dst`; returns a one-line summary. Nothing is written if reading or checking fails, or if
-    `dst` exists and not `force`."""
+            force: bool = False, adapter=None) -> str:
+    """Read `src` (and merge the peft LoRA directory `adapter` into it), write `dst`; returns a one-line summary.
+    Nothing is written if reading, merging or checking fails, or if `dst` exists and not `force`."""
     fmt = checkpoints.destination_format(dst, to)
     if npz_layout is not None and fmt != "npz":
         raise ValueError(f"--npz-layout: expected only with an .npz destination, got {dst} ({fmt})")
     if os.path.lexists(dst) and not force:
         raise ValueError(f"dst: expected a new destination, got {dst}, which exists; pass --force to replace it")
     overrides = {k: v for k, v in (("gelu", gelu), ("num_heads", num_heads), ("image_size", image_size)) if v}
-    with tqdm(total=2, desc="convert", unit="step", file=sys.stderr) as bar:
+    with tqdm(total=2 + bool(adapter), desc="convert", unit="step", file=sys.stderr) as bar:
         bar.set_postfix_str(f"reading {src}")
         cfg, params, src_format = checkpoints.read_checkpoint(src, model, **overrides)
         bar.update()
+        if adapter:
+            bar.set_postfix_str(f"merging {adapter}")
+            cfg, params = apply_peft(params, cfg, adapter)
+            bar.update()
         bar.set_postfix_str(f"writing {dst}")
         preprocessing = checkpoints.read_preprocessing(src, src_format)
         written = checkpoints.write_checkpoint(params, cfg, dst, npz_layout or "vit2020", fmt, preprocessing)
@@ -52,7 +58,8 @@ def convert(src, dst, model: str | None = None, gelu: str | None = None, npz_lay
         assumed = checkpoints.ASSUMED_WHEN_READ[written]["layer_norm_eps"]
         notes.append(f"the file cannot record eps {cfg.layer_norm_eps:g}: its readers assume {assumed:g}")
     note = "; ".join(notes)
-    return (f"{src} ({src_format}) -> {dst} ({written}): {name} at {cfg.image_size[0]}x{cfg.image_size[1]}, "
+    merged = f" + LoRA {adapter}" if adapter else ""
+    return (f"{src} ({src_format}){merged} -> {dst} ({written}): {name} at {cfg.image_size[0]}x{cfg.image_size[1]}, "
             f"{cfg.num_heads} heads ({heads}), {cfg.num_classes} classes, {param_count(cfg):,} parameters, "
             f"eps {cfg.layer_norm_eps:g}, GELU {cfg.gelu}" + (f" ({note})" if note else ""))
 
@@ -82,9 +89,13 @@ def main(argv=None) -> None:
     parser.add_argument("--npz-layout", choices=("vit2020", "big_vision"),
                         help="official .npz naming to write (default: the 2020 released files'); .npz only")
     parser.add_argument("--force", action="store_true", help="replace an existing destination")
+    parser.add_argument("--adapter", metavar="DIR",
+                        help="a peft LoRA adapter directory (adapter_config.json + adapter_model.safetensors) for src's "
+                             "transformers or timm model: its adapters are merged into the weights (W₀ + (α/r)·BA) and "
+                             "a head it trained whole (modules_to_save) replaces src's")
     args = parser.parse_args(argv)
     print(convert(args.src, args.dst, args.model, args.gelu, args.npz_layout, args.num_heads,
-                  tuple(args.image_size) if args.image_size else None, args.to, args.force))
+                  tuple(args.image_size) if args.image_size else None, args.to, args.force, args.adapter))
 
 
 if __name__ == "__main__":

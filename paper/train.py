@@ -4,6 +4,7 @@
     python -m paper.train --resume                       # go on from the checkpoints in --out
     torchrun --standalone --nproc_per_node=2 -m paper.train   # data-parallel, 2 processes (gloo on CPU, NCCL on GPU)
     python -m paper.train --distill hard --teacher runs/main/finetune.pt --out runs/deit   # DeiT: a distilled student
+    python -m paper.train --lora 8 --out runs/lora       # fine-tune through LoRA adapters (lora_training.py)
 
 Everything is checked before the first step: the flags, --out, every image of every split, the class folders, and
 with --resume the checkpoints' recipe, seed, dtype and step. Ctrl-C or SIGTERM finishes the step in hand, saves a
@@ -42,6 +43,7 @@ from .data import DATASETS, EvalView, TrainStream, load_data, shard_positions
 from .distillation import KINDS, PAPER_TAU, REDUCTIONS, Distillation, DistillationCriterion, LabelCriterion, load_teacher
 from .dtypes import DTYPES
 from .heads import finetuning_head, pretraining_head
+from .lora_training import LoRARun, add_arguments, check_same_adapters, lora_config, lora_run
 from .resolution import change_resolution
 from .schedules import Schedule
 from .train_state import check_resumable, check_same_run, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -197,6 +199,7 @@ class Run:
     eval_every: int = 0       # 0: only at the end of the stage
     distillation: Distillation | None = None   # DeiT: the objective, with
     teacher: Callable[[torch.Tensor], torch.Tensor] | None = None   # the frozen teacher (distillation.load_teacher)
+    lora: LoRARun | None = None                 # fine-tune through LoRA adapters (lora_training.py)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -218,8 +221,9 @@ def train_stage(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data,
     Ctrl-C or SIGTERM: the step in hand is finished and saved, then KeyboardInterrupt."""
     procs, path = run.procs, os.path.join(run.out, f"{name}.pt")
     distilling = run.distillation is not None
-    model = ExplicitParams({k: v.to(procs.device, run.dtype) for k, v in params.items()}, cfg, run.fast,
-                           heads=distilling).train()
+    lora = run.lora if name == "finetune" else None
+    params = {k: v.to(procs.device, run.dtype) for k, v in params.items()}
+    model = (lora.model(params, cfg, run.seed) if lora else ExplicitParams(params, cfg, run.fast, heads=distilling)).train()
     if distilling:
         criterion = DistillationCriterion(run.teacher, run.distillation, recipe.label_smoothing)
     else:
@@ -232,6 +236,7 @@ def train_stage(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data,
     if run.resume and os.path.exists(path):
         state = load_checkpoint(path)
         check_same_run(state, cfg, recipe, run.seed, dtype_name(run.dtype), path)
+        check_same_adapters(state, lora, path)
         with torch.no_grad():
             for k, p in model.as_dict().items():
                 p.copy_(state["params"][k])
@@ -272,7 +277,8 @@ def train_stage(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data,
                 log["eval"].append({"step": step, "test_accuracy": evaluate(model, evaluation, procs, run.dtype)})
             stop = stop_requested(interrupt, procs)
             if stop or last or (run.save_every and step % run.save_every == 0):
-                save(path, model, cfg, recipe, optimizer, scheduler, step, log, procs, run)
+                save(path, model, cfg, recipe, optimizer, scheduler, step, log, procs, run,
+                     lora.fields() if lora else {})
             if stop:
                 raise KeyboardInterrupt(f"{name} stopped after step {step} of {recipe.total_steps}; {path} holds it, "
                                         f"--resume goes on from there")
@@ -281,8 +287,8 @@ def train_stage(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data,
     return {k: v.detach() for k, v in model.as_dict().items()}, log
 
 
-def save(path, model, cfg, recipe, optimizer, scheduler, step, log, procs: Processes, run: Run) -> None:
-    """Rank 0 writes the checkpoint with every process's random-number state."""
+def save(path, model, cfg, recipe, optimizer, scheduler, step, log, procs: Processes, run: Run, extra: dict) -> None:
+    """Rank 0 writes the checkpoint with every process's random-number state (and `extra` keys: a LoRA run's)."""
     rng = [rng_state()]
     if procs.world_size > 1:
         rng = [None] * procs.world_size
@@ -290,7 +296,7 @@ def save(path, model, cfg, recipe, optimizer, scheduler, step, log, procs: Proce
     if procs.rank == 0:
         save_checkpoint(path, cfg=cfg, recipe=recipe, params=model.as_dict(), optimizer=optimizer.state_dict(),
                         scheduler=scheduler.state_dict(), step=step, rng=rng, log=log, seed=run.seed,
-                        dtype=dtype_name(run.dtype))
+                        dtype=dtype_name(run.dtype), **extra)
     if procs.world_size > 1:
         dist.barrier()
 
@@ -408,6 +414,7 @@ def parse_args(argv=None):
     p.add_argument("--distill-reduction", choices=REDUCTIONS, default="batchmean",
                    help="the soft term's reduction: 'batchmean' (the paper, timm, lucidrains) or 'numel' (the "
                         "official code, K times smaller)")
+    add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -464,6 +471,7 @@ def main(argv=None) -> dict:
     if bool(args.distill) != bool(args.teacher):
         raise ValueError(f"distill, teacher: expected both (--distill hard|soft --teacher CHECKPOINT) or neither, got "
                          f"--distill {args.distill} and --teacher {args.teacher}")
+    lora = lora_config(args)
     torch.set_num_threads(args.threads)
     procs = start_processes(args.device)
     run = Run(out=args.out, procs=procs, dtype=DTYPES[args.dtype], bf16=args.bf16, fast=args.fast, accum_steps=args.accum,
@@ -503,6 +511,7 @@ def main(argv=None) -> dict:
     # Fine-tuning (§3.2): drop the whole head for a zero-initialised linear one, interpolate E_pos to the
     # higher resolution, patch size unchanged.
     if "finetune" in args.stages:
+        run.lora = lora_run(lora, os.path.join(args.out, "pretrain.pt") if "pretrain" in args.stages else args.init)
         params, cfg = finetuning_head(params, dataclasses.replace(cfg, dropout=fine.dropout, drop_path=fine.drop_path),
                                       num_classes)
         params, cfg = change_resolution(params, cfg, fine.image_size, method="official")

@@ -29,8 +29,9 @@ def optimizer_tensors(state_dict: dict) -> dict:
 
 
 def save_checkpoint(path: str, *, cfg: ViTConfig, recipe: Recipe, params: dict, optimizer: dict, scheduler: dict,
-                    step: int, rng: list, log: dict, seed: int, dtype: str) -> None:
-    """Write a checkpoint atomically; refuse (ValueError, the existing file untouched) if any value is not finite."""
+                    step: int, rng: list, log: dict, seed: int, dtype: str, **extra) -> None:
+    """Write a checkpoint atomically; refuse (ValueError, the existing file untouched) if any value is not finite.
+    `extra` keys are stored beside the others (a LoRA run's adapter config and base reference)."""
     params = {k: v.detach().cpu() for k, v in params.items()}
     bad = non_finite(params) + non_finite(optimizer_tensors(optimizer))
     if bad:
@@ -38,7 +39,7 @@ def save_checkpoint(path: str, *, cfg: ViTConfig, recipe: Recipe, params: dict, 
                          f"{' …' if len(bad) > 5 else ''}; {path} is left as it was")
     state = {"config": dataclasses.asdict(cfg), "recipe": dataclasses.asdict(recipe), "params": params,
              "optimizer": optimizer, "scheduler": scheduler, "step": step, "rng": rng, "log": log, "seed": seed,
-             "dtype": dtype}
+             "dtype": dtype, **extra}
     write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 

@@ -34,8 +34,8 @@ from exercise_mistakes import PLANTED, QUICK  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SOLUTIONS = REPO / "exercises" / "solutions"
-NAMES = ["01_patch_embedding", "02_attention_maps", "03_position_embeddings", "04_fine_tuning",
-         "08_windows_and_relative_positions", "09_encoder_block", "10_reading_timm_and_transformers",
+NAMES = ["01_patch_embedding", "02_attention_maps", "03_position_embeddings", "04_fine_tuning", "06_deit",
+         "07_lora", "08_windows_and_relative_positions", "09_encoder_block", "10_reading_timm_and_transformers",
          "11_patch_embedding_filters"]
 
 

@@ -123,13 +123,17 @@ def test_convert_turns_torchvision_swin_t_into_timm_and_back(swin_t_file, tmp_pa
 @pytest.mark.slow
 def test_convert_refuses_a_size_where_the_codes_differ_and_a_wrong_model(swin_t_file, tmp_path, capsys):
     """At 256 px stage 0 is 64×64, not whole 7×7 windows: timm's weights would compute another function, so the
-    conversion is refused and nothing is written. --model Swin-S is refused, naming the missing blocks."""
+    conversion is refused and nothing is written. --model Swin-S is refused, naming the missing blocks; a LoRA
+    adapter, which adapts only the ViT's layers, is refused."""
     src, _ = swin_t_file
     for argv, message in (([str(tmp_path / "out.pth"), "--model", "swin_tiny_patch4_window7_256"],
                            "padding='before_shift', small_window='pad': timm's SwinTransformer cannot express it at "
                            "image_size (256, 256), where stage 0's 64×64 map is padded to whole 7×7 windows"),
                           ([str(tmp_path / "out.pth"), "--model", "Swin-S"],
-                           "missing key: features.5.17.attn.qkv.weight")):
+                           "missing key: features.5.17.attn.qkv.weight"),
+                          ([str(tmp_path / "out.pth"), "--adapter", str(tmp_path)],
+                           "--adapter: expected a ViT or DeiT base (our LoRA adapts the ViT's dense layers), got a "
+                           "SwinConfig")):
         with pytest.raises(SystemExit) as exit_:
             cli.run(convert_main, [str(src), *argv])
         assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -2,9 +2,11 @@
 HINTS), registered here under the workbook's file name."""
 from . import (
     attention_maps,
+    deit,
     embedding_filters,
     encoder_block,
     fine_tuning,
+    lora,
     patch_embedding,
     position_embeddings,
     reading_libraries,
@@ -16,6 +18,8 @@ GRADERS = {
     "02_attention_maps": attention_maps,
     "03_position_embeddings": position_embeddings,
     "04_fine_tuning": fine_tuning,
+    "06_deit": deit,
+    "07_lora": lora,
     "08_windows_and_relative_positions": windows,
     "09_encoder_block": encoder_block,
     "10_reading_timm_and_transformers": reading_libraries,
