@@ -23,16 +23,15 @@ from tests import helpers
 # Float64 comparisons: the same arithmetic in a different order, ~1e-15 relative; 1e-10 leaves room for depth.
 F64 = dict(rtol=0, atol=1e-10)
 
+# helpers.random_params' scale in these tests: every tensor perturbed well away from its initial value,
+# so no mapping error can hide.
+FAR = 0.3
+
 
 def tiny_cfg(**kw):
     """A model no known architecture matches: a file that does not store the head count must be told it."""
     return vit.ViTConfig(**{"image_size": 32, "patch_size": 8, "dim": 128, "depth": 2, "num_heads": 2, "mlp_dim": 256,
                             "num_classes": 5, **kw})
-
-
-def random_params(cfg, seed=0, dtype=torch.float64):
-    """Every tensor perturbed well away from its initial value, so no mapping error can hide."""
-    return helpers.random_params(cfg, seed, dtype, scale=0.3)
 
 
 def images(cfg, batch=2, dtype=torch.float64, seed=1):
@@ -55,7 +54,7 @@ def no_leftovers(directory):
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_timm_file_round_trip_is_lossless(tmp_path, suffix):
     cfg = tiny_cfg()
-    params = random_params(cfg)
+    params = helpers.random_params(cfg, scale=FAR)
     write_timm(params, cfg, tmp_path / f"m{suffix}")
     cfg2, params2 = read_timm(tmp_path / f"m{suffix}", num_heads=cfg.num_heads)
     assert cfg2 == cfg
@@ -77,7 +76,7 @@ def test_timm_model_saved_by_torch_loads_with_equal_outputs(tmp_path):
 @pytest.mark.parametrize("gelu", ["exact", "tanh"])
 def test_forward_equals_vit_for_image_classification_float64(gelu):
     cfg = tiny_cfg(gelu=gelu)
-    params = random_params(cfg)
+    params = helpers.random_params(cfg, scale=FAR)
     model = hf_vit(cfg).double().eval()
     model.load_state_dict(to_hf(params, cfg)[0])
     x = images(cfg)
@@ -88,7 +87,7 @@ def test_forward_equals_vit_for_image_classification_float32():
     """fp32: SDPA vs our explicit softmax, and HF's conv patch embedding vs our matmul, differ by rounding (~1e-6
     on outputs of size ~1); 1e-5 is what independent implementations agree to per block on ViT-B/16."""
     cfg = tiny_cfg()
-    params = random_params(cfg, dtype=torch.float32)
+    params = helpers.random_params(cfg, dtype=torch.float32, scale=FAR)
     model = hf_vit(cfg).eval()
     model.load_state_dict(to_hf(params, cfg)[0])
     x = images(cfg, dtype=torch.float32)
@@ -99,7 +98,7 @@ def test_forward_equals_vit_model_features_and_pooler():
     """ViTModel: last_hidden_state[:, 0] is eq. (4)'s y; its pooler (Dense + tanh) is the pre-training head's
     pre-logits layer, so with representation_size set its pooler_output is our features."""
     cfg = pretraining_head(tiny_cfg(), num_classes=0)
-    params = random_params(cfg)
+    params = helpers.random_params(cfg, scale=FAR)
     model = hf_vit(cfg).double().eval()
     assert isinstance(model, ViTModel) and model.pooler is not None
     model.load_state_dict(to_hf(params, cfg)[0])
@@ -113,7 +112,7 @@ def test_forward_equals_vit_model_features_and_pooler():
 
 def test_hf_directory_loads_offline_in_from_pretrained(tmp_path):
     cfg = tiny_cfg(gelu="tanh", layer_norm_eps=1e-6)
-    params = random_params(cfg, dtype=torch.float32)
+    params = helpers.random_params(cfg, dtype=torch.float32, scale=FAR)
     write_hf(params, cfg, tmp_path / "hf")
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["layer_norm_eps"] == 1e-6 and config["hidden_act"] == "gelu_pytorch_tanh"
@@ -143,7 +142,7 @@ def test_hf_default_eps_and_activation_would_not_match():
     """Why the written config carries eps and activation: transformers' defaults (eps 1e-12, exact GELU) give a
     different model, far outside the float64 tolerance the equality tests use."""
     cfg = tiny_cfg(gelu="tanh")
-    params = random_params(cfg)
+    params = helpers.random_params(cfg, scale=FAR)
     x = images(cfg)
     ours = vit.forward(params, x, cfg)
     for change in ({"layer_norm_eps": 1e-12}, {"hidden_act": "gelu"}):
@@ -167,7 +166,7 @@ def test_hf_refuses_what_it_cannot_express():
 def test_npz_we_write_loads_in_timms_own_npz_loader(tmp_path):
     """2020 layout (pre-Linen numbering, E_pos with a class row) through timm's `_load_weights`."""
     cfg = tiny_cfg()
-    params = random_params(cfg, dtype=torch.float32)
+    params = helpers.random_params(cfg, dtype=torch.float32, scale=FAR)
     write_npz(params, cfg, tmp_path / "m.npz")
     model = timm_vit(cfg).double().eval()
     _load_weights(model, str(tmp_path / "m.npz"))
@@ -184,7 +183,7 @@ def test_big_vision_npz_loads_in_timms_npz_loader(tmp_path):
     """big_vision layout (Linen numbering, pos_embedding without a class row, class row folded into cls): timm reads
     it into a model that adds E_pos before the class token (no_embed_class), the big_vision computation."""
     cfg = tiny_cfg()
-    params = random_params(cfg)
+    params = helpers.random_params(cfg, scale=FAR)
     write_npz(params, cfg, tmp_path / "bv.npz", layout="big_vision")
     arrays = np.load(tmp_path / "bv.npz")
     assert "pos_embedding" in arrays and "Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel" in arrays
@@ -237,7 +236,7 @@ def test_npz_written_from_timm_model_loads_into_ours(tmp_path):
 def test_npz_reads_linen_numbering_prefix_and_scan_layouts(tmp_path):
     """The same weights in the other spellings Google's files use give the same params."""
     cfg = pretraining_head(tiny_cfg(), num_classes=7)
-    params = random_params(cfg, dtype=torch.float32)
+    params = helpers.random_params(cfg, dtype=torch.float32, scale=FAR)
     arrays = to_npz(params, cfg)
     assert "pre_logits/kernel" in arrays
     linen = {k.replace("MultiHeadDotProductAttention_1", "MultiHeadDotProductAttention_0")
@@ -256,7 +255,7 @@ def test_npz_reads_linen_numbering_prefix_and_scan_layouts(tmp_path):
 
 def test_npz_refuses_gap_models_and_reads_tanh_gelu():
     cfg = tiny_cfg()
-    arrays = to_npz(random_params(cfg, dtype=torch.float32), cfg)
+    arrays = to_npz(helpers.random_params(cfg, dtype=torch.float32, scale=FAR), cfg)
     assert from_npz(arrays)[0].gelu == "tanh"                      # the official numerics
     with pytest.raises(ValueError, match="class-token model"):
         from_npz({k: v for k, v in arrays.items() if k != "cls"})
@@ -269,7 +268,7 @@ def test_npz_refuses_gap_models_and_reads_tanh_gelu():
 @pytest.mark.parametrize("cfg", [tiny_cfg(), tiny_cfg(num_classes=0), tiny_cfg(image_size=(32, 48), qkv_bias=True)],
                          ids=["classifier", "backbone", "non-square"])
 def test_round_trip_timm_ours_hf_npz_is_lossless(tmp_path, cfg):
-    params = random_params(cfg, dtype=torch.float32)
+    params = helpers.random_params(cfg, dtype=torch.float32, scale=FAR)
     path, current = params, params
     for i, dst in enumerate(["a.safetensors", "b_dir", "c.npz", "d.pth", "e.npz"]):
         layout = "big_vision" if i == 4 else "vit2020"
@@ -286,7 +285,7 @@ def test_round_trip_timm_ours_hf_npz_is_lossless(tmp_path, cfg):
 
 def test_model_name_fixes_the_architecture_and_refuses_a_mismatch(tmp_path):
     cfg = tiny_cfg()
-    write_timm(random_params(cfg, dtype=torch.float32), cfg, tmp_path / "m.pth")
+    write_timm(helpers.random_params(cfg, dtype=torch.float32, scale=FAR), cfg, tmp_path / "m.pth")
     with pytest.raises(ValueError, match="mis-shaped key patch_embed.proj.weight"):
         read_checkpoint(tmp_path / "m.pth", model="ViT-Ti/16")
 
@@ -296,7 +295,7 @@ def test_model_name_fixes_the_architecture_and_refuses_a_mismatch(tmp_path):
 @pytest.mark.parametrize("name", ["m.pth", "m.safetensors", "m.npz"])
 def test_truncated_file_is_refused_naming_it(tmp_path, name):
     cfg = tiny_cfg()
-    write_checkpoint(random_params(cfg, dtype=torch.float32), cfg, tmp_path / name)
+    write_checkpoint(helpers.random_params(cfg, dtype=torch.float32, scale=FAR), cfg, tmp_path / name)
     data = (tmp_path / name).read_bytes()
     (tmp_path / name).write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match=str(tmp_path / name).replace(".", r"\.")):
@@ -305,7 +304,7 @@ def test_truncated_file_is_refused_naming_it(tmp_path, name):
 
 def test_missing_unexpected_and_misshaped_keys_are_named(tmp_path):
     cfg = tiny_cfg()
-    sd = to_timm(random_params(cfg, dtype=torch.float32), cfg)
+    sd = to_timm(helpers.random_params(cfg, dtype=torch.float32, scale=FAR), cfg)
     del sd["blocks.1.norm2.bias"]
     sd["blocks.0.attn.extra"] = torch.zeros(1)
     sd["norm.weight"] = torch.zeros(3)
@@ -315,11 +314,11 @@ def test_missing_unexpected_and_misshaped_keys_are_named(tmp_path):
     for words in ("missing key: blocks.1.norm2.bias", "unexpected key: blocks.0.attn.extra",
                   "mis-shaped key norm.weight: expected (128,), got (3,)"):
         assert words in str(e.value)
-    hf_sd = to_hf(random_params(cfg), cfg)[0]
+    hf_sd = to_hf(helpers.random_params(cfg, scale=FAR), cfg)[0]
     hf_sd["vit.layers.0.attention.q_proj.weight"] = torch.zeros(128, 3)
     with pytest.raises(ValueError, match="mis-shaped key encoder.layer.0.attention.attention.query.weight"):
         from_hf(hf_sd, num_heads=2)
-    arrays = to_npz(random_params(cfg, dtype=torch.float32), cfg)
+    arrays = to_npz(helpers.random_params(cfg, dtype=torch.float32, scale=FAR), cfg)
     del arrays["Transformer/encoderblock_1/MlpBlock_3/Dense_1/bias"]
     with pytest.raises(ValueError, match="missing key: Transformer/encoderblock_1/MlpBlock_3/Dense_1/bias"):
         from_npz(arrays)
@@ -333,7 +332,7 @@ def test_missing_unexpected_and_misshaped_keys_are_named(tmp_path):
 
 def test_wrong_config_is_refused_before_anything_is_written(tmp_path):
     cfg = tiny_cfg()
-    params = random_params(cfg, dtype=torch.float32)
+    params = helpers.random_params(cfg, dtype=torch.float32, scale=FAR)
     wrong = tiny_cfg(depth=3)
     for dst in ("x.pth", "x.safetensors", "x.npz", "x_dir"):
         with pytest.raises(ValueError, match="missing key: blocks.2"):
@@ -377,7 +376,7 @@ def fields(cfg):
 
 @given(cfg=configs(), seed=st.integers(0, 2**16))
 def test_in_memory_conversions_are_lossless_for_any_config(cfg, seed):
-    params = random_params(cfg, seed, dtype=torch.float32)
+    params = helpers.random_params(cfg, seed, dtype=torch.float32, scale=FAR)
     cfg_t, params_t = from_timm(to_timm(params, cfg), **fields(cfg))
     assert cfg_t == cfg
     assert_same_params(params_t, params)
@@ -389,7 +388,7 @@ def test_in_memory_conversions_are_lossless_for_any_config(cfg, seed):
         assert cfg_n == cfg
         assert_same_params(params_n, params)
         rep = pretraining_head(cfg, num_classes=3)
-        rep_params = random_params(rep, seed, dtype=torch.float32)
+        rep_params = helpers.random_params(rep, seed, dtype=torch.float32, scale=FAR)
         _, back = from_npz(to_npz(rep_params, rep, "big_vision"), **fields(rep))
         moved = ("cls", "pos")                         # big_vision folds E_pos's class row into the token
         assert_same_params({k: v for k, v in back.items() if k not in moved},

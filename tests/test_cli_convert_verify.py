@@ -1,5 +1,6 @@
 """The commands: `python -m paper.convert` and `python -m paper.verify`."""
 import json
+import math
 import subprocess
 import sys
 
@@ -16,14 +17,14 @@ from paper.formats.npz import write_npz
 from paper.verify import format_table, verify_config
 from tests import helpers
 
+# helpers.random_params' scale in these tests: every tensor perturbed well away from its initial value,
+# so no mapping error can hide.
+FAR = 0.3
+
 
 def tiny_cfg(**kw):
     return vit.ViTConfig(**{"image_size": 32, "patch_size": 8, "dim": 128, "depth": 2, "num_heads": 2, "mlp_dim": 256,
                             "num_classes": 5, **kw})
-
-
-def random_params(cfg, seed=0):
-    return helpers.random_params(cfg, seed, torch.float32, scale=0.3)
 
 
 @pytest.mark.parametrize("module", ["paper.convert", "paper.verify", "paper.gradient_norms"])
@@ -35,7 +36,7 @@ def test_help(module):
 def test_convert_npz_to_hf_directory_then_timm(tmp_path, capsys):
     """An official npz (tanh GELU) becomes a directory transformers loads offline and that computes our model."""
     cfg = tiny_cfg(gelu="tanh")
-    params = random_params(cfg)
+    params = helpers.random_params(cfg, dtype=torch.float32, scale=FAR)
     write_npz(params, cfg, tmp_path / "m.npz")
     convert_main([str(tmp_path / "m.npz"), str(tmp_path / "hf")])
     assert "(npz) ->" in capsys.readouterr().out
@@ -53,7 +54,7 @@ def test_convert_npz_to_hf_directory_then_timm(tmp_path, capsys):
 
 def test_convert_refuses_and_writes_nothing(tmp_path, capsys):
     cfg = tiny_cfg()
-    write_npz(random_params(cfg), cfg, tmp_path / "m.npz")
+    write_npz(helpers.random_params(cfg, dtype=torch.float32, scale=FAR), cfg, tmp_path / "m.npz")
     with pytest.raises(SystemExit) as e:
         cli.run(convert_main, [str(tmp_path / "m.npz"), str(tmp_path / "out.pth"), "--model", "ViT-B/16"])
     assert e.value.code == 2
@@ -71,7 +72,7 @@ def test_verify_config_finds_equality_on_a_tiny_model():
     for key in ("timm_logits", "timm_features", "hf_logits", "hf_features"):
         assert 0 <= row64[key][0] < 1e-10
         assert row32[key][0] < 1e-5            # fp32: summation order in matmuls/SDPA, ~1e-7 relative per op
-    assert row64["ours"] == row64["timm"] == row64["hf"] == sum(s.numel() for s in random_params(tiny_cfg()).values())
+    assert row64["ours"] == row64["timm"] == row64["hf"] == sum(math.prod(s) for s in vit.param_shapes(tiny_cfg()).values())
     table = format_table([row64, row32])
     assert table.count("\n") == 3 and "| custom | float64 |" in table
 

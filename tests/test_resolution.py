@@ -21,6 +21,10 @@ from tests import helpers
 grid = st.tuples(st.integers(2, 12), st.integers(2, 12))
 dtypes = st.sampled_from([torch.float32, torch.float64])
 
+# helpers.random_params' scale in these tests: E_pos far from its initial value,
+# so that resampling it changes the logits visibly.
+FAR = 0.5
+
 
 def random_pos(old_grid, dim, dtype, seed, prefix=1):
     g = torch.Generator().manual_seed(seed)
@@ -103,16 +107,12 @@ def tiny_cfg(**kw):
                             "num_classes": 5, **kw})
 
 
-def random_params(cfg, seed=0, dtype=torch.float32):
-    return helpers.random_params(cfg, seed, dtype, scale=0.5)
-
-
 @pytest.mark.parametrize("new_size", [(48, 48), (48, 64), (16, 24)])
 def test_change_resolution_equals_timm_checkpoint_filter(new_size):
     """timm fine-tuning at a new size: `checkpoint_filter_fn` resamples pos_embed when loading a checkpoint. Both
     sides interpolate in float32 (timm casts there and back) and run the model in float64."""
     cfg = tiny_cfg()
-    params = random_params(cfg, dtype=torch.float64)
+    params = helpers.random_params(cfg, dtype=torch.float64, scale=FAR)
     new_params, new_cfg = change_resolution(params, cfg, new_size, "timm")
     model = timm_vit(new_cfg).double().eval()
     model.load_state_dict(checkpoint_filter_fn(to_timm(params, cfg), model))
@@ -124,7 +124,7 @@ def test_change_resolution_equals_timm_checkpoint_filter(new_size):
 def test_change_resolution_equals_hf_interpolate_pos_encoding(new_size):
     """transformers fine-tuning at a new size: forward(..., interpolate_pos_encoding=True), float64."""
     cfg = tiny_cfg()
-    params = random_params(cfg, dtype=torch.float64)
+    params = helpers.random_params(cfg, dtype=torch.float64, scale=FAR)
     new_params, new_cfg = change_resolution(params, cfg, new_size, "hf")
     from paper.formats.huggingface import to_hf
     model = hf_vit(cfg).double().eval()
