@@ -25,7 +25,8 @@ def markdown(result: dict) -> str:
                      f"| {m['train_seconds']['mean']:.0f} | {m['inference_images_per_s']:,.0f} | "
                      + " | ".join(cells) + " |")
     lines += ["", f"The pre-trained ViT's pre-training: {pre['images']:,} scikit-learn digits, "
-                  f"{s['pretrain_steps']} steps × {s['batch']}, {pre['train_seconds']['mean']:.0f} s; alone, before "
+                  f"{s['pretrain_steps']} steps × {result['recipes']['pre-training']['batch_size']}, "
+                  f"{pre['train_seconds']['mean']:.0f} s; alone, before "
                   f"fine-tuning, it classifies {pm(pre['mnist_accuracy_before_fine_tuning'])}% of the MNIST test "
                   "digits (at 16×16).", ""]
     probed = {k: m for k, m in models.items() if m["probes"]}
@@ -65,6 +66,9 @@ def plot(result: dict, path: str) -> None:
              title=f"MNIST, {s['steps']} steps × {s['batch']} per run, mean ± std of {s['seeds']} seeds")
     right.set(xlabel="shift of the test digits (pixels)", ylabel="test accuracy (%)",
               title=f"shifted test digits, models trained on {max(s['sizes']):,} images")
+    left.set_xticks(s["sizes"], [f"{n:,}" for n in s["sizes"]])
+    left.minorticks_off()
+    right.set_xticks(range(len(next(m["probes"]["shift"] for m in result["models"].values() if m["probes"]))))
     for ax in (left, right):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -54,15 +54,21 @@ def batches_seen(model, recipe, data, seed, tmp_path, monkeypatch) -> list:
     return seen
 
 
-def test_a_vit_and_the_cnn_trained_with_one_seed_see_identical_batches(tmp_path, monkeypatch):
+def test_a_vit_the_pre_trained_vit_and_the_cnn_trained_with_one_seed_see_identical_batches(tmp_path, monkeypatch):
     """The comparison's fairness: one loop, one recipe, and for a seed the same images, crops and labels in the same
     order, whichever model trains; another seed, other batches."""
-    data, recipe = digits28(40, 0), with_steps(compare.SCRATCH, 3, 8)
-    runs = {name: batches_seen(compare.build(name, 0), recipe, data, 5, tmp_path, monkeypatch)
-            for name in ("vit", "cnn")}
-    assert len(runs["vit"]) == len(runs["cnn"]) == 3
-    for (xv, yv), (xc, yc) in zip(runs["vit"], runs["cnn"], strict=True):
-        assert xv.shape == (8, 1, 28, 28) and torch.equal(xv, xc) and torch.equal(yv, yc)
+    from paper.train import ExplicitParams, finetuning_model, pretraining_model
+
+    data, recipe = digits28(40, 0), with_steps(compare.RECIPE, 3, 8)
+    pre_trained = ExplicitParams(*finetuning_model(*pretraining_model(compare.MNIST_MODEL, compare.PRETRAIN, 1, 10, 0),
+                                                   recipe, 10))
+    models = {"vit": compare.build("vit", 0), "vit-pretrained": pre_trained, "cnn": compare.build("cnn", 0)}
+    runs = {name: batches_seen(model, recipe, data, 5, tmp_path, monkeypatch) for name, model in models.items()}
+    assert len(runs["vit"]) == 3
+    for name in ("vit-pretrained", "cnn"):
+        assert len(runs[name]) == 3
+        for (xv, yv), (x, y) in zip(runs["vit"], runs[name], strict=True):
+            assert xv.shape == (8, 1, 28, 28) and torch.equal(xv, x) and torch.equal(yv, y)
     other = batches_seen(compare.build("vit", 0), recipe, data, 6, tmp_path, monkeypatch)
     assert not torch.equal(other[0][0], runs["vit"][0][0])
 
@@ -150,7 +156,7 @@ def test_probe_shows_every_model_of_a_seed_the_same_images():
 def test_load_classifier_rebuilds_a_trained_cnn_with_its_running_statistics_and_preprocessing(tmp_path):
     """A CNN checkpoint -> a frozen callable on [0, 1] images whose logits equal the trained model's on the images
     as the loop evaluates them (EvalView), BatchNorm's running statistics included."""
-    data, recipe = digits28(16, 0), with_steps(compare.SCRATCH, 2, 8)
+    data, recipe = digits28(16, 0), with_steps(compare.RECIPE, 2, 8)
     model = ResNetClassifier(ResNetConfig(), 0)
     train_stage("cnn", model, recipe, data, data, Run(out=str(tmp_path), procs=Processes(), progress=False))
     teacher = load_classifier(tmp_path / "cnn.pt")
@@ -183,7 +189,7 @@ def test_load_classifier_rebuilds_the_mnist_vit_from_paper_train(tmp_path):
 
 
 def test_a_checkpoint_of_one_model_is_not_resumed_as_another(tmp_path):
-    data, recipe = digits28(16, 0), with_steps(compare.SCRATCH, 1, 8)
+    data, recipe = digits28(16, 0), with_steps(compare.RECIPE, 1, 8)
     train_stage("cnn", ResNetClassifier(ResNetConfig(), 0), recipe, data, data,
                 Run(out=str(tmp_path), procs=Processes(), progress=False))
     state = load_checkpoint(str(tmp_path / "cnn.pt"))
@@ -245,3 +251,15 @@ def test_quick_comparison_code_path_end_to_end_small(tmp_path, monkeypatch):
     teacher = load_classifier(tmp_path / "checkpoints" / "cnn_n40_seed0.pt")
     assert teacher(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     assert result["seconds"] > 0 and math.isfinite(result["models"]["vit"]["accuracy"]["20"]["mean"])
+
+
+def test_the_pre_trained_vit_ends_as_the_vit_it_is_compared_with():
+    """Pre-trained at 16×16 with the MLP head, then given a linear head and a 7×7 E_pos: the architecture of `vit`,
+    so the two differ only in their starting weights (and share parameter count, multiply-adds and speed)."""
+    from paper.train import finetuning_model, pretraining_model
+
+    params, cfg = pretraining_model(compare.MNIST_MODEL, compare.PRETRAIN, 1, 10, 0)
+    assert cfg.image_size == (16, 16) and cfg.representation_size == 64
+    params, cfg = finetuning_model(params, cfg, compare.RECIPE, 10)
+    assert cfg == compare.VITS["vit-pretrained"] == compare.VITS["vit"]
+    vit.check_params(params, vit.param_shapes(compare.VITS["vit"]))

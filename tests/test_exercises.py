@@ -24,7 +24,7 @@ from paper import analysis
 
 REPO = Path(__file__).resolve().parent.parent
 SOLUTIONS = REPO / "exercises" / "solutions"
-NAMES = ["01_patch_embedding", "02_attention_maps", "03_position_embeddings", "04_fine_tuning"]
+NAMES = ["01_patch_embedding", "02_attention_maps", "03_position_embeddings", "04_fine_tuning", "05_vit_vs_cnn"]
 
 # Each copy of a solution gets typical mistakes by text substitution, in tasks whose code does not depend on each
 # other, and states the hint each mistaken task must get. `only`: grade just that task (earlier ones still run).
@@ -70,6 +70,21 @@ MISTAKES = {
          "velocity = {k: scale * grads[k] for k in p}", "momentum: v = 0.9·v + g"),
         (4, "steps=200, base_lr=0.1)", "steps=1, base_lr=0.1)", ""),          # a short run: the mistake is below
         (4, "params, velocity, _ = sgd_step(", "_, velocity, _ = sgd_step(", "gradients that are never applied")]),
+    "05-a": ("05_vit_vs_cnn", None, [
+        (1, "    tokens = d + (n + 1) * d ", "    tokens = n * d ", "E_pos has a row for it"),
+        (2, "2 * t * t * d + t * d * d", "t * d * d", "attention itself multiplies too"),
+        (3, "weight_decay=0.0)", ")", "default weight decay is 0.01"),
+        (3, "sizes, steps = (100, 1000), 80", "sizes, steps = (100, 1000), 1", ""),     # keeps this copy's run short
+        (4, "    padded = F.pad(images, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)))\n",
+         "    return torch.roll(images, (dy, dx), dims=(-2, -1))\n", "torch.roll wraps around")]),
+    "05-b": ("05_vit_vs_cnn", None, [
+        (1, "        shortcut = c * 2 * c + 2 * 2 * c ", "        shortcut = 0 ", "a 1×1 stride-2 shortcut"),
+        (2, "        s = math.ceil(s / 2)                                                  # the first conv",
+         "        s = s // 2                                                  # the first conv", "⌈s/2⌉, not ⌊s/2⌋"),
+        (3, "        optimizer.zero_grad()\n", "", "zero the gradients"),
+        (3, "sizes, steps = (100, 1000), 80", "sizes, steps = (100, 1000), 1", ""),
+        (4, "for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1))]\n    return sum(hits) / 4",
+         "for dy, dx in ((1, 0),)]\n    return sum(hits)", "average the four directions")]),
 }
 
 

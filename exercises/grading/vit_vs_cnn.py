@@ -1,0 +1,234 @@
+"""Checks for 05_vit_vs_cnn.md, against paper.configs.param_count, torchvision's ResNet-18 (paper/cnn.py),
+torch.utils.flop_counter, paper/probes.py and a plain torch.optim.AdamW loop. The known mistakes are computed by
+the hand formulas below with one term wrong, so each gets the hint it deserves."""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import lowlevel as vit
+from paper.cnn import ResNetConfig, resnet18
+from paper.compare import multiply_adds
+from paper.configs import param_count
+from paper.probes import DIRECTIONS, accuracy, shift
+from paper.weights import perturbed
+
+from .common import Mistake, call, expect, expect_png
+
+VIT_CASES = [vit.ViTConfig(image_size=28, patch_size=4, in_channels=1, dim=64, depth=4, num_heads=4, mlp_dim=128,
+                           num_classes=10),
+             vit.ViTConfig(image_size=(12, 20), patch_size=4, in_channels=3, dim=24, depth=2, num_heads=2, mlp_dim=40,
+                           num_classes=7)]
+CNN_CASES = [ResNetConfig(stem="stock", in_channels=1, num_classes=10, image_size=28),
+             ResNetConfig(stem="cifar", in_channels=3, num_classes=5, image_size=12),
+             ResNetConfig(stem="stock", in_channels=2, num_classes=3, image_size=36)]
+
+
+def expect_count(got, want: int, what: str, mistakes: dict[str, int], hint: str) -> None:
+    """A count is an int; compared as a tensor so that the wrong variants name their mistake."""
+    if not isinstance(got, int):
+        raise Mistake(f"{what}: expected an int, got {type(got).__name__}", "return a Python int, e.g. int(total)")
+    expect(torch.tensor(float(got)), torch.tensor(float(want)), what,
+           {h: torch.tensor(float(v)) for h, v in mistakes.items()}, hint=hint, atol=0.5, rtol=0)
+
+
+def vit_params_by_hand(cfg, *, class_token=True, norms=True, biases=True) -> int:
+    d, m, n, k = cfg.dim, cfg.mlp_dim, cfg.num_patches, cfg.num_classes
+    b = int(biases)
+    total = cfg.in_channels * cfg.patch_size ** 2 * d + b * d                       # E and its bias
+    total += (d + (n + 1) * d) if class_token else n * d                             # x_class, E_pos
+    block = 4 * d * d + 2 * d * m + b * (3 * d + d + m + d) + (4 * d if norms else 0)
+    return total + cfg.depth * block + (2 * d if norms else 0) + d * k + b * k
+
+
+def task_params(ns, output_dir):
+    for cfg in VIT_CASES:
+        expect_count(call(ns, "vit_params", cfg), param_count(cfg), f"vit_params for {cfg.image_size}, D {cfg.dim}", {
+            "x_class is a parameter (D), and E_pos has a row for it: N + 1 rows": vit_params_by_hand(
+                cfg, class_token=False),
+            "every block has two LayerNorms (a scale and a shift of D each), and one more comes before the head":
+                vit_params_by_hand(cfg, norms=False),
+            "every dense layer has a bias: q, k, v, the projection, both MLP layers, the patch embedding and the head":
+                vit_params_by_hand(cfg, biases=False)},
+            hint="sum eq. (1)'s E and bias, x_class and E_pos, L blocks of (LN, qkv, projection, LN, MLP), the "
+                 "final LN and the head")
+    for cfg in CNN_CASES:
+        with torch.device("meta"):
+            want = sum(p.numel() for p in resnet18(cfg).parameters())
+        expect_count(call(ns, "resnet18_params", cfg), want, f"resnet18_params for the {cfg.stem} stem, "
+                     f"{cfg.in_channels} channels, {cfg.num_classes} classes", {
+                         "BatchNorm's running mean and variance are buffers, not parameters: 2 per channel":
+                             resnet_params_by_hand(cfg, bn=4),
+                         "every BatchNorm has a weight and a bias per channel": resnet_params_by_hand(cfg, bn=0),
+                         "layers 2-4 begin with a 1×1 stride-2 shortcut convolution and its BatchNorm":
+                             resnet_params_by_hand(cfg, shortcuts=False),
+                         "the stem's kernel: 7×7 for the stock stem, 3×3 for the CIFAR stem":
+                             resnet_params_by_hand(cfg, kernel=3 if cfg.stem == "stock" else 7)},
+                     hint="conv1 (no bias) + BN, 4 blocks of 2 basic blocks (two 3×3 convs + BNs each, a 1×1 "
+                          "shortcut + BN in the first block of layers 2-4), then fc (512·K + K)")
+
+
+def resnet_params_by_hand(cfg, *, bn=2, shortcuts=True, kernel=None) -> int:
+    kernel = kernel or (7 if cfg.stem == "stock" else 3)
+    total = cfg.in_channels * 64 * kernel ** 2 + bn * 64
+    total += 2 * 2 * (64 * 64 * 9 + bn * 64)                                        # layer1
+    for c in (64, 128, 256):                                                         # layers 2-4: c -> 2c
+        total += c * 2 * c * 9 + 3 * (2 * c) ** 2 * 9 + 4 * bn * 2 * c
+        total += (c * 2 * c + bn * 2 * c) if shortcuts else 0
+    return total + 512 * cfg.num_classes + cfg.num_classes
+
+
+def vit_macs_by_hand(cfg, *, tokens=None, attention=True, head=True, flops=False) -> int:
+    n, d, m = cfg.num_patches, cfg.dim, cfg.mlp_dim
+    t = cfg.num_tokens if tokens is None else tokens
+    total = n * cfg.in_channels * cfg.patch_size ** 2 * d
+    total += cfg.depth * (t * (4 * d * d + 2 * d * m) + (2 * t * t * d if attention else 0))
+    total += d * cfg.num_classes if head else 0
+    return 2 * total if flops else total
+
+
+def resnet_macs_by_hand(cfg, *, half=lambda s: math.ceil(s / 2), maxpool=True, strides=True, flops=False) -> int:
+    s, c_in = cfg.image_size[0], cfg.in_channels
+    if cfg.stem == "stock":
+        s = half(s)
+        total = s * s * c_in * 64 * 49
+        s = half(s) if maxpool else s
+    else:
+        total = s * s * c_in * 64 * 9
+    total += 4 * s * s * 64 * 64 * 9                                                 # layer1
+    for c in (64, 128, 256):
+        s = half(s) if strides else s
+        total += s * s * (c * 2 * c * 9 + 3 * (2 * c) ** 2 * 9 + c * 2 * c)
+    total += 512 * cfg.num_classes
+    return 2 * total if flops else total
+
+
+def task_multiply_adds(ns, output_dir):
+    for cfg in VIT_CASES:
+        params = perturbed(vit.init_params(cfg), 0, torch.float32)
+        want = multiply_adds(lambda x, params=params, cfg=cfg: vit.forward(params, x, cfg), cfg)
+        expect_count(call(ns, "vit_multiply_adds", cfg), want, f"vit_multiply_adds for {cfg.image_size}, D {cfg.dim}", {
+            "attention itself multiplies too: q kᵀ and A v are T·T·D multiply-adds each, per block":
+                vit_macs_by_hand(cfg, attention=False),
+            "the class token is a token: T = N + 1 in every block": vit_macs_by_hand(cfg, tokens=cfg.num_patches),
+            "the head is a D × K matrix product too": vit_macs_by_hand(cfg, head=False),
+            "count multiply-adds, not FLOPs: one multiplication and its addition are one multiply-add":
+                vit_macs_by_hand(cfg, flops=True)},
+            hint="per image: the patch embedding N·C·P²·D; per block T·(4D² + 2DM) + 2·T²·D; the head D·K")
+    for cfg in CNN_CASES:
+        want = multiply_adds(resnet18(cfg).eval(), cfg)
+        expect_count(call(ns, "resnet18_multiply_adds", cfg), want, f"resnet18_multiply_adds for the {cfg.stem} stem "
+                     f"at {cfg.image_size[0]}×{cfg.image_size[0]}", {
+                         "a stride-2 convolution with padding (and the max-pool) gives ⌈s/2⌉, not ⌊s/2⌋: 7 -> 4":
+                             resnet_macs_by_hand(cfg, half=lambda s: s // 2),
+                         "the stock stem's max-pool halves the map again before layer1":
+                             resnet_macs_by_hand(cfg, maxpool=False),
+                         "layers 2-4 each halve the map (their first conv has stride 2), so each output pixel is "
+                         "cheaper to count": resnet_macs_by_hand(cfg, strides=False),
+                         "count multiply-adds, not FLOPs": resnet_macs_by_hand(cfg, flops=True)},
+                     hint="a convolution costs (output pixels) · C_out · C_in · k²; follow the map size s through "
+                          "the stem, layer1, and layers 2-4 (which halve it), and add fc's 512·K")
+
+
+def task_sweep(ns, output_dir):
+    labels = torch.arange(600) % 10
+    labels = labels[torch.randperm(600, generator=torch.Generator().manual_seed(0))]
+    for n, seed in ((100, 0), (250, 3)):
+        got = call(ns, "subset", labels, n, seed)
+        if not isinstance(got, torch.Tensor) or got.dtype != torch.long or got.shape != (n,):
+            raise Mistake(f"subset(labels, {n}, {seed}): expected {n} long indices, got "
+                          f"{getattr(got, 'shape', type(got).__name__)}", "return a LongTensor of n indices")
+        if len(set(got.tolist())) != n or got.min() < 0 or got.max() >= len(labels):
+            raise Mistake(f"subset(labels, {n}, {seed}): indices repeat or fall outside the labels",
+                          "draw without replacement: a random permutation of each class's indices")
+        per_class = torch.bincount(labels[got], minlength=10)
+        if not (per_class == n // 10).all():
+            raise Mistake(f"subset(labels, {n}, {seed}): classes hold {per_class.tolist()} images",
+                          "stratify: n/10 images of every class, so that a small subset still shows every digit")
+        if not torch.equal(call(ns, "subset", labels, n, seed), got):
+            raise Mistake("subset gave another answer for the same seed", "draw from torch.Generator().manual_seed(seed)")
+    if torch.equal(call(ns, "subset", labels, 100, 0).sort().values, call(ns, "subset", labels, 100, 1).sort().values):
+        raise Mistake("subset gave the same images for seeds 0 and 1", "draw from torch.Generator().manual_seed(seed)")
+
+    g = torch.Generator().manual_seed(4)
+    images, targets = torch.randn(40, 1, 4, 4, generator=g), torch.randint(0, 3, (40,), generator=g)
+    got = call(ns, "train", tiny_model(), images, targets, 5, 8, 0.05, 2)
+    if not isinstance(got, nn.Module):
+        raise Mistake(f"train must return the model, got {type(got).__name__}", "return model at the end")
+    if got.training:
+        raise Mistake("the returned model is in training mode", "call model.eval() before returning it: BatchNorm "
+                                                                  "must use its running statistics when tested")
+    expect(got[1].weight, reference_train(images, targets), "the linear layer's weight after 5 steps", {
+        "AdamW's default weight decay is 0.01: pass weight_decay=0": reference_train(images, targets, "decay"),
+        "zero the gradients before each backward pass: they accumulate otherwise": reference_train(
+            images, targets, "accumulate")},
+           hint="per step: indices torch.randint(len(labels), (batch_size,), generator=g) with one generator seeded "
+                "once, cross-entropy of the model's logits, backward, AdamW step")
+    expect_png(output_dir / "data_size_sweep.png", "the data-size sweep")
+
+
+def tiny_model() -> nn.Module:
+    """A model `train` is checked on: small, and in training mode unlike evaluation (BatchNorm)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(16, 3), nn.BatchNorm1d(3))
+
+
+def reference_train(images, labels, mistake: str | None = None, steps=5, batch_size=8, lr=0.05,
+                    seed=2) -> torch.Tensor:
+    """The workbook's loop with torch.optim.AdamW, or with one deliberate mistake. -> the linear layer's weight."""
+    model = tiny_model().train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01 if mistake == "decay" else 0.0)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        batch = torch.randint(len(labels), (batch_size,), generator=g)
+        if mistake != "accumulate":
+            optimizer.zero_grad()
+        F.cross_entropy(model(images[batch]), labels[batch]).backward()
+        optimizer.step()
+    return model[1].weight.detach()
+
+
+class Linear784(nn.Module):
+    """A classifier of 28×28 images that a shift changes: logits are fixed linear maps of the pixels."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(10, 784, generator=torch.Generator().manual_seed(7)))
+
+    def forward(self, images):
+        return images.flatten(1) @ self.weight.T
+
+
+def task_shift(ns, output_dir):
+    g = torch.Generator().manual_seed(5)
+    images = torch.rand(6, 1, 28, 28, generator=g)
+    for dy, dx in ((2, 0), (0, -3), (-1, 4), (5, 5)):
+        want = shift(images, dy, dx)
+        expect(call(ns, "shift", images, dy, dx), want, f"shift(images, {dy}, {dx})", {
+            "pixels that leave must not come back on the other side (torch.roll wraps around): what comes in is 0, "
+            "MNIST's black": torch.roll(images, (dy, dx), dims=(-2, -1)),
+            "dy > 0 moves the digit down: out[..., i, j] = in[..., i - dy, j - dx]": shift(images, -dy, -dx),
+            "dy is the row (height) offset and dx the column (width) offset": shift(images, dx, dy)},
+            hint="pad with zeros on the side the image moves away from, then crop back to H × W", atol=0, rtol=0)
+    images = torch.rand(24, 1, 28, 28, generator=g)
+    classify = Linear784().eval()
+    with torch.no_grad():
+        labels = classify(images).argmax(-1)                     # every image right at shift 0
+    for k in (0, 2, 3):
+        want = sum(accuracy(classify, shift(images, k * dy, k * dx), labels) for dy, dx in DIRECTIONS) / 4
+        got = call(ns, "shift_accuracy", classify, images, labels, k)
+        one_way = accuracy(classify, shift(images, k, 0), labels)
+        if not isinstance(got, float):
+            raise Mistake(f"shift_accuracy: expected a float, got {type(got).__name__}", "return .item() of the mean")
+        # float32 means of 24 hits are exact to ~1e-7; one image more or less right moves the mean by 1/96
+        if abs(got - want) > 1e-6:
+            raise Mistake(f"shift_accuracy(k={k}): expected {want:.4f}, got {got:.4f}",
+                          "average the four directions: up, down, left and right" if abs(got - one_way) < 1e-6 and
+                          k else "accuracy of the argmax of the logits of the shifted images, averaged over the four "
+                                 "directions (k·dy, k·dx) for (dy, dx) in (1, 0), (-1, 0), (0, 1), (0, -1)")
+    expect_png(output_dir / "shift_probe.png", "the shift probe")
+
+
+TASKS = {1: task_params, 2: task_multiply_adds, 3: task_sweep, 4: task_shift}
