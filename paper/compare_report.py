@@ -50,7 +50,7 @@ def plot(result: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.4))
     for m in result["models"].values():
         sizes = sorted(int(n) for n in m["accuracy"])
         means = [100 * m["accuracy"][str(n)]["mean"] for n in sizes]
@@ -71,7 +71,7 @@ def plot(result: dict, path: str) -> None:
     right.set_xticks(range(len(next(m["probes"]["shift"] for m in result["models"].values() if m["probes"]))))
     for ax in (left, right):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig.legend(*left.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)

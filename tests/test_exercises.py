@@ -329,3 +329,20 @@ def test_workbook_04_zero_head_starts_at_log_k():
     assert torch.equal(logits, torch.zeros(6, 5))
     loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3, 4, 0]))
     assert loss.item() == pytest.approx(math.log(5), abs=1e-6)
+
+
+def test_workbook_05_grader_formulas_equal_the_libraries_when_nothing_is_wrong():
+    """The hand formulas the 05 grader bends into known mistakes are right when unbent: parameters equal
+    param_count and torchvision's, multiply-adds equal torch.utils.flop_counter's."""
+    from exercises.grading import vit_vs_cnn as g
+    from paper.compare import multiply_adds
+    from paper.configs import param_count
+
+    for cfg in g.VIT_CASES:
+        assert g.vit_params_by_hand(cfg) == param_count(cfg)
+        params = vit.init_params(cfg)
+        assert g.vit_macs_by_hand(cfg) == multiply_adds(lambda x, p=params, c=cfg: vit.forward(p, x, c), cfg)
+    for cfg in g.CNN_CASES:
+        net = g.resnet18(cfg).eval()
+        assert g.resnet_params_by_hand(cfg) == sum(p.numel() for p in net.parameters())
+        assert g.resnet_macs_by_hand(cfg) == multiply_adds(net, cfg)

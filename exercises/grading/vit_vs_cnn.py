@@ -29,8 +29,10 @@ def expect_count(got, want: int, what: str, mistakes: dict[str, int], hint: str)
     """A count is an int; compared as a tensor so that the wrong variants name their mistake."""
     if not isinstance(got, int):
         raise Mistake(f"{what}: expected an int, got {type(got).__name__}", "return a Python int, e.g. int(total)")
-    expect(torch.tensor(float(got)), torch.tensor(float(want)), what,
-           {h: torch.tensor(float(v)) for h, v in mistakes.items()}, hint=hint, atol=0.5, rtol=0)
+    def exact(n: int) -> torch.Tensor:   # float64 holds every count below 2⁵³ exactly (float32 only below 2²⁴)
+        return torch.tensor(n, dtype=torch.float64)
+
+    expect(exact(got), exact(want), what, {h: exact(v) for h, v in mistakes.items()}, hint=hint, atol=0.5, rtol=0)
 
 
 def vit_params_by_hand(cfg, *, class_token=True, norms=True, biases=True) -> int:
