@@ -75,6 +75,7 @@ MISTAKES = {
         (2, "2 * t * t * d + t * d * d", "t * d * d", "attention itself multiplies too"),
         (3, "weight_decay=0.0)", ")", "default weight decay is 0.01"),
         (3, "sizes, steps = (100, 1000), 80", "sizes, steps = (100, 1000), 1", ""),     # keeps this copy's run short
+        (4, "test_pixels[:300], test_labels[:300]", "test_pixels[:20], test_labels[:20]", ""),
         (4, "    padded = F.pad(images, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)))\n",
          "    return torch.roll(images, (dy, dx), dims=(-2, -1))\n", "torch.roll wraps around")]),
     "05-b": ("05_vit_vs_cnn", None, [
@@ -83,8 +84,13 @@ MISTAKES = {
          "        s = s // 2                                                  # the first conv", "⌈s/2⌉, not ⌊s/2⌋"),
         (3, "        optimizer.zero_grad()\n", "", "zero the gradients"),
         (3, "sizes, steps = (100, 1000), 80", "sizes, steps = (100, 1000), 1", ""),
-        (4, "for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1))]\n    return sum(hits) / 4",
-         "for dy, dx in ((1, 0),)]\n    return sum(hits)", "average the four directions")]),
+        (4, "test_pixels[:300], test_labels[:300]", "test_pixels[:20], test_labels[:20]", ""),
+        (4, "for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1))])", "for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0))])",
+         "in the order down, up, right, left")]),
+    "05-c": ("05_vit_vs_cnn", 3, [
+        (3, "    g = torch.Generator().manual_seed(seed)\n    for _ in range(steps):\n",
+         "    for _ in range(steps):\n        g = torch.Generator().manual_seed(seed)\n", "seeded once"),
+        (3, "sizes, steps = (100, 1000), 80", "sizes, steps = (100, 1000), 1", "")]),
 }
 
 
