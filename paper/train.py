@@ -356,11 +356,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stages", nargs="+", choices=("pretrain", "finetune"), default=["pretrain", "finetune"])
     p.add_argument("--init", help="a pretrain.pt to fine-tune from when --stages is only finetune")
     p.add_argument("--pretrain", choices=small + sorted({d for d, _ in recipes.TABLE_3}),
-                   help="pre-training recipe: a small job's, or a Table 3 data set (its row for --model); default as "
-                        "--model")
+                   help="pre-training recipe: a small job's, or a Table 3 data set (its row for --model); default: "
+                        "--data's small job")
     p.add_argument("--pretrain-epochs", type=int, help="Table 3's epoch choice where it gives two (7/14, 30/90)")
     p.add_argument("--finetune", choices=small + sorted(recipes.TABLE_4),
-                   help="fine-tuning recipe: a small job's, or a Table 4 data set; default as --model")
+                   help="fine-tuning recipe: a small job's, or a Table 4 data set; default: --data's small job")
     p.add_argument("--finetune-lr", type=float, help="fine-tuning base learning rate, one of Table 4's sweep")
     p.add_argument("--pretrain-steps", type=int, help="override the recipe's steps (warm-up scaled in proportion)")
     p.add_argument("--finetune-steps", type=int, help="override the recipe's steps (warm-up scaled in proportion)")

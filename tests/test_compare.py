@@ -22,15 +22,6 @@ from paper.probes import DIRECTIONS, permute_patches, probe, shift, shift_each
 from paper.train import Processes, Run, main, train_stage, with_steps
 from paper.train_state import check_same_run, load_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TRAIN_STEP = train_module.train_step
 
 
