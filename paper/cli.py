@@ -1,5 +1,5 @@
 """What every command does with bad input and with Ctrl-C, in one place: paper.convert, paper.verify, paper.train,
-paper.bench and `python -m exercises` all end through `run`.
+paper.bench, paper.compare and `python -m exercises` all end through `run`.
 
 - A ValueError (this project's bad-input error: it names the field, what was expected and what was got), an OSError
   (a path that is missing, unreadable or unwritable, a full disk) or a FloatingPointError (a training loss that

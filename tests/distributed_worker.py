@@ -8,7 +8,7 @@ import lowlevel as vit
 from paper.data import ImageArray
 from paper.heads import pretraining_head
 from paper.recipes import Recipe
-from paper.train import Processes, Run, start_processes, train_stage
+from paper.train import Processes, Run, start_processes, train_vit
 
 CFG = pretraining_head(vit.ViTConfig(image_size=8, patch_size=4, in_channels=1, dim=16, depth=1, num_heads=2,
                                      mlp_dim=32), 10)  # dropout 0: the processes' dropout streams differ
@@ -20,7 +20,7 @@ def pretrain(out: str, accum_steps: int, procs: Processes) -> None:
     g = torch.Generator().manual_seed(0)
     data = ImageArray(torch.rand(40, 1, 8, 8, generator=g), torch.randint(0, 10, (40,), generator=g))
     run = Run(out=out, procs=procs, dtype=torch.float64, accum_steps=accum_steps)
-    train_stage("pretrain", vit.init_params(CFG, torch.Generator().manual_seed(0)), CFG, RECIPE, data, data, run)
+    train_vit("pretrain", vit.init_params(CFG, torch.Generator().manual_seed(0)), CFG, RECIPE, data, data, run)
 
 
 if __name__ == "__main__":

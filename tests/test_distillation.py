@@ -22,10 +22,11 @@ import lowlevel as vit
 from paper import distillation as kd
 from paper import recipes
 from paper.augment import MAGNITUDE_LEVELS, BatchMixing, ImageAugmentation, batch_mixing, image_augmentation
-from paper.data import digits, resize
+from paper.cnn import ResNetClassifier, ResNetConfig
+from paper.data import ImageArray, digits, resize, to_unit_interval
 from paper.formats.timm import to_timm
 from paper.reference_models import timm_kwargs, timm_vit
-from paper.train import Processes, Run, main, train_stage
+from paper.train import Processes, Run, main, train_stage, train_vit
 from paper.train_state import load_checkpoint
 from tests.helpers import random_images, random_params
 
@@ -250,8 +251,8 @@ def test_deit_recipe_with_a_teacher_lowers_the_distillation_loss(teacher_run, tm
     cfg = dataclasses.replace(recipes.DIGITS_MODEL, distilled=True, drop_path=recipe.drop_path)
     params = vit.init_params(cfg, torch.Generator().manual_seed(0))
     run = Run(out=str(tmp_path), procs=Processes(), distillation=distillation, teacher=teacher, eval_every=40)
-    start = {k: v.clone() for k, v in params.items()}             # train_stage trains the tensors it is given
-    trained, log = train_stage("pretrain", start, cfg, recipe, train, test, run)
+    start = {k: v.clone() for k, v in params.items()}             # train_vit trains the tensors it is given
+    trained, log = train_vit("pretrain", start, cfg, recipe, train, test, run)
     images = torch.stack([test[i][0] for i in range(200)]) * 2 - 1
     labels = torch.tensor([test[i][1] for i in range(200)])
     criterion = kd.DistillationCriterion(teacher, distillation, recipe.label_smoothing)
@@ -270,3 +271,28 @@ def test_distillation_settings_are_refused_by_name(teacher_run, tmp_path):
     torch.save(state, tmp_path / "seven.pt")
     with pytest.raises(ValueError, match="teacher: expected a model of the data's 10 classes, got 7"):
         main(["--distill", "hard", "--teacher", str(tmp_path / "seven.pt"), "--out", str(tmp_path)])
+
+
+def test_a_resnet_checkpoint_is_a_teacher(tmp_path):
+    """One teacher loader for every checkpoint of ours: a ResNet-18 trained by the one loop (as paper.compare trains
+    it) and saved with its model name and preprocessing teaches a distilled ViT through `--distill --teacher`. The
+    teacher sees the student's [-1, 1] batch as the ResNet's own 16×16 test images: resized, then (x - 0.5) / 0.5."""
+    g = torch.Generator().manual_seed(0)
+    data = ImageArray(torch.rand(32, 1, 8, 8, generator=g), torch.arange(32) % 10)
+    recipe = dataclasses.replace(recipes.DIGITS_PRETRAIN, total_steps=2, warmup_steps=1, batch_size=16, image_size=16)
+    cnn = ResNetClassifier(ResNetConfig(image_size=16), seed=0)
+    train_stage("cnn", cnn, recipe, data, data, Run(out=str(tmp_path), procs=Processes(), progress=False))
+    state = load_checkpoint(str(tmp_path / "cnn.pt"))
+    assert state["model"] == "resnet18" and state["preprocessing"] == {"resize": [16, 16], "mean": 0.5, "std": 0.5}
+
+    teacher = kd.load_teacher(tmp_path / "cnn.pt")
+    images = to_unit_interval(torch.rand(3, 1, 8, 8, generator=g))            # the student's batch, in [-1, 1]
+    with torch.no_grad():
+        expected = cnn.eval()(torch.stack([to_unit_interval(resize((x + 1) / 2, 16)) for x in images]))
+    torch.testing.assert_close(teacher(images), expected, rtol=1e-5, atol=1e-5)  # float32: (x + 1) / 2 · 2 - 1
+
+    log = main(["--stages", "pretrain", "--pretrain-steps", "2", "--pretrain-batch", "16", "--out", str(tmp_path / "s"),
+                "--distill", "hard", "--teacher", str(tmp_path / "cnn.pt")])
+    assert len(log["stages"]["pretrain"]["train"]) == 2
+    assert all(math.isfinite(r["loss"]) for r in log["stages"]["pretrain"]["train"])
+    assert vit.ViTConfig(**load_checkpoint(str(tmp_path / "s" / "pretrain.pt"))["config"]).distilled

@@ -34,9 +34,9 @@ from exercise_mistakes import PLANTED, QUICK  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SOLUTIONS = REPO / "exercises" / "solutions"
-NAMES = ["01_patch_embedding", "02_attention_maps", "03_position_embeddings", "04_fine_tuning", "06_deit",
-         "07_lora", "08_windows_and_relative_positions", "09_encoder_block", "10_reading_timm_and_transformers",
-         "11_patch_embedding_filters"]
+NAMES = ["01_patch_embedding", "02_attention_maps", "03_position_embeddings", "04_fine_tuning", "05_vit_vs_cnn",
+         "06_deit", "07_lora", "08_windows_and_relative_positions", "09_encoder_block",
+         "10_reading_timm_and_transformers", "11_patch_embedding_filters"]
 
 
 class InProcess(Namespace):
@@ -540,3 +540,20 @@ def test_workbook_11_components_of_the_trained_filters_against_sklearn():
     assert shares["initial"] == pytest.approx([0.33, 0.25, 0.23, 0.19], abs=0.01)
     assert shares["trained"] == pytest.approx([0.36, 0.29, 0.20, 0.14], abs=0.01)
     assert np.abs(last) == pytest.approx(np.full(4, 0.5), abs=0.07) and len(set(np.sign(last))) == 1
+
+
+def test_workbook_05_grader_formulas_equal_the_libraries_when_nothing_is_wrong():
+    """The hand formulas the 05 grader bends into known mistakes are right when unbent: parameters equal
+    param_count and torchvision's, multiply-adds equal torch.utils.flop_counter's."""
+    from exercises.grading import vit_vs_cnn as g
+    from paper.compare import multiply_adds
+    from paper.configs import param_count
+
+    for cfg in g.VIT_CASES:
+        assert g.vit_params_by_hand(cfg) == param_count(cfg)
+        params = vit.init_params(cfg)
+        assert g.vit_macs_by_hand(cfg) == multiply_adds(lambda x, p=params, c=cfg: vit.forward(p, x, c), cfg)
+    for cfg in g.CNN_CASES:
+        net = g.resnet18(cfg).eval()
+        assert g.resnet_params_by_hand(cfg) == sum(p.numel() for p in net.parameters())
+        assert g.resnet_macs_by_hand(cfg) == multiply_adds(net, cfg)

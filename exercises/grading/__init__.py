@@ -10,6 +10,7 @@ from . import (
     patch_embedding,
     position_embeddings,
     reading_libraries,
+    vit_vs_cnn,
     windows,
 )
 
@@ -18,6 +19,7 @@ GRADERS = {
     "02_attention_maps": attention_maps,
     "03_position_embeddings": position_embeddings,
     "04_fine_tuning": fine_tuning,
+    "05_vit_vs_cnn": vit_vs_cnn,
     "06_deit": deit,
     "07_lora": lora,
     "08_windows_and_relative_positions": windows,
