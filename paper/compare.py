@@ -3,6 +3,8 @@
     python -m paper.compare               # the default sweep: under 30 minutes on a 2-core CPU
     python -m paper.compare --quick       # a smoke run: under 3 minutes
     python -m paper.compare --sizes 100 4000 --seeds 5 --steps 500
+    python -m paper.compare --models cnn vit vit-hard vit-soft --sizes 250 1000 4000 --out runs/distill
+                                          # DeiT's question: does the CNN teach the ViT? (README, DeiT)
 
 The claim the ViT course material makes over and over, and the paper shows from the other end (Figs. 3-4: ViT
 overtakes ResNets only as the pre-training data grows): on small data a CNN beats a ViT trained from scratch,
@@ -23,6 +25,10 @@ the same 1,000 held-out images:
 and, on the largest training set only:
     vit-no-pos      the digits-sized ViT without position embeddings (for the patch-permutation probe)
     cnn-cifar       ResNet-18 with the CIFAR stem (3×3 stride 1, no max-pool): ten times the cost of the stock stem
+and, only when --models names them (they need `cnn`, their teacher):
+    vit-hard        the digits-sized ViT with DeiT's distillation token and head (Touvron et al. 2021), trained by
+    vit-soft        hard (eq. 3) or soft (eq. 2, τ 3, λ 0.1) distillation from the `cnn` of its own subset and seed,
+                    frozen; the same recipe, batches and steps as `vit`, tested on the two heads' fused prediction
 
 The models trained on the largest set are probed (paper/probes.py: shifted digits, permuted patches). Parameters
 are counted, multiply-adds per image counted by torch.utils.flop_counter, training time measured per run and
@@ -55,6 +61,7 @@ from .classifier import Classifier
 from .cnn import ResNetClassifier, ResNetConfig
 from .compare_report import markdown, plot
 from .data import ImageArray, eval_preprocessing, load_data
+from .distillation import Distillation, load_teacher
 from .explicit_params import ExplicitParams
 from .probes import probe
 from .recipes import DIGITS_PRETRAIN, MNIST_MODEL, MNIST_PRETRAIN
@@ -72,10 +79,14 @@ RECIPE = dataclasses.replace(MNIST_PRETRAIN, image_size=28, dropout=0.0)
 # MNIST_MODEL too: fine-tuning replaces the pre-training head by a linear one and E_pos's 4×4 grid by a 7×7 one.
 VITS = {"vit": MNIST_MODEL, "vit-large": dataclasses.replace(MNIST_MODEL, dim=96, depth=6, mlp_dim=192),
         "vit-no-pos": dataclasses.replace(MNIST_MODEL, pos_embed="none"), "vit-pretrained": MNIST_MODEL}
+# The DeiT students: MNIST_MODEL with a distillation token and head, by the kind of distillation they learn by.
+DISTILLED = {"vit-hard": "hard", "vit-soft": "soft"}
+VITS |= {name: dataclasses.replace(MNIST_MODEL, distilled=True) for name in DISTILLED}
 CNNS = {"cnn": ResNetConfig(stem="stock"), "cnn-cifar": ResNetConfig(stem="cifar")}
 LABELS = {"vit": "ViT, digits size (D 64, 4 layers)", "vit-large": "ViT, larger (D 96, 6 layers)",
           "vit-pretrained": "ViT, pre-trained on 8×8 digits", "cnn": "ResNet-18, stock stem",
-          "vit-no-pos": "ViT without E_pos", "cnn-cifar": "ResNet-18, CIFAR stem"}
+          "vit-no-pos": "ViT without E_pos", "cnn-cifar": "ResNet-18, CIFAR stem",
+          "vit-hard": "ViT distilled from the ResNet-18, hard", "vit-soft": "ViT distilled from the ResNet-18, soft"}
 SWEEP = ("vit", "vit-large", "vit-pretrained", "cnn")
 # The pre-training of vit-pretrained: the main job's digits recipe (its batch of 64) at 16×16.
 PRETRAIN = dataclasses.replace(DIGITS_PRETRAIN, image_size=16)
@@ -85,8 +96,8 @@ TRAIN_IMAGES = 4000
 # The default budget fits 30 minutes on 2 cores: the stock-stem ResNet-18 costs about six times the digits-sized
 # ViT per step and takes half the time; the CIFAR stem costs four times the stock stem again, so it runs once.
 DEFAULTS = dict(sizes=(100, 250, 630, 1600, 4000), seeds=3, steps=400, batch=32, pretrain_steps=800,
-                cifar_seeds=1, workers=2)
-QUICK = dict(sizes=(100, 1000), seeds=2, steps=60, batch=32, pretrain_steps=100, cifar_seeds=0, workers=2)
+                cifar_seeds=1, workers=2, models=(*SWEEP, "vit-no-pos", "cnn-cifar"))
+QUICK = dict(DEFAULTS, sizes=(100, 1000), seeds=2, steps=60, pretrain_steps=100, cifar_seeds=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +110,7 @@ class Settings:
     cifar_seeds: int
     threads: int
     out: str
+    models: tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,8 +159,9 @@ def run_job(job: Job, s: Settings) -> dict:
     torch.set_num_threads(s.threads)
     train, test = mnist()
     checkpoints = os.path.join(s.out, "checkpoints")
+    teaches = job.model == "cnn" and any(m in DISTILLED for m in s.models)
     run = Run(out=checkpoints, procs=Processes(), seed=job.seed, progress=False,
-              save=job.model == "pretraining" or (job.size == max(s.sizes) and job.seed == 0))
+              save=job.model == "pretraining" or teaches or (job.size == max(s.sizes) and job.seed == 0))
     if job.model == "pretraining":
         digits_train, digits_test, _ = load_data("digits")
         digits = ConcatDataset([digits_train, digits_test])        # all 1,797: the test set is MNIST's
@@ -164,6 +177,11 @@ def run_job(job: Job, s: Settings) -> dict:
         state = load_checkpoint(os.path.join(checkpoints, f"pretrained_seed{job.seed}.pt"))
         params, cfg = finetuning_model(state["params"], checkpoint_config(state), recipe, 10)
         model = ExplicitParams(params, cfg)
+    elif job.model in DISTILLED:
+        run.distillation = Distillation(DISTILLED[job.model])
+        run.teacher = load_teacher(os.path.join(checkpoints, f"cnn_n{job.size}_seed{job.seed}.pt"))
+        model = build(job.model, job.seed)
+        model.heads = True                                    # training: the class head and the distillation head
     else:
         model = build(job.model, job.seed)
     log = train_stage(f"{job.model}_n{job.size}_seed{job.seed}", model, recipe, data, test, run)
@@ -171,6 +189,8 @@ def run_job(job: Job, s: Settings) -> dict:
               "test_accuracy": log["eval"][-1]["test_accuracy"],
               "final_train_loss": statistics.mean(r["loss"] for r in log["train"][-10:])}
     if job.size == max(s.sizes):
+        if job.model in DISTILLED:
+            model.heads = False                               # test time: the heads' fused prediction
         classify = Classifier(model, eval_preprocessing(model.cfg.image_size))
         result["probes"] = probe(classify, *test_images(), PATCH_SIZE, job.seed)
     return result
@@ -178,23 +198,32 @@ def run_job(job: Job, s: Settings) -> dict:
 
 def jobs(s: Settings) -> list[Job]:
     """Every training run, the costliest first (so that two workers finish together), pre-training before all."""
-    largest, seeds = max(s.sizes), range(s.seeds)
-    return ([Job("pretraining", 0, seed) for seed in seeds]
+    largest, seeds, sizes = max(s.sizes), range(s.seeds), sorted(s.sizes, reverse=True)
+    todo = ([Job("pretraining", 0, seed) for seed in seeds]
             + [Job("cnn-cifar", largest, seed) for seed in range(s.cifar_seeds)]
-            + [Job(m, n, seed) for m in ("cnn", "vit-large", "vit") for n in sorted(s.sizes, reverse=True)
-               for seed in seeds]
+            + [Job(m, n, seed) for m in ("cnn", "vit-large", "vit") for n in sizes for seed in seeds]
             + [Job("vit-no-pos", largest, seed) for seed in seeds]
-            + [Job("vit-pretrained", n, seed) for n in sorted(s.sizes, reverse=True) for seed in seeds])
+            + [Job(m, n, seed) for m in ("vit-pretrained", *DISTILLED) for n in sizes for seed in seeds])
+    wanted = {*s.models, "pretraining"} if "vit-pretrained" in s.models else set(s.models)
+    return [job for job in todo if job.model in wanted]
+
+
+def prerequisite(job: Job) -> Job | None:
+    """The job whose checkpoint `job` starts from: its seed's pre-training, or its subset's teacher."""
+    if job.model == "vit-pretrained":
+        return Job("pretraining", 0, job.seed)
+    return Job("cnn", job.size, job.seed) if job.model in DISTILLED else None
 
 
 def run_all(todo: list[Job], s: Settings, workers: int) -> list[dict]:
-    """Run the jobs, `workers` processes at a time (one: in this process, in order); a fine-tuning job starts once
-    its seed's pre-training has finished. A progress bar counts training steps."""
+    """Run the jobs, `workers` processes at a time (one: in this process, in order); a job starts once its
+    prerequisite has finished. A progress bar counts training steps."""
     steps = {job: s.pretrain_steps if job.model == "pretraining" else s.steps for job in todo}
-    results = []
+    results, done_jobs = [], set()
     with tqdm(total=sum(steps.values()), desc="compare", unit="step", dynamic_ncols=True) as bar:
         def finished(job: Job, result: dict) -> None:
             results.append(result)
+            done_jobs.add(job)
             bar.update(steps[job])
             bar.set_postfix_str(f"{job.model} n={result['size']} seed {job.seed}: {result['test_accuracy']:.1%}")
 
@@ -205,8 +234,7 @@ def run_all(todo: list[Job], s: Settings, workers: int) -> list[dict]:
         waiting, running = list(todo), {}
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             while waiting or running:
-                pretrained = {r["seed"] for r in results if r["model"] == "pretraining"}
-                for job in [j for j in waiting if j.model != "vit-pretrained" or j.seed in pretrained]:
+                for job in [j for j in waiting if prerequisite(j) in (None, *done_jobs)]:
                     running[pool.submit(run_job, job, s)] = job
                     waiting.remove(job)
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -266,7 +294,7 @@ def summarise(results: list[dict]) -> dict:
             "probes": {"shift": [spread([p["shift"][k] for p in probed]) for k in range(len(probed[0]["shift"]))],
                        "permuted": spread([p["permuted"] for p in probed])} if probed else None}
     pretraining = [r for r in results if r["model"] == "pretraining"]
-    return {"models": models, "pretraining": {
+    return {"models": models, "pretraining": None if not pretraining else {
         "images": pretraining[0]["size"], "train_seconds": spread([r["train_seconds"] for r in pretraining]),
         "mnist_accuracy_before_fine_tuning": spread([r["test_accuracy"] for r in pretraining])}}
 
@@ -281,10 +309,14 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, help=f"optimizer steps of every run: the budget (default {DEFAULTS['steps']})")
     p.add_argument("--batch", type=int, help=f"images per step (default {DEFAULTS['batch']})")
     p.add_argument("--pretrain-steps", type=int,
-                   help=f"steps of vit-pretrained's pre-training on the 8×8 digits (default {DEFAULTS['pretrain_steps']})")
+                   help=f"steps of vit-pretrained's pre-training on the 8×8 digits "
+                        f"(default {DEFAULTS['pretrain_steps']})")
     p.add_argument("--cifar-seeds", type=int,
                    help=f"seeds of the CIFAR-stem ResNet on the largest set, 0 for none "
                         f"(default {DEFAULTS['cifar_seeds']})")
+    p.add_argument("--models", nargs="+", choices=list(LABELS), metavar="MODEL",
+                   help=f"which models to train, of {', '.join(LABELS)} (default: all but the distilled, "
+                        f"{' '.join(DEFAULTS['models'])})")
     p.add_argument("--workers", type=int, help=f"training processes at a time (default {DEFAULTS['workers']})")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads per process (default 1: OpenMP threads slow down many-fold when the cores are "
@@ -309,6 +341,10 @@ def check_args(args) -> None:
             raise ValueError(f"--{flag.replace('_', '-')}: expected a positive integer, got {getattr(args, flag)}")
     if not 0 <= args.cifar_seeds <= args.seeds:
         raise ValueError(f"--cifar-seeds: expected 0 to --seeds={args.seeds}, got {args.cifar_seeds}")
+    students = [m for m in args.models if m in DISTILLED]
+    if students and "cnn" not in args.models:
+        raise ValueError(f"--models: expected cnn beside {' and '.join(students)} (their teacher), got "
+                         f"{' '.join(args.models)}")
 
 
 def main(argv=None) -> dict:
@@ -316,7 +352,8 @@ def main(argv=None) -> dict:
     check_args(args)
     torch.set_num_threads(args.threads)
     s = Settings(sizes=tuple(sorted(args.sizes)), seeds=args.seeds, steps=args.steps, batch=args.batch,
-                 pretrain_steps=args.pretrain_steps, cifar_seeds=args.cifar_seeds, threads=args.threads, out=args.out)
+                 pretrain_steps=args.pretrain_steps, cifar_seeds=args.cifar_seeds, threads=args.threads, out=args.out,
+                 models=tuple(dict.fromkeys(args.models)))
     started = time.perf_counter()
     results = run_all(jobs(s), s, args.workers)
     result = {"command": shlex.join(["python", "-m", "paper.compare", *(sys.argv[1:] if argv is None else argv)]),

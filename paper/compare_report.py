@@ -24,7 +24,9 @@ def markdown(result: dict) -> str:
         lines.append(f"| {m['label']} | {m['params']:,} | {m['multiply_adds'] / 1e6:.1f} M "
                      f"| {m['train_seconds']['mean']:.0f} | {m['inference_images_per_s']:,.0f} | "
                      + " | ".join(cells) + " |")
-    lines += ["", f"The pre-trained ViT's pre-training: {pre['images']:,} scikit-learn digits, "
+    lines.append("")
+    if pre:
+        lines += [f"The pre-trained ViT's pre-training: {pre['images']:,} scikit-learn digits, "
                   f"{s['pretrain_steps']} steps × {result['recipes']['pre-training']['batch_size']}, "
                   f"{pre['train_seconds']['mean']:.0f} s; alone, before "
                   f"fine-tuning, it classifies {pm(pre['mnist_accuracy_before_fine_tuning'])}% of the MNIST test "
@@ -68,7 +70,8 @@ def plot(result: dict, path: str) -> None:
               title=f"shifted test digits, models trained on {max(s['sizes']):,} images")
     left.set_xticks(s["sizes"], [f"{n:,}" for n in s["sizes"]])
     left.minorticks_off()
-    right.set_xticks(range(len(next(m["probes"]["shift"] for m in result["models"].values() if m["probes"]))))
+    probed = [m for m in result["models"].values() if m["probes"]]
+    right.set_xticks(range(len(probed[0]["probes"]["shift"])) if probed else [])
     for ax in (left, right):
         ax.grid(alpha=0.3)
     fig.legend(*left.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=9, frameon=False)

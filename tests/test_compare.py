@@ -1,6 +1,7 @@
 """ViT against the CNN: both trained by one loop on identical batches, the subsets stratified and nested, the probes'
 inputs what they claim (the transforms, not the accuracies), any checkpoint loaded as a frozen classifier with its
 preprocessing, and `python -m paper.compare --quick`'s code path end to end, small."""
+import dataclasses
 import json
 import math
 
@@ -198,6 +199,7 @@ def test_a_checkpoint_of_one_model_is_not_resumed_as_another(tmp_path):
     (["--seeds", "0"], "--seeds: expected a positive integer, got 0"),
     (["--pretrain-steps", "-1"], "--pretrain-steps: expected a positive integer, got -1"),
     (["--seeds", "2", "--cifar-seeds", "3"], "--cifar-seeds: expected 0 to --seeds=2, got 3"),
+    (["--models", "vit", "vit-soft"], "--models: expected cnn beside vit-soft \\(their teacher\\), got vit vit-soft"),
 ])
 def test_bad_flags_are_refused_naming_the_flag(argv, message):
     with pytest.raises(ValueError, match=message):
@@ -222,7 +224,7 @@ def test_quick_comparison_code_path_end_to_end_small(tmp_path, monkeypatch):
                            "--cifar-seeds", "1", "--workers", "1", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "compare.json").read_text())
     assert saved["settings"]["sizes"] == [20, 40] and saved["settings"]["seeds"] == 2
-    assert set(saved["models"]) == set(compare.LABELS)
+    assert set(saved["models"]) == set(compare.DEFAULTS["models"]) == set(compare.LABELS) - set(compare.DISTILLED)
     for name in compare.SWEEP:
         assert set(saved["models"][name]["accuracy"]) == {"20", "40"}
         assert saved["models"][name]["accuracy"]["40"]["n"] == 2
@@ -237,7 +239,7 @@ def test_quick_comparison_code_path_end_to_end_small(tmp_path, monkeypatch):
     assert "| ResNet-18, stock stem | 11,175,370 |" in table and "patches permuted" in table
     assert Image.open(tmp_path / "compare.png").format == "PNG"
     checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert checkpoints == sorted([f"{m}_n40_seed0.pt" for m in compare.LABELS] +
+    assert checkpoints == sorted([f"{m}_n40_seed0.pt" for m in compare.DEFAULTS["models"]] +
                                  ["pretrained_seed0.pt", "pretrained_seed1.pt"])
     teacher = load_classifier(tmp_path / "checkpoints" / "cnn_n40_seed0.pt")
     assert teacher(torch.rand(2, 1, 28, 28)).shape == (2, 10)
@@ -254,3 +256,27 @@ def test_the_pre_trained_vit_ends_as_the_vit_it_is_compared_with():
     params, cfg = finetuning_model(params, cfg, compare.RECIPE, 10)
     assert cfg == compare.VITS["vit-pretrained"] == compare.VITS["vit"]
     vit.check_params(params, vit.param_shapes(compare.VITS["vit"]))
+
+
+@pytest.mark.slow
+def test_distilled_vits_learn_from_the_cnn_of_their_own_subset_and_seed(tmp_path, monkeypatch):
+    """--models cnn vit-hard vit-soft: each student is a distilled ViT (the two heads trained, the fused prediction
+    tested) whose teacher is the CNN checkpoint of its own size and seed, trained first; nothing else runs."""
+    train, test = compare.mnist()
+    monkeypatch.setattr(compare, "mnist", lambda: (train, ImageArray(test.images[:100], test.labels[:100])))
+    teachers, load_teacher = [], compare.load_teacher
+    monkeypatch.setattr(compare, "load_teacher", lambda path: teachers.append(path) or load_teacher(path))
+    result = compare.main(["--models", "cnn", "vit-hard", "vit-soft", "--sizes", "20", "40", "--seeds", "2",
+                           "--steps", "2", "--batch", "8", "--workers", "1", "--out", str(tmp_path)])
+    assert set(result["models"]) == {"cnn", "vit-hard", "vit-soft"} and result["pretraining"] is None
+    checkpoints = tmp_path / "checkpoints"
+    assert sorted(teachers) == sorted(str(checkpoints / f"cnn_n{n}_seed{seed}.pt")
+                                      for n in (20, 40) for seed in (0, 1) for _ in range(2))
+    distilled = compare.VITS["vit-hard"]
+    assert distilled.distilled and dataclasses.replace(distilled, distilled=False) == compare.VITS["vit"]
+    d, k = distilled.dim, distilled.num_classes
+    plain = sum(p.numel() for p in vit.init_params(compare.VITS["vit"]).values())
+    assert result["models"]["vit-soft"]["params"] == plain + d + d + d * k + k   # the token, its E_pos row, its head
+    state = load_checkpoint(str(checkpoints / "vit-soft_n40_seed0.pt"))
+    assert "head_dist.weight" in state["params"] and result["models"]["vit-hard"]["probes"] is not None
+    assert "| ViT distilled from the ResNet-18, hard |" in (tmp_path / "compare.md").read_text()
