@@ -32,9 +32,8 @@ def trained_model(name: str, arguments: tuple[str, ...], stage: str = "pretrain"
     RUNS.mkdir(exist_ok=True)
     with open(RUNS / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)                 # two processes asking at once train once
-        recorded = out / ARGUMENTS_FILE
-        if not (recorded.is_file() and json.loads(recorded.read_text()) == list(arguments)
-                and (out / f"{stage}.pt").is_file()):
+        state = cached(out, arguments, stage)
+        if state is None:
             command = [sys.executable, "-m", "paper.train", *arguments]
             print(f"training once, then kept in {out}: python -m paper.train {' '.join(arguments)}", file=sys.stderr,
                   flush=True)
@@ -47,5 +46,17 @@ def trained_model(name: str, arguments: tuple[str, ...], stage: str = "pretrain"
                 Path(tmp, ARGUMENTS_FILE).write_text(json.dumps(list(arguments)))
 
             write_atomically(out, train, directory=True)
-    state = load_checkpoint(str(out / f"{stage}.pt"))
+            state = load_checkpoint(str(out / f"{stage}.pt"))
     return state["params"], vit.ViTConfig(**state["config"])
+
+
+def cached(out: Path, arguments: tuple[str, ...], stage: str) -> dict | None:
+    """The checkpoint of `stage` in `out` if `out` holds a run of exactly these arguments that this code can read;
+    None if not (no run, other arguments, or a checkpoint an older version of paper.train wrote)."""
+    recorded = out / ARGUMENTS_FILE
+    if not (recorded.is_file() and json.loads(recorded.read_text()) == list(arguments)):
+        return None
+    try:
+        return load_checkpoint(str(out / f"{stage}.pt"))
+    except ValueError:
+        return None

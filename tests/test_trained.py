@@ -28,3 +28,15 @@ def test_trained_on_first_use_then_kept_then_trained_again_for_other_arguments(t
     trained.trained_model("quick", other)
     assert json.loads((tmp_path / "quick" / trained.ARGUMENTS_FILE).read_text()) == list(other)
     assert load_checkpoint(str(checkpoint))["recipe"]["batch_size"] == 16
+
+
+def test_a_checkpoint_an_older_paper_train_wrote_is_trained_again(tmp_path, monkeypatch):
+    """runs/ outlives the code: a cached run whose checkpoint this code's reader refuses (here: written before
+    checkpoints named their model) is trained again, not reported as an error to the learner."""
+    monkeypatch.setattr(trained, "RUNS", tmp_path)
+    trained.trained_model("quick", QUICK)
+    checkpoint = tmp_path / "quick" / "pretrain.pt"
+    old = {k: v for k, v in torch.load(checkpoint, weights_only=False).items() if k not in ("model", "preprocessing")}
+    torch.save(old, checkpoint)
+    trained.trained_model("quick", QUICK)
+    assert load_checkpoint(str(checkpoint))["model"] == "vit"
