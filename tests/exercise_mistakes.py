@@ -561,9 +561,11 @@ QUICK = {
     '03_position_embeddings': (None, [
         ('grid = (7, 7)', 'grid = (3, 3)'),
         ('torch.randn(1, 50, 64,', 'torch.randn(1, 10, 64,'),
-        ('plt.subplots(7, 14, figsize=(14, 7))', 'plt.subplots(3, 6, figsize=(6, 3))'),
+        ('trained_pos, grid)', 'trained_pos[:, :10], grid)'),
+        ('plt.subplots(7, 21, figsize=(21, 7))', 'plt.subplots(3, 9, figsize=(9, 3))'),
         ('axes[:, :7]', 'axes[:, :3]'),
-        ('axes[:, 7:]', 'axes[:, 3:]'),
+        ('axes[:, 7:14]', 'axes[:, 3:6]'),
+        ('axes[:, 14:]', 'axes[:, 6:]'),
     ]),
     '04_fine_tuning': (4, [
         ('steps=200, base_lr=0.1)', 'steps=2, base_lr=0.1, warmup_steps=1)'),

@@ -27,7 +27,8 @@ from exercises.__main__ import main
 from exercises.checker import Grading, Namespace, check_workbook, defined_functions, sections, shown_output, workbooks
 from exercises.grading import GRADERS
 from paper import analysis, cli
-from paper.trained import EXERCISE_MODEL, trained_model
+from paper.data import eval_preprocessing, load_data, preprocess
+from paper.trained import EXERCISE_MODEL, PICTURES_MODEL, trained_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from exercise_mistakes import PLANTED, QUICK  # noqa: E402
@@ -445,6 +446,16 @@ def test_fine_tuned_attention_distance_grows_with_depth(fine_tuned):
     assert per_layer[cfg.depth // 2:].mean() > per_layer[:cfg.depth // 2].mean()
 
 
+@pytest.mark.slow
+def test_fine_tuned_attention_distance_sits_near_uniform(fine_tuned):
+    """Workbook 04's text: the digits model shows no locality, its heads at 7.5-8.3 px around the uniform 8.1 px."""
+    cfg, _, _, attention = fine_tuned
+    distance = torch.stack([analysis.mean_attention_distance(a, cfg.grid_size, cfg.patch_size) for a in attention])
+    uniform = analysis.patch_distances(cfg.grid_size, cfg.patch_size).mean().item() * 64 / 65   # 64 of 65 keys
+    assert uniform == pytest.approx(8.1, abs=0.05)
+    assert (distance - uniform).abs().max() < 1.0
+
+
 def test_position_similarity_of_sincos_peaks_at_own_position_and_falls_with_distance():
     grid = (7, 7)
     pos = torch.cat([torch.zeros(1, 64), vit.sincos_2d(grid, 64)])[None]
@@ -502,6 +513,81 @@ def test_workbook_02_random_vit_ti_maps_of_the_photo():
     assert last.min().item() == pytest.approx(0.003, abs=5e-4) and last.max().item() == pytest.approx(0.011, abs=5e-4)
     rollout = analysis.attention_rollout(attention)[0, 0, 1:]
     assert rollout.min().item() == pytest.approx(0.003, abs=5e-4) and rollout.max().item() == pytest.approx(0.007, abs=5e-4)
+
+
+@pytest.fixture(scope="module")
+def pictures():
+    """What workbooks 02-04 draw: the MNIST ViT `python -m paper.train --data mnist` trains (on first use), the same
+    ViT untrained, their attention on 200 held-out digits, and which patches hold the strokes: those whose mean ink
+    is more than 0.3 of the digit's inkiest patch's."""
+    params, cfg = trained_model(*PICTURES_MODEL)
+    untrained = vit.init_params(cfg, torch.Generator().manual_seed(0))
+    _, test, _ = load_data("mnist")
+    digits = torch.stack([test[i][0] for i in range(200)])                            # (200, 1, 28, 28) in [0, 1]
+    images = preprocess(digits, eval_preprocessing(cfg.image_size))
+    with torch.no_grad():
+        attention = {name: vit.forward_intermediates(p, images, cfg)[1]["attention"]
+                     for name, p in (("trained", params), ("untrained", untrained))}
+    ink = vit.patchify(digits, cfg.patch_size).mean(dim=-1)                           # (200, 49): mean ink per patch
+    strokes = (ink > 0.3 * ink.amax(dim=1, keepdim=True)).reshape(-1, *cfg.grid_size)   # (200, 7, 7)
+    return params, cfg, attention, strokes
+
+
+def per_layer_distance(attention: list, cfg) -> torch.Tensor:
+    """(L,): each layer's mean attention distance in pixels, averaged over its heads."""
+    return torch.stack([analysis.mean_attention_distance(a, cfg.grid_size, cfg.patch_size).mean() for a in attention])
+
+
+def rollout_on_and_off_strokes(attention: list, cfg, strokes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per digit, the class token's rollout per stroke patch and per background patch: 2 × (B,)."""
+    rollout = analysis.class_token_map(analysis.attention_rollout(attention), cfg.grid_size)   # (B, 7, 7)
+    on = torch.stack([r[m].mean() for r, m in zip(rollout, strokes)])
+    off = torch.stack([r[~m].mean() for r, m in zip(rollout, strokes)])
+    return on, off
+
+
+def test_pictures_model_first_layer_attends_nearer_than_the_last(pictures):
+    """Workbooks 02 and 04: averaged over heads, the trained first layer attends 12.9 px away, its last 13.6 px,
+    uniform attention 14.1 px; training moved the first layer nearer than the untrained model's (13.5 px)."""
+    _, cfg, attention, _ = pictures
+    trained, untrained = per_layer_distance(attention["trained"], cfg), per_layer_distance(attention["untrained"], cfg)
+    uniform = analysis.patch_distances(cfg.grid_size, cfg.patch_size).mean().item() * 49 / 50   # 49 of 50 keys
+    assert trained[0] < trained[-1] < uniform
+    assert trained[0] < untrained[0]
+    assert [trained[0].item(), trained[-1].item(), uniform] == pytest.approx([12.9, 13.6, 14.1], abs=0.1)
+    assert [untrained[0].item(), untrained[-1].item()] == pytest.approx([13.5, 14.3], abs=0.1)
+
+
+def test_pictures_model_rollout_sits_on_the_strokes(pictures):
+    """Workbook 02: the trained rollout gives a stroke patch 0.034 and a background patch 0.014 (2.4×), more on the
+    strokes on (nearly) every digit; the untrained one leans the same way far less (0.023 against 0.017, 1.3×)."""
+    _, cfg, attention, strokes = pictures
+    on, off = rollout_on_and_off_strokes(attention["trained"], cfg, strokes)
+    assert on.mean() > 2 * off.mean() and (on > off).float().mean() >= 0.95
+    assert [on.mean().item(), off.mean().item()] == pytest.approx([0.034, 0.014], abs=0.001)
+    raw_on, raw_off = rollout_on_and_off_strokes(attention["untrained"], cfg, strokes)
+    assert on.mean() / off.mean() > 1.5 * raw_on.mean() / raw_off.mean()
+    assert [raw_on.mean().item(), raw_off.mean().item()] == pytest.approx([0.023, 0.017], abs=0.001)
+
+
+def test_pictures_model_position_embedding_peaks_at_its_own_patch_and_neighbours(pictures):
+    """Workbook 03, from scikit-learn's cosine_similarity: every tile of the trained E_pos peaks at its own patch,
+    the most similar other patch is a neighbour; on average 0.67 beside, 0.44 diagonal, 0.15 two along a row or
+    column, 0.24 at the two ends of a row or column (the blank border)."""
+    from sklearn.metrics.pairwise import cosine_similarity
+    params, cfg, _, _ = pictures
+    sim = torch.from_numpy(cosine_similarity(params["pos"][0, 1:].double().numpy()))   # (49, 49)
+    rows, cols = torch.arange(49) // 7, torch.arange(49) % 7
+    dr, dc = (rows[:, None] - rows[None]).abs(), (cols[:, None] - cols[None]).abs()
+    assert torch.equal(sim.argmax(dim=1), torch.arange(49))
+    nearest = sim.masked_fill(torch.eye(49, dtype=torch.bool), -2).argmax(dim=1)
+    assert (torch.maximum(dr, dc)[torch.arange(49), nearest] == 1).all()
+
+    def mean_at(a: int, b: int) -> float:
+        return sim[((dr == a) & (dc == b)) | ((dr == b) & (dc == a))].mean().item()
+
+    assert [mean_at(0, 1), mean_at(1, 1), mean_at(0, 2), mean_at(0, 6)] == pytest.approx([0.67, 0.44, 0.15, 0.24],
+                                                                                         abs=0.01)
 
 
 def test_workbook_04_zero_head_starts_at_log_k():

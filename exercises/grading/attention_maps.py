@@ -1,9 +1,11 @@
-"""Checks for 02_attention_maps.md, against lowlevel/attention.py, lowlevel.forward and paper/analysis.py."""
+"""Checks for 02_attention_maps.md, against lowlevel/attention.py, lowlevel.forward and paper/analysis.py; Task 6's
+pictures of the trained MNIST model (paper/trained.py) are checked for being written, their numbers in the tests."""
 import torch
 
 import lowlevel as vit
 from lowlevel.attention import merge_heads
 from paper import analysis
+from paper.trained import PICTURES_MODEL, trained_model
 from paper.weights import perturbed
 
 from .common import Mistake, call, expect, expect_png, type_name
@@ -46,6 +48,12 @@ REFERENCE = {"scaled_dot_product_attention": vit.scaled_dot_product_attention,
              "multi_head_attention": vit.multi_head_attention, "attention_per_layer": attention_per_layer,
              "class_token_map": analysis.class_token_map, "attention_rollout": analysis.attention_rollout,
              "mean_attention_distance": analysis.mean_attention_distance}
+
+
+def prepare() -> None:
+    """The MNIST model Task 6's pictures read, trained by `python -m paper.train` on first use (not under the task's
+    time limit, and not inside the learner's limited process)."""
+    trained_model(*PICTURES_MODEL)
 
 
 # ---- checks ----------------------------------------------------------------------------------------------------
@@ -215,6 +223,8 @@ def task_distance(ns, output_dir):
                    .sum(-1).mean(-1).mean(0)},
                hint="per head: mean over images and query patches of Σ_j A[i, j]·dist(i, j), patches only")
     expect_png(output_dir / "attention_distance.png", "the mean attention distance per head and layer")
+    expect_png(output_dir / "mnist_attention_maps.png", "the trained MNIST model's rollout and class-token maps")
+    expect_png(output_dir / "mnist_attention_distance.png", "the trained MNIST model's attention distances")
 
 
 TASKS = {1: task_scaled_dot_product, 2: task_multi_head, 3: task_per_layer, 4: task_class_token_map,

@@ -14,6 +14,7 @@ import lowlevel as vit
 from paper import schedules
 from paper.heads import finetuning_head
 from paper.resolution import METHODS, change_resolution
+from paper.trained import PICTURES_MODEL, trained_model
 from paper.weights import perturbed
 
 from .common import Mistake, call, close, expect, expect_png, type_name
@@ -118,6 +119,12 @@ def fine_tune(params: dict, cfg, images, labels, steps: int, base_lr: float, bat
 
 REFERENCE = {"finetuning_head": finetuning_head, "change_resolution": resolution, "sgd_step": sgd_step,
              "learning_rate": schedules.learning_rate, "fine_tune": fine_tune}
+
+
+def prepare() -> None:
+    """The MNIST model whose attention distances Task 4 plots beside the run's, trained by `python -m paper.train`
+    on first use (not under the task's time limit, and not inside the learner's limited process)."""
+    trained_model(*PICTURES_MODEL)
 
 
 # ---- checks ----------------------------------------------------------------------------------------------------

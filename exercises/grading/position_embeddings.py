@@ -1,4 +1,5 @@
-"""Checks for 03_position_embeddings.md, against lowlevel/position.py, paper/analysis.py and paper/resolution.py."""
+"""Checks for 03_position_embeddings.md, against lowlevel/position.py, paper/analysis.py and paper/resolution.py; the
+trained MNIST model's panel (paper/trained.py) is checked for being drawn, its numbers in the tests."""
 import torch
 import torch.nn.functional as F
 
@@ -6,6 +7,7 @@ import lowlevel as vit
 from lowlevel.position import prepend_prefix_tokens
 from paper import analysis
 from paper.resolution import METHODS, resample_pos_embed
+from paper.trained import PICTURES_MODEL, trained_model
 
 from .common import Mistake, call, close, expect, expect_png
 
@@ -48,6 +50,12 @@ def interpolate_pos_embed(pos: torch.Tensor, old_grid: tuple[int, int], new_grid
 REFERENCE = {"sincos_2d": vit.sincos_2d, "embed_positions": embed_positions,
              "position_similarity": analysis.position_similarity, "plot_similarity": plot_similarity,
              "resample_pos_embed": interpolate_pos_embed}
+
+
+def prepare() -> None:
+    """The MNIST model whose E_pos Task 3 draws, trained by `python -m paper.train` on first use (not under the
+    task's time limit, and not inside the learner's limited process)."""
+    trained_model(*PICTURES_MODEL)
 
 
 # ---- checks ----------------------------------------------------------------------------------------------------
