@@ -110,8 +110,8 @@ def adapter_shapes(cfg: ViTConfig, lora: LoRAConfig) -> dict[str, tuple[int, int
 def init_adapters(cfg: ViTConfig, lora: LoRAConfig, init: str = "peft",
                   generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Float32 adapters, B = 0 in both (§4.1: "so ΔW = BA is zero at the beginning of training"), A by `init`:
-    "peft":  Kaiming-uniform with a = √5, i.e. U(±1/√in), nn.Linear's default: loralib layers.py:124 and peft's
-             default (peft/tuners/lora/layer.py:338).
+    "peft":  Kaiming-uniform with a = √5, i.e. U(±1/√in), torch's default for a linear layer's weight: loralib
+             layers.py:124 and peft's default (peft/tuners/lora/layer.py:338).
     "paper": Gaussian ("random Gaussian initialization for A", §4.1). The paper gives no σ; this is σ = 1/r, peft's
              init_lora_weights="gaussian" (layer.py:340), the one Gaussian A in the two reference codebases."""
     if init not in INITS:
