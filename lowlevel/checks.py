@@ -1,13 +1,14 @@
 """Input checks that fail early with an error naming the parameter, what was expected and what was got."""
 import torch
 
+from .config import is_integer
 from .linear import LowRank
 
 
 def check_images(images: torch.Tensor, *, patch_size: int, channels: int | None = None,
                  size: tuple[int, int] | None = None) -> None:
     """Images must be (B, C, H, W), with C and (H, W) as the config says and H, W multiples of P."""
-    if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size < 1:
+    if not is_integer(patch_size) or patch_size < 1:
         raise ValueError(f"patch_size: expected a positive integer, got {patch_size!r}")
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"images: expected a torch.Tensor (B, C, H, W), got {type(images).__name__}")
@@ -37,7 +38,7 @@ def check_params(params: dict, expected: dict[str, tuple[int, ...]], what: str =
 
 
 def check_num_heads(dim: int, num_heads: int) -> None:
-    if not isinstance(num_heads, int) or num_heads < 1 or dim % num_heads:
+    if not is_integer(num_heads) or num_heads < 1 or dim % num_heads:
         raise ValueError(f"num_heads: expected a positive divisor of the input dim {dim}, got {num_heads!r}")
 
 

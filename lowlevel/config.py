@@ -64,7 +64,7 @@ class ViTConfig:
                                                      or self.representation_size < 1):
             raise ValueError(f"representation_size: expected None or a positive integer, got "
                              f"{self.representation_size!r}")
-        for name in ("class_token", "qkv_bias"):
+        for name in ("class_token", "qkv_bias", "distilled"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         if not is_real(self.layer_norm_eps) or not 0 < self.layer_norm_eps < math.inf:
@@ -88,7 +88,7 @@ class ViTConfig:
             raise ValueError(f"distilled: the distillation head reads the class and distillation tokens, so it needs "
                              f"class_token=True and pool='token', got class_token={self.class_token}, "
                              f"pool={self.pool!r}")
-        if not 0 <= self.drop_path < 1:
+        if not is_real(self.drop_path) or not 0 <= self.drop_path < 1:
             raise ValueError(f"drop_path: expected a rate in [0, 1), got {self.drop_path}")
         if self.pos_embed == "sincos2d" and self.dim % 4:
             raise ValueError(f"dim: 2-D sin-cos position embeddings need a multiple of 4, got {self.dim}")

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .checks import check_params
-from .config import ViTConfig
+from .config import ViTConfig, is_integer
 from .linear import LowRank, Weight
 
 __all__ = ["LoRAConfig", "adapter_shapes", "init_adapters", "adapt", "merge", "unmerge"]
@@ -51,7 +51,7 @@ class LoRAConfig:
         object.__setattr__(self, "targets", tuple(self.targets))
         if self.blocks is not None:
             object.__setattr__(self, "blocks", tuple(sorted(set(self.blocks))))
-        if not isinstance(self.rank, int) or self.rank < 1:
+        if not is_integer(self.rank) or self.rank < 1:
             raise ValueError(f"rank: expected a positive integer, got {self.rank!r}")
         if not self.alpha > 0:
             raise ValueError(f"alpha: expected a positive number, got {self.alpha!r}")

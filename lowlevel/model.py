@@ -45,7 +45,6 @@ def check_inputs(params: dict, images: torch.Tensor, cfg: ViTConfig) -> None:
 
 def embed(params: dict, images: torch.Tensor, cfg: ViTConfig, train: bool = False) -> torch.Tensor:
     """Eq. (1): (B, C, H, W) -> z_0 (B, P+N, D); dropout "directly after adding positional- to patch embeddings"."""
-    check_images(images, patch_size=cfg.patch_size, channels=cfg.in_channels, size=cfg.image_size)
     x = patch_embedding(images, params["patch.weight"], params["patch.bias"], cfg.patch_size)  # (B, N, D)
     return F.dropout(embed_positions(params, x, cfg), cfg.dropout, train)
 

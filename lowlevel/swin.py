@@ -48,7 +48,6 @@ def check_inputs(params: dict, images: torch.Tensor, cfg: SwinConfig) -> None:
 def embed(params: dict, images: torch.Tensor, cfg: SwinConfig) -> torch.Tensor:
     """§3.1, "patch partition" and "linear embedding", then the LayerNorm every implementation applies:
     (B, C_in, H, W) -> z_0 (B, H/P, W/P, C)."""
-    check_images(images, patch_size=cfg.patch_size, channels=cfg.in_channels, size=cfg.image_size)
     x = patch_embedding(images, params["patch.weight"], params["patch.bias"], cfg.patch_size)   # (B, N, C)
     x = layer_norm(x, params["patch_norm.weight"], params["patch_norm.bias"], cfg.layer_norm_eps)
     return x.view(x.shape[0], *cfg.grid_size, -1)

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from .augment import seeded
+
 STEMS = ("stock", "cifar")
 
 
@@ -44,8 +46,7 @@ class ResNetConfig:
 def resnet18(cfg: ResNetConfig, seed: int = 0) -> torchvision.models.ResNet:
     """torchvision's ResNet-18 with cfg's stem, channels and classes, initialised by torchvision from `seed` (the global
     random stream is left as it was)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         net = torchvision.models.resnet18(num_classes=cfg.num_classes)
         if cfg.stem == "stock":
             net.conv1 = nn.Conv2d(cfg.in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)

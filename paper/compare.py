@@ -151,7 +151,7 @@ def build(model: str, seed: int) -> torch.nn.Module:
     if model in CNNS:
         return ResNetClassifier(CNNS[model], seed)
     cfg = VITS[model]
-    return ExplicitParams(vit.init_params(cfg, torch.Generator().manual_seed(seed)), cfg)
+    return ExplicitParams(vit.init_params(cfg, torch.Generator().manual_seed(seed)), cfg, heads=cfg.distilled)
 
 
 def run_job(job: Job, s: Settings) -> dict:
@@ -181,7 +181,6 @@ def run_job(job: Job, s: Settings) -> dict:
         run.distillation = Distillation(DISTILLED[job.model])
         run.teacher = load_teacher(os.path.join(checkpoints, f"cnn_n{job.size}_seed{job.seed}.pt"))
         model = build(job.model, job.seed)
-        model.heads = True                                    # training: the class head and the distillation head
     else:
         model = build(job.model, job.seed)
     log = train_stage(f"{job.model}_n{job.size}_seed{job.seed}", model, recipe, data, test, run)
@@ -189,8 +188,6 @@ def run_job(job: Job, s: Settings) -> dict:
               "test_accuracy": log["eval"][-1]["test_accuracy"],
               "final_train_loss": statistics.mean(r["loss"] for r in log["train"][-10:])}
     if job.size == max(s.sizes):
-        if job.model in DISTILLED:
-            model.heads = False                               # test time: the heads' fused prediction
         classify = Classifier(model, eval_preprocessing(model.cfg.image_size))
         result["probes"] = probe(classify, *test_images(), PATCH_SIZE, job.seed)
     return result

@@ -9,8 +9,8 @@ class ExplicitParams(nn.Module):
     """lowlevel's flat params dict inside an nn.Module. Module attribute names cannot contain '.', so
     'blocks.0.qkv.weight' is kept as 'blocks/0/qkv/weight'.
     fast: run lowlevel's fast path (the same function, computed with fused attention).
-    heads: the module computes a distilled model's two heads' logits (lowlevel `forward_heads`), what distillation
-    trains, instead of its logits."""
+    heads: in training mode the module computes a distilled model's two heads' logits (lowlevel `forward_heads`),
+    what distillation trains; in evaluation mode, as every model, its logits (the heads fused)."""
 
     def __init__(self, params: dict, cfg: vit.ViTConfig, fast: bool = False, heads: bool = False):
         super().__init__()
@@ -21,7 +21,7 @@ class ExplicitParams(nn.Module):
         return {k.replace("/", "."): v for k, v in self.params.items()}
 
     def forward(self, images: torch.Tensor):
-        if self.heads:
+        if self.heads and self.training:
             run = vit.fast_forward_heads if self.fast else vit.forward_heads
         else:
             run = vit.fast_forward if self.fast else vit.forward

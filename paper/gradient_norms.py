@@ -22,7 +22,7 @@ import lowlevel as vit
 from . import cli
 from .atomic import write_atomically, write_text
 from .data import EvalView, load_data
-from .train_state import load_checkpoint
+from .train_state import checkpoint_config, load_checkpoint
 
 
 def per_example_gradient_norms(params: dict, images: torch.Tensor, labels: torch.Tensor, cfg: vit.ViTConfig,
@@ -63,12 +63,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default=os.path.join("runs", "gradient_norms"), help="output folder")
     args = parser.parse_args(argv)
     state = load_checkpoint(args.checkpoint)
-    cfg = vit.ViTConfig(**state["config"])
+    cfg = checkpoint_config(state)
+    if not isinstance(cfg, vit.ViTConfig):
+        raise ValueError(f"checkpoint: expected a ViT's checkpoint, got {args.checkpoint!r} holding a {state['model']!r}")
     params = {k: v.double() for k, v in state["params"].items()}
     train, _, _ = load_data("digits")
     view = EvalView(train, cfg.image_size[0])
-    images = torch.stack([view[i][0] for i in tqdm(range(len(view)), desc="images", leave=False)]).double()
-    labels = torch.tensor([view[i][1] for i in range(len(view))])
+    images, labels = zip(*(view[i] for i in tqdm(range(len(view)), desc="images", leave=False)), strict=True)
+    images, labels = torch.stack(images).double(), torch.tensor(labels)
 
     start = time.perf_counter()
     norms = per_example_gradient_norms(params, images, labels, cfg)
@@ -80,7 +82,6 @@ def main(argv=None) -> dict:
             for i in top]
     result = {"checkpoint": args.checkpoint, "images": len(labels), "seconds": seconds,
               "median_norm": float(norms.median()), "misclassified": int((predictions != labels).sum()), "top": rows}
-    os.makedirs(args.out, exist_ok=True)
     write_text(os.path.join(args.out, "gradient_norms.json"), json.dumps(result, indent=1))
     plot_top((images[top] + 1) / 2, [r["label"] for r in rows], [r["prediction"] for r in rows],
              [r["norm"] for r in rows], os.path.join(args.out, "gradient_norms.png"),

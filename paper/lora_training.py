@@ -39,7 +39,6 @@ def add_arguments(parser) -> None:
 class LoRAParams(nn.Module):
     """The frozen base as plain tensors (no optimizer, DDP or gradient clipping sees them) and the trainable adapters
     and head in a ParameterDict ('/' for '.', as in train.ExplicitParams)."""
-    heads = False      # one head's logits, as train.ExplicitParams without heads (a distilled base is refused)
 
     def __init__(self, base: dict, adapters: dict, cfg: vit.ViTConfig, lora: LoRAConfig):
         super().__init__()

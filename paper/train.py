@@ -153,9 +153,7 @@ def evaluate(model: nn.Module, data: EvalView, procs: Processes, dtype: torch.dt
     mine = list(range(procs.rank, len(data), procs.world_size))
     for start in range(0, len(mine), batch_size):
         images, labels = zip(*(data[i] for i in mine[start:start + batch_size]), strict=True)
-        logits = model(torch.stack(images).to(procs.device, dtype))
-        if isinstance(logits, tuple):                                    # a distilled student: its prediction
-            logits = vit.fuse(*logits, model.cfg)
+        logits = model(torch.stack(images).to(procs.device, dtype))     # a distilled student: its heads fused
         counts[0] += (logits.argmax(-1).cpu() == torch.tensor(labels)).sum().item()
         counts[1] += len(labels)
     model.train()
@@ -205,9 +203,10 @@ def dtype_name(dtype: torch.dtype) -> str:
 def stop_requested(requested, procs: Processes) -> bool:
     """Whether any process was asked to stop (Ctrl-C, SIGTERM): all of them agree, so that they stop after the same
     step and save one consistent checkpoint together."""
+    if procs.world_size == 1:
+        return requested.is_set()                      # no tensor, no device round trip on the one-process path
     flag = torch.tensor(float(requested.is_set()), device=procs.device)
-    if procs.world_size > 1:
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item())
 
 

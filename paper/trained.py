@@ -14,7 +14,7 @@ from pathlib import Path
 import lowlevel as vit
 
 from .atomic import write_atomically
-from .train_state import load_checkpoint
+from .train_state import checkpoint_config, load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = REPO / "runs"
@@ -52,7 +52,7 @@ def trained_model(name: str, arguments: tuple[str, ...], stage: str = "pretrain"
 
             write_atomically(out, train, directory=True)
             state = load_checkpoint(str(out / f"{stage}.pt"))
-    return state["params"], vit.ViTConfig(**state["config"])
+    return state["params"], checkpoint_config(state)
 
 
 def cached(out: Path, arguments: tuple[str, ...], stage: str) -> dict | None:

@@ -58,6 +58,16 @@ def random_params(cfg: ViTConfig | SwinConfig, seed: int = 0, dtype=torch.float6
     return perturbed(init(cfg, torch.Generator().manual_seed(seed)), seed, dtype, scale)
 
 
+def randomised(model: torch.nn.Module, seed: int = 0, std: float = 0.3) -> torch.nn.Module:
+    """Every parameter of a library's model drawn anew from N(0, std²), seeded: their inits leave heads at zero and
+    LayerNorms at one, which would hide a mapping mistake. In place; returns the model."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
+    return model
+
+
 def random_images(cfg: ViTConfig | SwinConfig, batch: int, seed: int, dtype=torch.float64) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch, cfg.in_channels, *cfg.image_size, generator=g, dtype=dtype)

@@ -223,9 +223,7 @@ def export_npz_from_timm(model) -> dict:
 
 def test_npz_written_from_timm_model_loads_into_ours(tmp_path):
     cfg = tiny_cfg()
-    model = timm_vit(cfg).double().eval()
-    for p in model.parameters():                   # timm's init leaves LN at 1/0 and cls ~1e-6: randomise all
-        p.data.normal_(0, 0.3)
+    model = helpers.randomised(timm_vit(cfg).double().eval())   # timm's init leaves LN at 1/0 and cls ~1e-6
     np.savez(tmp_path / "timm.npz", **export_npz_from_timm(model))
     cfg2, params = read_checkpoint(tmp_path / "timm.npz", gelu="exact")[:2]
     assert cfg2 == cfg

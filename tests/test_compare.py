@@ -22,6 +22,7 @@ from paper.data import EvalView, ImageArray
 from paper.probes import DIRECTIONS, permute_patches, probe, shift, shift_each
 from paper.train import Processes, Run, main, train_stage, with_steps
 from paper.train_state import check_same_run, load_checkpoint
+from tests.helpers import random_params
 
 TRAIN_STEP = train_module.train_step
 
@@ -118,9 +119,7 @@ def test_a_vit_without_position_embeddings_cannot_tell_permuted_patches_apart():
     permuted = permute_patches(images, 4, permutations)
     for name, same in (("vit-no-pos", True), ("vit", False)):
         cfg = compare.VITS[name]
-        params = {k: v.double() + 0.1 * torch.randn(v.shape, dtype=torch.float64,
-                                                    generator=torch.Generator().manual_seed(2))
-                  for k, v in vit.init_params(cfg, torch.Generator().manual_seed(0)).items()}
+        params = random_params(cfg, seed=2, scale=0.1)
         a, b = vit.forward(params, images, cfg), vit.forward(params, permuted, cfg)
         assert a.abs().max() > 1e-2
         assert (a - b).abs().max().item() < 1e-12 if same else (a - b).abs().max().item() > 1e-4

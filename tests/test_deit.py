@@ -35,7 +35,7 @@ deit_configs = vit_configs(max_depth=2).map(lambda c: dataclasses.replace(c, cla
 
 
 def tiny(**kw) -> vit.ViTConfig:
-    """D_h = 64 like every DeiT, so formats can infer the head count from the weights."""
+    """D_h = 64 like every DeiT; formats that do not store the head count are told it (num_heads=)."""
     return vit.ViTConfig(**{"image_size": 32, "patch_size": 8, "dim": 128, "depth": 2, "num_heads": 2,
                             "mlp_dim": 256, "num_classes": 5, "distilled": True, **kw})
 
@@ -78,7 +78,8 @@ def test_distilled_gradients_equal_timm(cfg, batch):
     model = timm_distilled_training(timm_twin({k: v.detach() for k, v in params.items()}, cfg))
     images = random_images(cfg, batch, seed=6).requires_grad_(True)
     images_ref = images.detach().clone().requires_grad_(True)
-    w = torch.randn(2, batch, cfg.num_classes or cfg.dim, dtype=torch.float64)   # a loss touching every output
+    w = torch.randn(2, batch, cfg.num_classes or cfg.dim, dtype=torch.float64,   # a loss touching every output
+                    generator=torch.Generator().manual_seed(batch))
     sum((w[i] * out).sum() for i, out in enumerate(vit.forward_heads(params, images, cfg))).backward()
     sum((w[i] * out).sum() for i, out in enumerate(model(images_ref))).backward()
     torch.testing.assert_close(images.grad, images_ref.grad, **F64)

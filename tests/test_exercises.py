@@ -541,8 +541,8 @@ def per_layer_distance(attention: list, cfg) -> torch.Tensor:
 def rollout_on_and_off_strokes(attention: list, cfg, strokes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per digit, the class token's rollout per stroke patch and per background patch: 2 × (B,)."""
     rollout = analysis.class_token_map(analysis.attention_rollout(attention), cfg.grid_size)   # (B, 7, 7)
-    on = torch.stack([r[m].mean() for r, m in zip(rollout, strokes)])
-    off = torch.stack([r[~m].mean() for r, m in zip(rollout, strokes)])
+    on = torch.stack([r[m].mean() for r, m in zip(rollout, strokes, strict=True)])
+    off = torch.stack([r[~m].mean() for r, m in zip(rollout, strokes, strict=True)])
     return on, off
 
 
@@ -645,10 +645,10 @@ def test_workbook_05_grader_formulas_equal_the_libraries_when_nothing_is_wrong()
     param_count and torchvision's, multiply-adds equal torch.utils.flop_counter's."""
     from exercises.grading import vit_vs_cnn as g
     from paper.compare import multiply_adds
-    from paper.configs import param_count
+    from paper.reference_models import timm_vit
 
     for cfg in g.VIT_CASES:
-        assert g.vit_params_by_hand(cfg) == param_count(cfg)
+        assert g.vit_params_by_hand(cfg) == sum(p.numel() for p in timm_vit(cfg).parameters())
         params = vit.init_params(cfg)
         assert g.vit_macs_by_hand(cfg) == multiply_adds(lambda x, p=params, c=cfg: vit.forward(p, x, c), cfg)
     for cfg in g.CNN_CASES:

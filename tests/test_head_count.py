@@ -13,6 +13,7 @@ from paper.convert import main as convert
 from paper.formats.huggingface import from_hf, to_hf
 from paper.formats.timm import from_timm
 from paper.formats.torchvision import from_torchvision, to_torchvision
+from tests.helpers import randomised
 
 F64 = dict(rtol=0, atol=1e-10)    # float64, the same arithmetic in another order
 # destination name, extra flags, and how the library that reads the format loads it into a model
@@ -24,11 +25,7 @@ def source_model(head_dim: int, num_heads: int = 2, depth: int = 1, patch: int =
     """A timm VisionTransformer of D = head_dim · heads with every weight random (timm's own init leaves LN at 1/0)."""
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=image, patch_size=patch,
                               embed_dim=head_dim * num_heads, depth=depth, num_heads=num_heads, num_classes=7)
-    model = model.double().eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    return model
+    return randomised(model.double().eval())
 
 
 def loaded_by_its_library(path, dst: str, model) -> torch.nn.Module:
@@ -86,10 +83,7 @@ def test_convert_never_writes_a_model_with_another_head_count(tmp_path, capsys, 
 
 def test_a_known_architecture_gives_its_head_count_and_is_named(tmp_path, capsys):
     """timm's test_vit (D = 64, 6 layers, MLP 192, patch 16, 2 heads of 32) is in the table: no flag needed."""
-    model = timm.create_model("test_vit", pretrained=False, img_size=32).double().eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
+    model = randomised(timm.create_model("test_vit", pretrained=False, img_size=32).double().eval())
     torch.save(model.state_dict(), tmp_path / "src.pth")
     with pytest.raises(SystemExit) as done:
         cli.run(convert, [str(tmp_path / "src.pth"), str(tmp_path / "hf")])

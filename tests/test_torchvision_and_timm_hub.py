@@ -13,7 +13,7 @@ from paper.checkpoints import detect_format, read_checkpoint, read_preprocessing
 from paper.formats.fields import Preprocessing
 from paper.formats.timm import from_timm
 from paper.formats.torchvision import from_torchvision, to_torchvision
-from tests.helpers import random_images, random_params
+from tests.helpers import random_images, random_params, randomised
 
 F64 = dict(rtol=0, atol=1e-12)   # float64, the same arithmetic in another order (measured ≤ 1e-15 on these sizes)
 
@@ -21,10 +21,7 @@ F64 = dict(rtol=0, atol=1e-12)   # float64, the same arithmetic in another order
 def torchvision_model(representation_size=None, image=32) -> VisionTransformer:
     model = VisionTransformer(image_size=image, patch_size=8, num_layers=2, num_heads=4, hidden_dim=64, mlp_dim=96,
                               num_classes=7, representation_size=representation_size).double().eval()
-    with torch.no_grad():                       # torchvision zeroes the head: randomise everything
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    return model
+    return randomised(model)                    # torchvision zeroes the head: randomise everything
 
 
 @pytest.mark.parametrize("representation_size", [None, 10], ids=["linear head", "pre-logits"])
@@ -92,10 +89,7 @@ def test_timms_own_hub_directory_reads_with_heads_from_its_architecture(tmp_path
     """save_for_hf writes architecture "vit_tiny_patch16_224" and only the arguments that differ from it
     (img_size, depth, num_classes): the 3 heads come from the architecture's row of the table."""
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2, num_classes=5)
-    model = model.double().eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
+    model = randomised(model.double().eval())
     save_for_hf(model, str(tmp_path / "theirs"), safe_serialization=True)
     config = json.loads((tmp_path / "theirs" / "config.json").read_text())
     assert config["architecture"] == "vit_tiny_patch16_224" and "num_heads" not in config["model_args"]
