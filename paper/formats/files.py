@@ -39,6 +39,14 @@ def naming(path):
         raise ValueError(f"{path}: {e}") from e
 
 
+def read_state_dict(path, convert, **overrides):
+    """A state-dict file (torch.save or .safetensors) -> convert(state_dict, **overrides), usually (cfg, params); a
+    ValueError names the file."""
+    sd = load_tensors(path)
+    with naming(path):
+        return convert(sd, **overrides)
+
+
 def regular_file(path) -> None:
     """Refuse at once what is not a regular file: reading a FIFO blocks until a writer comes, /dev/zero never ends."""
     try:

@@ -28,10 +28,9 @@ from types import SimpleNamespace
 
 from lowlevel import ViTConfig, check_params
 from lowlevel.lora import BLOCK_TARGETS, LoRAConfig, adapted_layers, adapter_shapes, merge
-from paper.atomic import write_atomically
 
 from .fields import require
-from .files import load_tensors, save_tensors
+from .files import load_tensors, read_json, save_directory
 from .huggingface import backbone, hf_names, memory_name, without_backbone
 from .timm import timm_key
 
@@ -99,10 +98,7 @@ def write_peft(adapters: dict, cfg: ViTConfig, lora: LoRAConfig, directory, libr
               "target_modules": modules, "modules_to_save": None if head is None else [head_module(cfg, library)],
               "init_lora_weights": True, **UNSUPPORTED}
 
-    def write(tmp):
-        save_tensors(sd, Path(tmp) / WEIGHTS)
-        (Path(tmp) / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    write_atomically(directory, write, directory=True)
+    save_directory(directory, WEIGHTS, sd, {CONFIG: json.dumps(config, indent=2, sort_keys=True) + "\n"})
 
 
 def read_peft(directory, cfg: ViTConfig) -> tuple[LoRAConfig, dict, dict | None]:
@@ -112,10 +108,7 @@ def read_peft(directory, cfg: ViTConfig) -> tuple[LoRAConfig, dict, dict | None]
     directory = Path(directory)
     if not (directory / CONFIG).is_file() or not (directory / WEIGHTS).is_file():
         raise ValueError(f"{directory}: expected a peft adapter directory with {CONFIG} and {WEIGHTS}")
-    try:
-        config = json.loads((directory / CONFIG).read_text())
-    except ValueError as e:
-        raise ValueError(f"{directory / CONFIG}: expected JSON, got an unreadable file ({e})") from e
+    config = read_json(directory / CONFIG)
     fmt = f"{directory / CONFIG}: this project's LoRA"
     require(fmt, SimpleNamespace(peft_type=config.get("peft_type")), peft_type="LORA")
     require(fmt, SimpleNamespace(**{k: config.get(k, v) for k, v in UNSUPPORTED.items()}), **UNSUPPORTED)

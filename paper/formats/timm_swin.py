@@ -28,7 +28,7 @@ from lowlevel.swin_params import merge_index
 
 from ..reference_swin import TIMM_CONVENTIONS, require_timm
 from .fields import Preprocessing, swin_fields
-from .files import load_tensors, naming, save_tensors
+from .files import read_state_dict, save_tensors
 from .renaming import renamed, unrenamed
 
 BLOCK_NAMES = {"ln1": "norm1", "qkv": "attn.qkv", "proj": "attn.proj", "ln2": "norm2", "fc1": "mlp.fc1",
@@ -76,9 +76,7 @@ def to_timm_swin(params: dict[str, torch.Tensor], cfg: SwinConfig) -> dict[str, 
 
 def read_timm_swin(path, **overrides) -> tuple[SwinConfig, dict]:
     """A timm Swin state-dict file -> (cfg, params)."""
-    sd = load_tensors(path)
-    with naming(path):
-        return from_timm_swin(sd, **overrides)
+    return read_state_dict(path, from_timm_swin, **overrides)
 
 
 def write_timm_swin(params: dict, cfg: SwinConfig, path) -> None:

@@ -26,7 +26,7 @@ import torch
 from lowlevel import ViTConfig, param_shapes
 
 from .fields import Preprocessing, num_heads_for, require, square_image_size
-from .files import load_tensors, naming, save_tensors
+from .files import read_state_dict, save_tensors
 from .renaming import renamed, unrenamed
 
 FORMAT = "torchvision's VisionTransformer"
@@ -106,9 +106,7 @@ def to_torchvision(params: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str,
 
 def read_torchvision(path, **overrides) -> tuple[ViTConfig, dict]:
     """A torchvision state_dict file (torch.save or .safetensors) -> (cfg, params)."""
-    sd = load_tensors(path)
-    with naming(path):
-        return from_torchvision(sd, **overrides)
+    return read_state_dict(path, from_torchvision, **overrides)
 
 
 def write_torchvision(params: dict, cfg: ViTConfig, path) -> None:

@@ -31,7 +31,7 @@ from lowlevel.swin_params import merge_index
 
 from ..reference_swin import TORCHVISION_CONVENTIONS, require_torchvision
 from .fields import Preprocessing, swin_fields
-from .files import load_tensors, naming, save_tensors
+from .files import read_state_dict, save_tensors
 from .renaming import renamed, unrenamed
 
 BLOCK_NAMES = {"ln1": "norm1", "qkv": "attn.qkv", "proj": "attn.proj", "ln2": "norm2", "fc1": "mlp.0", "fc2": "mlp.3",
@@ -101,9 +101,7 @@ def to_torchvision_swin(params: dict[str, torch.Tensor], cfg: SwinConfig) -> dic
 
 def read_torchvision_swin(path, **overrides) -> tuple[SwinConfig, dict]:
     """A torchvision Swin state-dict file -> (cfg, params)."""
-    sd = load_tensors(path)
-    with naming(path):
-        return from_torchvision_swin(sd, **overrides)
+    return read_state_dict(path, from_torchvision_swin, **overrides)
 
 
 def write_torchvision_swin(params: dict, cfg: SwinConfig, path) -> None:
