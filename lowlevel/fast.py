@@ -1,7 +1,8 @@
 """The fast path: the encoder block of eqs. (2)-(3) computed in fewer passes over memory, same numbers.
 
-`fast_forward` runs this instead of encoder.py's blocks. Every change is a rearrangement, not an
-approximation (tests/test_fast_path.py checks outputs and gradients against the explicit path in float64):
+`forward` and `forward_heads` run this instead of encoder.py's blocks when called with `fast=True`. Every change is
+a rearrangement, not an approximation (tests/test_fast_path.py checks outputs and gradients against the explicit path
+in float64):
 
 1. Attention, eqs. (5)-(8), through `F.scaled_dot_product_attention`: one fused kernel (flash attention on CPU and
    GPU) that never stores the (B, H, N, N) probabilities, so the fast path cannot return them.

@@ -15,10 +15,11 @@ Training fits Z_cls to the true labels and Z_dist to the teacher (paper/distilla
 make one prediction as cfg.fusion says (`fuse`).
 
 Entry points, one return shape each: `forward` (logits), `forward_intermediates` (logits and what the model
-computed on the way: every layer's attention, every hidden state, the features), `fast_forward` (logits, the same
-function through fast.py's fused blocks), and for a distilled model `forward_heads` and `fast_forward_heads` (both
-heads' logits (Z_cls, Z_dist), what distillation trains). Nothing is stored between calls, so each composes with
-torch.func (`vmap`, `grad`, `jvp`) as a function of (params, images).
+computed on the way: every layer's attention, every hidden state, the features), and for a distilled model
+`forward_heads` (both heads' logits (Z_cls, Z_dist), what distillation trains). `forward` and `forward_heads` take
+`fast`: True runs fast.py's fused blocks instead of encoder.py's, the same function in fewer passes, which never
+forms the attention probabilities (so `forward_intermediates` has no such flag). Nothing is stored between calls, so
+each composes with torch.func (`vmap`, `grad`, `jvp`) as a function of (params, images).
 """
 import math
 
@@ -120,19 +121,28 @@ def check_distilled(cfg: ViTConfig, function: str) -> None:
                          f"distilled=False; use forward for a model with one head")
 
 
-def forward(params: dict, images: torch.Tensor, cfg: ViTConfig, *, train: bool = False) -> torch.Tensor:
+def encode(params: dict, images: torch.Tensor, cfg: ViTConfig, train: bool, fast: bool) -> torch.Tensor:
+    """Eqs. (1)-(3): images (B, C, H, W) -> z_L (B, P+N, D), checked first. With `fast`, fast.py's `fast_encoder`:
+    fused attention that never forms the probabilities, each residual add inside its GEMM, and, with class-token
+    pooling, the last block for the prefix tokens alone (then z_L^{0…P−1}, (B, P, D), all that eq. (4) reads)."""
+    check_inputs(params, images, cfg)
+    blocks = fast_encoder if fast else encoder
+    return blocks(params, embed(params, images, cfg, train), cfg, train)
+
+
+def forward(params: dict, images: torch.Tensor, cfg: ViTConfig, *, train: bool = False,
+            fast: bool = False) -> torch.Tensor:
     """images (B, C, H, W) -> logits (B, K) (features (B, D) when num_classes=0). `train` turns dropout and drop path
-    on."""
-    check_inputs(params, images, cfg)
-    return output(params, encoder(params, embed(params, images, cfg, train), cfg, train), cfg)
+    on; `fast` computes the same logits through fast.py (`encode`)."""
+    return output(params, encode(params, images, cfg, train, fast), cfg)
 
 
-def forward_heads(params: dict, images: torch.Tensor, cfg: ViTConfig, *,
-                  train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """A distilled model's two heads: images (B, C, H, W) -> (Z_cls (B, K), Z_dist (B, K)), what DeiT trains."""
+def forward_heads(params: dict, images: torch.Tensor, cfg: ViTConfig, *, train: bool = False,
+                  fast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """A distilled model's two heads: images (B, C, H, W) -> (Z_cls (B, K), Z_dist (B, K)), what DeiT trains; `fast`
+    as for `forward`."""
     check_distilled(cfg, "forward_heads")
-    check_inputs(params, images, cfg)
-    return heads(params, encoder(params, embed(params, images, cfg, train), cfg, train), cfg)
+    return heads(params, encode(params, images, cfg, train, fast), cfg)
 
 
 def forward_intermediates(params: dict, images: torch.Tensor, cfg: ViTConfig, *,
@@ -150,18 +160,3 @@ def forward_intermediates(params: dict, images: torch.Tensor, cfg: ViTConfig, *,
         attention.append(probs)
         hidden.append(z)
     return output(params, z, cfg), {"attention": attention, "hidden": hidden, "features": features(params, z, cfg)}
-
-
-def fast_forward(params: dict, images: torch.Tensor, cfg: ViTConfig, *, train: bool = False) -> torch.Tensor:
-    """`forward` computed by fast.py: fused attention that never forms the probabilities, each residual add inside
-    its GEMM, and, with class-token pooling, the last block for the prefix tokens alone. Same logits."""
-    check_inputs(params, images, cfg)
-    return output(params, fast_encoder(params, embed(params, images, cfg, train), cfg, train), cfg)
-
-
-def fast_forward_heads(params: dict, images: torch.Tensor, cfg: ViTConfig, *,
-                       train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """`forward_heads` computed by fast.py, as `fast_forward` computes `forward`."""
-    check_distilled(cfg, "fast_forward_heads")
-    check_inputs(params, images, cfg)
-    return heads(params, fast_encoder(params, embed(params, images, cfg, train), cfg, train), cfg)

@@ -12,10 +12,11 @@ as pure functions of (params, images), built from the ViT's primitives: `layer_n
     logits = head(mean over tokens of LN(z))     the original's head: LayerNorm, average pooling, linear
 
 Tokens are kept as a (B, H, W, C) map, as in timm and torchvision, so that windows are reshapes (windows.py).
-Three entry points, one return shape each, as for the ViT (model.py): `forward` (logits), `forward_intermediates`
-(logits and every block's attention per window, every hidden map, every stage's output, the features) and
-`fast_forward` (logits through fused window attention). `init_params` and `param_shapes` (swin_params.py) are
-re-exported, so that `from lowlevel import swin` gives the whole model.
+Two entry points, one return shape each, as for the ViT (model.py): `forward` (logits) and `forward_intermediates`
+(logits and every block's attention per window, every hidden map, every stage's output, the features). `forward`,
+`swin_block` and `stage_blocks` take `fast`: True computes the same function through fused window attention, which
+never forms the probabilities, with each output projection joined to its residual add. `init_params` and
+`param_shapes` (swin_params.py) are re-exported, so that `from lowlevel import swin` gives the whole model.
 """
 import torch
 import torch.nn.functional as F
@@ -34,8 +35,8 @@ from .swin_config import SwinConfig
 from .swin_params import init_params, param_shapes
 from .windows import cyclic_shift, shift_mask, window_partition, window_reverse
 
-__all__ = ["init_params", "param_shapes", "forward", "forward_intermediates", "fast_forward", "embed",
-           "swin_block", "fast_swin_block", "window_attention", "fused_window_attention", "patch_merging", "pool"]
+__all__ = ["init_params", "param_shapes", "forward", "forward_intermediates", "embed",
+           "swin_block", "window_attention", "fused_window_attention", "patch_merging", "pool"]
 
 
 def check_inputs(params: dict, images: torch.Tensor, cfg: SwinConfig) -> None:
@@ -121,39 +122,31 @@ def stage_drop_path_rates(cfg: SwinConfig, stage: int) -> list[float]:
 
 
 def swin_block(params: dict, x: torch.Tensor, cfg: SwinConfig, stage: int, j: int, train: bool = False,
-               drop_path_rate: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+               drop_path_rate: float = 0.0, fast: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Eq. (3) for block j of `stage`: W-MSA when j is even, SW-MSA when odd, then the MLP, each pre-norm with a
     residual that drop_path drops per image with probability `drop_path_rate` in training.
-    x (B, H, W, C) -> (x (B, H, W, C), attention probabilities per window (B·nW, heads, N, N))."""
+    x (B, H, W, C) -> (x (B, H, W, C), attention probabilities per window (B·nW, heads, N, N), None with `fast`).
+    `fast` rearranges the block, same numbers: fused window attention, and the output projection after the windows
+    are put back. The projection acts on each token alone, so it commutes with the window reverse, the roll and the
+    crop; done after them it skips the padded tokens and joins the residual add in one GEMM (fast.py's
+    residual_linear; the Swin has no dropout)."""
     p, eps, rate = params, cfg.layer_norm_eps, drop_path_rate
     size = x.shape[1:3]
     window, shift = cfg.window_and_shift(size, shifted=j % 2 == 1)
     windows, padded = to_windows(layer_norm(x, p["ln1.weight"], p["ln1.bias"], eps), cfg, window, shift)
     bias = window_bias(p["relative_position_bias_table"], window, shift, padded)
+    if fast:
+        a = fused_window_attention(windows, p["qkv.weight"], p.get("qkv.bias"), cfg.num_heads[stage], bias)
+        a = from_windows(a, cfg, window, shift, padded, size)                           # (B, H, W, C), unprojected
+        x = residual_linear(x, a, p["proj.weight"], p["proj.bias"], 0.0, train, rate)  # ẑ = (S)W-MSA(LN(z)) + z
+        h = mlp_hidden(layer_norm(x, p["ln2.weight"], p["ln2.bias"], eps), p["fc1.weight"], p["fc1.bias"], cfg.gelu)
+        return residual_linear(x, h, p["fc2.weight"], p["fc2.bias"], 0.0, train, rate), None  # z = MLP(LN(ẑ)) + ẑ
     a, probs = window_attention(windows, p["qkv.weight"], p.get("qkv.bias"), p["proj.weight"], p["proj.bias"],
                                 cfg.num_heads[stage], bias)
     x = x + drop_path(from_windows(a, cfg, window, shift, padded, size), rate, train)   # ẑ = (S)W-MSA(LN(z)) + z
     m = mlp(layer_norm(x, p["ln2.weight"], p["ln2.bias"], eps), p["fc1.weight"], p["fc1.bias"], p["fc2.weight"],
             p["fc2.bias"], cfg.gelu)
     return x + drop_path(m, rate, train), probs                                         # z = MLP(LN(ẑ)) + ẑ
-
-
-def fast_swin_block(params: dict, x: torch.Tensor, cfg: SwinConfig, stage: int, j: int, train: bool = False,
-                    drop_path_rate: float = 0.0) -> torch.Tensor:
-    """Eq. (3) for one block as `swin_block` computes it, rearranged: fused window attention, and the output
-    projection after the windows are put back. The projection acts on each token alone, so it commutes with the
-    window reverse, the roll and the crop; done after them it skips the padded tokens and joins the residual add in
-    one GEMM (fast.py's residual_linear; the Swin has no dropout). x (B, H, W, C) -> (B, H, W, C)."""
-    p, eps, rate = params, cfg.layer_norm_eps, drop_path_rate
-    size = x.shape[1:3]
-    window, shift = cfg.window_and_shift(size, shifted=j % 2 == 1)
-    windows, padded = to_windows(layer_norm(x, p["ln1.weight"], p["ln1.bias"], eps), cfg, window, shift)
-    bias = window_bias(p["relative_position_bias_table"], window, shift, padded)
-    a = fused_window_attention(windows, p["qkv.weight"], p.get("qkv.bias"), cfg.num_heads[stage], bias)
-    a = from_windows(a, cfg, window, shift, padded, size)
-    x = residual_linear(x, a, p["proj.weight"], p["proj.bias"], 0.0, train, rate)          # ẑ = (S)W-MSA(LN(z)) + z
-    h = mlp_hidden(layer_norm(x, p["ln2.weight"], p["ln2.bias"], eps), p["fc1.weight"], p["fc1.bias"], cfg.gelu)
-    return residual_linear(x, h, p["fc2.weight"], p["fc2.bias"], 0.0, train, rate)          # z = MLP(LN(ẑ)) + ẑ
 
 
 def patch_merging(params: dict, x: torch.Tensor, cfg: SwinConfig) -> torch.Tensor:
@@ -175,27 +168,19 @@ def merge(params: dict, x: torch.Tensor, cfg: SwinConfig, stage: int, position: 
     return patch_merging(params_under(params, "merge."), x, cfg)
 
 
-def stage_blocks(params: dict, x: torch.Tensor, cfg: SwinConfig, stage: int,
-                 train: bool = False) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """One stage (§3.1, Fig. 3): its patch merging where cfg.merge_position puts it, and its Swin blocks.
-    (B, H, W, C) -> (output, every block's attention probabilities, every block's output)."""
+def stage_blocks(params: dict, x: torch.Tensor, cfg: SwinConfig, stage: int, train: bool = False,
+                 fast: bool = False) -> tuple[torch.Tensor, list[torch.Tensor | None], list[torch.Tensor]]:
+    """One stage (§3.1, Fig. 3): its patch merging where cfg.merge_position puts it, and its Swin blocks, `fast` or
+    not (`swin_block`). (B, H, W, C) -> (output, every block's attention probabilities (None each with `fast`),
+    every block's output)."""
     p = params_under(params, f"stages.{stage}.")
     x = merge(p, x, cfg, stage, "start")
     attention, hidden = [], []
     for j, rate in enumerate(stage_drop_path_rates(cfg, stage)):
-        x, probs = swin_block(params_under(p, f"blocks.{j}."), x, cfg, stage, j, train, rate)
+        x, probs = swin_block(params_under(p, f"blocks.{j}."), x, cfg, stage, j, train, rate, fast)
         attention.append(probs)
         hidden.append(x)
     return merge(p, x, cfg, stage, "end"), attention, hidden
-
-
-def fast_stage(params: dict, x: torch.Tensor, cfg: SwinConfig, stage: int, train: bool = False) -> torch.Tensor:
-    """`stage_blocks` through `fast_swin_block`: (B, H, W, C) -> the stage's output."""
-    p = params_under(params, f"stages.{stage}.")
-    x = merge(p, x, cfg, stage, "start")
-    for j, rate in enumerate(stage_drop_path_rates(cfg, stage)):
-        x = fast_swin_block(params_under(p, f"blocks.{j}."), x, cfg, stage, j, train, rate)
-    return merge(p, x, cfg, stage, "end")
 
 
 def pool(params: dict, x: torch.Tensor, cfg: SwinConfig) -> torch.Tensor:
@@ -204,13 +189,14 @@ def pool(params: dict, x: torch.Tensor, cfg: SwinConfig) -> torch.Tensor:
     return layer_norm(x, params["norm.weight"], params["norm.bias"], cfg.layer_norm_eps).mean(dim=(1, 2))
 
 
-def forward(params: dict, images: torch.Tensor, cfg: SwinConfig, *, train: bool = False) -> torch.Tensor:
+def forward(params: dict, images: torch.Tensor, cfg: SwinConfig, *, train: bool = False,
+            fast: bool = False) -> torch.Tensor:
     """images (B, C_in, H, W) -> logits (B, K) (features (B, 8C) when num_classes=0). `train` turns stochastic depth
-    on."""
+    on; `fast` computes the same logits through fused window attention (`swin_block`)."""
     check_inputs(params, images, cfg)
     x = embed(params, images, cfg)
     for s in range(cfg.num_stages):
-        x = stage_blocks(params, x, cfg, s, train)[0]
+        x = stage_blocks(params, x, cfg, s, train, fast)[0]
     return classifier(params, pool(params, x, cfg), cfg)
 
 
@@ -235,13 +221,3 @@ def forward_intermediates(params: dict, images: torch.Tensor, cfg: SwinConfig, *
     features = pool(params, x, cfg)
     return classifier(params, features, cfg), {"attention": attention, "hidden": hidden, "stages": stages,
                                                  "features": features}
-
-
-def fast_forward(params: dict, images: torch.Tensor, cfg: SwinConfig, *, train: bool = False) -> torch.Tensor:
-    """`forward` computed by fused window attention (which never stores the probabilities) with each output
-    projection joined to its residual add. Same logits."""
-    check_inputs(params, images, cfg)
-    x = embed(params, images, cfg)
-    for s in range(cfg.num_stages):
-        x = fast_stage(params, x, cfg, s, train)
-    return classifier(params, pool(params, x, cfg), cfg)

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from lowlevel import SwinConfig, ViTConfig, fast_forward, forward, swin
+from lowlevel import SwinConfig, ViTConfig, forward, swin
 
 from .formats.huggingface import to_hf
 from .formats.timm import to_timm
@@ -43,12 +43,9 @@ def sgd(parameters: list) -> torch.optim.Optimizer:
 
 def ours(params: dict, cfg: ViTConfig | SwinConfig, fast: bool, compile: bool) -> Contender:
     params = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
-    if isinstance(cfg, SwinConfig):
-        model = swin.fast_forward if fast else swin.forward
-    else:
-        model = fast_forward if fast else forward
-    run = partial(model, params, cfg=cfg)
-    train = partial(model, params, cfg=cfg, train=True)
+    model = swin.forward if isinstance(cfg, SwinConfig) else forward
+    run = partial(model, params, cfg=cfg, fast=fast)
+    train = partial(model, params, cfg=cfg, train=True, fast=fast)
     if compile:
         run, train = torch.compile(run), torch.compile(train)
     return Contender(f"ours {'fast' if fast else 'explicit'}", run, train, list(params.values()),

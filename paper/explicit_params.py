@@ -21,8 +21,5 @@ class ExplicitParams(nn.Module):
         return {k.replace("/", "."): v for k, v in self.params.items()}
 
     def forward(self, images: torch.Tensor):
-        if self.heads and self.training:
-            run = vit.fast_forward_heads if self.fast else vit.forward_heads
-        else:
-            run = vit.fast_forward if self.fast else vit.forward
-        return run(self.as_dict(), images, self.cfg, train=self.training)
+        run = vit.forward_heads if self.heads and self.training else vit.forward
+        return run(self.as_dict(), images, self.cfg, train=self.training, fast=self.fast)

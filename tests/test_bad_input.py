@@ -2,6 +2,7 @@
 the forward pass, reading, writing, training and the commands each refuse with a ValueError (a command: one line
 `error: …` and exit code 2) naming what is wrong, before anything is computed, allocated or written."""
 import errno
+import functools
 import io
 import json
 import os
@@ -64,8 +65,9 @@ def test_config_refuses_bad_fields_naming_them(fields, message):
 
 # ---------------------------------------------------------------- the forward pass
 
-@pytest.mark.parametrize("run", [vit.forward, vit.fast_forward, lambda *a: vit.forward_intermediates(*a)[0]],
-                         ids=["forward", "fast_forward", "forward_intermediates"])
+@pytest.mark.parametrize("run", [vit.forward, functools.partial(vit.forward, fast=True),
+                                 lambda *a: vit.forward_intermediates(*a)[0]],
+                         ids=["forward", "forward_fast", "forward_intermediates"])
 def test_forward_refuses_mismatched_params_naming_both_sides(run):
     params = random_params(CFG, dtype=torch.float64)
     x = random_images(CFG, 2, seed=0, dtype=torch.float32)

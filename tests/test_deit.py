@@ -63,9 +63,9 @@ def test_distilled_model_equals_timm_in_evaluation_and_in_distilled_training(cfg
         their_heads = timm_distilled_training(model)(images)
         for ours, theirs in zip(heads, their_heads, strict=True):
             torch.testing.assert_close(ours, theirs, **F64)
-        for ours, theirs in zip(vit.fast_forward_heads(params, images, cfg), their_heads, strict=True):
+        for ours, theirs in zip(vit.forward_heads(params, images, cfg, fast=True), their_heads, strict=True):
             torch.testing.assert_close(ours, theirs, **F64)
-        torch.testing.assert_close(vit.fast_forward(params, images, cfg), logits, **F64)
+        torch.testing.assert_close(vit.forward(params, images, cfg, fast=True), logits, **F64)
     for ours, theirs in zip(out["attention"], model.recorded[:cfg.depth], strict=True):
         assert ours.shape == (batch, cfg.num_heads, cfg.num_patches + 2, cfg.num_patches + 2)
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
@@ -158,7 +158,7 @@ def test_training_forward_with_dropout_and_drop_path_equals_timm_seeded():
         torch.manual_seed(seed)
         ours = vit.forward_heads(params, images, cfg, train=True)
         torch.manual_seed(seed)
-        fast = vit.fast_forward_heads(params, images, cfg, train=True)
+        fast = vit.forward_heads(params, images, cfg, train=True, fast=True)
         for a, b, c in zip(ours, theirs, fast, strict=True):
             torch.testing.assert_close(a, b, **F64)
             torch.testing.assert_close(c, b, **F64)
@@ -174,9 +174,9 @@ def test_fast_path_computes_the_prefix_tokens_alone_with_drop_path():
     params = {k: v.requires_grad_(True) for k, v in random_params(cfg, seed=4).items()}
     images = random_images(cfg, 8, seed=4)
     results = []
-    for run in (vit.forward_heads, vit.fast_forward_heads):
+    for fast in (False, True):
         torch.manual_seed(1)
-        heads = run(params, images, cfg, train=True)
+        heads = vit.forward_heads(params, images, cfg, train=True, fast=fast)
         grads = torch.autograd.grad(heads[0].sum() + 2 * heads[1].sum(), list(params.values()))
         results.append((heads, grads))
     for ours, theirs in zip(results[0][0] + results[0][1], results[1][0] + results[1][1], strict=True):

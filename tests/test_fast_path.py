@@ -1,6 +1,7 @@
 """The fast path (lowlevel/fast.py) computes the same function as the explicit one, and as timm's fused-attention
 model: logits, gradients, dropout masks; it compiles with torch.compile. The benchmark command runs end to end."""
 import dataclasses
+import functools
 import json
 import shutil
 
@@ -10,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-from lowlevel import ViTConfig, fast_forward, forward
+from lowlevel import ViTConfig, forward
 from paper import bench
 from paper.bench_models import build
 from paper.configs import paper_config
@@ -28,12 +29,12 @@ def timm_fused(params: dict, cfg: ViTConfig):
 
 
 @given(vit_configs(), st.integers(1, 3))
-def test_fast_forward_equals_explicit_and_timm(cfg, batch):
+def test_fast_path_equals_explicit_and_timm(cfg, batch):
     """float64: the rearrangements change only rounding, ~1e-16 per operation."""
     params = random_params(cfg, seed=batch)
     images = random_images(cfg, batch, seed=batch)
     with torch.no_grad():
-        fast = fast_forward(params, images, cfg)
+        fast = forward(params, images, cfg, fast=True)
         explicit = forward(params, images, cfg)
         ref = timm_fused(params, cfg)(images)
     assert fast.shape == explicit.shape == (batch, cfg.num_classes or cfg.dim)
@@ -50,7 +51,7 @@ def test_fast_gradients_equal_explicit(cfg, batch):
         images = random_images(cfg, batch, seed=6).requires_grad_(True)
         weights = torch.randn(batch, cfg.num_classes or cfg.dim, dtype=torch.float64,
                               generator=torch.Generator().manual_seed(7))     # a loss touching every output
-        ((fast_forward if fast else forward)(params, images, cfg) * weights).sum().backward()
+        (forward(params, images, cfg, fast=fast) * weights).sum().backward()
         grads.append({"images": images.grad, **{k: v.grad for k, v in params.items()}})
     explicit, fast = grads
     assert explicit.keys() == fast.keys()
@@ -69,10 +70,10 @@ def test_fast_dropout_draws_the_same_masks(seed):
     out = []
     for fast in (False, True):
         torch.manual_seed(seed)
-        out.append((fast_forward if fast else forward)(params, images, cfg, train=True))
+        out.append(forward(params, images, cfg, train=True, fast=fast))
     torch.testing.assert_close(out[1], out[0], rtol=0, atol=1e-10)
     torch.manual_seed(seed)
-    assert not torch.allclose(fast_forward(params, images, cfg), out[1])   # dropout did act
+    assert not torch.allclose(forward(params, images, cfg, fast=True), out[1])   # dropout did act
 
 
 @pytest.mark.slow
@@ -88,9 +89,10 @@ def test_compiled_forward_and_backward_equal_eager():
     images = random_images(cfg, 2, seed=1, dtype=torch.float32)
     labels = torch.tensor([1, 4])
     torch._dynamo.reset()
-    compiled = torch.compile(fast_forward)
+    eager = functools.partial(forward, fast=True)
+    compiled = torch.compile(eager)
     results = []
-    for run in (fast_forward, compiled):
+    for run in (eager, compiled):
         logits = run(params, images, cfg, train=True)
         loss = torch.nn.functional.cross_entropy(logits, labels)
         grads = torch.autograd.grad(loss, list(params.values()))

@@ -1,5 +1,5 @@
-"""`forward` and `fast_forward` are pure functions of (params, images), so torch.func's transforms apply to them
-directly: per-sample gradients (vmap of grad), ensembles (vmap over stacked params), forward-mode jvp and
+"""`forward`, explicit and with `fast=True`, is a pure function of (params, images), so torch.func's transforms apply
+to it directly: per-sample gradients (vmap of grad), ensembles (vmap over stacked params), forward-mode jvp and
 Hessian-vector products. Each is checked in float64 against a computation that does not use torch.func: a Python
 loop, or torch.autograd.functional (reverse-mode double backward). And `functional_call` of timm's module with our
 converted params equals ours."""
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lowlevel import ViTConfig, fast_forward, forward
+from lowlevel import ViTConfig, forward
 from paper.formats.timm import to_timm
 from paper.reference_models import timm_vit
 from tests.helpers import random_images, random_params
@@ -20,7 +20,7 @@ from tests.helpers import random_images, random_params
 CFGS = [ViTConfig(image_size=8, patch_size=4, dim=16, depth=2, num_heads=2, mlp_dim=24, num_classes=3),
         ViTConfig(image_size=(8, 12), patch_size=4, in_channels=1, dim=12, depth=1, num_heads=3, mlp_dim=8,
                   num_classes=4, pool="avg", class_token=False, gelu="tanh")]
-PATHS = {"explicit": forward, "fast": fast_forward}
+PATHS = {"explicit": forward, "fast": functools.partial(forward, fast=True)}
 
 
 @pytest.fixture(autouse=True)
@@ -100,7 +100,7 @@ def test_the_fused_cpu_kernel_has_no_forward_mode_derivative():
     cfg = CFGS[0]
     params, images = random_params(cfg, seed=2), random_images(cfg, 1, seed=4)
     with pytest.raises(NotImplementedError, match="forward AD"):
-        jvp(lambda p: fast_forward(p, images, cfg), (params,), (params,))
+        jvp(lambda p: forward(p, images, cfg, fast=True), (params,), (params,))
 
 
 @pytest.mark.parametrize("cfg", CFGS, ids=["token", "avg"])

@@ -347,5 +347,5 @@ def test_the_fast_path_refuses_lora_weights_with_a_clear_error():
     adapted = adapt(params, adapters, CFG, lora)
     with pytest.raises(ValueError, match=r"the fast path expected plain weight tensors, got LoRA weights at "
                                          r"\['blocks.0.qkv.weight'"):
-        vit.fast_forward(adapted, images, CFG)
-    vit.fast_forward(merge(params, adapters, CFG, lora), images, CFG)                  # merged: plain tensors
+        vit.forward(adapted, images, CFG, fast=True)
+    vit.forward(merge(params, adapters, CFG, lora), images, CFG, fast=True)            # merged: plain tensors

@@ -4,6 +4,7 @@ in every window, every stage's output, and the gradients w.r.t. the images and e
 Its pieces equal theirs; the conventions give different functions exactly where FAMILY.md §3.4 says; the fast path
 computes the same function; the paper's models have timm's and torchvision's exact parameter counts."""
 import dataclasses
+import functools
 import math
 
 import pytest
@@ -278,14 +279,14 @@ def test_patch_merging_equals_timm_and_torchvision(h, w, batch):
 
 
 @given(st.sampled_from([TIMM_CONVENTIONS, TORCHVISION_CONVENTIONS]).flatmap(swin_configs), st.integers(1, 2))
-def test_fast_forward_equals_explicit_values_and_gradients(cfg, batch):
+def test_fast_path_equals_explicit_values_and_gradients(cfg, batch):
     """Fused window attention with the bias as its mask, the projection after the windows are put back: the same
     function, to rounding, in both conventions."""
     grads, outs = [], []
-    for model in (swin.forward, swin.fast_forward):
+    for fast in (False, True):
         params = {k: v.requires_grad_(True) for k, v in random_params(cfg, seed=5).items()}
         images = random_images(cfg, batch, seed=6).requires_grad_(True)
-        out = model(params, images, cfg)
+        out = swin.forward(params, images, cfg, fast=fast)
         (out * loss_weights(cfg, batch)).sum().backward()
         outs.append(out.detach())
         grads.append({"images": images.grad, **{k: v.grad for k, v in params.items()}})
@@ -307,7 +308,7 @@ def test_stochastic_depth_draws_timms_and_torchvisions_masks(reference):
     model = timm_twin(params, cfg) if reference == "timm" else torchvision_twin(params, cfg)
     model.train()
     outs = []
-    for run in (swin.forward, swin.fast_forward, None):
+    for run in (swin.forward, functools.partial(swin.forward, fast=True), None):
         torch.manual_seed(0)
         with torch.no_grad():
             outs.append(model(images) if run is None else run(params, images, cfg, train=True))
@@ -321,7 +322,8 @@ def test_bad_images_and_configs_raise_errors_naming_the_field():
     with pytest.raises(ValueError, match=r"images: expected height and width \(32, 32\) \(cfg.image_size\), got \(32, 36\)"):
         swin.forward(swin.init_params(cfg), torch.zeros(1, 3, 32, 36), cfg)
     params, images = swin.init_params(cfg), torch.zeros(1, 3, 32, 32)
-    for run in (swin.forward, swin.forward_intermediates, swin.fast_forward):    # params checked as the ViT's are
+    # params checked as the ViT's are
+    for run in (swin.forward, swin.forward_intermediates, functools.partial(swin.forward, fast=True)):
         with pytest.raises(ValueError, match=r"missing key: head.weight"):
             run({k: v for k, v in params.items() if k != "head.weight"}, images, cfg)
         with pytest.raises(ValueError, match=r"params: expected every tensor on the images' device and dtype"):
