@@ -293,6 +293,7 @@ BROKEN = {   # one copy of workbook 03 that breaks in every way learner code can
 
 @pytest.mark.slow
 def test_checker_reports_syntax_errors_wrong_shapes_hangs_and_crashes_per_task(tmp_path):
+    trained_model(*PICTURES_MODEL)      # the setup block reads it: trained here, not inside the checker's setup limit
     text = replaced((SOLUTIONS / "03_position_embeddings.md").read_text(), BROKEN.values())
     path = tmp_path / "03_position_embeddings.md"
     path.write_text(text)
@@ -302,10 +303,12 @@ def test_checker_reports_syntax_errors_wrong_shapes_hangs_and_crashes_per_task(t
     syntax_line = text.splitlines().index("    quarter = dim // 4)") + 1           # counted in the .md file
     assert f"syntax error in task 1 at line {syntax_line} of 03_position_embeddings.md" in results[1].message
     assert "wrong shape: expected (2, 7, 8), got (2, 6, 8)" in results[2].message
-    assert "task 3 did not finish within 2 s" in results[3].message
+    assert "task 3 did not finish within 2 s" in results[3].message      # the wall-clock kill, not the CPU backstop
     assert "exit code 3" in results[4].message
     assert all(not r.passed and r.hint for r in results.values())
-    assert elapsed < 60, f"the hang was stopped after {elapsed:.0f} s, not at its 2 s limit"
+    # Three fresh learner processes (after tasks 2-4) each import torch and run the setup: about 20 s in all on a
+    # quiet 2-core machine. The bound is a generous multiple of that, far below an endless loop's.
+    assert elapsed < 300, f"the hang was stopped after {elapsed:.0f} s, not at its 2 s limit"
 
 
 def test_checker_reports_missing_sections_unknown_workbooks_and_tasks(tmp_path):
@@ -546,36 +549,51 @@ def rollout_on_and_off_strokes(attention: list, cfg, strokes: torch.Tensor) -> t
     return on, off
 
 
+# What the pictures model showed when trained with seeds 0-3 on this project's AMD EPYC (`python -m paper.train
+# --data mnist --seed S`; the workbooks read seed 0): first layer 12.6-13.3 px, last 13.6-13.9 px; rollout per stroke
+# patch 0.034-0.038, per background patch 0.013-0.014, their ratio 2.4-2.9×, strokes ahead on all 200 digits; every
+# E_pos tile peaking at its own patch, its nearest other patch a neighbour for 45-48 of the 49; mean cosine 0.65-0.68
+# beside, 0.39-0.44 diagonal, 0.12-0.18 two along, 0.23-0.34 at the two ends. The bounds below widen that spread;
+# the relations held on every seed and are asserted exactly.
+PICTURES_SPREAD = {"first": (12.4, 13.5), "last": (13.3, 14.1), "on": (0.030, 0.042), "off": (0.0115, 0.0155),
+                   "neighbours": 43, "mean_at": [(0.60, 0.75), (0.34, 0.50), (0.07, 0.23), (0.18, 0.40)]}
+
+
+def within(value: float, bounds: tuple[float, float]) -> bool:
+    return bounds[0] <= value <= bounds[1]
+
+
 def test_pictures_model_first_layer_attends_nearer_than_the_last(pictures):
-    """Workbooks 02 and 04: averaged over heads, the trained first layer attends 12.9 px away, its last 13.6 px,
-    uniform attention 14.1 px; training moved the first layer nearer than the untrained model's (13.5 px)."""
+    """Workbooks 02 and 04: averaged over heads, the trained first layer attends nearer than its last, both nearer
+    than uniform attention (14.1 px); training moved the first layer nearer than the untrained model's (13.5 px)."""
     _, cfg, attention, _ = pictures
     trained, untrained = per_layer_distance(attention["trained"], cfg), per_layer_distance(attention["untrained"], cfg)
     uniform = analysis.patch_distances(cfg.grid_size, cfg.patch_size).mean().item() * 49 / 50   # 49 of 50 keys
     assert trained[0] < trained[-1] < uniform
     assert trained[0] < untrained[0]
-    # the numbers the text states: the trained ones loosely (another processor's kernels train other weights)
-    assert [trained[0].item(), trained[-1].item()] == pytest.approx([12.9, 13.6], abs=0.3)
+    # the numbers the text states: the trained ones within the seeds' spread (another processor trains other weights)
+    assert within(trained[0].item(), PICTURES_SPREAD["first"]) and within(trained[-1].item(), PICTURES_SPREAD["last"])
     assert uniform == pytest.approx(14.1, abs=0.05)
     assert [untrained[0].item(), untrained[-1].item()] == pytest.approx([13.5, 14.3], abs=0.1)
 
 
 def test_pictures_model_rollout_sits_on_the_strokes(pictures):
-    """Workbook 02: the trained rollout gives a stroke patch 0.034 and a background patch 0.014 (2.4×), more on the
+    """Workbook 02: the trained rollout gives a stroke patch more than twice a background patch's share, more on the
     strokes on (nearly) every digit; the untrained one leans the same way far less (0.023 against 0.017, 1.3×)."""
     _, cfg, attention, strokes = pictures
     on, off = rollout_on_and_off_strokes(attention["trained"], cfg, strokes)
     assert on.mean() > 2 * off.mean() and (on > off).float().mean() >= 0.95
-    assert [on.mean().item(), off.mean().item()] == pytest.approx([0.034, 0.014], abs=0.004)   # trained: loosely
+    assert within(on.mean().item(), PICTURES_SPREAD["on"]) and within(off.mean().item(), PICTURES_SPREAD["off"])
     raw_on, raw_off = rollout_on_and_off_strokes(attention["untrained"], cfg, strokes)
     assert on.mean() / off.mean() > 1.5 * raw_on.mean() / raw_off.mean()
     assert [raw_on.mean().item(), raw_off.mean().item()] == pytest.approx([0.023, 0.017], abs=0.001)
 
 
 def test_pictures_model_position_embedding_peaks_at_its_own_patch_and_neighbours(pictures):
-    """Workbook 03, from scikit-learn's cosine_similarity: every tile of the trained E_pos peaks at its own patch,
-    the most similar other patch is a neighbour; on average 0.67 beside, 0.44 diagonal, 0.15 two along a row or
-    column, 0.24 at the two ends of a row or column (the blank border)."""
+    """Workbook 03, from scikit-learn's cosine_similarity: every tile of the trained E_pos peaks at its own patch, the
+    most similar other patch is a neighbour for nearly every tile (not for all: which tiles miss changes with the
+    seed); on average more similar beside than diagonally, more diagonally than two along a row or column, and the
+    two ends of a row or column (the blank border) more alike than two along."""
     from sklearn.metrics.pairwise import cosine_similarity
     params, cfg, _, _ = pictures
     sim = torch.from_numpy(cosine_similarity(params["pos"][0, 1:].double().numpy()))   # (49, 49)
@@ -583,13 +601,15 @@ def test_pictures_model_position_embedding_peaks_at_its_own_patch_and_neighbours
     dr, dc = (rows[:, None] - rows[None]).abs(), (cols[:, None] - cols[None]).abs()
     assert torch.equal(sim.argmax(dim=1), torch.arange(49))
     nearest = sim.masked_fill(torch.eye(49, dtype=torch.bool), -2).argmax(dim=1)
-    assert (torch.maximum(dr, dc)[torch.arange(49), nearest] == 1).all()
+    assert (torch.maximum(dr, dc)[torch.arange(49), nearest] == 1).sum() >= PICTURES_SPREAD["neighbours"]
 
     def mean_at(a: int, b: int) -> float:
         return sim[((dr == a) & (dc == b)) | ((dr == b) & (dc == a))].mean().item()
 
-    assert [mean_at(0, 1), mean_at(1, 1), mean_at(0, 2), mean_at(0, 6)] == pytest.approx([0.67, 0.44, 0.15, 0.24],
-                                                                                         abs=0.05)   # trained
+    beside, diagonal, two_along, ends = mean_at(0, 1), mean_at(1, 1), mean_at(0, 2), mean_at(0, 6)
+    assert beside > diagonal > two_along and ends > two_along
+    assert all(within(v, b) for v, b in zip((beside, diagonal, two_along, ends), PICTURES_SPREAD["mean_at"],
+                                            strict=True))
 
 
 def test_workbook_04_zero_head_starts_at_log_k():
@@ -605,12 +625,26 @@ def test_workbook_04_zero_head_starts_at_log_k():
     assert loss.item() == pytest.approx(math.log(5), abs=1e-6)
 
 
+# Workbook 09 Task 5 on this project's AMD EPYC, seeds 0-4 (the workbook runs seed 0): token pooling at lr 1e-3
+# 73.8-78.8%, at 1e-2 87.9-92.9%; average pooling 77.1-83.4% and 88.7-92.4%. Average pooling led at 1e-3 in all five,
+# at 1e-2 in three. The bounds below are that spread widened by about 3 points each way.
+POOLING_BOUNDS = {"token pooling, Adam lr 0.001": (70, 82), "token pooling, Adam lr 0.01": (85, 96),
+                  "avg pooling, Adam lr 0.001": (74, 87), "avg pooling, Adam lr 0.01": (85, 96)}
+
+
 @pytest.mark.slow
 def test_workbook_09_pooling_runs_print_what_the_text_says(graded):
+    """The text: at lr 1e-3 average pooling is ahead, at 1e-2 both reach about 90%, with neither ahead beyond the
+    seeds' spread. Asserted: each accuracy within the seeds' bounds, 1e-2 above 1e-3 for both poolings, average
+    pooling ahead at 1e-3 (the relations held on every seed)."""
     found = dict(re.findall(r"(\w+ pooling, Adam lr [\d.e-]+): ([\d.]+)%", printed(graded[0]["09_encoder_block"], 5)))
-    assert {k: float(v) for k, v in found.items()} == pytest.approx(
-        {"token pooling, Adam lr 0.001": 77.8, "token pooling, Adam lr 0.01": 89.9,
-         "avg pooling, Adam lr 0.001": 83.4, "avg pooling, Adam lr 0.01": 89.9}, abs=1.0)
+    accuracy = {k: float(v) for k, v in found.items()}
+    assert sorted(accuracy) == sorted(POOLING_BOUNDS)
+    for row, (low, high) in POOLING_BOUNDS.items():
+        assert low <= accuracy[row] <= high, (row, accuracy[row])
+    for kind in ("token", "avg"):
+        assert accuracy[f"{kind} pooling, Adam lr 0.01"] > accuracy[f"{kind} pooling, Adam lr 0.001"]
+    assert accuracy["avg pooling, Adam lr 0.001"] > accuracy["token pooling, Adam lr 0.001"]
 
 
 @pytest.mark.slow
