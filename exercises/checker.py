@@ -21,9 +21,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from exercises import wire
 from exercises.grading import GRADERS
@@ -315,6 +318,10 @@ class Grading:
 
     def run(self, numbers: list[int]) -> dict[int, Result]:
         """Grade the tasks `numbers` (each in the workbook), the tasks before them run as their references."""
+        with learner_threads():
+            return self.run_tasks(numbers)
+
+    def run_tasks(self, numbers: list[int]) -> dict[int, Result]:
         results, done, ns = {}, [], None
         last = max(numbers)
         try:
@@ -411,6 +418,30 @@ def task_numbers(stem: str, tasks) -> list[int]:
     if unknown:
         raise ValueError(f"task: expected one of {known} for {stem}.md, got {unknown[0]}")
     return sorted(set(tasks))
+
+
+THREADS_LOCK = threading.Lock()
+THREADS_HELD = {"gradings": 0, "before": 1}
+
+
+@contextlib.contextmanager
+def learner_threads():
+    """The references computed on one thread while any grading runs in this process, as the learner's process
+    computes (runner.py): float32 results that depend on the kernels' blocking (a training step's weights, say) then
+    agree to rounding on any processor. Counted, so that gradings running side by side restore the thread count
+    once, when the last ends."""
+    with THREADS_LOCK:
+        if THREADS_HELD["gradings"] == 0:
+            THREADS_HELD["before"] = torch.get_num_threads()
+            torch.set_num_threads(1)
+        THREADS_HELD["gradings"] += 1
+    try:
+        yield
+    finally:
+        with THREADS_LOCK:
+            THREADS_HELD["gradings"] -= 1
+            if THREADS_HELD["gradings"] == 0:
+                torch.set_num_threads(THREADS_HELD["before"])
 
 
 def check_workbook(path: Path, *, timeout: float = 120.0, output_dir: Path | None = None,
