@@ -1,7 +1,7 @@
 """The fast path: the encoder block of eqs. (2)-(3) computed in fewer passes over memory, same numbers.
 
 `forward` and `forward_heads` run this instead of encoder.py's blocks when called with `fast=True`. Every change is
-a rearrangement, not an approximation (tests/test_fast_path.py checks outputs and gradients against the explicit path
+a rearrangement, not an approximation (tests/lowlevel/test_fast_path.py checks outputs and gradients against the explicit path
 in float64):
 
 1. Attention, eqs. (5)-(8), through `F.scaled_dot_product_attention`: one fused kernel (flash attention on CPU and

@@ -11,7 +11,7 @@ eq. (4)'s LN is applied to each token's final state:
 
     Z_cls = head(LN(z_L^0)),   Z_dist = head_dist(LN(z_L^1))
 
-Training fits Z_cls to the true labels and Z_dist to the teacher (paper/distillation.py); at evaluation the two
+Training fits Z_cls to the true labels and Z_dist to the teacher (paper/training/distillation.py); at evaluation the two
 make one prediction as cfg.fusion says (`fuse`).
 
 Entry points, one return shape each: `forward` (logits), `forward_intermediates` (logits and what the model

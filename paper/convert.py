@@ -22,9 +22,10 @@ import sys
 
 from tqdm import tqdm
 
-from paper import checkpoints, cli
-from paper.configs import model_name, param_count
+from paper import cli
+from paper.formats import checkpoints
 from paper.formats.peft import apply_peft
+from paper.models.family import model_name, param_count
 
 
 def convert(src, dst, model: str | None = None, gelu: str | None = None, npz_layout: str | None = None,

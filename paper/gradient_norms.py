@@ -13,46 +13,15 @@ import os
 import time
 
 import torch
-import torch.nn.functional as F
-from torch.func import grad, vmap
 from tqdm import tqdm
 
 import lowlevel as vit
-
-from . import cli
-from .atomic import write_atomically, write_text
-from .data import EvalView, load_data
-from .train_state import checkpoint_config, load_checkpoint
-
-
-def per_example_gradient_norms(params: dict, images: torch.Tensor, labels: torch.Tensor, cfg: vit.ViTConfig,
-                               chunk: int = 256) -> torch.Tensor:
-    """‖∇_θ CE(forward(θ, x_i), y_i)‖₂ over all parameters, for each example i: images (B, C, H, W) -> (B,)."""
-    def loss(p, image, label):
-        return F.cross_entropy(vit.forward(p, image[None], cfg), label[None])
-
-    per_example = vmap(grad(loss), in_dims=(None, 0, 0), chunk_size=chunk)(params, images, labels)
-    return torch.stack([g.flatten(1).pow(2).sum(1) for g in per_example.values()]).sum(0).sqrt()
-
-
-def plot_top(images: torch.Tensor, labels, predictions, norms, path: str, title: str) -> None:
-    """The given images in a grid, each titled with its label, the model's prediction and its gradient norm."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = 8
-    rows = -(-len(images) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 2.3 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, image, y, p, n in zip(axes.flat, images, labels, predictions, norms, strict=False):
-        ax.imshow(image[0].numpy(), cmap="gray_r")
-        ax.set_title(f"y={y} ŷ={p}\n|g|={n:.2f}", fontsize=8, color="black" if y == p else "red")
-    fig.suptitle(title)
-    fig.tight_layout()
-    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
+from paper import cli
+from paper.analysis.gradient_norms import per_example_gradient_norms
+from paper.formats.atomic import write_text
+from paper.reports.gradient_norms_figure import plot_top
+from paper.training.data import EvalView, load_data
+from paper.training.state import checkpoint_config, load_checkpoint
 
 
 def main(argv=None) -> dict:

@@ -4,8 +4,8 @@ from hypothesis import strategies as st
 
 from lowlevel import SwinConfig, ViTConfig, init_params, swin
 from paper.formats.timm import to_timm
-from paper.reference_models import timm_vit
-from paper.weights import perturbed
+from paper.models.weights import perturbed
+from paper.references.vit import timm_vit
 
 
 @st.composite
@@ -27,7 +27,7 @@ def vit_configs(draw, max_depth=3, learned_or_none=True):
 
 @st.composite
 def swin_configs(draw, conventions: dict, max_stages=3, torchvision=False, transformers=False):
-    """Small random Swin configs with the given conventions (paper.reference_swin's TIMM_CONVENTIONS, ...): 1-3
+    """Small random Swin configs with the given conventions (paper.references.swin's TIMM_CONVENTIONS, ...): 1-3
     stages of 1-2 blocks (so shifted blocks too), windows of 2-5, grids from smaller than a window (shrunk or padded
     windows) to three windows with a remainder (padding), odd sides (padded patch merging), square and not.
     torchvision=True: only what torchvision's class holds (3 channels, q/k/v biases, a head, two blocks or more).
@@ -52,7 +52,7 @@ def swin_configs(draw, conventions: dict, max_stages=3, torchvision=False, trans
 
 
 def random_params(cfg: ViTConfig | SwinConfig, seed: int = 0, dtype=torch.float64, scale: float = 0.02) -> dict:
-    """The official initialisation, then every tensor perturbed (`paper.weights.perturbed`): zero heads, unit
+    """The official initialisation, then every tensor perturbed (`paper.models.weights.perturbed`): zero heads, unit
     LayerNorms and zero biases would hide mistakes that random values expose."""
     init = swin.init_params if isinstance(cfg, SwinConfig) else init_params
     return perturbed(init(cfg, torch.Generator().manual_seed(seed)), seed, dtype, scale)

@@ -1,12 +1,12 @@
-"""Checks for 02_attention_maps.md, against lowlevel/attention.py, lowlevel.forward and paper/analysis.py; Task 6's
-pictures of the trained MNIST model (paper/trained.py) are checked for being written, their numbers in the tests."""
+"""Checks for 02_attention_maps.md, against lowlevel/attention.py, lowlevel.forward and paper/analysis/maps.py; Task 6's
+pictures of the trained MNIST model (paper/training/trained.py) are checked for being written, their numbers in the tests."""
 import torch
 
 import lowlevel as vit
 from lowlevel.attention import merge_heads
-from paper import analysis
-from paper.trained import PICTURES_MODEL, trained_model
-from paper.weights import perturbed
+from paper.analysis import maps as analysis
+from paper.models.weights import perturbed
+from paper.training.trained import PICTURES_MODEL, trained_model
 
 from .common import Mistake, call, expect, expect_png, type_name
 

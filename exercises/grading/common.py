@@ -10,9 +10,9 @@ workbook's file name. It declares
                                    a task is graded these replace the learner's functions in the learner's namespace,
                                    so later tasks are graded on the references and one mistake fails one task.
     HINTS = {"key": "hint"}        every mistake the grader recognises, each hint naming its cause. The tests plant
-                                   each one in a copy of the solution (tests/test_exercises.py) and expect its hint.
+                                   each one in a copy of the solution (tests/exercises/test_exercises.py) and expect its hint.
     prepare()  (optional)          run by the checker before the learner's process starts: e.g. training, on first
-                                   use, the model the workbook reads (paper/trained.py).
+                                   use, the model the workbook reads (paper/training/trained.py).
 
 A check runs in the checker's process; the learner's code runs in another (exercises/runner.py). Its arguments:
 

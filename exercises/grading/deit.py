@@ -1,5 +1,5 @@
 """Checks for 06_deit.md, against lowlevel's distilled model (position.py, model.py `heads` and `fuse`),
-paper/distillation.py and torch.optim.AdamW, and the workbook's own run on a held-out split of the digits.
+paper/training/distillation.py and torch.optim.AdamW, and the workbook's own run on a held-out split of the digits.
 
 The functions of tasks 1-4 are checked on float64 inputs, so that each tolerance sits far below the smallest effect
 of a known mistake (LN's default eps 1e-5 in place of the 1e-6 given, AdamW's default weight decay 0.01 in place of
@@ -12,8 +12,8 @@ import torch.nn.functional as F
 import lowlevel as vit
 from lowlevel.model import heads
 from lowlevel.position import prepend_prefix_tokens
-from paper import distillation as kd
-from paper.weights import perturbed
+from paper.models.weights import perturbed
+from paper.training import distillation as kd
 
 from .common import Mistake, call, close, expect, type_name
 
@@ -106,7 +106,7 @@ def make_optimizer(p: dict, lr: float, mistake: str | None) -> torch.optim.Optim
 
 def distillation_run(params: dict, cfg, teacher, images, labels, steps: int, lr: float, kind: str, tau: float,
                      lam: float, mistake: str | None = None) -> dict:
-    """`steps` full-batch AdamW steps on the paper's objective, as paper/distillation.py writes it; or the same run
+    """`steps` full-batch AdamW steps on the paper's objective, as paper/training/distillation.py writes it; or the same run
     with one deliberate mistake (a HINTS key)."""
     p = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
     optimizer = make_optimizer(p, lr, mistake)

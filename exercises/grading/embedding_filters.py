@@ -1,12 +1,12 @@
 """Checks for 11_patch_embedding_filters.md, against torch.linalg.eigh of the filters' covariance (the workbook's
-recipe uses the SVD) and the model paper/trained.py trains with `python -m paper.train`.
+recipe uses the SVD) and the model paper/training/trained.py trains with `python -m paper.train`.
 
 The principal components are checked in float64 (tolerance 1e-9: eigh and SVD agree to ~1e-13 on these matrices,
 and every known mistake changes them by more than 1e-2)."""
 import torch
 
 import lowlevel as vit
-from paper.trained import EXERCISE_MODEL, trained_model
+from paper.training.trained import EXERCISE_MODEL, trained_model
 
 from .common import Mistake, call, expect, expect_png, type_name
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import lowlevel as vit
-from paper.weights import perturbed
+from paper.models.weights import perturbed
 
 from .common import Mistake, call, expect, type_name
 

@@ -1,5 +1,6 @@
-"""Checks for 04_fine_tuning.md, against paper/heads.py, paper/resolution.py, paper/schedules.py, torch.optim.SGD
-with clip_grad_norm_ (the official optimiser, vision_transformer train.py) and a held-out split of the digits.
+"""Checks for 04_fine_tuning.md, against paper/models/heads.py, paper/models/resolution.py,
+paper/training/schedules.py, torch.optim.SGD with clip_grad_norm_ (the official optimiser, vision_transformer
+train.py) and a held-out split of the digits.
 
 The optimiser is checked in float64, so that its tolerance (1e-7) sits far below the smallest effect of a known
 mistake (a weight decay of 1e-4 moves the parameters by ~1e-5 in two steps) and far above rounding (~1e-15)."""
@@ -11,11 +12,11 @@ import torch.nn.functional as F
 from torch.nn.utils import clip_grad_norm_
 
 import lowlevel as vit
-from paper import schedules
-from paper.heads import finetuning_head
-from paper.resolution import METHODS, change_resolution
-from paper.trained import PICTURES_MODEL, trained_model
-from paper.weights import perturbed
+from paper.models.heads import finetuning_head
+from paper.models.resolution import METHODS, change_resolution
+from paper.models.weights import perturbed
+from paper.training import schedules
+from paper.training.trained import PICTURES_MODEL, trained_model
 
 from .common import Mistake, call, close, expect, expect_png, type_name
 
@@ -93,7 +94,7 @@ def sgd_step(params: dict, velocity: dict, images, labels, cfg, lr: float, momen
 def fine_tuning_run(params: dict, cfg, images, labels, steps: int, base_lr: float, batch_size: int,
                     warmup_steps: int, seed: int, mistake: str | None = None) -> dict:
     """The workbook's run with torch's pieces: the same batches, torch.optim.SGD and clip_grad_norm_ each step, the
-    rate set by LambdaLR with paper.schedules.Schedule; or with one deliberate mistake."""
+    rate set by LambdaLR with paper.training.schedules.Schedule; or with one deliberate mistake."""
     p = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
     opt = torch.optim.SGD(p.values(), lr=base_lr, momentum=0.9)
     schedule = schedules.Schedule(base_lr, steps, warmup_steps, "cosine")

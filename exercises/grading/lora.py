@@ -1,4 +1,4 @@
-"""Checks for 07_lora.md, against lowlevel/linear.py and lowlevel/lora.py (proven equal to peft, tests/test_lora.py),
+"""Checks for 07_lora.md, against lowlevel/linear.py and lowlevel/lora.py (proven equal to peft, tests/lowlevel/test_lora.py),
 and a held-out split of the digits.
 
 Tasks 1 and 3 compare float32 results at common.expect's default tolerances: every known mistake moves some entry by
@@ -12,11 +12,13 @@ import torch.nn.functional as F
 import lowlevel as vit
 from lowlevel.linear import LowRank
 from lowlevel.lora import LoRAConfig, adapt, adapter_shapes, deltas, init_adapters
-from paper.heads import finetuning_head
-from paper.lora_training import LoRAParams
-from paper.recipes import Recipe
-from paper.schedules import Schedule
-from paper.train import ExplicitParams, Processes, make_optimizer, train_step
+from paper.models.explicit_params import ExplicitParams
+from paper.models.heads import finetuning_head
+from paper.training.loop import make_optimizer, train_step
+from paper.training.lora import LoRAParams
+from paper.training.processes import Processes
+from paper.training.recipes import Recipe
+from paper.training.schedules import Schedule
 
 from .common import Mistake, call, expect, type_name
 from .fine_tuning import digits

@@ -1,4 +1,4 @@
-"""Checks for 01_patch_embedding.md, against lowlevel/patches.py, lowlevel/params.py and paper/analysis.py."""
+"""Checks for 01_patch_embedding.md, against lowlevel/patches.py, lowlevel/params.py and paper/analysis/maps.py."""
 import math
 import random
 
@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import lowlevel as vit
-from paper import analysis
+from paper.analysis import maps as analysis
 
 from .common import call, expect, expect_integer, expect_png
 

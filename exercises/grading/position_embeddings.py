@@ -1,13 +1,13 @@
-"""Checks for 03_position_embeddings.md, against lowlevel/position.py, paper/analysis.py and paper/resolution.py; the
-trained MNIST model's panel (paper/trained.py) is checked for being drawn, its numbers in the tests."""
+"""Checks for 03_position_embeddings.md, against lowlevel/position.py, paper/analysis/maps.py and paper/models/resolution.py; the
+trained MNIST model's panel (paper/training/trained.py) is checked for being drawn, its numbers in the tests."""
 import torch
 import torch.nn.functional as F
 
 import lowlevel as vit
 from lowlevel.position import prepend_prefix_tokens
-from paper import analysis
-from paper.resolution import METHODS, resample_pos_embed
-from paper.trained import PICTURES_MODEL, trained_model
+from paper.analysis import maps as analysis
+from paper.models.resolution import METHODS, resample_pos_embed
+from paper.training.trained import PICTURES_MODEL, trained_model
 
 from .common import Mistake, call, close, expect, expect_png
 

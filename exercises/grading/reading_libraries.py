@@ -6,11 +6,11 @@ import dataclasses
 import torch
 
 import lowlevel as vit
-from paper.formats.huggingface import from_hf, memory_name
+from paper.formats.huggingface import HF_ACTIVATIONS, from_hf, memory_name
 from paper.formats.huggingface import hf_names as saved_hf_names
 from paper.formats.timm import config_from_timm_model, from_timm, timm_key
-from paper.reference_models import HF_ACTIVATIONS, hf_vit, timm_vit
-from paper.weights import perturbed
+from paper.models.weights import perturbed
+from paper.references.vit import hf_vit, timm_vit
 
 from .common import Mistake, call, expect, type_name
 

@@ -1,5 +1,5 @@
-"""Checks for 05_vit_vs_cnn.md, against paper.configs.param_count, torchvision's ResNet-18 (paper/cnn.py),
-torch.utils.flop_counter, paper/probes.py and a plain torch.optim.AdamW loop. The known mistakes are computed by
+"""Checks for 05_vit_vs_cnn.md, against paper.models.vit_configs.param_count, torchvision's ResNet-18 (paper/models/cnn.py),
+torch.utils.flop_counter, paper/analysis/probes.py and a plain torch.optim.AdamW loop. The known mistakes are computed by
 the hand formulas below with one term wrong, so each gets the hint it deserves. The learner's functions get and
 return plain values only (tensors, numbers, strings, dicts, ViTConfig), so that they can be called across a process
 boundary."""
@@ -9,11 +9,12 @@ import torch
 import torch.nn.functional as F
 
 import lowlevel as vit
-from paper.cnn import ResNetConfig, resnet18
-from paper.compare import build, multiply_adds, stratified_subset
-from paper.configs import param_count
-from paper.probes import DIRECTIONS, accuracy
-from paper.probes import shift as shifted
+from paper.analysis.probes import DIRECTIONS, accuracy
+from paper.analysis.probes import shift as shifted
+from paper.models.cnn import ResNetConfig, resnet18
+from paper.models.family import param_count
+from paper.reports.compare_summary import multiply_adds
+from paper.training.comparison import build, stratified_subset
 
 from .common import Mistake, call, expect, expect_png, type_name
 

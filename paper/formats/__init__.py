@@ -4,4 +4,4 @@ transformers ViT and DeiT (`huggingface`), the official Google `.npz` (`npz`); t
 DeiT in the same files as their ViT. Reading returns (cfg, params); writing takes (params, cfg). `fields` holds what
 the weights cannot tell (the head count, from `architectures`, the table of known architectures; a non-square size;
 the preprocessing) and the one refusal for what a format cannot hold; `files` reads and writes tensor files.
-`paper.checkpoints` picks the format from the file."""
+`paper.formats.checkpoints` picks the format from the file."""

@@ -9,10 +9,10 @@ patch size), against this table, says which architecture matched, and refuses wh
 do (`paper.formats.fields.num_heads_for`).
 
 The timm rows are every model of timm 1.0.31's vision_transformer.py and deit.py whose state_dict
-paper/formats/timm.py reads (DeiT's distilled models included); tests/test_architectures.py rebuilds them from timm's
+paper/formats/timm.py reads (DeiT's distilled models included); tests/formats/test_architectures.py rebuilds them from timm's
 registry on the meta device, and the torchvision rows from torchvision's builders, and fails on any difference.
 """
-from paper.configs import PATCH_SIZES, VARIANTS
+from paper.models.vit_configs import PATCH_SIZES, VARIANTS
 
 # name: (D, depth, MLP size, patch size, heads)
 TIMM = {
@@ -50,7 +50,7 @@ TIMM = {
     "vit_tiny_patch16_224": (192, 12, 768, 16, 3),
     "vit_tiny_patch16_384": (192, 12, 768, 16, 3),
 }
-# The paper's Table 1 and DeiT's Ti and S (paper/configs.py), at every patch size the paper uses
+# The paper's Table 1 and DeiT's Ti and S (paper/models/vit_configs.py), at every patch size the paper uses
 PAPER = {f"ViT-{variant}/{p}": (d, depth, mlp, p, heads)
          for variant, (d, depth, mlp, heads) in VARIANTS.items() for p in PATCH_SIZES}
 # torchvision 0.29's builders (torchvision/models/vision_transformer.py vit_b_16 … vit_h_14) are paper models

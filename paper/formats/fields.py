@@ -18,8 +18,7 @@ import math
 from dataclasses import dataclass, replace
 
 from lowlevel.swin_config import SwinConfig, convention_difference
-
-from .architectures import described, matching
+from paper.formats.architectures import described, matching
 
 
 def num_heads_for(dim: int, depth: int, mlp_dim: int, patch_size: int) -> int:

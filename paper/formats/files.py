@@ -1,4 +1,4 @@
-"""Reading tensor files with errors that name the file, and writing them whole or not at all (`paper.atomic`).
+"""Reading tensor files with errors that name the file, and writing them whole or not at all (`paper.formats.atomic`).
 
 Reading refuses, before opening anything for long or allocating much: a path that is no regular file (a FIFO or
 /dev/zero would block or never end), an .npz member whose header declares more bytes than the member holds, or
@@ -19,7 +19,7 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError
 
-from paper.atomic import write_atomically
+from paper.formats.atomic import write_atomically
 
 READ_ERRORS = (OSError, ValueError, RuntimeError, EOFError, KeyError, zipfile.BadZipFile, pickle.UnpicklingError,
                SafetensorError)
@@ -119,7 +119,7 @@ def npz_headers(path) -> list[tuple[str, tuple, np.dtype, int, int]]:
 
 def save_directory(directory, tensors_name: str, sd: dict[str, torch.Tensor], texts: dict[str, str]) -> None:
     """A directory of one tensor file and text files (transformers' save_pretrained layout, a timm hub directory),
-    built beside `directory` and renamed over it: it appears whole or not at all (`paper.atomic`)."""
+    built beside `directory` and renamed over it: it appears whole or not at all (`paper.formats.atomic`)."""
     def write(tmp):
         save_tensors(sd, Path(tmp) / tensors_name)
         for name, text in texts.items():

@@ -39,11 +39,9 @@ from pathlib import Path
 import torch
 
 from lowlevel import ViTConfig, check_params, param_shapes
-from paper.reference_models import HF_ACTIVATIONS, hf_config
-
-from .fields import Preprocessing, num_heads_for, square_image_size
-from .files import REQUIRED, json_value, load_tensors, naming, read_json, save_directory
-from .renaming import respelled
+from paper.formats.fields import Preprocessing, num_heads_for, require, square_image_size
+from paper.formats.files import REQUIRED, json_value, load_tensors, naming, read_json, save_directory
+from paper.formats.renaming import respelled
 
 BLOCK_NAMES = {"ln1": "layernorm_before", "proj": "attention.output.dense", "ln2": "layernorm_after",
                "fc1": "intermediate.dense", "fc2": "output.dense"}
@@ -118,6 +116,43 @@ def memory_name(name: str) -> str:
 
 def is_hf_state_dict(sd: dict) -> bool:
     return any(without_backbone(k) == "embeddings.patch_embeddings.projection.weight" for k in sd)
+
+
+# Our GELU flavour -> transformers' ACT2FN name: "gelu" is erf GELU, "gelu_pytorch_tanh" F.gelu(approximate="tanh").
+HF_ACTIVATIONS = {"exact": "gelu", "tanh": "gelu_pytorch_tanh"}
+
+
+def hf_config(cfg: ViTConfig):
+    """transformers' ViTConfig computing the same model as `cfg`, its DeiTConfig for a distilled one. Its layer-norm
+    eps and activation are set to ours: transformers' defaults (eps 1e-12) differ from the official 1e-6 by ~7e-4 in
+    the logits of ViT-B/16. The pre-logits layer maps to ViTModel's pooler (Dense + tanh), which has no classifier
+    after it. In training mode the two differ: transformers drops out after the embeddings, attention and MLP but
+    not after the GELU, and has no stochastic depth (drop_path)."""
+    from transformers import DeiTConfig
+    from transformers import ViTConfig as HFViTConfig
+    require("transformers' ViT", cfg, class_token=True, pool="token", pos_embed="learned")
+    if cfg.num_classes or cfg.distilled:                    # the pooler (pre-logits) has no classifier after it
+        require("transformers' ViTForImageClassification and DeiT", cfg, representation_size=None)
+    h, w = cfg.image_size
+    config_class = DeiTConfig if cfg.distilled else HFViTConfig
+    config = config_class(hidden_size=cfg.dim, num_hidden_layers=cfg.depth, num_attention_heads=cfg.num_heads,
+                          intermediate_size=cfg.mlp_dim, hidden_act=HF_ACTIVATIONS[cfg.gelu],
+                          hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=0.0,
+                          layer_norm_eps=cfg.layer_norm_eps, image_size=h if h == w else [h, w],
+                          patch_size=cfg.patch_size, num_channels=cfg.in_channels, qkv_bias=cfg.qkv_bias,
+                          num_labels=cfg.num_classes, pooler_output_size=cfg.representation_size or cfg.dim,
+                          pooler_act="tanh")
+    config.architectures = [hf_architecture(cfg)]
+    return config
+
+
+def hf_architecture(cfg: ViTConfig) -> str:
+    """The transformers class computing `cfg`: a distilled DeiT is DeiTForImageClassificationWithTeacher (its two
+    heads cls_classifier and distillation_classifier), a ViT ViTForImageClassification; without a classifier the
+    backbone alone (ViTModel's pooler is the pre-logits layer)."""
+    if cfg.distilled:
+        return "DeiTForImageClassificationWithTeacher" if cfg.num_classes else "DeiTModel"
+    return "ViTForImageClassification" if cfg.num_classes else "ViTModel"
 
 
 def config_from_hf_config(config: dict, where="config") -> dict:
@@ -214,7 +249,7 @@ def with_prefix(sd: dict, cfg: ViTConfig) -> dict:
 
 def to_hf(params: dict, cfg: ViTConfig) -> tuple[dict, object]:
     """(params, cfg) -> (state_dict, transformers config): the state_dict in transformers 5's in-memory names,
-    for `paper.reference_models.hf_vit(cfg).load_state_dict`."""
+    for `paper.references.vit.hf_vit(cfg).load_state_dict`."""
     config = hf_config(cfg)
     sd = saved_state_dict(params, cfg)
     return with_prefix({memory_name(k): v for k, v in sd.items()}, cfg), config

@@ -31,12 +31,10 @@ from lowlevel import SwinConfig
 from lowlevel.relative_position import relative_position_index
 from lowlevel.swin import param_shapes
 from lowlevel.swin_params import merge_index
-
-from ..reference_swin import TRANSFORMERS_CONVENTIONS, hf_swin_config, require_transformers
-from .fields import swin_fields
-from .files import REQUIRED, json_value, load_tensors, naming, save_directory
-from .huggingface import WEIGHT_FILES, gelu_from_hf_config, pretrained_files
-from .renaming import renamed, respelled, unrenamed
+from paper.formats.fields import require, require_conventions, swin_fields
+from paper.formats.files import REQUIRED, json_value, load_tensors, naming, save_directory
+from paper.formats.huggingface import HF_ACTIVATIONS, WEIGHT_FILES, gelu_from_hf_config, pretrained_files
+from paper.formats.renaming import renamed, respelled, unrenamed
 
 PATCH = "embeddings.patch_embeddings.projection.weight"
 
@@ -145,7 +143,7 @@ def saved_state_dict(params: dict, cfg: SwinConfig) -> dict:
 
 def to_hf_swin(params: dict, cfg: SwinConfig) -> dict:
     """(params, cfg) -> the state dict in transformers 5's in-memory names, for
-    `paper.reference_swin.hf_swin(cfg).load_state_dict`."""
+    `paper.references.swin.hf_swin(cfg).load_state_dict`."""
     return {respelled(k, MEMORY_NAMES, to_saved=False): v for k, v in saved_state_dict(params, cfg).items()}
 
 
@@ -166,3 +164,41 @@ def write_hf_swin(params: dict, cfg: SwinConfig, directory) -> None:
     directory written whole or not at all."""
     sd = saved_state_dict(params, cfg)
     save_directory(directory, WEIGHT_FILES[0], sd, {"config.json": hf_swin_config(cfg).to_json_string(use_diff=False)})
+
+
+TRANSFORMERS = "transformers' Swin"
+
+
+TRANSFORMERS_CONVENTIONS = dict(padding="before_shift", small_window="shrink_min", merge_position="end")
+
+
+def require_transformers(cfg: SwinConfig) -> None:
+    """Refuse a config transformers' code does not compute: its patch-embedding and patch-merging LayerNorms keep
+    PyTorch's eps 1e-5 whatever `layer_norm_eps` says (modeling_swin.py `SwinEmbeddings`, `SwinPatchMerging`); its
+    conventions are the original's; and (measured with transformers 5.23) a stage smaller than the window fails: it
+    shrinks the window but keeps the M×M relative-position table (RuntimeError: the size of tensor a (25) must
+    match the size of tensor b (49))."""
+    require(TRANSFORMERS, cfg, layer_norm_eps=1e-5)
+    require_conventions(TRANSFORMERS, cfg, **TRANSFORMERS_CONVENTIONS)
+    for s, size in enumerate(cfg.stage_sizes):
+        if min(size) < cfg.window_size:
+            raise ValueError(f"image_size: {TRANSFORMERS} cannot compute image_size {cfg.image_size}, where stage {s} "
+                             f"is {size[0]}×{size[1]}, smaller than the window M={cfg.window_size}: it shrinks the "
+                             f"window but keeps the M×M relative-position table (transformers 5.23)")
+
+
+def hf_swin_config(cfg: SwinConfig):
+    """transformers' SwinConfig computing the same model as `cfg`: eps, activation and stochastic depth set to ours
+    (its default drop_path_rate is 0.1), no absolute position embeddings, no dropout."""
+    from transformers import SwinConfig as HFSwinConfig
+
+    require_transformers(cfg)
+    h, w = cfg.image_size
+    config = HFSwinConfig(image_size=h if h == w else [h, w], patch_size=cfg.patch_size, num_channels=cfg.in_channels,
+                          embed_dim=cfg.dim, depths=list(cfg.depths), num_heads=list(cfg.num_heads),
+                          window_size=cfg.window_size, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
+                          hidden_act=HF_ACTIVATIONS[cfg.gelu], layer_norm_eps=cfg.layer_norm_eps,
+                          drop_path_rate=cfg.drop_path, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                          use_absolute_embeddings=False, num_labels=cfg.num_classes)
+    config.architectures = ["SwinForImageClassification"]
+    return config

@@ -39,9 +39,8 @@ import numpy as np
 import torch
 
 from lowlevel import ViTConfig, check_params, param_shapes
-
-from .fields import Preprocessing, require, square_image_size
-from .files import load_arrays, naming, save_arrays
+from paper.formats.fields import Preprocessing, require, square_image_size
+from paper.formats.files import load_arrays, naming, save_arrays
 
 LAYOUTS = ("vit2020", "big_vision")
 # vision_transformer input_pipeline.py: evaluation resizes to the image size, pixels (x - 127.5) / 127.5

@@ -28,11 +28,10 @@ from types import SimpleNamespace
 
 from lowlevel import ViTConfig, check_params
 from lowlevel.lora import BLOCK_TARGETS, LoRAConfig, adapted_layers, adapter_shapes, merge
-
-from .fields import require
-from .files import load_tensors, read_json, save_directory
-from .huggingface import backbone, hf_names, memory_name, without_backbone
-from .timm import timm_key
+from paper.formats.fields import require
+from paper.formats.files import load_tensors, read_json, save_directory
+from paper.formats.huggingface import backbone, hf_names, memory_name, without_backbone
+from paper.formats.timm import timm_key
 
 LIBRARIES = ("transformers", "timm")
 CONFIG, WEIGHTS, PREFIX = "adapter_config.json", "adapter_model.safetensors", "base_model.model."

@@ -33,11 +33,10 @@ import torch
 import torch.nn as nn
 
 from lowlevel import ViTConfig, param_shapes
-
-from .architectures import TIMM
-from .fields import Preprocessing, num_heads_for, require, square_image_size
-from .files import json_value, load_tensors, naming, read_json, save_directory, save_tensors
-from .renaming import renamed, unrenamed
+from paper.formats.architectures import TIMM
+from paper.formats.fields import Preprocessing, num_heads_for, require, square_image_size
+from paper.formats.files import json_value, load_tensors, naming, read_json, save_directory, save_tensors
+from paper.formats.renaming import renamed, unrenamed
 
 FORMAT = "timm's VisionTransformer"
 # timm's preprocessing for its ViTs (vision_transformer.py _cfg: IMAGENET_INCEPTION_MEAN/STD, crop_pct 0.9), and what
@@ -136,7 +135,7 @@ def from_timm(model_or_state_dict, **overrides) -> tuple[ViTConfig, dict[str, to
 
 def to_timm(params: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
     """(params, cfg) -> a timm VisionTransformer (VisionTransformerDistilled) state_dict
-    (`paper.reference_models.timm_vit(cfg)` builds the model)."""
+    (`paper.references.vit.timm_vit(cfg)` builds the model)."""
     require(FORMAT, cfg, representation_size=None, pos_embed=("learned", "none"))
     if cfg.distilled:                               # VisionTransformerDistilled always learns E_pos (deit.py)
         require("timm's VisionTransformerDistilled", cfg, pos_embed="learned")

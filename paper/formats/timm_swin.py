@@ -25,11 +25,9 @@ import torch
 from lowlevel import SwinConfig
 from lowlevel.swin import param_shapes
 from lowlevel.swin_params import merge_index
-
-from ..reference_swin import TIMM_CONVENTIONS, require_timm
-from .fields import Preprocessing, swin_fields
-from .files import read_state_dict, save_tensors
-from .renaming import renamed, unrenamed
+from paper.formats.fields import Preprocessing, require, require_conventions, swin_fields
+from paper.formats.files import read_state_dict, save_tensors
+from paper.formats.renaming import renamed, unrenamed
 
 BLOCK_NAMES = {"ln1": "norm1", "qkv": "attn.qkv", "proj": "attn.proj", "ln2": "norm2", "fc1": "mlp.fc1",
                "fc2": "mlp.fc2", "relative_position_bias_table": "attn.relative_position_bias_table"}
@@ -69,7 +67,7 @@ def from_timm_swin(state_dict: dict, **overrides) -> tuple[SwinConfig, dict[str,
 
 
 def to_timm_swin(params: dict[str, torch.Tensor], cfg: SwinConfig) -> dict[str, torch.Tensor]:
-    """(params, cfg) -> a timm SwinTransformer state dict (`paper.reference_swin.timm_swin(cfg)` builds the model)."""
+    """(params, cfg) -> a timm SwinTransformer state dict (`paper.references.swin.timm_swin(cfg)` builds the model)."""
     require_timm(cfg)
     return renamed(params, param_shapes(cfg), cfg, lambda k: timm_swin_key(k, cfg))
 
@@ -83,3 +81,17 @@ def write_timm_swin(params: dict, cfg: SwinConfig, path) -> None:
     """(params, cfg) -> a timm Swin state dict at `path` (.safetensors by suffix, torch.save otherwise), checked
     before anything is written."""
     save_tensors(to_timm_swin(params, cfg), path)
+
+
+TIMM = "timm's SwinTransformer"
+
+
+# Each code's conventions (lowlevel/swin_config.py); merge_position is where its checkpoints name the merging.
+TIMM_CONVENTIONS = dict(padding="after_shift", small_window="shrink", merge_position="start")
+
+
+def require_timm(cfg: SwinConfig) -> None:
+    """Refuse a config timm's code does not compute: its GELU is fixed to nn.GELU (the exact erf), its conventions
+    are its own."""
+    require(TIMM, cfg, gelu="exact")
+    require_conventions(TIMM, cfg, **TIMM_CONVENTIONS)

@@ -24,10 +24,9 @@ architectures (vit_b_16 … vit_h_14 are the paper's B/16, B/32, L/16, L/32, H/1
 import torch
 
 from lowlevel import ViTConfig, param_shapes
-
-from .fields import Preprocessing, num_heads_for, require, square_image_size
-from .files import read_state_dict, save_tensors
-from .renaming import renamed, unrenamed
+from paper.formats.fields import Preprocessing, num_heads_for, require, square_image_size
+from paper.formats.files import read_state_dict, save_tensors
+from paper.formats.renaming import renamed, unrenamed
 
 FORMAT = "torchvision's VisionTransformer"
 LAYER = "encoder.layers.encoder_layer_{}."

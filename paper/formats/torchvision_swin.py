@@ -28,11 +28,9 @@ from lowlevel import SwinConfig
 from lowlevel.relative_position import relative_position_index
 from lowlevel.swin import param_shapes
 from lowlevel.swin_params import merge_index
-
-from ..reference_swin import TORCHVISION_CONVENTIONS, require_torchvision
-from .fields import Preprocessing, swin_fields
-from .files import read_state_dict, save_tensors
-from .renaming import renamed, unrenamed
+from paper.formats.fields import Preprocessing, require, require_conventions, swin_fields
+from paper.formats.files import read_state_dict, save_tensors
+from paper.formats.renaming import renamed, unrenamed
 
 BLOCK_NAMES = {"ln1": "norm1", "qkv": "attn.qkv", "proj": "attn.proj", "ln2": "norm2", "fc1": "mlp.0", "fc2": "mlp.3",
                "relative_position_bias_table": "attn.relative_position_bias_table"}
@@ -91,7 +89,7 @@ def from_torchvision_swin(state_dict: dict, **overrides) -> tuple[SwinConfig, di
 
 def to_torchvision_swin(params: dict[str, torch.Tensor], cfg: SwinConfig) -> dict[str, torch.Tensor]:
     """(params, cfg) -> a torchvision SwinTransformer state dict, index buffers included
-    (`paper.reference_swin.torchvision_swin(cfg)` builds the model)."""
+    (`paper.references.swin.torchvision_swin(cfg)` builds the model)."""
     require_torchvision(cfg)
     sd = renamed(params, param_shapes(cfg), cfg, lambda k: torchvision_swin_key(k, cfg))
     device = params["patch.weight"].device
@@ -108,3 +106,23 @@ def write_torchvision_swin(params: dict, cfg: SwinConfig, path) -> None:
     """(params, cfg) -> a torchvision Swin state dict at `path` (.safetensors by suffix, torch.save otherwise),
     checked before anything is written."""
     save_tensors(to_torchvision_swin(params, cfg), path)
+
+
+TORCHVISION = "torchvision's SwinTransformer"
+
+
+TORCHVISION_CONVENTIONS = dict(padding="before_shift", small_window="pad", merge_position="end")
+
+
+def require_torchvision(cfg: SwinConfig) -> None:
+    """Refuse a config torchvision's code does not compute: its patch projection takes 3 channels, its q/k/v always
+    have biases, its GELU is nn.GELU, it always has a classifier and two blocks or more, its conventions are its
+    own."""
+    require(TORCHVISION, cfg, in_channels=3, qkv_bias=True, gelu="exact")
+    if cfg.num_classes < 1:
+        raise ValueError(f"num_classes: {TORCHVISION} cannot express num_classes={cfg.num_classes}; it always has a "
+                         f"classifier (num_classes ≥ 1)")
+    if cfg.depth < 2:
+        raise ValueError(f"depths: {TORCHVISION} cannot build depths={cfg.depths}; it divides by the block count − 1 "
+                         f"for its stochastic depth rates, so it needs two blocks or more")
+    require_conventions(TORCHVISION, cfg, **TORCHVISION_CONVENTIONS)

@@ -1,0 +1,170 @@
+"""Any checkpoint format in, any out: the format is recognised from the file itself, the one written from the
+destination's name (or named). Reading returns (cfg, params); writing takes (params, cfg).
+
+    source                                     recognised by
+    directory whose config.json names an       a timm hub directory ("timm-hub")
+      "architecture"
+    other directory with config.json           transformers `save_pretrained` layout ("hf"; a Swin by its
+                                               "model_type": "hf-swin")
+    .npz (a zip of .npy arrays)                the official Google format ("npz")
+    safetensors or torch.save state_dict       its names: timm's "patch_embed.proj.weight" ("timm"), torchvision's
+                                               "conv_proj.weight" ("torchvision") or transformers' ("hf"); a Swin:
+                                               timm's "layers.0.blocks.0.attn.relative_position_bias_table"
+                                               ("timm-swin"), torchvision's "features.1.0.attn.…" ("torchvision-swin")
+                                               or transformers' ("hf-swin")
+
+    destination                                written as
+    *.npz (any case)                           the official format (2020 layout unless told "big_vision")
+    *.pth, *.pt, *.safetensors                 a timm state_dict, or torchvision's when named "torchvision"
+    anything else (a directory)                transformers `save_pretrained`, or a timm hub directory when named
+                                               "timm-hub"
+
+A distilled DeiT is read and written by the same rules (timm's VisionTransformerDistilled, transformers'
+DeiTForImageClassificationWithTeacher); the official .npz format has no distillation token and refuses it. A Swin
+too (timm's SwinTransformer, torchvision's swin_t/s/b, transformers' SwinForImageClassification), written as
+"timm-swin", "torchvision-swin" or "hf-swin" by the destination's name or format; .npz and timm hub directories hold
+ViTs only.
+"""
+from pathlib import Path
+
+from lowlevel import SwinConfig, ViTConfig
+from paper.formats import huggingface, huggingface_swin, npz, timm, timm_swin, torchvision, torchvision_swin
+from paper.formats.architectures import TIMM, described, matching
+from paper.formats.fields import Preprocessing
+from paper.formats.files import is_npz, load_tensors, read_json, regular_file
+from paper.models.family import family_of, paper_config
+
+FORMATS = ("timm", "timm-hub", "hf", "npz", "torchvision")              # what a destination is written as (--to)
+TENSOR_SUFFIXES = (".pth", ".pt", ".safetensors")
+FILE_FORMATS = {"timm": TENSOR_SUFFIXES, "torchvision": TENSOR_SUFFIXES, "npz": (".npz",)}
+# Per model family (paper/models/family.py), each destination format it can be written in: the writer, the format
+# it is read back as (a Swin's "<format>-swin"), and which of write_checkpoint's options the format has a place for.
+WRITERS = {"vit": {"npz": (npz.write_npz, "npz", ("layout",)), "timm": (timm.write_timm, "timm", ()),
+                   "torchvision": (torchvision.write_torchvision, "torchvision", ()),
+                   "timm-hub": (timm.write_timm_hub, "timm-hub", ("preprocessing",)),
+                   "hf": (huggingface.write_hf, "hf", ("preprocessing",))},
+           "swin": {"timm": (timm_swin.write_timm_swin, "timm-swin", ()),
+                    "torchvision": (torchvision_swin.write_torchvision_swin, "torchvision-swin", ()),
+                    "hf": (huggingface_swin.write_hf_swin, "hf-swin", ())}}
+READERS = {"hf": huggingface.read_hf, "npz": npz.read_npz, "timm": timm.read_timm, "timm-hub": timm.read_timm_hub,
+           "torchvision": torchvision.read_torchvision, "timm-swin": timm_swin.read_timm_swin,
+           "torchvision-swin": torchvision_swin.read_torchvision_swin, "hf-swin": huggingface_swin.read_hf_swin}
+# A state_dict file's format, by the first test its keys pass: a Swin's before a ViT's (timm's both have
+# "patch_embed.proj.weight")
+STATE_DICT_TESTS = (("timm-swin", timm_swin.is_timm_swin_state_dict),
+                    ("torchvision-swin", torchvision_swin.is_torchvision_swin_state_dict),
+                    ("hf-swin", huggingface_swin.is_hf_swin_state_dict), ("timm", timm.is_timm_state_dict),
+                    ("torchvision", torchvision.is_torchvision_state_dict), ("hf", huggingface.is_hf_state_dict))
+# What a file of these formats does not record, and what reading it assumes (the other formats record both, or, as
+# torchvision, refuse any other value when writing)
+ASSUMED_WHEN_READ = {"timm": {"gelu": "exact", "layer_norm_eps": 1e-6}, "npz": {"gelu": "tanh", "layer_norm_eps": 1e-6},
+                     "timm-swin": {"layer_norm_eps": 1e-5}, "torchvision-swin": {"layer_norm_eps": 1e-5}}
+
+def detect_format(path) -> str:
+    """One of FORMATS, or a Swin's "timm-swin", "torchvision-swin", "hf-swin", from the file's content (a directory
+    from its config.json)."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: expected a checkpoint file or directory, got a path that does not exist")
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ValueError(f"{path}: expected a transformers or timm hub directory with config.json, got none")
+        config = read_json(path / "config.json")
+        if "architecture" in config:
+            return "timm-hub"
+        return "hf-swin" if config.get("model_type") == "swin" else "hf"
+    regular_file(path)
+    if is_npz(path):
+        return "npz"
+    sd = load_tensors(path)
+    for fmt, test in STATE_DICT_TESTS:
+        if test(sd):
+            return fmt
+    raise ValueError(f"{path}: expected a timm, torchvision or transformers ViT or Swin state_dict, got keys "
+                     f"{sorted(sd)[:4]}...")
+
+
+def model_overrides(model: str | None) -> dict:
+    """The architecture fields of a paper or timm model name (its family's: the head, classes and pre-logits, and the
+    numerics stay the checkpoint's own), as overrides a reader checks the weights against."""
+    if model is None:
+        return {}
+    cfg = paper_config(model)
+    return {k: getattr(cfg, k) for k in family_of(cfg).architecture}
+
+
+def read_checkpoint(path, model: str | None = None, **overrides) -> tuple[ViTConfig | SwinConfig, dict, str]:
+    """Any supported checkpoint -> (cfg, params, format). The config is inferred from the weights and what the
+    format stores, except what `model` (e.g. "ViT-B/16", "Swin-T") and `overrides` fix; a checkpoint that does not
+    match them is refused, naming keys. A head count found nowhere is refused, never guessed (paper/formats/fields.py;
+    a Swin's relative-position tables have a column per head)."""
+    fmt = detect_format(path)
+    return (*READERS[fmt](path, **{**model_overrides(model), **overrides}), fmt)
+
+
+def read_preprocessing(path, fmt: str) -> Preprocessing:
+    """The checkpoint's preprocessing: a timm hub config.json's pretrained_cfg, a transformers directory's
+    preprocessor_config.json, else the format's documented default."""
+    if fmt == "timm-hub":
+        return timm.read_hub_preprocessing(path)
+    if fmt in ("hf", "hf-swin"):
+        return huggingface.read_hf_preprocessing(path) if Path(path).is_dir() else huggingface.PREPROCESSING
+    return {"timm": timm.PREPROCESSING, "npz": npz.PREPROCESSING, "torchvision": torchvision.PREPROCESSING,
+            "timm-swin": timm_swin.PREPROCESSING, "torchvision-swin": torchvision_swin.PREPROCESSING}[fmt]
+
+
+def heads_source(path, fmt: str, cfg: ViTConfig | SwinConfig) -> str:
+    """Where the reader found cfg's head count, when the caller did not give it."""
+    if fmt == "hf-swin" and Path(path).is_dir():
+        return "config.json"
+    if family_of(cfg).heads_found_in:
+        return family_of(cfg).heads_found_in
+    if fmt == "npz":
+        return "the attention kernels' shape (D, H, D_h)"
+    if fmt == "hf" and Path(path).is_dir():
+        return "config.json"
+    if fmt == "timm-hub":
+        config = read_json(Path(path) / "config.json")
+        if "num_heads" in config.get("model_args", {}):
+            return "config.json model_args"
+        if config["architecture"] in TIMM:
+            return f"config.json architecture {config['architecture']}"
+    names = matching(cfg.dim, cfg.depth, cfg.mlp_dim, cfg.patch_size).get(cfg.num_heads, [])
+    return f"known architecture {described(names)}"
+
+
+def unrecorded(cfg: ViTConfig | SwinConfig, fmt: str) -> dict:
+    """The fields of cfg that a file of `fmt` cannot record and its reader would take otherwise."""
+    return {field: getattr(cfg, field) for field, assumed in ASSUMED_WHEN_READ.get(fmt, {}).items()
+            if getattr(cfg, field) != assumed}
+
+
+def destination_format(path, fmt: str | None = None) -> str:
+    """The format `path` is written in: `fmt`, which must suit the name, or the one the name implies."""
+    suffix = Path(path).suffix.lower()
+    implied = "npz" if suffix == ".npz" else "timm" if suffix in TENSOR_SUFFIXES else "hf"
+    if fmt is None:
+        return implied
+    if fmt not in FORMATS:
+        raise ValueError(f"format: expected one of {FORMATS}, got {fmt!r}")
+    if fmt in FILE_FORMATS and suffix not in FILE_FORMATS[fmt]:
+        raise ValueError(f"format: {fmt} is written to a file named *{' or *'.join(FILE_FORMATS[fmt])}, got {path}")
+    if fmt not in FILE_FORMATS and implied != "hf":
+        raise ValueError(f"format: {fmt} is written to a directory, got the file name {path}")
+    return fmt
+
+
+def write_checkpoint(params: dict, cfg: ViTConfig | SwinConfig, path, npz_layout: str = "vit2020",
+                     fmt: str | None = None, preprocessing: Preprocessing | None = None) -> str:
+    """Write in `fmt`, or the format the destination's name implies; returns it. npz_layout applies to the npz
+    format alone; the preprocessing is written where the format has a place for it (a ViT's directories). Nothing
+    is written if the params or config are refused."""
+    fmt = destination_format(path, fmt)
+    family = family_of(cfg)
+    if fmt not in WRITERS[family.name]:
+        raise ValueError(f"format: {fmt} cannot hold a {family.title} (got {path}); a {family.title} is written as "
+                         f"{', '.join(WRITERS[family.name])}")
+    write, read_as, takes = WRITERS[family.name][fmt]
+    options = {"layout": npz_layout, "preprocessing": preprocessing}
+    write(params, cfg, path, **{k: options[k] for k in takes})
+    return read_as

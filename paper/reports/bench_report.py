@@ -1,0 +1,118 @@
+"""Reporting a benchmark result (`paper.bench.measure`'s dict): the markdown table (paper/results/bench.md) and the PNG."""
+import math
+import statistics
+
+from paper.formats.atomic import write_atomically
+
+
+def mib(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
+def fmt_ratio(r: dict) -> str:
+    return f"{r['median']:.2f}× ({r['min']:.2f}–{r['max']:.2f})"
+
+
+def fmt_percent(r: dict) -> str:
+    return f"{100 * r['median']:.0f}% ({100 * r['min']:.0f}–{100 * r['max']:.0f})"
+
+
+def fmt_gflops(r: dict) -> str:
+    return f"median {r['median']:.0f} GFLOP/s (range {r['min']:.0f}–{r['max']:.0f})"
+
+
+def markdown(result: dict) -> str:
+    """The table: one row per contender, then the sweep."""
+    run, main = result["run"], result["main"]
+    lines = [f"{run['model']} @{main['image_size'][0]}×{main['image_size'][1]}, batch {run['batch']}, {run['dtype']}, "
+             f"{run['device_name']}, {run['threads']} threads, torch {run['torch']}, "
+             f"{'torch.compile, ' if run['compile'] else ''}{run['repeats']} interleaved rounds; "
+             f"matmul peak {fmt_gflops(main['matmul_peak_gflops'])} "
+             f"({main['forward_gflop_per_image']:.1f} GFLOP per image forward).",
+             f"Command: `{run['command']}`", "",
+             "| contender | inference img/s | × timm (median, range) | train step img/s | × timm (median, range) "
+             "| peak train memory MiB | activations saved MiB | inference GFLOP/s "
+             "| % of matmul peak, paired (median, range) | % of the run's best peak |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, c in main["contenders"].items():
+        vs = c.get("vs_timm")
+        lines.append(f"| {name} | {c['infer_images_per_s']:.2f} | {fmt_ratio(vs['infer']) if vs else '–'} "
+                     f"| {c['train_images_per_s']:.2f} | {fmt_ratio(vs['train']) if vs else '–'} "
+                     f"| {mib(c['train_memory_mib'])} | {mib(c['saved_activations_mib'])} | {c['infer_gflops']:.1f} "
+                     f"| {fmt_percent(c['infer_fraction_of_peak'])} | {100 * c['infer_fraction_of_run_peak']:.0f}% |")
+    if result.get("sweep"):
+        lines += ["", "| model | resolution | tokens | contender | inference s/batch | train step s/batch "
+                  "| peak train memory MiB | activations saved MiB |", "|---|---:|---:|---|---:|---:|---:|---:|"]
+        for point in result["sweep"]:
+            for name, c in point["contenders"].items():
+                lines.append(f"| {point['model']} | {point['image_size'][0]} | {point['tokens']} | {name} "
+                             f"| {statistics.median(c['infer_s']):.3f} | {statistics.median(c['train_s']):.3f} "
+                             f"| {mib(c['train_memory_mib'])} | {mib(c['saved_activations_mib'])} |")
+        lines += growth(result["sweep"])
+    return "\n".join(lines) + "\n"
+
+
+def growth(sweep: list[dict]) -> list[str]:
+    """From each model's smallest to its largest image: how much inference and a training step grow, and the slope
+    of log time against log pixels (1: linear in the tokens, 2: quadratic)."""
+    lines = ["", "| model | contender | pixels × | inference × (slope) | train step × (slope) |", "|---|---|---:|---:|---:|"]
+    for model in dict.fromkeys(p["model"] for p in sweep):
+        points = [p for p in sweep if p["model"] == model]
+        first, last = points[0], points[-1]
+        pixels = math.prod(last["image_size"]) / math.prod(first["image_size"])
+        if len(points) < 2 or pixels == 1:
+            continue
+        for name in first["contenders"]:
+            cells = []
+            for key in ("infer_s", "train_s"):
+                ratio = statistics.median(last["contenders"][name][key]) / statistics.median(first["contenders"][name][key])
+                cells.append(f"{ratio:.1f}× ({math.log(ratio) / math.log(pixels):.2f})")
+            lines.append(f"| {model} | {name} | {pixels:.1f} | {cells[0]} | {cells[1]} |")
+    return lines if len(lines) > 3 else []
+
+
+def plot(result: dict, path: str) -> None:
+    """Images/s with their range for inference and training; with a sweep, time and memory against the image's
+    pixels, one line per model and attention path, on log-log axes where cost linear in the tokens has slope 1 and
+    quadratic slope 2."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    sweep = result.get("sweep")
+    fig, axes = plt.subplots(1, 4 if sweep else 1, figsize=(20 if sweep else 6, 4.5), squeeze=False)
+    ax = axes[0][0]
+    names = list(result["main"]["contenders"])
+    batch = result["run"]["batch"]
+    for offset, kind in ((-0.2, "infer"), (0.2, "train")):
+        per = [result["main"]["contenders"][n][f"{kind}_s"] for n in names]
+        mid = [batch / statistics.median(t) for t in per]
+        low = [m - batch / max(t) for m, t in zip(mid, per, strict=True)]
+        high = [batch / min(t) - m for m, t in zip(mid, per, strict=True)]
+        ax.bar([i + offset for i in range(len(names))], mid, 0.4, yerr=[low, high], capsize=3,
+               label="inference" if kind == "infer" else "training step")
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    ax.set_ylabel("images/s (median, range over rounds)")
+    ax.set_title(f"{result['run']['model']}, batch {batch}, {result['run']['dtype']}, {result['run']['device_name']}")
+    ax.legend()
+    if sweep:
+        models = list(dict.fromkeys(p["model"] for p in sweep))
+        for ax, key, label in ((axes[0][1], "infer_s", "inference s/batch"),
+                               (axes[0][2], "train_s", "training step s/batch"),
+                               (axes[0][3], "saved_activations_mib", "activations saved for backward, MiB")):
+            if any(p["contenders"][n][key] is None for p in sweep for n in p["contenders"]):
+                continue                                                        # not measured under torch.compile
+            for model in models:
+                points = [p for p in sweep if p["model"] == model]
+                for name in points[0]["contenders"]:
+                    pixels = [p["image_size"][0] * p["image_size"][1] for p in points]
+                    values = [p["contenders"][name][key] for p in points]
+                    values = [statistics.median(v) if isinstance(v, list) else v for v in values]
+                    ax.plot(pixels, values, "o-", label=f"{model} {name.removeprefix('ours ')}")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("pixels per image (tokens ∝ pixels)")
+            ax.set_ylabel(label)
+            ax.legend()
+    fig.tight_layout()
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)

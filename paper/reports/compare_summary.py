@@ -1,0 +1,64 @@
+"""The summary paper.compare reports of its runs: per model, what it is (parameters, multiply-adds counted by
+torch.utils.flop_counter, inference images/s) and, over seeds, its accuracy and final training loss per size, its
+probes and its training time."""
+import dataclasses
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from paper.reports.statistics import mean_std
+from paper.training.classifier import Classifier
+from paper.training.comparison import LABELS, build, test_images
+from paper.training.data import eval_preprocessing
+
+
+def multiply_adds(model: torch.nn.Module, cfg) -> int:
+    """Multiply-adds of one image's forward pass, as torch.utils.flop_counter counts them (its FLOPs are 2 per
+    multiply-add of every matmul and convolution; normalisation, activations and pooling are not counted)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, cfg.in_channels, *cfg.image_size))
+    return counter.get_total_flops() // 2
+
+
+def images_per_second(classify, images: torch.Tensor, repeats: int = 3) -> float:
+    """Inference throughput over `images` in batches of 500, preprocessing included; the best of `repeats` passes."""
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for i in range(0, len(images), 500):
+                classify(images[i:i + 500])
+            best = min(best, time.perf_counter() - start)
+    return len(images) / best
+
+
+def summarise(results: list[dict]) -> dict:
+    """Per model: what it is (parameters, multiply-adds, inference speed), accuracy and final training loss per size,
+    probes, time."""
+    images, _ = test_images()
+    models = {}
+    for name in LABELS:
+        runs = [r for r in results if r["model"] == name]
+        if not runs:
+            continue
+        model = build(name, 0)   # the architecture: speed and counts do not depend on the weights
+        classify = Classifier(model, eval_preprocessing(model.cfg.image_size))
+        sizes = sorted({r["size"] for r in runs})
+
+        def by_size(key: str, runs=runs, sizes=sizes) -> dict:
+            return {str(n): mean_std([r[key] for r in runs if r["size"] == n]) for n in sizes}
+
+        probed = [r["probes"] for r in runs if "probes" in r]
+        models[name] = {
+            "label": LABELS[name], "config": dataclasses.asdict(model.cfg),
+            "params": sum(p.numel() for p in model.parameters()), "multiply_adds": multiply_adds(model, model.cfg),
+            "inference_images_per_s": images_per_second(classify, images),
+            "train_seconds": mean_std([r["train_seconds"] for r in runs]),
+            "accuracy": by_size("test_accuracy"), "final_train_loss": by_size("final_train_loss"),
+            "probes": {"shift": [mean_std([p["shift"][k] for p in probed]) for k in range(len(probed[0]["shift"]))],
+                       "permuted": mean_std([p["permuted"] for p in probed])} if probed else None}
+    pretraining = [r for r in results if r["model"] == "pretraining"]
+    return {"models": models, "pretraining": None if not pretraining else {
+        "images": pretraining[0]["size"], "train_seconds": mean_std([r["train_seconds"] for r in pretraining]),
+        "mnist_accuracy_before_fine_tuning": mean_std([r["test_accuracy"] for r in pretraining])}}

@@ -1,0 +1,227 @@
+"""The training loop, which knows nothing of the model: `train_stage` trains any module with a `cfg` (its image_size
+sets the data's resolution), a `forward(images) -> logits` and an `as_dict()` of the tensors a checkpoint holds. Our
+ViT (`ExplicitParams`), a distilled student (the same, returning its two heads' logits), LoRA's adapters over a frozen
+base (`training.lora.LoRAParams`) and torchvision's ResNet-18 (`paper.models.cnn.ResNetClassifier`) all are.
+
+Each step takes the global batch, splits it over the processes and into micro-batches, averages the gradients
+(accumulated over micro-batches, all-reduced over processes), clips their global norm, and steps."""
+import contextlib
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from paper import cli
+from paper.training.augment import batch_mixing, image_augmentation
+from paper.training.data import EvalView, TrainStream, shard_positions
+from paper.training.distillation import (
+    Distillation,
+    DistillationCriterion,
+    LabelCriterion,
+)
+from paper.training.lora import LoRAParams, LoRARun, check_same_adapters
+from paper.training.processes import Processes, all_reduce_sum, stop_requested
+from paper.training.schedules import Schedule
+from paper.training.state import (
+    check_same_run,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+
+
+def make_optimizer(parameters, recipe) -> torch.optim.Optimizer:
+    """Pre-training: Adam, β1 0.9, β2 0.999 (§4.1), weight decay decoupled and multiplied by the learning rate:
+    AdamW's form. The paper does not give the form; the same team's AugReg paper describes its own as "decoupled …
+    but multiplied by the learning-rate" (Steiner et al. 2021, §3).
+    Fine-tuning: SGD with momentum 0.9, no weight decay (Table 4 caption)."""
+    if recipe.optimizer == "adam":
+        return torch.optim.AdamW(parameters, lr=recipe.base_lr, betas=(0.9, 0.999), weight_decay=recipe.weight_decay)
+    return torch.optim.SGD(parameters, lr=recipe.base_lr, momentum=0.9, weight_decay=recipe.weight_decay)
+
+
+def train_step(model: nn.Module, optimizer, scheduler, images: torch.Tensor, labels: torch.Tensor, *,
+               accum_steps: int, grad_clip: float | None, procs: Processes, bf16: bool = False,
+               criterion=None) -> float:
+    """One optimizer step on this process's share of the global batch, in `accum_steps` equal micro-batches.
+    Each micro-batch's mean loss is divided by accum_steps and DDP averages over processes, so the gradient is
+    that of the mean loss over the global batch: accumulation and processes change nothing but memory and speed.
+    `criterion(outputs, images, labels)` is the loss: softmax cross-entropy unless told otherwise (a smoothed one,
+    a distillation loss). Returns the global batch's mean loss; raises FloatingPointError, before touching the params,
+    if it is not finite."""
+    if len(labels) % accum_steps:
+        raise ValueError(f"accum_steps: expected a divisor of this process's batch of {len(labels)}, got {accum_steps}")
+    criterion = criterion or LabelCriterion()
+    optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros((), dtype=torch.float64, device=images.device)
+    micro_batches = list(zip(images.chunk(accum_steps), labels.chunk(accum_steps), strict=True))
+    for i, (x, y) in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not last else contextlib.nullcontext()
+        with sync:
+            with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+                outputs = model(x)
+            if bf16:                                                     # the loss in float32
+                outputs = tuple(o.float() for o in outputs) if isinstance(outputs, tuple) else outputs.float()
+            loss = criterion(outputs, x, y) / accum_steps
+            loss.backward()
+        total += loss.detach()
+    loss = all_reduce_sum(total, procs) / procs.world_size
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss: expected a finite training loss, got {loss.item()} at step "
+                                 f"{scheduler.last_epoch + 1}; stopping without saving, the last checkpoint is kept")
+    if grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)  # "gradient clipping at global norm 1"
+    optimizer.step()
+    scheduler.step()
+    return loss.item()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: EvalView, procs: Processes, dtype: torch.dtype,
+             batch_size: int = 512) -> float:
+    """Top-1 accuracy on `data`; each process scores every world_size-th image and the counts are summed."""
+    model.eval()
+    counts = torch.zeros(2, dtype=torch.float64, device=procs.device)
+    mine = list(range(procs.rank, len(data), procs.world_size))
+    for start in range(0, len(mine), batch_size):
+        images, labels = zip(*(data[i] for i in mine[start:start + batch_size]), strict=True)
+        logits = model(torch.stack(images).to(procs.device, dtype))     # a distilled student: its heads fused
+        counts[0] += (logits.argmax(-1).cpu() == torch.tensor(labels)).sum().item()
+        counts[1] += len(labels)
+    model.train()
+    counts = all_reduce_sum(counts, procs)
+    return (counts[0] / counts[1]).item()
+
+
+class StepBatches(Sampler):
+    """For DataLoader: step by step, the stream positions of this process's share of the global batch."""
+
+    def __init__(self, first_step: int, last_step: int, batch_size: int, procs: Processes):
+        self.steps, self.batch_size, self.procs = range(first_step, last_step + 1), batch_size, procs
+
+    def __len__(self):
+        return len(self.steps)
+
+    def __iter__(self):
+        for step in self.steps:
+            yield shard_positions(step, self.batch_size, self.procs.rank, self.procs.world_size)
+
+
+@dataclasses.dataclass
+class Run:
+    """What every stage of one invocation shares."""
+    out: str
+    procs: Processes
+    dtype: torch.dtype = torch.float32
+    bf16: bool = False
+    fast: bool = False
+    accum_steps: int = 1
+    seed: int = 0
+    resume: bool = False
+    workers: int = 0
+    save_every: int = 0       # 0: only at the end of the stage
+    eval_every: int = 0       # 0: only at the end of the stage
+    distillation: Distillation | None = None   # DeiT: the objective, with
+    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None   # the frozen teacher (distillation.load_teacher)
+    lora: LoRARun | None = None                 # fine-tune through LoRA adapters (lora_training.py)
+    save: bool = True         # False: no checkpoint at all (paper.compare keeps only the models it names)
+    progress: bool = True     # False: no progress bar (paper.compare shows one for the whole sweep)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def train_stage(name: str, model: nn.Module, recipe, train_data, test_data, run: Run) -> dict:
+    """Train `model` in place by `recipe` for its total_steps, checkpointing to OUT/NAME.pt. -> the stage's log.
+    With run.distillation the model returns two heads' logits and learns from run.teacher too. The training stream
+    depends on the seed and the recipe's stage only, so two models trained by one recipe and seed see the same
+    batches. Ctrl-C or SIGTERM: the step in hand is finished and saved, then KeyboardInterrupt."""
+    procs, path, cfg = run.procs, os.path.join(run.out, f"{name}.pt"), model.cfg
+    lora = run.lora if isinstance(model, LoRAParams) else None
+    model = model.to(procs.device, run.dtype).train()
+    if run.distillation is not None:
+        criterion = DistillationCriterion(run.teacher, run.distillation, recipe.label_smoothing)
+    else:
+        criterion = LabelCriterion(recipe.label_smoothing)
+    optimizer = make_optimizer(model.parameters(), recipe)
+    schedule = Schedule(recipe.base_lr, recipe.total_steps, recipe.warmup_steps, recipe.decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    log = {"recipe": dataclasses.asdict(recipe), "config": dataclasses.asdict(cfg), "train": [], "eval": []}
+    done = 0
+    if run.resume and os.path.exists(path):
+        state = load_checkpoint(path)
+        check_same_run(state, cfg, recipe, run.seed, dtype_name(run.dtype), path)
+        check_same_adapters(state, lora, path)
+        with torch.no_grad():
+            for k, p in model.as_dict().items():
+                p.copy_(state["params"][k])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        done, log = state["step"], state["log"]
+        if len(state["rng"]) == procs.world_size:
+            set_rng_state(state["rng"][procs.rank])
+        elif procs.rank == 0:
+            print(f"{path}: written by {len(state['rng'])} processes, resumed by {procs.world_size}; "
+                  "dropout draws new random numbers")
+    else:
+        torch.manual_seed(run.seed * 1000 + procs.rank)  # dropout's random numbers, one stream per process
+    trained = DistributedDataParallel(model) if procs.world_size > 1 else model
+
+    stream_seed = 2 * run.seed + (recipe.stage == "finetune")  # each stage its own stream
+    stream = TrainStream(train_data, cfg.image_size[0], stream_seed, recipe.crop_area, recipe.flip,
+                         image_augmentation(recipe))
+    mixing = batch_mixing(recipe, cfg.num_classes)
+    loader = DataLoader(stream, batch_sampler=StepBatches(done + 1, recipe.total_steps, recipe.batch_size, procs),
+                        num_workers=run.workers, generator=torch.Generator())  # not the global RNG dropout draws from
+    evaluation = EvalView(test_data, cfg.image_size[0])
+    bar = tqdm(total=recipe.total_steps, initial=done, desc=name, disable=procs.rank != 0 or not run.progress,
+               dynamic_ncols=True)
+    start = time.perf_counter()
+    with bar, cli.interrupts_deferred() as interrupt:       # the bar closed first, so an error line comes after it
+        for step, (images, labels) in enumerate(loader, start=done + 1):
+            lr = scheduler.get_last_lr()[0]
+            images, labels = images.to(procs.device, run.dtype), labels.to(procs.device)
+            if mixing:                                               # Mixup/CutMix: labels become mixed targets
+                images, labels = mixing(images, labels, seed=(stream_seed * 2 ** 32 + step) * 1024 + procs.rank)
+            loss = train_step(trained, optimizer, scheduler, images, labels, accum_steps=run.accum_steps,
+                              grad_clip=recipe.grad_clip, procs=procs, bf16=run.bf16, criterion=criterion)
+            log["train"].append({"step": step, "loss": loss, "lr": lr})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            last = step == recipe.total_steps
+            if last or (run.eval_every and step % run.eval_every == 0):
+                log["eval"].append({"step": step, "test_accuracy": evaluate(model, evaluation, procs, run.dtype)})
+            stop = stop_requested(interrupt, procs)
+            if run.save and (stop or last or (run.save_every and step % run.save_every == 0)):
+                save(path, model, cfg, recipe, optimizer, scheduler, step, log, procs, run,
+                     lora.fields() if lora else {})
+            if stop:
+                raise KeyboardInterrupt(f"{name} stopped after step {step} of {recipe.total_steps}; {path} holds it, "
+                                        f"--resume goes on from there")
+    log.setdefault("seconds", 0.0)
+    log["seconds"] += time.perf_counter() - start
+    return log
+
+
+def save(path, model, cfg, recipe, optimizer, scheduler, step, log, procs: Processes, run: Run, extra: dict) -> None:
+    """Rank 0 writes the checkpoint with every process's random-number state (and `extra` keys: a LoRA run's)."""
+    rng = [rng_state()]
+    if procs.world_size > 1:
+        rng = [None] * procs.world_size
+        dist.all_gather_object(rng, rng_state())
+    if procs.rank == 0:
+        save_checkpoint(path, cfg=cfg, recipe=recipe, params=model.as_dict(), optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(), step=step, rng=rng, log=log, seed=run.seed,
+                        dtype=dtype_name(run.dtype), **extra)
+    if procs.world_size > 1:
+        dist.barrier()

@@ -1,0 +1,124 @@
+"""Checkpoints: everything a run needs to go on exactly where it stopped, written so that a good file is never
+replaced by a broken or half-written one.
+
+A checkpoint holds the model config, the recipe, the seed and dtype of the run, the params, the optimizer and
+scheduler state, the step, the random-number state of every process (dropout draws from it) and the log so far. The
+data stream needs no state: it is a pure function of (seed, step) (see data.py). It also names its model ("vit" or
+"resnet18") and the evaluation preprocessing its inputs had, so that `paper.training.classifier.load_classifier` can rebuild
+both from the file alone (a frozen teacher, say).
+"""
+import dataclasses
+import os
+
+import torch
+
+from lowlevel import ViTConfig
+from paper.formats.atomic import write_atomically
+from paper.models.cnn import ResNetConfig
+from paper.training.data import eval_preprocessing
+from paper.training.recipes import Recipe
+
+KEYS = ("config", "recipe", "params", "optimizer", "scheduler", "step", "rng", "log", "seed", "dtype", "model",
+        "preprocessing")
+MODELS = {"vit": ViTConfig, "resnet18": ResNetConfig}   # a checkpoint's "model" -> the class of its "config"
+
+
+def model_name(cfg: ViTConfig | ResNetConfig) -> str:
+    """"vit" or "resnet18": what a checkpoint of a model with config `cfg` says it holds."""
+    return next(name for name, cls in MODELS.items() if isinstance(cfg, cls))
+
+
+def checkpoint_config(state: dict) -> ViTConfig | ResNetConfig:
+    """The config of the model a loaded checkpoint holds."""
+    return MODELS[state["model"]](**state["config"])
+
+
+def non_finite(tensors: dict) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity."""
+    return sorted(k for k, v in tensors.items()
+                  if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all())
+
+
+def optimizer_tensors(state_dict: dict) -> dict:
+    return {f"optimizer.{i}.{name}": v for i, s in state_dict["state"].items() for name, v in s.items()}
+
+
+def save_checkpoint(path: str, *, cfg: ViTConfig | ResNetConfig, recipe: Recipe, params: dict, optimizer: dict,
+                    scheduler: dict, step: int, rng: list, log: dict, seed: int, dtype: str, **extra) -> None:
+    """Write a checkpoint atomically; refuse (ValueError, the existing file untouched) if any value is not finite.
+    The model's name and evaluation preprocessing follow from `cfg`. `extra` keys are stored beside the others (a LoRA
+    run's adapter config and base reference)."""
+    params = {k: v.detach().cpu() for k, v in params.items()}
+    bad = non_finite(params) + non_finite(optimizer_tensors(optimizer))
+    if bad:
+        raise ValueError(f"params: expected finite values to save at step {step}, got NaN or inf in {bad[:5]}"
+                         f"{' …' if len(bad) > 5 else ''}; {path} is left as it was")
+    state = {"model": model_name(cfg), "config": dataclasses.asdict(cfg),
+             "preprocessing": eval_preprocessing(cfg.image_size), "recipe": dataclasses.asdict(recipe),
+             "params": params, "optimizer": optimizer, "scheduler": scheduler, "step": step, "rng": rng, "log": log,
+             "seed": seed, "dtype": dtype, **extra}
+    write_atomically(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: str) -> dict:
+    """Read a checkpoint onto the CPU; a missing, unreadable or foreign file is a ValueError naming it."""
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint: expected a checkpoint file, got {path!r}, which does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load raises pickle, zip and OS errors alike
+        raise ValueError(f"checkpoint: expected a checkpoint written by paper.train, "
+                         f"could not read {path!r} ({e})") from e
+    missing = [k for k in KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"checkpoint: expected the keys {KEYS} in {path!r}, missing {missing}")
+    if state["model"] not in MODELS:
+        raise ValueError(f"checkpoint: expected a model of {tuple(MODELS)} in {path!r}, got {state['model']!r}")
+    return state
+
+
+def check_resumable(state: dict, recipe: Recipe, seed: int, dtype: str, path: str) -> None:
+    """What a run can check before its first step: the checkpoint was written by a run with the same recipe, seed and
+    dtype, and claims no step beyond the recipe's."""
+    differences = [f"{what}: checkpoint {state.get(what)!r}, this run {value!r}"
+                   for what, value in (("seed", seed), ("dtype", dtype)) if state.get(what) != value]
+    if differences:
+        raise ValueError(f"checkpoint: expected a checkpoint of this run's seed and dtype, got {path!r} with:\n  "
+                         + "\n  ".join(differences))
+    check_same(state, "recipe", dataclasses.asdict(recipe), path)
+    if not 0 <= state["step"] <= recipe.total_steps:
+        raise ValueError(f"checkpoint: expected a step between 0 and the recipe's {recipe.total_steps}, got {path!r} "
+                         f"at step {state['step']}")
+
+
+def check_same(state: dict, what: str, current: dict, path: str) -> None:
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in state[what].items()}
+    diff = [f"{k}: checkpoint {saved.get(k)!r}, this run {current.get(k)!r}"
+            for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    if diff:
+        raise ValueError(f"checkpoint: expected a checkpoint of this run's {what}, got {path!r} with a different "
+                         f"one:\n  " + "\n  ".join(diff))
+
+
+def check_same_run(state: dict, cfg: ViTConfig | ResNetConfig, recipe: Recipe, seed: int, dtype: str,
+                   path: str) -> None:
+    """A checkpoint may only be resumed by the run that wrote it: same model, model config, recipe, seed and dtype."""
+    if state["model"] != model_name(cfg):
+        raise ValueError(f"checkpoint: expected a checkpoint of this run's model {model_name(cfg)!r}, got {path!r} "
+                         f"holding a {state['model']!r}")
+    check_same(state, "config", dataclasses.asdict(cfg), path)
+    check_resumable(state, recipe, seed, dtype, path)
+
+
+def rng_state() -> dict:
+    """This process's random-number state (CPU, and CUDA where there is one)."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

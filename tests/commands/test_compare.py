@@ -1,0 +1,286 @@
+"""ViT against the CNN: both trained by one loop on identical batches, the subsets stratified and nested, the probes'
+inputs what they claim (the transforms, not the accuracies), any checkpoint loaded as a frozen classifier with its
+preprocessing, and `python -m paper.compare --quick`'s code path end to end, small."""
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image
+from scipy import ndimage
+
+import lowlevel as vit
+import paper.training.loop as train_module
+from paper import compare
+from paper.analysis.probes import DIRECTIONS, permute_patches, probe, shift, shift_each
+from paper.models.cnn import ResNetClassifier, ResNetConfig
+from paper.train import main
+from paper.training import comparison
+from paper.training.classifier import load_classifier
+from paper.training.data import EvalView, ImageArray
+from paper.training.loop import Run, train_stage
+from paper.training.processes import Processes
+from paper.training.stages import with_steps
+from paper.training.state import check_same_run, load_checkpoint
+from tests.helpers import random_params
+
+TRAIN_STEP = train_module.train_step
+
+
+def digits28(n: int, seed: int) -> ImageArray:
+    g = torch.Generator().manual_seed(seed)
+    return ImageArray(torch.randint(0, 256, (n, 1, 28, 28), generator=g, dtype=torch.uint8),
+                      torch.arange(n) % 10)
+
+
+def batches_seen(model, recipe, data, seed, tmp_path, monkeypatch) -> list:
+    """The (images, labels) of every training step `train_stage` takes with this model."""
+    seen = []
+
+    def recording_step(model, optimizer, scheduler, images, labels, **kw):
+        seen.append((images.clone(), labels.clone()))
+        return TRAIN_STEP(model, optimizer, scheduler, images, labels, **kw)
+
+    monkeypatch.setattr(train_module, "train_step", recording_step)
+    train_stage("stage", model, recipe, data, data, Run(out=str(tmp_path), procs=Processes(), seed=seed, save=False,
+                                                        progress=False))
+    return seen
+
+
+def test_a_vit_the_pre_trained_vit_and_the_cnn_trained_with_one_seed_see_identical_batches(tmp_path, monkeypatch):
+    """The comparison's fairness: one loop, one recipe, and for a seed the same images, crops and labels in the same
+    order, whichever model trains; another seed, other batches."""
+    from paper.models.explicit_params import ExplicitParams
+    from paper.training.stages import finetuning_model, pretraining_model
+
+    data, recipe = digits28(40, 0), with_steps(comparison.RECIPE, 3, 8)
+    pre_trained = ExplicitParams(*finetuning_model(*pretraining_model(comparison.MNIST_MODEL, comparison.PRETRAIN, 1, 10, 0),
+                                                   recipe, 10))
+    models = {"vit": comparison.build("vit", 0), "vit-pretrained": pre_trained, "cnn": comparison.build("cnn", 0)}
+    runs = {name: batches_seen(model, recipe, data, 5, tmp_path, monkeypatch) for name, model in models.items()}
+    assert len(runs["vit"]) == 3
+    for name in ("vit-pretrained", "cnn"):
+        assert len(runs[name]) == 3
+        for (xv, yv), (x, y) in zip(runs["vit"], runs[name], strict=True):
+            assert xv.shape == (8, 1, 28, 28) and torch.equal(xv, x) and torch.equal(yv, y)
+    other = batches_seen(comparison.build("vit", 0), recipe, data, 6, tmp_path, monkeypatch)
+    assert not torch.equal(other[0][0], runs["vit"][0][0])
+
+
+def test_stratified_subsets_hold_each_class_equally_and_nest_for_one_seed():
+    labels = torch.arange(4000) % 10
+    labels = labels[torch.randperm(4000, generator=torch.Generator().manual_seed(0))]
+    small, large = comparison.stratified_subset(labels, 100, 1), comparison.stratified_subset(labels, 630, 1)
+    assert np.bincount(labels[small].numpy()).tolist() == [10] * 10
+    assert np.bincount(labels[large].numpy()).tolist() == [63] * 10
+    assert len(set(small.tolist())) == 100 and set(small.tolist()) <= set(large.tolist())
+    assert torch.equal(small, comparison.stratified_subset(labels, 100, 1))
+    assert not torch.equal(small, comparison.stratified_subset(labels, 100, 2))
+
+
+@given(dy=st.integers(-6, 6), dx=st.integers(-6, 6), seed=st.integers(0, 99))
+def test_shift_moves_every_pixel_and_fills_with_black_as_scipy(dy, dx, seed):
+    """scipy.ndimage.shift with order 0 and a constant 0 outside: out[i, j] = in[i - dy, j - dx]."""
+    images = torch.rand(2, 1, 9, 7, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    expected = ndimage.shift(images.numpy(), (0, 0, dy, dx), order=0, mode="constant", cval=0.0)
+    assert np.array_equal(shift(images, dy, dx).numpy(), expected)
+
+
+def test_each_image_is_shifted_in_its_own_direction():
+    images = torch.rand(8, 1, 12, 12, generator=torch.Generator().manual_seed(0))
+    directions = torch.tensor([0, 1, 2, 3, 3, 2, 1, 0])
+    out = shift_each(images, 3, directions)
+    for b, d in enumerate(directions.tolist()):
+        dy, dx = DIRECTIONS[d]
+        assert torch.equal(out[b], shift(images[b:b + 1], 3 * dy, 3 * dx)[0])
+    assert set(DIRECTIONS) == {(1, 0), (-1, 0), (0, 1), (0, -1)}
+
+
+def test_permuted_patches_are_the_input_patches_moved_as_the_permutation_says():
+    """Checked block by block by slicing, independently of patchify."""
+    g = torch.Generator().manual_seed(0)
+    images, p = torch.rand(3, 2, 12, 8, generator=g), 4                  # a 3×2 grid of 4×4 patches, 2 channels
+    permutations = torch.stack([torch.randperm(6, generator=g) for _ in range(3)])
+    out = permute_patches(images, p, permutations)
+    for b in range(3):
+        for n in range(6):
+            r, c = divmod(n, 2)
+            src_r, src_c = divmod(permutations[b, n].item(), 2)
+            assert torch.equal(out[b, :, r * p:(r + 1) * p, c * p:(c + 1) * p],
+                               images[b, :, src_r * p:(src_r + 1) * p, src_c * p:(src_c + 1) * p])
+    inverse = permutations.argsort(dim=1)
+    assert torch.equal(permute_patches(out, p, inverse), images)
+
+
+def test_a_vit_without_position_embeddings_cannot_tell_permuted_patches_apart():
+    """The probe's premise, in float64: without E_pos the logits of permuted digits equal the originals' to rounding;
+    with E_pos they do not."""
+    images = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    permutations = torch.stack([torch.randperm(49, generator=torch.Generator().manual_seed(b)) for b in range(4)])
+    permuted = permute_patches(images, 4, permutations)
+    for name, same in (("vit-no-pos", True), ("vit", False)):
+        cfg = comparison.VITS[name]
+        params = random_params(cfg, seed=2, scale=0.1)
+        a, b = vit.forward(params, images, cfg), vit.forward(params, permuted, cfg)
+        assert a.abs().max() > 1e-2
+        assert (a - b).abs().max().item() < 1e-12 if same else (a - b).abs().max().item() > 1e-4
+
+
+def test_probe_shows_every_model_of_a_seed_the_same_images():
+    """The probe's transformed images depend on the seed alone; shift 0 is the plain test set."""
+    images = torch.rand(20, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(20) % 10
+    seen = {0: [], 1: []}
+
+    def recorder(key):
+        def classify(x):
+            seen[key].append(x.clone())
+            return torch.zeros(len(x), 10)
+        return classify
+
+    probe(recorder(0), images, labels, 4, seed=3)
+    probe(recorder(1), images, labels, 4, seed=3)
+    assert len(seen[0]) == 6 and all(torch.equal(a, b) for a, b in zip(seen[0], seen[1], strict=True))
+    assert torch.equal(seen[0][0], images)
+    assert all((x[:, :, :4].sum((1, 2, 3)) == 0).sum() >= 1 for x in seen[0][4:5])   # shift 4: black rows came in
+
+
+def test_load_classifier_rebuilds_a_trained_cnn_with_its_running_statistics_and_preprocessing(tmp_path):
+    """A CNN checkpoint -> a frozen callable on [0, 1] images whose logits equal the trained model's on the images
+    as the loop evaluates them (EvalView), BatchNorm's running statistics included."""
+    data, recipe = digits28(16, 0), with_steps(comparison.RECIPE, 2, 8)
+    model = ResNetClassifier(ResNetConfig(), 0)
+    train_stage("cnn", model, recipe, data, data, Run(out=str(tmp_path), procs=Processes(), progress=False))
+    teacher = load_classifier(tmp_path / "cnn.pt")
+    assert teacher.model.net.bn1.running_mean.abs().sum() > 0            # trained statistics, not the defaults
+    images = torch.stack([data[i][0] for i in range(16)])
+    view = EvalView(data, 28)
+    with torch.no_grad():
+        expected = model.eval()(torch.stack([view[i][0] for i in range(16)]))
+    assert torch.equal(teacher(images), expected)
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert not teacher.train().model.training                           # stays frozen inside a student's loop
+
+
+def test_load_classifier_rebuilds_the_mnist_vit_from_paper_train(tmp_path):
+    """`python -m paper.train --data mnist` in miniature: pre-trained at 16×16 with the MLP head, fine-tuned at 28×28
+    (E_pos 4×4 -> 7×7) with a linear head; its checkpoint loads as a classifier of 28×28 digits, and any image size
+    is resized to it."""
+    log = main(["--data", "mnist", "--pretrain-steps", "2", "--finetune-steps", "2", "--pretrain-batch", "8",
+                "--finetune-batch", "8", "--out", str(tmp_path)])
+    assert log["stages"]["pretrain"]["config"]["image_size"] == (16, 16)
+    assert log["stages"]["finetune"]["config"]["image_size"] == (28, 28)
+    state = load_checkpoint(str(tmp_path / "finetune.pt"))
+    assert state["model"] == "vit" and state["preprocessing"] == {"resize": [28, 28], "mean": 0.5, "std": 0.5}
+    assert state["params"]["pos"].shape == (1, 50, 64) and "pre_logits.weight" not in state["params"]
+    classify = load_classifier(tmp_path / "finetune.pt")
+    images = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    cfg = vit.ViTConfig(**state["config"])
+    assert torch.equal(classify(images), vit.forward(state["params"], images * 2 - 1, cfg))
+    assert classify(torch.rand(3, 1, 20, 20)).shape == (3, 10)
+
+
+def test_a_checkpoint_of_one_model_is_not_resumed_as_another(tmp_path):
+    data, recipe = digits28(16, 0), with_steps(comparison.RECIPE, 1, 8)
+    train_stage("cnn", ResNetClassifier(ResNetConfig(), 0), recipe, data, data,
+                Run(out=str(tmp_path), procs=Processes(), progress=False))
+    state = load_checkpoint(str(tmp_path / "cnn.pt"))
+    with pytest.raises(ValueError, match="checkpoint: expected a checkpoint of this run's model 'vit', got .*cnn.pt'"
+                                         " holding a 'resnet18'"):
+        check_same_run(state, comparison.VITS["vit"], recipe, 0, "float32", str(tmp_path / "cnn.pt"))
+    with pytest.raises(ValueError, match="init: expected a ViT's pretrain.pt to fine-tune, got .* holding a 'resnet18'"):
+        main(["--stages", "finetune", "--init", str(tmp_path / "cnn.pt"), "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sizes", "100", "105"], r"--sizes: expected distinct multiples of 10 \(the classes\) from 10 to 4000, got "
+                                r"\[100, 105\]"),
+    (["--sizes", "5000"], "--sizes: expected distinct multiples of 10"),
+    (["--seeds", "0"], "--seeds: expected a positive integer, got 0"),
+    (["--pretrain-steps", "-1"], "--pretrain-steps: expected a positive integer, got -1"),
+    (["--seeds", "2", "--cifar-seeds", "3"], "--cifar-seeds: expected 0 to --seeds=2, got 3"),
+    (["--models", "vit", "vit-soft"], "--models: expected cnn beside vit-soft \\(their teacher\\), got vit vit-soft"),
+])
+def test_bad_flags_are_refused_naming_the_flag(argv, message):
+    with pytest.raises(ValueError, match=message):
+        compare.main(argv)
+
+
+def test_help_describes_the_command(capsys):
+    with pytest.raises(SystemExit) as exit_help:
+        compare.main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_help.value.code == 0 and "python -m paper.compare" in out and "--quick" in out
+
+
+@pytest.mark.slow
+def test_quick_comparison_code_path_end_to_end_small(tmp_path, monkeypatch):
+    """`--quick` with fewer steps, images and sizes, every model included (the CIFAR stem too), in this process
+    (--workers 1) and against the first 100 test digits: results, tables, picture and the seed-0 checkpoints of
+    the largest set, the CNN's loadable as a teacher."""
+    train, test = comparison.mnist()
+    monkeypatch.setattr(comparison, "mnist", lambda: (train, ImageArray(test.images[:100], test.labels[:100])))
+    result = compare.main(["--quick", "--sizes", "20", "40", "--steps", "2", "--batch", "8", "--pretrain-steps", "2",
+                           "--cifar-seeds", "1", "--workers", "1", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "compare.json").read_text())
+    assert saved["settings"]["sizes"] == [20, 40] and saved["settings"]["seeds"] == 2
+    assert set(saved["models"]) == set(compare.DEFAULTS["models"]) == set(comparison.LABELS) - set(comparison.DISTILLED)
+    for name in comparison.SWEEP:
+        assert set(saved["models"][name]["accuracy"]) == {"20", "40"}
+        assert saved["models"][name]["accuracy"]["40"]["n"] == 2
+    assert set(saved["models"]["cnn-cifar"]["accuracy"]) == {"40"}
+    assert saved["models"]["cnn"]["params"] == 11_175_370 and saved["models"]["cnn-cifar"]["params"] == 11_172_810
+    for m in saved["models"].values():
+        assert m["multiply_adds"] > 0 and m["inference_images_per_s"] > 0
+        assert len(m["probes"]["shift"]) == 5 and 0 <= m["probes"]["permuted"]["mean"] <= 1
+    assert all(0 <= r["test_accuracy"] <= 1 and r["train_seconds"] > 0 for r in saved["runs"])
+    assert len(saved["runs"]) == 2 + 1 + 4 * 2 * 2 + 2        # pre-training, CIFAR stem, the sweep, no E_pos
+    table = (tmp_path / "compare.md").read_text()
+    assert "| ResNet-18, stock stem | 11,175,370 |" in table and "patches permuted" in table
+    assert Image.open(tmp_path / "compare.png").format == "PNG"
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert checkpoints == sorted([f"{m}_n40_seed0.pt" for m in compare.DEFAULTS["models"]] +
+                                 ["pretrained_seed0.pt", "pretrained_seed1.pt"])
+    teacher = load_classifier(tmp_path / "checkpoints" / "cnn_n40_seed0.pt")
+    assert teacher(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert result["seconds"] > 0 and math.isfinite(result["models"]["vit"]["accuracy"]["20"]["mean"])
+
+
+def test_the_pre_trained_vit_ends_as_the_vit_it_is_compared_with():
+    """Pre-trained at 16×16 with the MLP head, then given a linear head and a 7×7 E_pos: the architecture of `vit`,
+    so the two differ only in their starting weights (and share parameter count, multiply-adds and speed)."""
+    from paper.training.stages import finetuning_model, pretraining_model
+
+    params, cfg = pretraining_model(comparison.MNIST_MODEL, comparison.PRETRAIN, 1, 10, 0)
+    assert cfg.image_size == (16, 16) and cfg.representation_size == 64
+    params, cfg = finetuning_model(params, cfg, comparison.RECIPE, 10)
+    assert cfg == comparison.VITS["vit-pretrained"] == comparison.VITS["vit"]
+    vit.check_params(params, vit.param_shapes(comparison.VITS["vit"]))
+
+
+@pytest.mark.slow
+def test_distilled_vits_learn_from_the_cnn_of_their_own_subset_and_seed(tmp_path, monkeypatch):
+    """--models cnn vit-hard vit-soft: each student is a distilled ViT (the two heads trained, the fused prediction
+    tested) whose teacher is the CNN checkpoint of its own size and seed, trained first; nothing else runs."""
+    train, test = comparison.mnist()
+    monkeypatch.setattr(comparison, "mnist", lambda: (train, ImageArray(test.images[:100], test.labels[:100])))
+    teachers, load_teacher = [], comparison.load_teacher
+    monkeypatch.setattr(comparison, "load_teacher", lambda path: teachers.append(path) or load_teacher(path))
+    result = compare.main(["--models", "cnn", "vit-hard", "vit-soft", "--sizes", "20", "40", "--seeds", "2",
+                           "--steps", "2", "--batch", "8", "--workers", "1", "--out", str(tmp_path)])
+    assert set(result["models"]) == {"cnn", "vit-hard", "vit-soft"} and result["pretraining"] is None
+    checkpoints = tmp_path / "checkpoints"
+    assert sorted(teachers) == sorted(str(checkpoints / f"cnn_n{n}_seed{seed}.pt")
+                                      for n in (20, 40) for seed in (0, 1) for _ in range(2))
+    distilled = comparison.VITS["vit-hard"]
+    assert distilled.distilled and dataclasses.replace(distilled, distilled=False) == comparison.VITS["vit"]
+    d, k = distilled.dim, distilled.num_classes
+    plain = sum(p.numel() for p in vit.init_params(comparison.VITS["vit"]).values())
+    assert result["models"]["vit-soft"]["params"] == plain + d + d + d * k + k   # the token, its E_pos row, its head
+    state = load_checkpoint(str(checkpoints / "vit-soft_n40_seed0.pt"))
+    assert "head_dist.weight" in state["params"] and result["models"]["vit-hard"]["probes"] is not None
+    assert "| ViT distilled from the ResNet-18, hard |" in (tmp_path / "compare.md").read_text()
