@@ -670,9 +670,16 @@ def test_workbook_11_components_of_the_trained_filters_against_sklearn():
         pca = PCA(n_components=4).fit(params["patch.weight"].double().numpy())
         shares[name] = pca.explained_variance_ratio_
         last = pca.components_[-1]
-    assert shares["initial"] == pytest.approx([0.33, 0.25, 0.23, 0.19], abs=0.01)
-    assert shares["trained"] == pytest.approx([0.36, 0.29, 0.20, 0.14], abs=0.01)
-    assert np.abs(last) == pytest.approx(np.full(4, 0.5), abs=0.07) and len(set(np.sign(last))) == 1
+    assert shares["initial"] == pytest.approx([0.33, 0.25, 0.23, 0.19], abs=0.01)    # the seeded initialisation
+    # Trained with seeds 0-3 on this project's AMD EPYC (`python -m paper.train --data digits --stages pretrain --seed
+    # S`; the workbook reads seed 0): shares 0.35-0.43, 0.26-0.31, 0.20-0.24, 0.12-0.14, the last component's entries
+    # 0.31-0.63 in size, of one sign. Bounds widen that spread; the relations held on every seed.
+    concentrated = shares["trained"]
+    assert all(a > b for a, b in zip(concentrated[:-1], concentrated[1:], strict=True)) and concentrated[0] > shares["initial"][0]
+    assert concentrated[-1] < shares["initial"][-1]
+    for share, (low, high) in zip(concentrated, [(0.31, 0.47), (0.22, 0.35), (0.16, 0.28), (0.09, 0.17)], strict=True):
+        assert low <= share <= high, concentrated
+    assert len(set(np.sign(last))) == 1 and np.abs(last) == pytest.approx(np.full(4, 0.5), abs=0.22)
 
 
 def test_workbook_05_grader_formulas_equal_the_libraries_when_nothing_is_wrong():
