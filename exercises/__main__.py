@@ -4,6 +4,7 @@ from pathlib import Path
 
 import torch
 
+from exercises import notebooks
 from exercises.checker import check_workbook, shown_output, task_numbers, workbooks
 from exercises.grading import GRADERS
 from paper import cli
@@ -26,7 +27,22 @@ def main(argv: list[str] | None = None) -> int:
                        help="seconds allowed for each task's code and for its checks (default 120)")
     check.add_argument("--output-dir", type=Path, default=None,
                        help="where the tasks' plots are written (default: next to each workbook)")
+    run = commands.add_parser("notebooks", help="run the solutions as Jupyter notebooks, top to bottom",
+                              description="Convert each solution (or the given workbooks) to a notebook with jupytext "
+                                          "and execute it on a fresh python3 kernel (nbclient), the repository "
+                                          "importable, its plots in a scratch folder. One line per notebook; exit "
+                                          "code 1 if any cell raised.")
+    cli.with_debug_flag(run)
+    run.add_argument("workbooks", nargs="*", type=Path, help="workbooks to run (default: every solution)")
+    run.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed for each cell (default 1800)")
     args = parser.parse_args(argv)
+    if args.command == "notebooks":
+        if args.timeout <= 0:
+            parser.error(f"--timeout: expected a positive number of seconds, got {args.timeout}")
+        for path in args.workbooks:
+            if not path.is_file() or path.suffix != ".md":
+                raise ValueError(f"workbook: expected a markdown workbook, got {path}")
+        return notebooks.main(args.workbooks or sorted(notebooks.SOLUTIONS.glob("[0-9][0-9]_*.md")), args.timeout)
     paths = list(args.workbooks) + (workbooks() if args.all else [])
     if not paths:
         parser.error("check: expected workbook paths or --all, got neither")
@@ -34,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--timeout: expected a positive number of seconds, got {args.timeout}")
     for path in paths:
         if not path.is_file():
-            raise ValueError(f"workbook: expected a markdown file, got {path}, which "
+            raise ValueError(f"workbook: expected a markdown file or a notebook, got {path}, which "
                              f"{'is not a file' if path.exists() else 'does not exist'}")
+        if path.suffix not in (".md", ".ipynb"):
+            raise ValueError(f"workbook: expected a markdown workbook (.md) or its notebook (.ipynb), got {path}")
     tasks = None if args.task is None else [args.task]
     for path in paths:                                  # every --task is valid before anything runs
         if path.stem in GRADERS:

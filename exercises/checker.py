@@ -31,6 +31,7 @@ import torch
 from exercises import wire
 from exercises.grading import GRADERS
 from exercises.grading.common import Mistake, checks_written
+from exercises.notebooks import in_cells, markdown_of
 
 REPO = Path(__file__).resolve().parent.parent
 WORKBOOKS = REPO / "exercises"
@@ -456,9 +457,11 @@ def check_workbook(path: Path, *, timeout: float = 120.0, output_dir: Path | Non
                        f"keep the file name, one of {sorted(GRADERS)}")]
     numbers = task_numbers(path.stem, tasks)
     try:
-        setup, found = sections(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        return [Result(0, path.name, False, f"cannot read the workbook: {e}", "pass the path of a .md workbook")]
+        markdown = markdown_of(path)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return [Result(0, path.name, False, f"cannot read the workbook: {e}",
+                       "pass the path of a .md workbook or of the .ipynb jupytext made of it")]
+    setup, found = sections(markdown)
     output_dir = Path(output_dir or path.parent).resolve()
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -486,6 +489,9 @@ def check_workbook(path: Path, *, timeout: float = 120.0, output_dir: Path | Non
             grading = Grading(grader, path, setup, found, timeout, output_dir, discard,
                               lambda: Learner(path, scratch, log, cpu), read_output)
             results = grading.run(runnable)
+    if path.suffix == ".ipynb":                   # line numbers of the markdown, told as the notebook's cells
+        for r in results.values():
+            r.message, r.hint = in_cells(r.message, path.name, markdown), in_cells(r.hint, path.name, markdown)
     return [missing.get(n) or results[n] for n in numbers]
 
 
