@@ -84,6 +84,7 @@ def parse_args(argv=None):
                         "shared)")
     p.add_argument("--out", default=os.path.join("runs", "compare"),
                    help="folder for compare.json, compare.md, compare.png and checkpoints/")
+    p.add_argument("--force", action="store_true", help="replace the results an earlier run left in --out")
     args = p.parse_args(argv)
     for key, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, key) is None:
@@ -102,6 +103,9 @@ def check_args(args) -> None:
             raise ValueError(f"--{flag.replace('_', '-')}: expected a positive integer, got {getattr(args, flag)}")
     if not 0 <= args.cifar_seeds <= args.seeds:
         raise ValueError(f"--cifar-seeds: expected 0 to --seeds={args.seeds}, got {args.cifar_seeds}")
+    if os.path.exists(os.path.join(args.out, "compare.json")) and not args.force:
+        raise ValueError(f"--out: expected a folder without results, got {args.out}, which holds an earlier run's "
+                         f"compare.json; pass --force to replace it, or another --out")
     students = [m for m in args.models if m in DISTILLED]
     if students and "cnn" not in args.models:
         raise ValueError(f"--models: expected cnn beside {' and '.join(students)} (their teacher), got "

@@ -57,8 +57,14 @@ STATE_DICT_TESTS = (("timm-swin", timm_swin.is_timm_swin_state_dict),
                     ("torchvision", torchvision.is_torchvision_state_dict), ("hf", huggingface.is_hf_state_dict))
 # What a file of these formats does not record, and what reading it assumes (the other formats record both, or, as
 # torchvision, refuse any other value when writing)
-ASSUMED_WHEN_READ = {"timm": {"gelu": "exact", "layer_norm_eps": 1e-6}, "npz": {"gelu": "tanh", "layer_norm_eps": 1e-6},
-                     "timm-swin": {"layer_norm_eps": 1e-5}, "torchvision-swin": {"layer_norm_eps": 1e-5}}
+ASSUMED_WHEN_READ = {"timm": {"gelu": "exact", "layer_norm_eps": 1e-6, "fusion": "mean_logits"},
+                     "npz": {"gelu": "tanh", "layer_norm_eps": 1e-6}, "timm-hub": {"fusion": "mean_logits"},
+                     "hf": {"fusion": "mean_logits"}, "timm-swin": {"layer_norm_eps": 1e-5},
+                     "torchvision-swin": {"layer_norm_eps": 1e-5}}
+# What no reader can be told back (no flag sets it): a file that cannot record it is refused rather than written.
+# A distilled model's fusion of its two heads (lowlevel/model.py `fuse`): timm's and transformers' code computes
+# mean_logits, so "softmax_sum" written there would read back as another classifier.
+REFUSED_WHEN_UNRECORDED = ("fusion",)
 
 def detect_format(path) -> str:
     """One of FORMATS, or a Swin's "timm-swin", "torchvision-swin", "hf-swin", from the file's content (a directory
@@ -165,6 +171,11 @@ def write_checkpoint(params: dict, cfg: ViTConfig | SwinConfig, path, npz_layout
         raise ValueError(f"format: {fmt} cannot hold a {family.title} (got {path}); a {family.title} is written as "
                          f"{', '.join(WRITERS[family.name])}")
     write, read_as, takes = WRITERS[family.name][fmt]
+    lost = [field for field in REFUSED_WHEN_UNRECORDED if field in unrecorded(cfg, read_as)]
+    if lost:
+        field = lost[0]
+        raise ValueError(f"{field}: {fmt} cannot record {field}={getattr(cfg, field)!r}; its readers compute "
+                         f"{ASSUMED_WHEN_READ[read_as][field]!r}, so the file would hold another classifier (got {path})")
     options = {"layout": npz_layout, "preprocessing": preprocessing}
     write(params, cfg, path, **{k: options[k] for k in takes})
     return read_as

@@ -20,6 +20,7 @@ from paper.formats.torchvision import to_torchvision
 from paper.formats.torchvision_swin import to_torchvision_swin
 from paper.models.dtypes import DTYPES
 from paper.models.family import family_of, model_name
+from paper.models.finite import require_finite
 from paper.references.equivalence import diffs
 from paper.references.swin import hf_swin, timm_swin, torchvision_swin, with_weights
 from paper.references.vit import hf_vit, timm_vit, torchvision_vit
@@ -134,6 +135,7 @@ def verify_checkpoint(path, image=None, dtypes=("float32", "float64"), **overrid
     -> {"header": lines saying what ran on what, "image": the prepared (1, C, H, W) float64 batch, "rows": one per
     (implementation, dtype)}."""
     cfg, params, fmt = read_checkpoint(path, **overrides)
+    require_finite(params, f"checkpoint: {path}")
     family = family_of(cfg)
     preprocessing = read_preprocessing(path, fmt)
     image = image or sample_photo()

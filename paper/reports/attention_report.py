@@ -27,6 +27,7 @@ from paper.formats.atomic import write_atomically, write_text
 from paper.formats.checkpoints import read_checkpoint, read_preprocessing
 from paper.formats.fields import Preprocessing
 from paper.models.family import family_of, model_name
+from paper.models.finite import require_finite
 from paper.references.on_photo import class_names, open_photo, prepare
 from paper.training.data import preprocess
 from paper.training.state import KEYS, checkpoint_config, load_checkpoint
@@ -117,6 +118,7 @@ def read_model(path, num_heads: int | None = None, image_size: tuple[int, int] |
         if preprocessing.crop_pct is not None and not 0 < preprocessing.crop_pct <= 1:
             raise ValueError(f"crop_pct: expected a fraction in (0, 1] (0: no crop), got {preprocessing.crop_pct}")
         names = class_names(path, fmt, cfg.num_classes) if cfg.num_classes else None
+    require_finite(params, f"checkpoint: {path}")
     return Model(str(path), fmt, cfg, {k: v.double() for k, v in params.items()}, preprocessing, names)
 
 

@@ -15,6 +15,7 @@ import torch.nn as nn
 import lowlevel as vit
 from paper.models.cnn import ResNetClassifier
 from paper.models.explicit_params import ExplicitParams
+from paper.models.finite import require_finite
 from paper.training.data import preprocess
 from paper.training.state import checkpoint_config, load_checkpoint
 
@@ -41,6 +42,7 @@ def load_classifier(path, device: torch.device | str = "cpu", dtype: torch.dtype
         raise ValueError(f"checkpoint: expected a whole model, got {str(path)!r} holding only LoRA adapters over "
                          f"{state['base']['path']!r}")
     cfg = checkpoint_config(state)
+    require_finite(state["params"], f"checkpoint: {path}")
     if isinstance(cfg, vit.ViTConfig):
         model = ExplicitParams(state["params"], cfg)
     else:

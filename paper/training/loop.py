@@ -135,6 +135,9 @@ class Run:
     lora: LoRARun | None = None                 # fine-tune through LoRA adapters (lora_training.py)
     save: bool = True         # False: no checkpoint at all (paper.compare keeps only the models it names)
     progress: bool = True     # False: no progress bar (paper.compare shows one for the whole sweep)
+    # What else defines the run, checked when it resumes: the data set, the distillation objective and the teacher's
+    # bytes (stages.py `run_identity`); a LoRA run's adapters are checked by training.lora.check_same_adapters.
+    identity: dict = dataclasses.field(default_factory=dict)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -160,7 +163,7 @@ def train_stage(name: str, model: nn.Module, recipe, train_data, test_data, run:
     done = 0
     if run.resume and os.path.exists(path):
         state = load_checkpoint(path)
-        check_same_run(state, cfg, recipe, run.seed, dtype_name(run.dtype), path)
+        check_same_run(state, cfg, recipe, run.seed, dtype_name(run.dtype), run.identity, path)
         check_same_adapters(state, lora, path)
         with torch.no_grad():
             for k, p in model.as_dict().items():
@@ -222,6 +225,6 @@ def save(path, model, cfg, recipe, optimizer, scheduler, step, log, procs: Proce
     if procs.rank == 0:
         save_checkpoint(path, cfg=cfg, recipe=recipe, params=model.as_dict(), optimizer=optimizer.state_dict(),
                         scheduler=scheduler.state_dict(), step=step, rng=rng, log=log, seed=run.seed,
-                        dtype=dtype_name(run.dtype), **extra)
+                        dtype=dtype_name(run.dtype), identity=run.identity, **extra)
     if procs.world_size > 1:
         dist.barrier()

@@ -29,7 +29,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lora-alpha", type=float, metavar="A",
                         help="LoRA's α: the update is scaled by α/r (default: r, as the paper sets α to the first r "
                              "it tries)")
-    parser.add_argument("--lora-targets", default="q,v", metavar="T,…",
+    parser.add_argument("--lora-targets", metavar="T,…",
                         help="comma-separated weights to adapt in every block: q, k, v (row slices of the fused qkv), "
                              "qkv (all of it with one A, as peft on timm), proj, fc1, fc2 (default: q,v, the paper's "
                              "W_q and W_v)")
@@ -89,6 +89,11 @@ class LoRARun:
 def lora_config(args) -> LoRAConfig | None:
     """The command line's --lora flags, checked before any training starts (None without --lora)."""
     if args.lora is None:
+        given = [flag for flag, value in (("--lora-alpha", args.lora_alpha), ("--lora-targets", args.lora_targets))
+                 if value is not None]
+        if given:
+            raise ValueError(f"lora: {' and '.join(given)} set up LoRA adapters, expected with --lora R, got no "
+                             f"--lora (the run would fine-tune every weight)")
         return None
     if "finetune" not in args.stages:
         raise ValueError("lora: expected the finetune stage, which LoRA trains, got --stages pretrain alone")
@@ -97,7 +102,7 @@ def lora_config(args) -> LoRAConfig | None:
     if args.distill:
         raise ValueError(f"distill: LoRA fine-tunes a model with one head, whole, beside the adapters; a distilled "
                          f"student's two heads are not supported, got --distill {args.distill} with --lora")
-    targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
+    targets = tuple(t.strip() for t in (args.lora_targets or "q,v").split(",") if t.strip())
     if "head" in targets:
         raise ValueError("lora_targets: the new head is trained whole (the zero-initialised layer of §3.2), so it "
                          "cannot be a LoRA target, got 'head'")

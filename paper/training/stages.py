@@ -26,7 +26,7 @@ from paper.training.distillation import (
     load_teacher,
 )
 from paper.training.loop import Run, dtype_name, train_stage
-from paper.training.lora import lora_config, lora_run
+from paper.training.lora import file_sha256, lora_config, lora_run
 from paper.training.processes import Processes, start_processes
 from paper.training.state import (
     check_resumable,
@@ -135,13 +135,26 @@ def check_batches(stages: dict, accum_steps: int, procs: Processes) -> None:
                              f"{procs.world_size} process(es)), got {recipe.batch_size}")
 
 
+def run_identity(data: str, data_dir: str | None, distillation: Distillation | None, teacher: str | None) -> dict:
+    """What defines a run beside its model, recipe, seed and dtype, stored in its checkpoints and compared on resume:
+    the data set, the distillation objective (kind, λ, τ, reduction) and the teacher, by its bytes."""
+    return {"data": data, "data_dir": data_dir,
+            "distillation": dataclasses.asdict(distillation) if distillation else None,
+            "teacher_sha256": file_sha256(teacher) if teacher else None}
+
+
 def check_resume(stages: dict, run: Run) -> None:
-    """With --resume, each existing stage checkpoint was written with this run's recipe, seed and dtype, and claims
-    no step beyond the recipe's (its model config is checked when the stage starts)."""
+    """With --resume, some stage of the run left a checkpoint to go on from, and each existing stage checkpoint was
+    written by this run (its recipe, seed, dtype and identity) and claims no step beyond the recipe's (its model
+    config is checked when the stage starts)."""
+    paths = [os.path.join(run.out, f"{name}.pt") for name in stages]
+    if not any(os.path.exists(path) for path in paths):
+        raise ValueError(f"resume: expected a checkpoint to go on from in {run.out} ({' or '.join(paths)}), got none; "
+                         f"drop --resume to start a new run")
     for name, recipe in stages.items():
         path = os.path.join(run.out, f"{name}.pt")
         if os.path.exists(path):
-            check_resumable(load_checkpoint(path), recipe, run.seed, dtype_name(run.dtype), path)
+            check_resumable(load_checkpoint(path), recipe, run.seed, dtype_name(run.dtype), run.identity, path)
 
 
 def run_training(args) -> dict:
@@ -157,8 +170,11 @@ def run_training(args) -> dict:
     lora = lora_config(args)
     torch.set_num_threads(args.threads)
     procs = start_processes(args.device)
+    distillation = Distillation(args.distill, args.distill_lambda, args.distill_tau,
+                                args.distill_reduction) if args.distill else None
     run = Run(out=args.out, procs=procs, dtype=DTYPES[args.dtype], bf16=args.bf16, fast=args.fast, accum_steps=args.accum,
-              seed=args.seed, resume=args.resume, workers=args.workers, save_every=args.save_every)
+              seed=args.seed, resume=args.resume, workers=args.workers, save_every=args.save_every,
+              identity=run_identity(args.data, args.data_dir, distillation, args.teacher))
     pre, fine = stage_recipes(args)
     stages = {name: recipe for name, recipe in (("pretrain", pre), ("finetune", fine)) if name in args.stages}
     check_batches(stages, args.accum, procs)
@@ -170,7 +186,7 @@ def run_training(args) -> dict:
     base = model_config(args.model, in_channels)
     log = {"command": vars(args), "world_size": procs.world_size, "stages": {}}
     if args.distill:
-        run.distillation = Distillation(args.distill, args.distill_lambda, args.distill_tau, args.distill_reduction)
+        run.distillation = distillation
         run.teacher = distillation_teacher(args.teacher, test[0][0], num_classes, run)
         base = dataclasses.replace(base, distilled=True)
         log["distillation"] = dataclasses.asdict(run.distillation)

@@ -15,6 +15,7 @@ import torch
 from lowlevel import ViTConfig
 from paper.formats.atomic import write_atomically
 from paper.models.cnn import ResNetConfig
+from paper.models.finite import non_finite
 from paper.training.data import eval_preprocessing
 from paper.training.recipes import Recipe
 
@@ -31,12 +32,6 @@ def model_name(cfg: ViTConfig | ResNetConfig) -> str:
 def checkpoint_config(state: dict) -> ViTConfig | ResNetConfig:
     """The config of the model a loaded checkpoint holds."""
     return MODELS[state["model"]](**state["config"])
-
-
-def non_finite(tensors: dict) -> list[str]:
-    """Names of the floating-point tensors holding a NaN or an infinity."""
-    return sorted(k for k, v in tensors.items()
-                  if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all())
 
 
 def optimizer_tensors(state_dict: dict) -> dict:
@@ -77,15 +72,19 @@ def load_checkpoint(path: str) -> dict:
     return state
 
 
-def check_resumable(state: dict, recipe: Recipe, seed: int, dtype: str, path: str) -> None:
-    """What a run can check before its first step: the checkpoint was written by a run with the same recipe, seed and
-    dtype, and claims no step beyond the recipe's."""
+def check_resumable(state: dict, recipe: Recipe, seed: int, dtype: str, identity: dict, path: str) -> None:
+    """What a run can check before its first step: the checkpoint was written by a run with the same recipe, seed,
+    dtype and identity (its data, distillation objective and teacher), and claims no step beyond the recipe's."""
     differences = [f"{what}: checkpoint {state.get(what)!r}, this run {value!r}"
                    for what, value in (("seed", seed), ("dtype", dtype)) if state.get(what) != value]
     if differences:
         raise ValueError(f"checkpoint: expected a checkpoint of this run's seed and dtype, got {path!r} with:\n  "
                          + "\n  ".join(differences))
     check_same(state, "recipe", dataclasses.asdict(recipe), path)
+    if "identity" not in state:
+        raise ValueError(f"checkpoint: expected a record of the run's data, distillation and teacher to resume, got "
+                         f"{path!r} without one; start a new run in another --out")
+    check_same(state, "identity", identity, path)
     if not 0 <= state["step"] <= recipe.total_steps:
         raise ValueError(f"checkpoint: expected a step between 0 and the recipe's {recipe.total_steps}, got {path!r} "
                          f"at step {state['step']}")
@@ -101,13 +100,14 @@ def check_same(state: dict, what: str, current: dict, path: str) -> None:
 
 
 def check_same_run(state: dict, cfg: ViTConfig | ResNetConfig, recipe: Recipe, seed: int, dtype: str,
-                   path: str) -> None:
-    """A checkpoint may only be resumed by the run that wrote it: same model, model config, recipe, seed and dtype."""
+                   identity: dict, path: str) -> None:
+    """A checkpoint may only be resumed by the run that wrote it: same model, model config, recipe, seed, dtype and
+    identity."""
     if state["model"] != model_name(cfg):
         raise ValueError(f"checkpoint: expected a checkpoint of this run's model {model_name(cfg)!r}, got {path!r} "
                          f"holding a {state['model']!r}")
     check_same(state, "config", dataclasses.asdict(cfg), path)
-    check_resumable(state, recipe, seed, dtype, path)
+    check_resumable(state, recipe, seed, dtype, identity, path)
 
 
 def rng_state() -> dict:

@@ -416,3 +416,64 @@ def test_sigterm_ends_paper_train_with_exit_130_and_a_checkpoint(tmp_path):
     assert load_checkpoint(str(tmp_path / "pretrain.pt"))["step"] == step
     assert not any(n.endswith(".tmp") for n in os.listdir(tmp_path))
 
+
+
+# ---------------------------------------------------------------- no silent wrong result
+
+def test_non_finite_weights_are_refused_where_they_decide(tmp_path):
+    """A teacher with NaN weights would label every image class 0 (argmax of NaN); verify would print 'nan' and
+    exit 0. Both refuse, naming the tensor."""
+    from paper.references.on_photo import verify_checkpoint
+    from paper.training.distillation import load_teacher
+    from paper.training.state import save_checkpoint
+
+    params = random_params(CFG, dtype=torch.float32)
+    opt = torch.optim.SGD([torch.nn.Parameter(v) for v in params.values()], lr=0.1)
+    from paper.training.recipes import DIGITS_PRETRAIN
+    save_checkpoint(str(tmp_path / "teacher.pt"), cfg=CFG, recipe=DIGITS_PRETRAIN, params=params,
+                    optimizer=opt.state_dict(), scheduler={}, step=1, rng=[], log={}, seed=0, dtype="float32",
+                    identity={})
+    state = torch.load(tmp_path / "teacher.pt", weights_only=True)
+    state["params"]["head.weight"][0, 0] = float("nan")               # a file broken after it was written
+    torch.save(state, tmp_path / "teacher.pt")
+    with pytest.raises(ValueError, match=r"checkpoint: .*teacher.pt: expected finite weights, got NaN or infinity in "
+                                         r"1 tensor\(s\): head.weight"):
+        load_teacher(tmp_path / "teacher.pt")
+    broken = {**params, "norm.bias": params["norm.bias"].clone().fill_(float("inf"))}
+    torch.save(to_timm(broken, CFG), tmp_path / "broken.pth")
+    with pytest.raises(ValueError, match=r"expected finite weights, got NaN or infinity in 1 tensor\(s\): norm.bias"):
+        verify_checkpoint(tmp_path / "broken.pth", num_heads=CFG.num_heads)
+
+
+def test_a_fusion_a_format_cannot_record_is_refused_not_dropped(tmp_path):
+    """timm's and transformers' DeiT fuse the two heads by mean_logits: a softmax_sum model written there would read
+    back as another classifier (6% of predictions changed), so it is refused and nothing is written."""
+    cfg = vit.ViTConfig(image_size=16, patch_size=8, dim=32, depth=1, num_heads=2, mlp_dim=48, num_classes=3,
+                        distilled=True, fusion="softmax_sum")
+    params = random_params(cfg, dtype=torch.float32)
+    for dst, fmt in (("m.pth", None), ("hf", None), ("hub", "timm-hub")):
+        with pytest.raises(ValueError, match=rf"fusion: {fmt or ('hf' if dst == 'hf' else 'timm')} cannot record "
+                                             r"fusion='softmax_sum'; its readers compute 'mean_logits'"):
+            write_checkpoint(params, cfg, tmp_path / dst, fmt=fmt)
+    assert list(tmp_path.iterdir()) == []
+    mean_logits = vit.ViTConfig(**{**cfg.__dict__, "fusion": "mean_logits"})
+    write_checkpoint(params, mean_logits, tmp_path / "m.pth")
+    assert read_checkpoint(tmp_path / "m.pth", num_heads=2)[0] == mean_logits
+
+
+def test_flags_that_need_another_flag_and_results_an_earlier_run_left_are_refused(tmp_path, capsys):
+    import paper.compare as compare
+
+    for args, words in ((["--lora-alpha", "8"], "lora: --lora-alpha set up LoRA adapters, expected with --lora R"),
+                        (["--lora-targets", "q,k"], "lora: --lora-targets set up LoRA adapters"),
+                        (["--resume"], "resume: expected a checkpoint to go on from in")):
+        with pytest.raises(SystemExit) as ended:
+            cli.run(train, [*args, "--out", str(tmp_path / "run")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert ended.value.code == 2 and len(err) == 1 and words in err[0], err
+    (tmp_path / "compare.json").write_text("{}")
+    with pytest.raises(SystemExit) as ended:
+        cli.run(compare.main, ["--quick", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert ended.value.code == 2 and "holds an earlier run's compare.json; pass --force" in err[0]
+    assert (tmp_path / "compare.json").read_text() == "{}"

@@ -191,7 +191,7 @@ def test_a_checkpoint_of_one_model_is_not_resumed_as_another(tmp_path):
     state = load_checkpoint(str(tmp_path / "cnn.pt"))
     with pytest.raises(ValueError, match="checkpoint: expected a checkpoint of this run's model 'vit', got .*cnn.pt'"
                                          " holding a 'resnet18'"):
-        check_same_run(state, comparison.VITS["vit"], recipe, 0, "float32", str(tmp_path / "cnn.pt"))
+        check_same_run(state, comparison.VITS["vit"], recipe, 0, "float32", {}, str(tmp_path / "cnn.pt"))
     with pytest.raises(ValueError, match="init: expected a ViT's pretrain.pt to fine-tune, got .* holding a 'resnet18'"):
         main(["--stages", "finetune", "--init", str(tmp_path / "cnn.pt"), "--out", str(tmp_path)])
 

@@ -13,11 +13,14 @@ from paper.training.state import check_same_run, load_checkpoint, save_checkpoin
 CFG = vit.ViTConfig(image_size=8, patch_size=4, in_channels=1, dim=16, depth=1, num_heads=2, mlp_dim=32, num_classes=3)
 
 
+IDENTITY = {"data": "digits", "data_dir": None, "distillation": None, "teacher_sha256": None}
+
+
 def write(path, params, step=1):
     opt = torch.optim.SGD([torch.nn.Parameter(v) for v in params.values()], lr=0.1, momentum=0.9)
     save_checkpoint(str(path), cfg=CFG, recipe=DIGITS_PRETRAIN, params=params, optimizer=opt.state_dict(),
                     scheduler={"last_epoch": step}, step=step, rng=[{"cpu": torch.get_rng_state()}], log={},
-                    seed=0, dtype="float32")
+                    seed=0, dtype="float32", identity=IDENTITY)
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -26,7 +29,7 @@ def test_checkpoint_round_trip(tmp_path):
     state = load_checkpoint(str(tmp_path / "a.pt"))
     assert state["step"] == 7 and vit.ViTConfig(**state["config"]) == CFG
     assert all(torch.equal(state["params"][k], params[k]) for k in params)
-    check_same_run(state, CFG, DIGITS_PRETRAIN, 0, "float32", "a.pt")  # the same run: no error
+    check_same_run(state, CFG, DIGITS_PRETRAIN, 0, "float32", IDENTITY, "a.pt")  # the same run: no error
 
 
 def test_a_write_that_fails_half_way_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -71,4 +74,17 @@ def test_a_checkpoint_of_another_config_is_refused(tmp_path):
     wider = dataclasses.replace(CFG, dim=32, mlp_dim=64)
     with pytest.raises(ValueError, match=r"(?s)checkpoint: expected a checkpoint of this run's config, got .*a.pt"
                                          r".*dim: checkpoint 16, this run 32.*mlp_dim: checkpoint 32, this run 64"):
-        check_same_run(state, wider, DIGITS_PRETRAIN, 0, "float32", str(tmp_path / "a.pt"))
+        check_same_run(state, wider, DIGITS_PRETRAIN, 0, "float32", IDENTITY, str(tmp_path / "a.pt"))
+
+
+def test_a_run_is_resumed_only_by_the_run_it_is(tmp_path):
+    """Another data set, distillation objective or teacher is named; a checkpoint with no record of them is refused."""
+    write(tmp_path / "a.pt", vit.init_params(CFG))
+    state = load_checkpoint(str(tmp_path / "a.pt"))
+    for field, value in (("data", "mnist"), ("teacher_sha256", "0" * 64),
+                         ("distillation", {"kind": "soft", "lam": 0.1, "tau": 3.0, "reduction": "batchmean"})):
+        with pytest.raises(ValueError, match=rf"(?s)this run's identity.*{field}: checkpoint"):
+            check_same_run(state, CFG, DIGITS_PRETRAIN, 0, "float32", {**IDENTITY, field: value}, "a.pt")
+    del state["identity"]
+    with pytest.raises(ValueError, match="expected a record of the run's data, distillation and teacher to resume"):
+        check_same_run(state, CFG, DIGITS_PRETRAIN, 0, "float32", IDENTITY, "a.pt")
