@@ -1,4 +1,5 @@
 """`python -m exercises check WORKBOOK.md ...` or `python -m exercises check --all`: grade workbooks."""
+import math
 import sys
 from pathlib import Path
 
@@ -37,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed for each cell (default 1800)")
     args = parser.parse_args(argv)
     if args.command == "notebooks":
-        if args.timeout <= 0:
-            parser.error(f"--timeout: expected a positive number of seconds, got {args.timeout}")
+        if not 0 < args.timeout < math.inf:
+            parser.error(f"--timeout: expected a finite positive number of seconds, got {args.timeout}")
         for path in args.workbooks:
             if not path.is_file() or path.suffix != ".md":
                 raise ValueError(f"workbook: expected a markdown workbook, got {path}")
@@ -46,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = list(args.workbooks) + (workbooks() if args.all else [])
     if not paths:
         parser.error("check: expected workbook paths or --all, got neither")
-    if args.timeout <= 0:
-        parser.error(f"--timeout: expected a positive number of seconds, got {args.timeout}")
+    if not 0 < args.timeout < math.inf:
+        parser.error(f"--timeout: expected a finite positive number of seconds, got {args.timeout}")
     for path in paths:
         if not path.is_file():
             raise ValueError(f"workbook: expected a markdown file or a notebook, got {path}, which "

@@ -10,7 +10,7 @@ k, then v, each block head-major (head 0's D_h rows first); `w_out` (D, D) is th
 """
 import torch
 
-from .checks import check_num_heads
+from .checks import check_num_heads, weight_shape
 from .linear import Weight, linear
 
 
@@ -31,6 +31,8 @@ def qkv_heads(x: torch.Tensor, w_qkv: Weight, b_qkv: torch.Tensor | None,
     """Eq. (5) for every head at once: x (B, N, D) -> q, k, v, each (B, H, N, D_h), views of one projection."""
     b, n, d = x.shape
     check_num_heads(d, num_heads)
+    if weight_shape(w_qkv) != (3 * d, d):
+        raise ValueError(f"w_qkv: expected (3·D, D) = {(3 * d, d)} for inputs of D = {d}, got {weight_shape(w_qkv)}")
     qkv = linear(x, w_qkv, b_qkv).view(b, n, 3, num_heads, d // num_heads)  # (B, N, 3·D) -> (B, N, 3, H, D_h)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                           # 3 × (B, H, N, D_h)
     return q, k, v

@@ -25,6 +25,11 @@ def check_images(images: torch.Tensor, *, patch_size: int, channels: int | None 
 
 def check_params(params: dict, expected: dict[str, tuple[int, ...]], what: str = "params") -> None:
     """`params` must have exactly the keys of `expected`, each of the expected shape; lists every bad key."""
+    if not isinstance(params, dict):
+        raise ValueError(f"{what}: expected a dict of tensors, got {type(params).__name__}")
+    shapeless = sorted(k for k, v in params.items() if not hasattr(v, "shape"))
+    if shapeless:
+        raise ValueError(f"{what}: expected tensors, got {type(params[shapeless[0]]).__name__} at {shapeless[:3]}")
     missing = sorted(set(expected) - set(params))
     unexpected = sorted(set(params) - set(expected))
     misshaped = sorted(f"{k}: expected {tuple(expected[k])}, got {tuple(params[k].shape)}"
@@ -37,9 +42,22 @@ def check_params(params: dict, expected: dict[str, tuple[int, ...]], what: str =
         raise ValueError("\n".join(lines))
 
 
+def check_config(cfg, kind: type, what: str = "cfg") -> None:
+    """A config of the model's own type: a dict or another model's config fails here, naming it, not deep inside."""
+    if not isinstance(cfg, kind):
+        raise ValueError(f"{what}: expected a {kind.__name__}, got {type(cfg).__name__}")
+
+
 def check_num_heads(dim: int, num_heads: int) -> None:
     if not is_integer(num_heads) or num_heads < 1 or dim % num_heads:
         raise ValueError(f"num_heads: expected a positive divisor of the input dim {dim}, got {num_heads!r}")
+
+
+def weight_shape(weight) -> tuple[int, ...]:
+    """A weight's (out, in): its own, or for LoRA's LowRank its W₀'s."""
+    while isinstance(weight, LowRank):
+        weight = weight.weight
+    return tuple(weight.shape)
 
 
 def weight_tensors(name: str, weight) -> dict[str, torch.Tensor]:

@@ -26,7 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .checks import check_images, check_model_inputs
+from .checks import check_config, check_images, check_model_inputs
 from .config import ViTConfig
 from .drop_path import drop_path_rates
 from .encoder import block_params, encoder, encoder_block
@@ -40,6 +40,7 @@ from .position import embed_positions
 
 def check_inputs(params: dict, images: torch.Tensor, cfg: ViTConfig) -> None:
     """Images of cfg's shape; every parameter cfg needs, of its shape, on the images' device and in their dtype."""
+    check_config(cfg, ViTConfig)
     check_images(images, patch_size=cfg.patch_size, channels=cfg.in_channels, size=cfg.image_size)
     check_model_inputs(params, images, param_shapes(cfg))
 

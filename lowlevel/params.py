@@ -18,11 +18,13 @@ import math
 
 import torch
 
+from .checks import check_config
 from .config import ViTConfig
 
 
 def param_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
     """Every parameter's name and shape for `cfg`."""
+    check_config(cfg, ViTConfig)
     d, m, p, c = cfg.dim, cfg.mlp_dim, cfg.patch_size, cfg.in_channels
     shapes = {"patch.weight": (d, c * p * p), "patch.bias": (d,)}
     if cfg.class_token:
@@ -72,6 +74,7 @@ def init_params(cfg: ViTConfig, generator: torch.Generator | None = None) -> dic
     pre-logits lecun_normal, bias 0; head 0 ("zero-initialized", paper §3.2). DeiT's distillation token N(0, 0.02)
     (timm deit.py and the official models.py: trunc_normal_(std=.02), whose bounds ±2 lie at ±100σ), its head 0
     like the class head."""
+    check_config(cfg, ViTConfig)
     g = generator
     d, m = cfg.dim, cfg.mlp_dim
     out = {}

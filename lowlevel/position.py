@@ -14,7 +14,7 @@ Three kinds of E_pos (cfg.pos_embed):
 """
 import torch
 
-from .config import ViTConfig
+from .config import ViTConfig, is_integer
 
 PREFIX_TOKENS = ("cls", "dist")   # the prefix tokens' parameters, in sequence order
 
@@ -28,6 +28,12 @@ def sincos_2d(grid_size: tuple[int, int], dim: int, temperature: float = 10_000.
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Fixed 2-D embedding, (gh·gw, D) in row-major patch order: [sin x·ω, cos x·ω, sin y·ω, cos y·ω],
     ω_k = temperature^(-k/(D/4 - 1)) for k = 0 … D/4-1, exactly as big_vision's `posemb_sincos_2d`."""
+    if not (isinstance(grid_size, (tuple, list)) and len(grid_size) == 2 and all(is_integer(g) and g > 0
+                                                                                 for g in grid_size)):
+        raise ValueError(f"grid_size: expected (rows, columns) of positive integers, got {grid_size!r}")
+    if not is_integer(dim) or dim < 8 or dim % 4:
+        raise ValueError(f"dim: expected a multiple of 4 of at least 8 (a quarter of D per sin/cos of x/y, and D/4 - 1 "
+                         f"> 0 frequencies' spacing), got {dim!r}")
     gh, gw = grid_size
     y, x = torch.meshgrid(torch.arange(gh, dtype=dtype), torch.arange(gw, dtype=dtype), indexing="ij")
     quarter = dim // 4

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import merge_heads, qkv_heads, scaled_dot_product_attention
-from .checks import check_images, check_model_inputs
+from .checks import check_config, check_images, check_model_inputs
 from .drop_path import drop_path, drop_path_rates
 from .encoder import params_under
 from .fast import residual_linear
@@ -42,6 +42,7 @@ __all__ = ["init_params", "param_shapes", "forward", "forward_intermediates", "e
 def check_inputs(params: dict, images: torch.Tensor, cfg: SwinConfig) -> None:
     """As the ViT's (model.py): images of cfg's shape; every parameter cfg needs, of its shape, on the images' device
     and in their dtype."""
+    check_config(cfg, SwinConfig)
     check_images(images, patch_size=cfg.patch_size, channels=cfg.in_channels, size=cfg.image_size)
     check_model_inputs(params, images, param_shapes(cfg))
 

@@ -18,6 +18,7 @@ import math
 
 import torch
 
+from .checks import check_config
 from .swin_config import SwinConfig
 
 
@@ -40,6 +41,7 @@ def block_windows(cfg: SwinConfig) -> dict[tuple[int, int], tuple[tuple[int, int
 
 def param_shapes(cfg: SwinConfig) -> dict[str, tuple[int, ...]]:
     """Every parameter's name and shape for `cfg`, in the order the model uses them."""
+    check_config(cfg, SwinConfig)
     c, p = cfg.dim, cfg.patch_size
     shapes = {"patch.weight": (c, cfg.in_channels * p * p), "patch.bias": (c,),
               "patch_norm.weight": (c,), "patch_norm.bias": (c,)}
@@ -87,6 +89,7 @@ def init_params(cfg: SwinConfig, generator: torch.Generator | None = None) -> di
     projections, MLP, patch merging, head) and every B̂ trunc_normal(0.02) with zero biases (original
     `_init_weights`, timm `init_weights_vit_timm`, torchvision's model-level loop); LayerNorms 1 and 0; the patch
     projection, a Conv2d none of them re-initialises, PyTorch's default U(±1/√fan_in) for weight and bias."""
+    check_config(cfg, SwinConfig)
     g = generator
     fan_in = cfg.in_channels * cfg.patch_size ** 2
     out = {}

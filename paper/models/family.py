@@ -76,6 +76,8 @@ def family_of(cfg) -> Family:
 
 def family_named(name: str) -> Family:
     """The record of a model name ("ViT-B/16", "DeiT-S⚗", "Swin-T", a timm or torchvision name)."""
+    if not isinstance(name, str):
+        raise ValueError(f"name: expected a model name such as 'ViT-B/16' or 'Swin-T', got {name!r}")
     for family in FAMILIES:
         if family.is_named(name):
             return family

@@ -477,3 +477,36 @@ def test_flags_that_need_another_flag_and_results_an_earlier_run_left_are_refuse
     err = capsys.readouterr().err.strip().splitlines()
     assert ended.value.code == 2 and "holds an earlier run's compare.json; pass --force" in err[0]
     assert (tmp_path / "compare.json").read_text() == "{}"
+
+
+def test_library_functions_name_the_argument_they_cannot_take():
+    """A ValueError naming the argument, never an AttributeError, TypeError or RuntimeError from deep inside."""
+    from paper.models.family import paper_config
+
+    params = vit.init_params(CFG)
+    images = torch.zeros(1, 3, 16, 16)
+    cases = [(lambda: vit.check_params(list(params.values()), vit.param_shapes(CFG)),
+              "params: expected a dict of tensors, got list"),
+             (lambda: vit.forward({k: v.tolist() for k, v in params.items()}, images, CFG),
+              "params: expected tensors, got list"),
+             (lambda: vit.forward(params, images, vars(CFG)), "cfg: expected a ViTConfig, got dict"),
+             (lambda: vit.init_params(vars(CFG)), "cfg: expected a ViTConfig, got dict"),
+             (lambda: vit.swin.forward(params, images, CFG), "cfg: expected a SwinConfig, got ViTConfig"),
+             (lambda: vit.multi_head_attention(torch.zeros(1, 4, 8), torch.zeros(20, 8), torch.zeros(20),
+                                               torch.zeros(8, 8), torch.zeros(8), 2),
+              r"w_qkv: expected \(3·D, D\) = \(24, 8\) for inputs of D = 8, got \(20, 8\)"),
+             (lambda: vit.sincos_2d((2, 2), 6), "dim: expected a multiple of 4 of at least 8"),
+             (lambda: vit.sincos_2d(4, 8), r"grid_size: expected \(rows, columns\) of positive integers, got 4"),
+             (lambda: paper_config(None), "name: expected a model name such as 'ViT-B/16' or 'Swin-T', got None")]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+@pytest.mark.parametrize("timeout", ["inf", "nan", "0"])
+def test_the_checker_refuses_a_timeout_that_is_no_limit(timeout, capsys):
+    from exercises.__main__ import main
+
+    with pytest.raises(SystemExit) as ended:
+        main(["check", "--all", "--timeout", timeout])
+    assert ended.value.code == 2 and "--timeout: expected a finite positive number of seconds" in capsys.readouterr().err
