@@ -4,6 +4,13 @@
     python -m paper.bench --sweep                      # and the sequence-length sweep, 224/384/512 for /16
     python -m paper.bench --sweep 224,384,512,768 --sweep-models ViT-B/16,Swin-T   # global vs windowed attention
     python -m paper.bench --dtype bfloat16 --device cuda --compile
+    python -m paper.bench --model mnist-vit,mnist-resnet18 --threads 1   # the training loop of the small models
+
+The training loop (--model mnist-vit, mnist-resnet18, or both, comma-separated): paper.compare's ViT against timm's
+equal model with its weights, paper.train --data mnist's two stages and paper.compare's ResNet-18, each trained in
+train_stage's loop on the real MNIST digits in interleaved rounds of --steps steps, an evaluation and a checkpoint;
+images/s, the ratio to timm and each phase's share (paper/reports/loop_measure.py states the method). It writes
+loop.json, loop.md and loop.png.
 
 Method. One process holds every contender with the same weights (`init_params`, seed 0). Each round runs, for every
 contender in a rotated order, one inference call (`torch.inference_mode`), each just after timing a large square
@@ -41,12 +48,14 @@ from tqdm import tqdm
 from paper import cli
 from paper.formats.atomic import write_text
 from paper.models.family import paper_config
-from paper.reports.bench_report import markdown, plot
+from paper.reports.bench_report import loop_markdown, loop_plot, markdown, plot
 from paper.reports.contenders import CONTENDERS
+from paper.reports.loop_measure import measure_loop
 from paper.reports.measure import cpu_name, measure
 
 SWEEP = (224, 384, 512)
 SWEEP_CONTENDERS = ("ours explicit", "ours fast")
+LOOP_MODELS = ("mnist-vit", "mnist-resnet18")
 
 
 def sweep_sizes(text: str, patch_size: int) -> list[int]:
@@ -70,7 +79,9 @@ def sweep_models(args) -> list[str]:
 
 def parse_args(argv=None):
     p = cli.parser("python -m paper.bench", __doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    p.add_argument("--model", default="ViT-B/16", help="paper or timm name, e.g. ViT-B/16, vit_small_patch16_384")
+    p.add_argument("--model", default="ViT-B/16",
+                   help="paper or timm name, e.g. ViT-B/16, vit_small_patch16_384; or the training loop of "
+                        f"{', '.join(LOOP_MODELS)} (comma-separated)")
     p.add_argument("--resolution", type=int, help="image side in pixels (default: from the name, else 224)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
@@ -80,6 +91,7 @@ def parse_args(argv=None):
                    help="torch.set_num_threads for every contender (default: torch's, %(default)s here)")
     p.add_argument("--compile", action="store_true", help="torch.compile every contender's forward")
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
+    p.add_argument("--steps", type=int, default=150, help="training steps per round of the training loop")
     p.add_argument("--only", default=",".join(CONTENDERS),
                    help=f"comma-separated contenders (default all: {', '.join(CONTENDERS)})")
     p.add_argument("--sweep", nargs="?", const=",".join(map(str, SWEEP)), metavar="SIZES",
@@ -97,7 +109,7 @@ def check_args(args) -> list[str]:
     unknown = [n for n in names if n not in CONTENDERS]
     if unknown or not names:
         raise ValueError(f"--only: expected names among {CONTENDERS}, got {args.only!r}")
-    for flag in ("batch", "repeats", "threads"):
+    for flag in ("batch", "repeats", "threads", "steps"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag}: expected a positive integer, got {getattr(args, flag)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -107,9 +119,39 @@ def check_args(args) -> list[str]:
     return names
 
 
+def loop_models(text: str) -> list[str] | None:
+    """--model as training-loop names, or None for a model name; a mix is refused."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not any(n in LOOP_MODELS for n in names):
+        return None
+    if not all(n in LOOP_MODELS for n in names):
+        raise ValueError(f"--model: expected training-loop names among {LOOP_MODELS} or one model name, got {text!r}")
+    return names
+
+
+def main_loop(models: list[str], args, argv) -> dict:
+    """The training loop's benchmark: loop.json, loop.md and loop.png in --out."""
+    if args.device != "cpu":
+        raise ValueError(f"--device: the training loop is measured on the CPU, got {args.device!r}")
+    torch.set_num_threads(args.threads)
+    run = {"models": models, "steps": args.steps, "rounds": args.repeats, "device_name": cpu_name(),
+           "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
+           "command": shlex.join(["python", "-m", "paper.bench", *(sys.argv[1:] if argv is None else argv)])}
+    result = {"run": run, "loop": measure_loop(models, args.steps, args.repeats)}
+    table = loop_markdown(result)
+    write_text(os.path.join(args.out, "loop.json"), json.dumps(result, indent=1))
+    write_text(os.path.join(args.out, "loop.md"), table)
+    loop_plot(result, os.path.join(args.out, "loop.png"))
+    print(table)
+    return result
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     names = check_args(args)
+    models = loop_models(args.model)
+    if models:
+        return main_loop(models, args, argv)
     torch.set_num_threads(args.threads)
     overrides = {"image_size": args.resolution} if args.resolution else {}
     cfg = paper_config(args.model, **overrides)

@@ -1,8 +1,10 @@
-"""Reporting a benchmark result (`paper.bench.measure`'s dict): the markdown table (paper/results/bench.md) and the PNG."""
+"""Reporting a benchmark result (`paper.bench.measure`'s dict): the markdown table (paper/results/bench.md) and the PNG;
+the training loop's (`paper.reports.loop_measure`): paper/results/loop.md and its PNG."""
 import math
 import statistics
 
 from paper.formats.atomic import write_atomically
+from paper.reports.loop_measure import PHASES
 
 
 def mib(value: float | None) -> str:
@@ -113,6 +115,47 @@ def plot(result: dict, path: str) -> None:
             ax.set_xlabel("pixels per image (tokens ∝ pixels)")
             ax.set_ylabel(label)
             ax.legend()
+    fig.tight_layout()
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+def loop_markdown(result: dict) -> str:
+    """The training loop's table (`paper.reports.loop_measure`): images/s, the ratio to timm, each phase's share."""
+    run = result["run"]
+    lines = [f"Training loop ({', '.join(run['models'])}), {run['device_name']}, {run['threads']} thread(s), "
+             f"torch {run['torch']}; {run['rounds']} interleaved rounds of {run['steps']} steps, each round ending "
+             f"with one evaluation of the 1,000 test digits and one checkpoint written.",
+             f"Command: `{run['command']}`", "",
+             "| contender | image | batch | images/s (median, range) | × timm (median, range) | "
+             + " | ".join(f"{p} %" for p in PHASES) + " |",
+             "|---|---:|---:|---:|---:|" + "---:|" * len(PHASES)]
+    for name, c in result["loop"].items():
+        vs = c.get("vs_timm")
+        shares = " | ".join(f"{100 * c['phase_share'][p]:.1f}" for p in PHASES)
+        speed = c["images_per_s"]
+        lines.append(f"| {name} | {c['image_size'][0]}×{c['image_size'][1]} | {c['batch']} "
+                     f"| {speed['median']:.0f} ({speed['min']:.0f}–{speed['max']:.0f}) "
+                     f"| {fmt_ratio(vs) if vs else '–'} | {shares} |")
+    return "\n".join(lines) + "\n"
+
+
+def loop_plot(result: dict, path: str) -> None:
+    """Each contender's seconds per round, stacked by phase."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(result["loop"])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    bottom = [0.0] * len(names)
+    for phase in PHASES:
+        per_round = [result["loop"][n]["phase_s"][phase] / result["run"]["rounds"] for n in names]
+        ax.bar(names, per_round, 0.6, bottom=bottom, label=phase)
+        bottom = [b + v for b, v in zip(bottom, per_round, strict=True)]
+    ax.set_ylabel(f"seconds per round of {result['run']['steps']} steps (mean)")
+    ax.set_title(f"training loop, {result['run']['device_name']}, {result['run']['threads']} thread(s)", fontsize=9)
+    ax.tick_params(axis="x", rotation=20)
+    ax.legend()
     fig.tight_layout()
     write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)

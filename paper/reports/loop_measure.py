@@ -1,0 +1,179 @@
+"""Measuring the training loop, as `python -m paper.bench --model mnist-vit` (and `mnist-resnet18`) reports it: images/s
+of whole training rounds and the share of each phase, our models against timm's equal ViT in the same loop.
+
+A contender is a model with its recipe, its data stream, optimizer and schedule, built from the same pieces
+`loop.train_stage` uses (TrainStream and StepBatches through a DataLoader, `make_optimizer`, `LabelCriterion`,
+`evaluate`, `save_checkpoint`). One round of a contender is `steps` training steps, then one evaluation of the 1,000
+test digits and one checkpoint written: paper.train --data mnist evaluates once every 150 steps (a tenth of its
+pre-training), so the default round of 150 steps has its cadence; it writes one checkpoint per stage, so the
+checkpoint's share here is an upper bound, and paper.compare evaluates once per run. Each phase is timed by a
+`Phases` timer around the code of train_step's steps, laid out as train_step lays them out:
+
+    data        the DataLoader's next batch (per-image crop, resize, collation) and the copy to the device
+    forward     zero_grad, the forward pass and the loss
+    backward    loss.backward()
+    optimizer   clipping at global norm, the optimizer's and the schedule's step, the loss read back
+    evaluation  `evaluate` on the test images
+    checkpoint  `save_checkpoint` of params, optimizer and schedule
+
+Contenders take turns, round by round, in a rotated order (so that noise from other work on the machine falls on
+all of them alike); each keeps training across its rounds. The ratio ours/timm is taken within a round, then summarised
+by its median and range over the rounds.
+"""
+import contextlib
+import dataclasses
+import os
+import tempfile
+import time
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from paper.formats.timm import to_timm
+from paper.models.explicit_params import ExplicitParams
+from paper.references.vit import timm_vit
+from paper.reports.statistics import median_range
+from paper.training.comparison import RECIPE, build, mnist, stratified_subset
+from paper.training.data import EvalView, ImageArray, TrainStream
+from paper.training.distillation import LabelCriterion
+from paper.training.loop import StepBatches, evaluate, make_optimizer
+from paper.training.processes import Processes
+from paper.training.recipes import MNIST_FINETUNE, MNIST_MODEL, MNIST_PRETRAIN
+from paper.training.schedules import Schedule
+from paper.training.stages import finetuning_model, pretraining_model, with_steps
+from paper.training.state import rng_state, save_checkpoint
+
+PHASES = ("data", "forward", "backward", "optimizer", "evaluation", "checkpoint")
+TRAINING_IMAGES = 1000     # paper.compare's run at n=1000: a stratified subset of MNIST's 4,000 training digits
+BATCH = 32                 # paper.compare's batch (its DEFAULTS), which replaces the recipe's 64
+
+
+class Phases:
+    """Seconds spent in each phase, summed over its `with phases(name):` blocks."""
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+
+class TimmModel(nn.Module):
+    """timm's VisionTransformer holding our weights, in the shape train_stage trains: cfg, forward, as_dict."""
+
+    def __init__(self, params: dict, cfg):
+        super().__init__()
+        self.cfg, self.net = cfg, timm_vit(cfg)
+        self.net.load_state_dict(to_timm(params, cfg))
+
+    def as_dict(self) -> dict:
+        return self.net.state_dict()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+class LoopContender:
+    """One model in train_stage's loop, trained round by round (`run_round`) with its phases timed."""
+
+    def __init__(self, name: str, model: nn.Module, recipe, train_data, test_data, total_steps: int, folder: str):
+        self.name, self.model, self.folder = name, model.train(), folder
+        self.recipe = with_steps(recipe, total_steps, None)
+        self.optimizer = make_optimizer(self.model.parameters(), self.recipe)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, Schedule(
+            self.recipe.base_lr, self.recipe.total_steps, self.recipe.warmup_steps, self.recipe.decay))
+        self.criterion, self.procs = LabelCriterion(self.recipe.label_smoothing), Processes()
+        stream = TrainStream(train_data, model.cfg.image_size[0], 0, self.recipe.crop_area, self.recipe.flip)
+        self.batches = iter(DataLoader(stream, batch_sampler=StepBatches(1, total_steps, self.recipe.batch_size,
+                                                                         self.procs), generator=torch.Generator()))
+        self.evaluation = EvalView(test_data, model.cfg.image_size[0])
+        self.step = 0
+
+    def run_round(self, steps: int, phases: Phases) -> None:
+        """`steps` training steps, one evaluation, one checkpoint, each phase timed into `phases`."""
+        for _ in range(steps):
+            with phases("data"):
+                images, labels = next(self.batches)
+                images, labels = images.to(self.procs.device), labels.to(self.procs.device)
+            with phases("forward"):
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = self.criterion(self.model(images), images, labels)
+            with phases("backward"):
+                loss.backward()
+            with phases("optimizer"):
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                loss.item()
+            self.step += 1
+        with phases("evaluation"):
+            evaluate(self.model, self.evaluation, self.procs, torch.float32)
+        with phases("checkpoint"):
+            save_checkpoint(os.path.join(self.folder, f"{self.name.replace(' ', '_')}.pt"), cfg=self.model.cfg,
+                            recipe=self.recipe, params=self.model.as_dict(), optimizer=self.optimizer.state_dict(),
+                            scheduler=self.scheduler.state_dict(), step=self.step, rng=[rng_state()], log={},
+                            seed=0, dtype="float32")
+
+
+def contenders(models: list[str], total_steps: int, folder: str) -> list[LoopContender]:
+    """mnist-vit: paper.compare's ViT (`comparison.build`, seed 0) and timm's equal model with its weights, on the
+    compare recipe and its n=1000 subset, and paper.train --data mnist's two stages (ours, the model stages.py builds,
+    on all 4,000 digits); mnist-resnet18: paper.compare's ResNet-18, stock stem."""
+    train, test = mnist()
+    recipe = with_steps(RECIPE, None, BATCH)
+    subset = ImageArray(*(t[stratified_subset(train.labels, TRAINING_IMAGES, 0)] for t in (train.images, train.labels)))
+    out = []
+    if "mnist-vit" in models:
+        ours = build("vit", 0)
+        params = {k: v.detach().clone() for k, v in ours.as_dict().items()}
+        pre_params, pre_cfg = pretraining_model(MNIST_MODEL, MNIST_PRETRAIN, 1, 10, 0)
+        fine_params, fine_cfg = finetuning_model(pre_params, pre_cfg, MNIST_FINETUNE, 10)
+        out += [LoopContender("ours ViT", ours, recipe, subset, test, total_steps, folder),
+                LoopContender("timm ViT", TimmModel(params, ours.cfg), recipe, subset, test, total_steps, folder),
+                LoopContender("paper.train pretrain", ExplicitParams(pre_params, pre_cfg), MNIST_PRETRAIN, train,
+                              test, total_steps, folder),
+                LoopContender("paper.train finetune", ExplicitParams(fine_params, fine_cfg), MNIST_FINETUNE, train,
+                              test, total_steps, folder)]
+    if "mnist-resnet18" in models:
+        out.append(LoopContender("ours ResNet-18", build("cnn", 0), recipe, subset, test, total_steps, folder))
+    return out
+
+
+def measure_loop(models: list[str], steps: int, rounds: int) -> dict:
+    """One warm-up round each, then `rounds` interleaved rounds. -> per contender: seconds per round, images/s
+    (median, range), phase seconds summed over the rounds and their shares; ours/timm per round."""
+    with tempfile.TemporaryDirectory() as folder:
+        runs = contenders(models, steps * (rounds + 1), folder)
+        times = {c.name: [] for c in runs}
+        phases = {c.name: Phases() for c in runs}
+        with tqdm(total=(rounds + 1) * len(runs), desc="training loop", unit="round") as bar:
+            for c in runs:                                                  # warm-up: not counted
+                c.run_round(steps, Phases())
+                bar.update()
+            for r in range(rounds):
+                for c in runs[r % len(runs):] + runs[:r % len(runs)]:
+                    before = sum(phases[c.name].seconds.values())
+                    c.run_round(steps, phases[c.name])
+                    times[c.name].append(sum(phases[c.name].seconds.values()) - before)
+                    bar.update()
+    result = {}
+    for c in runs:
+        total = sum(phases[c.name].seconds.values())
+        result[c.name] = {
+            "recipe": dataclasses.asdict(c.recipe) | {"total_steps": None},
+            "image_size": list(c.model.cfg.image_size), "batch": c.recipe.batch_size,
+            "round_s": times[c.name],
+            "images_per_s": median_range([c.recipe.batch_size * steps / t for t in times[c.name]]),
+            "phase_s": phases[c.name].seconds,
+            "phase_share": {k: v / total for k, v in phases[c.name].seconds.items()}}
+    if "ours ViT" in times and "timm ViT" in times:
+        result["ours ViT"]["vs_timm"] = median_range([t_timm / t for t, t_timm in
+                                                      zip(times["ours ViT"], times["timm ViT"], strict=True)])
+    return result
