@@ -87,21 +87,54 @@ def packed(value) -> tuple:
         return "other", "object", "(could not be read)"
 
 
+def input_tensors(args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
+    """The tensors among a call's arguments, by where they sit ("argument 1", "params['head.weight']", …)."""
+    found = {}
+
+    def walk(value, where: str) -> None:
+        if isinstance(value, torch.Tensor):
+            found[where] = value
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{where}[{k!r}]")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(v, f"{where}[{i}]")
+
+    for i, value in enumerate(args):
+        walk(value, f"argument {i + 1}")
+    for k, value in kwargs.items():
+        walk(value, k)
+    return found
+
+
+def identical(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same shape, dtype and values, a NaN equal to a NaN in the same place."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point() or a.is_complex():
+        return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+    return torch.equal(a, b)
+
+
 def call(ns: dict, name: str, args: tuple, kwargs: dict, filename: str) -> tuple:
-    """Call ns[name]: ("returned", value) | ("raised", text) | ("not implemented",) | ("missing",) |
-    ("not callable", type name)."""
+    """Call ns[name]: ("returned", value, the inputs it changed in place) | ("raised", text) | ("not implemented",) |
+    ("missing",) | ("not callable", type name)."""
     fn = ns.get(name)
     if fn is None:
         return ("missing",)
     if not callable(fn):
         return "not callable", type(fn).__name__
+    inputs = input_tensors(args, kwargs)
+    before = {where: tensor.detach().clone() for where, tensor in inputs.items()}
     try:
         value = fn(*args, **kwargs)
     except NotImplementedError:
         return ("not implemented",)
     except BaseException as e:  # noqa: B036 - learner code may raise anything
         return "raised", text_of_exception(e, filename)
-    return "returned", packed(value)
+    changed = [where for where, tensor in inputs.items() if not identical(tensor.detach(), before[where])]
+    return "returned", packed(value), changed
 
 
 def handle(ns: dict, request: tuple, filename: str) -> tuple:

@@ -57,7 +57,11 @@ def type_name(x) -> str:
 def call(ns, name: str, *args, **kwargs):
     """Call the learner's `name` with these arguments in the learner's process and return its value. A function that
     is missing, unfinished, or raises is a Mistake quoting the workbook's line that raised."""
-    reply = ns.call(name, *args, **kwargs)
+    return returned(name, ns.call(name, *args, **kwargs))
+
+
+def returned(name: str, reply: tuple):
+    """The value in a call's reply, or the Mistake its reply tells."""
     kind = reply[0]
     if kind == "returned":
         try:
@@ -78,6 +82,20 @@ def call(ns, name: str, *args, **kwargs):
                       "run your function on a small input; check each intermediate shape against the docstring")
     raise Mistake(f"`{name}`: the learner's process sent an unexpected reply {text_of(kind)!r}",
                   "do not write to the checker's pipes")
+
+
+IN_PLACE = "work on new tensors (w + …, w.clone(), {**params}): the caller's tensors must stay as they were"
+
+
+def call_unchanged(ns, name: str, *args, **kwargs):
+    """`call`, for a function whose docstring promises not to change its inputs: one that changed any of them in
+    place (the caller's tensors) is a Mistake naming which."""
+    reply = ns.call(name, *args, **kwargs)
+    if reply[0] == "returned" and not (len(reply) == 3 and isinstance(reply[2], list)):
+        raise Mistake(f"`{name}`: the learner's process sent an unexpected reply", "do not write to the checker's pipes")
+    if reply[0] == "returned" and reply[2]:
+        raise Mistake(f"`{name}` changed its input {', '.join(map(str, reply[2][:3]))} in place", IN_PLACE)
+    return returned(name, reply)
 
 
 def detail(reply: tuple) -> str:

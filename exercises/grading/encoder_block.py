@@ -4,6 +4,7 @@ Everything is checked in float64, so that the tolerance (1e-10) sits far below t
 (eps outside the square root moves LN's output by ~1e-7 at eps 1e-6) and far above rounding (~1e-15)."""
 import torch
 import torch.nn.functional as F
+from sklearn.datasets import load_digits
 
 import lowlevel as vit
 from paper.models.weights import perturbed
@@ -13,6 +14,10 @@ from .common import Mistake, call, expect, type_name
 TOLERANCE = dict(atol=1e-10, rtol=0)
 
 HINTS = {
+    "not trained": "train `steps` Adam steps on batches of 64 drawn by one generator seeded with `seed`, gradients "
+                   "flowing through your forward, then return the accuracy on the held-out digits",
+    "accuracies by hand": "keep the task's code block after the two functions as it is: the accuracies it prints are "
+                          "the ones your function returns",
     "unbiased": "the variance is the biased one, the mean of (x − mean)² (divide by D): torch.var divides by D − 1 "
                 "unless told correction=0",
     "eps outside": "eps goes inside the square root: √(var + eps), not √var + eps",
@@ -193,9 +198,50 @@ def task_forward(ns, output_dir):
             and all(isinstance(a, float) for a in accuracies.values())):
         raise Mistake(f"the run did not leave `accuracies`, four accuracies, got {type_name(accuracies)}",
                       "keep the task's code block after the two functions as it is")
+    # The numbers come from training, not from the page: a short run equals the workbook's loop through
+    # lowlevel.forward (a float32 forward equal to the reference to ~1e-7 moves no prediction in 5 steps; one digit of
+    # 397 allowed), and one of the printed runs is trained again.
+    short = call(ns, "train_and_test", "avg", 1e-2, steps=5, seed=3)
+    want = train_and_test("avg", 1e-2, steps=5, seed=3)
+    if not isinstance(short, float) or abs(short - want) > 1.5 / len(digits("test")[1]):
+        raise Mistake(f"train_and_test('avg', 0.01, steps=5, seed=3) gave {short!r}, expected {want:.1%} (the "
+                      f"workbook's loop)", HINTS["not trained"])
+    again = call(ns, "train_and_test", "token", 1e-3)
+    if again not in accuracies.values():
+        raise Mistake(f"train_and_test('token', 0.001) gives {again:.1%}, which `accuracies` does not hold",
+                      HINTS["accuracies by hand"])
     if min(accuracies.values()) < 0.5:
         raise Mistake(f"the runs reached {', '.join(f'{a:.0%}' for a in accuracies.values())} on the held-out digits, "
                       f"expected each above 50%", "gradients must flow through your forward: no detach or no_grad")
+
+
+def digits(split: str):
+    """The workbook's digits (its setup): (B, 1, 8, 8) in [-1, 1], a fixed split, 1400 "train", 397 "test"."""
+    data = load_digits()
+    x = (torch.tensor(data.images, dtype=torch.float32)[:, None] / 16.0 - 0.5) / 0.5
+    y = torch.tensor(data.target)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    idx = order[:1400] if split == "train" else order[1400:]
+    return x[idx], y[idx]
+
+
+def train_and_test(pool_kind: str, lr: float, steps: int = 200, seed: int = 0) -> float:
+    """The workbook's Task 5 loop through lowlevel.forward."""
+    cfg = vit.ViTConfig(image_size=8, patch_size=2, in_channels=1, dim=32, depth=2, num_heads=4, mlp_dim=64,
+                        num_classes=10, pool=pool_kind)
+    params = {k: v.requires_grad_(True) for k, v in vit.init_params(cfg, torch.Generator().manual_seed(seed)).items()}
+    optimizer = torch.optim.Adam(params.values(), lr=lr)
+    images, labels = digits("train")
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        batch = torch.randint(len(labels), (64,), generator=g)
+        loss = F.cross_entropy(vit.forward(params, images[batch], cfg), labels[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    test_images, test_labels = digits("test")
+    with torch.no_grad():
+        return (vit.forward(params, test_images, cfg).argmax(-1) == test_labels).float().mean().item()
 
 
 TASKS = {1: task_layer_norm, 2: task_mlp, 3: task_block, 4: task_pool, 5: task_forward}

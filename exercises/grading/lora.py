@@ -20,10 +20,11 @@ from paper.training.processes import Processes
 from paper.training.recipes import Recipe
 from paper.training.schedules import Schedule
 
-from .common import Mistake, call, expect, type_name
+from .common import IN_PLACE, Mistake, call, call_unchanged, expect, type_name
 from .fine_tuning import digits
 
 HINTS = {
+    "in place": IN_PLACE,
     "unscaled": "scale the update by `scaling` (α/r, §4.1): x Wᵀ + b + scaling·x Aᵀ Bᵀ",
     "update only": "the update adds to the frozen layer's output x Wᵀ + b, it does not replace it",
     "no bias": "the bias b is part of the frozen layer: x Wᵀ + b + scaling·x Aᵀ Bᵀ",
@@ -162,7 +163,7 @@ def task_init(ns, output_dir):
 def task_merge(ns, output_dir):
     for seed, k, d, r in ((4, 6, 5, 2), (5, 9, 7, 3)):
         x, w, b, a, bb, s = layer(seed, (3,), k, d, r)
-        got = call(ns, "merge", w, a, bb, s)
+        got = call_unchanged(ns, "merge", w, a, bb, s)
         expect(got, merge(w, a, bb, s), "merge", {HINTS["merge unscaled"]: w + bb @ a}, hint="W₀ + scaling·B A")
         expect(F.linear(x, got, b), lora_linear(x, w, b, a, bb, s), "the merged layer's output",
                hint="the merged layer must compute what lora_linear computes")
@@ -173,7 +174,7 @@ def task_merge(ns, output_dir):
 
 def task_lora_fine_tune(ns, output_dir):
     params, cfg = pretrained_base()
-    got = call(ns, "lora_fine_tune", params, cfg, *digits(5, 8, "train"), 4, 150, 0.3)
+    got = call_unchanged(ns, "lora_fine_tune", params, cfg, *digits(5, 8, "train"), 4, 150, 0.3)
     if not (isinstance(got, tuple) and len(got) == 2 and all(isinstance(t, dict) for t in got)):
         raise Mistake(f"lora_fine_tune returned {type_name(got)}, not (adapters, head)",
                       "return the two dicts, adapters first")

@@ -364,6 +364,7 @@ PLANTED = {
          'params modified'),
     ],
     '07_lora': [
+        (3, 'return weight + scaling * (lora_B @ lora_A)', 'return weight.add_(scaling * (lora_B @ lora_A))', 'in place'),
         (1, 'return x @ weight.T + bias + scaling * update', 'return x @ weight.T + bias + update', 'unscaled'),
         (1, 'return x @ weight.T + bias + scaling * update', 'return scaling * update', 'update only'),
         (1, 'return x @ weight.T + bias + scaling * update', 'return x @ weight.T + scaling * update', 'no bias'),
@@ -434,6 +435,12 @@ PLANTED = {
         (4, 'return 4 * h * w * c * c + 2 * m * m * h * w * c', 'return msa_flops(h, w, c)', 'global'),
     ],
     '09_encoder_block': [
+        (5,
+         'accuracies = {(kind, lr): train_and_test(kind, lr) for kind in ("token", "avg") for lr in (1e-3, 1e-2)}',
+         'accuracies = {(kind, lr): 0.9 for kind in ("token", "avg") for lr in (1e-3, 1e-2)}',
+         'accuracies by hand'),
+        (5, '    for _ in range(steps):\n        batch = torch.randint', '    for _ in range(0):\n        batch = torch.randint',
+         'not trained'),
         (1, 'var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)', 'var = x.var(dim=-1, keepdim=True)', 'unbiased'),
         (1, 'torch.sqrt(var + eps)', '(torch.sqrt(var) + eps)', 'eps outside'),
         (1,
