@@ -40,6 +40,7 @@ SETUP_SECONDS = 120.0     # the setup block's imports get at least this long, ho
 START_SECONDS = 60.0      # starting Python and importing torch on a busy machine
 MEMORY_BYTES = 8 << 30    # address space of the learner's process: the largest, workbook 10's, peaks at 4.6 GiB
 SHOWN_LINES = 40          # of a task's printed output
+SHOWN_WIDTH = 300         # characters of each of those lines
 
 
 @dataclass
@@ -108,7 +109,8 @@ def shown_output(text: str) -> list[str]:
     """Printed output as a terminal would leave it: each line's last carriage-return segment (progress bars end
     in their final state), blank lines dropped, at most SHOWN_LINES lines."""
     lines = [line.rsplit("\r", 1)[-1].rstrip() for line in text.replace("\r\n", "\n").split("\n")]
-    lines = [line for line in lines if line.strip()]
+    lines = [line if len(line) <= SHOWN_WIDTH else f"{line[:SHOWN_WIDTH]} … ({len(line) - SHOWN_WIDTH:,} more "
+             f"characters)" for line in lines if line.strip()]
     if len(lines) > SHOWN_LINES:
         lines = lines[:SHOWN_LINES] + [f"… {len(lines) - SHOWN_LINES} more lines"]
     return lines

@@ -355,6 +355,14 @@ def test_shown_output_keeps_the_last_state_of_progress_bars():
     assert len(lines) == 41 and lines[-1] == "… 12 more lines"
 
 
+def test_shown_output_is_bounded_however_much_a_task_prints():
+    """A task printing 60 MB (one line, or a million) is echoed in at most 41 lines of at most ~340 characters."""
+    for text in ("x" * 60_000_000, "\n".join("y" * 60 for _ in range(1_000_000))):
+        lines = shown_output(text)
+        assert len(lines) <= 41 and sum(len(line) for line in lines) < 41 * 340
+    assert shown_output("z" * 1000) == ["z" * 300 + " … (700 more characters)"]
+
+
 def test_replies_are_plain_data_and_cannot_run_code():
     """What the checker accepts from the learner's process: tagged plain data, rebuilt through its own checks."""
     class Evil:
