@@ -42,10 +42,7 @@ def main(argv=None) -> None:
     parser.add_argument("--std", type=float, nargs="+", help="per-channel std divided by, instead of the checkpoint's")
     parser.add_argument("--crop-pct", type=fraction, help="resize the shorter side to size / crop_pct and centre-crop; "
                                                          "0: resize straight to the size (instead of the checkpoint's)")
-    parser.add_argument("--num-heads", type=cli.positive, help="the head count, when the checkpoint does not store it "
-                                                               "and matches no known architecture")
-    parser.add_argument("--image-size", type=cli.positive, nargs=2, metavar=("H", "W"),
-                        help="the image size, when the checkpoint does not store it (a non-square ViT)")
+    cli.checkpoint_fields(parser, model=False)
     args = parser.parse_args(argv)
     lines = attention_report(args.checkpoint, args.images, args.out, class_token=not args.no_class_token,
                              num_heads=args.num_heads, image_size=tuple(args.image_size) if args.image_size else None,

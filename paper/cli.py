@@ -34,6 +34,29 @@ def with_debug_flag(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+def checkpoint_fields(parser: argparse.ArgumentParser, model: bool = True) -> None:
+    """The flags for what a checkpoint's weights cannot tell, for the commands that read one: --num-heads and
+    --image-size, and with `model` --model, a name that fixes the architecture."""
+    if model:
+        parser.add_argument("--model", help="paper, timm or torchvision model name (ViT-B/16, vit_large_patch16_384, "
+                                            "DeiT-B⚗, deit_base_distilled_patch16_224, Swin-T, swin_t, "
+                                            "swin_tiny_patch4_window7_256) fixing the architecture and image size; the "
+                                            "checkpoint is refused if it differs. Classes and pre-logits stay the "
+                                            "checkpoint's")
+    parser.add_argument("--num-heads", type=positive, help="the head count, for a checkpoint that does not store it "
+                                                           "and whose shapes match no known architecture")
+    parser.add_argument("--image-size", type=positive, nargs=2, metavar=("H", "W"),
+                        help="the image size, for a model whose file does not store it: a non-square ViT, a Swin at "
+                             "another size than its window's (M·32: 224 for M = 7)")
+
+
+def checkpoint_overrides(args: argparse.Namespace) -> dict:
+    """What checkpoint_fields' flags fix, as read_checkpoint's overrides: {"num_heads": H, "image_size": (H, W)}, the
+    flags given only."""
+    fields = {"num_heads": args.num_heads, "image_size": tuple(args.image_size) if args.image_size else None}
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 def positive(text: str) -> int:
     """argparse type of a count that must be at least 1 (argparse reports the ValueError as "invalid positive value")."""
     value = int(text)

@@ -74,16 +74,7 @@ def main(argv=None) -> None:
     parser.add_argument("--to", choices=checkpoints.FORMATS, help="the destination's format when its name does not say it: "
                                                       "torchvision (a .pth; a ViT's or a Swin's), timm-hub (a "
                                                       "directory)")
-    parser.add_argument("--model", help="paper, timm or torchvision model name (ViT-B/16, vit_large_patch16_384, "
-                                        "DeiT-B⚗, deit_base_distilled_patch16_224, Swin-T, swin_t, "
-                                        "swin_tiny_patch4_window7_256) fixing the architecture and image size; the "
-                                        "checkpoint is refused if it differs. Classes and pre-logits stay the "
-                                        "checkpoint's")
-    parser.add_argument("--num-heads", type=cli.positive, help="the head count, for a checkpoint that does not store "
-                                                           "it and whose shapes match no known architecture")
-    parser.add_argument("--image-size", type=cli.positive, nargs=2, metavar=("H", "W"),
-                        help="the image size, for a model whose file does not store it: a non-square ViT, a Swin "
-                             "at another size than its window's (M·32: 224 for M = 7)")
+    cli.checkpoint_fields(parser)
     parser.add_argument("--gelu", choices=("exact", "tanh"),
                         help="GELU flavour the model computes, written into a transformers config (default: tanh "
                              "for an official .npz, as trained; otherwise what the source says, exact for timm)")

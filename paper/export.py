@@ -47,13 +47,7 @@ def main(argv=None) -> None:
     parser.add_argument("out", help="where to write: *.onnx an ONNX model, *.pt2 a torch.export ExportedProgram")
     parser.add_argument("--fast", action="store_true", help="export the fast path (fused attention) instead of the "
                                                             "explicit one; the same function")
-    parser.add_argument("--model", help="paper, timm or torchvision model name (ViT-B/16, DeiT-S⚗, Swin-T) fixing the "
-                                        "architecture and image size; the checkpoint is refused if it differs")
-    parser.add_argument("--num-heads", type=cli.positive, help="the head count, for a checkpoint that does not store "
-                                                               "it and whose shapes match no known architecture")
-    parser.add_argument("--image-size", type=cli.positive, nargs=2, metavar=("H", "W"),
-                        help="the image size, for a model whose file does not store it: a non-square ViT, a Swin "
-                             "at another size than its window's (M·32: 224 for M = 7)")
+    cli.checkpoint_fields(parser)
     parser.add_argument("--force", action="store_true", help="replace an existing destination")
     args = parser.parse_args(argv)
     print(export_checkpoint(args.checkpoint, args.out, args.fast, args.model, args.num_heads,

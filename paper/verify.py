@@ -40,11 +40,7 @@ def main(argv=None) -> None:
     parser.add_argument("--checkpoint", help="verify this checkpoint's own weights instead (any format paper.convert "
                                              "reads)")
     parser.add_argument("--image", help="the photo for --checkpoint (default: scikit-learn's bundled china.jpg)")
-    parser.add_argument("--num-heads", type=cli.positive, help="with --checkpoint: the head count, when the checkpoint "
-                                                           "does not store it and matches no known architecture")
-    parser.add_argument("--image-size", type=cli.positive, nargs=2, metavar=("H", "W"),
-                        help="with --checkpoint: the image size, when its file does not store it (a non-square ViT, "
-                             "a Swin at another size than its window's)")
+    cli.checkpoint_fields(parser, model=False)
     parser.add_argument("--dtypes", nargs="+", choices=VERIFY_DTYPES, default=list(VERIFY_DTYPES),
                         help="precisions to compare in (default: both)")
     parser.add_argument("--batch", type=cli.positive, default=1, help="images per forward for the paper models "
@@ -62,7 +58,7 @@ def main(argv=None) -> None:
         return
     if args.models:
         parser.error("--models: expected either --models or --checkpoint, got both")
-    overrides = {k: v for k, v in (("num_heads", args.num_heads), ("image_size", args.image_size)) if v}
+    overrides = cli.checkpoint_overrides(args)
     print(format_checkpoint_table(verify_checkpoint(args.checkpoint, args.image, args.dtypes, **overrides)))
 
 
