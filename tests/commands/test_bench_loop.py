@@ -1,0 +1,35 @@
+"""python -m paper.bench --model mnist-vit: the training loop's benchmark, in miniature (one round of one step)."""
+import json
+
+import pytest
+import torch
+
+import paper.bench as bench
+from paper.reports.loop_measure import PHASES
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_loop_benchmark_writes_speeds_the_ratio_to_timm_and_phase_shares_that_sum_to_one(tmp_path):
+    result = bench.main(["--model", "mnist-vit", "--threads", "1", "--steps", "1", "--repeats", "1",
+                         "--out", str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loop.json", "loop.md", "loop.png"]
+    assert json.loads((tmp_path / "loop.json").read_text())["loop"].keys() == result["loop"].keys()
+    loop = result["loop"]
+    assert list(loop) == ["ours ViT", "timm ViT", "paper.train pretrain", "paper.train finetune"]
+    assert loop["ours ViT"]["batch"] == 32 and loop["paper.train pretrain"]["image_size"] == [16, 16]
+    assert loop["ours ViT"]["vs_timm"]["median"] > 0
+    for c in loop.values():
+        assert list(c["phase_share"]) == list(PHASES) and sum(c["phase_share"].values()) == pytest.approx(1)
+        assert all(s > 0 for s in c["phase_s"].values())
+    assert "× timm" in (tmp_path / "loop.md").read_text()
+
+
+def test_training_loop_names_mixed_with_a_model_name_are_refused():
+    with pytest.raises(ValueError, match="--model: expected training-loop names among"):
+        bench.main(["--model", "mnist-vit,ViT-B/16"])
