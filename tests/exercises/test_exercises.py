@@ -558,13 +558,15 @@ def rollout_on_and_off_strokes(attention: list, cfg, strokes: torch.Tensor) -> t
     return on, off
 
 
-# What the pictures model showed when trained with seeds 0-3 on this project's AMD EPYC (`python -m paper.train
-# --data mnist --seed S`; the workbooks read seed 0): first layer 12.6-13.3 px, last 13.6-13.9 px; rollout per stroke
-# patch 0.034-0.038, per background patch 0.013-0.014, their ratio 2.4-2.9×, strokes ahead on all 200 digits; every
-# E_pos tile peaking at its own patch, its nearest other patch a neighbour for 45-48 of the 49; mean cosine 0.65-0.68
-# beside, 0.39-0.44 diagonal, 0.12-0.18 two along, 0.23-0.34 at the two ends. The bounds below widen that spread;
-# the relations held on every seed and are asserted exactly.
-PICTURES_SPREAD = {"first": (12.4, 13.5), "last": (13.3, 14.1), "on": (0.030, 0.042), "off": (0.0115, 0.0155),
+# What the pictures model showed when trained with seeds 0-6 on this project's AMD EPYC (`python -m paper.train
+# --data mnist --seed S`; the workbooks read seed 0; the bounds were first set from seeds 0-3, and seeds 4-6, trained
+# afterwards, fell outside two of them, so they were widened to the spread of all seven): first layer 12.1-13.3 px,
+# last 13.1-13.9 px; rollout per stroke patch 0.034-0.041, per background patch 0.012-0.014, their ratio 2.4-3.3×,
+# strokes ahead on all 200 digits; every E_pos tile peaking at its own patch, its nearest other patch a neighbour for
+# 45-48 of the 49; mean cosine 0.65-0.69 beside, 0.39-0.45 diagonal, 0.12-0.18 two along, 0.23-0.35 at the two ends.
+# The bounds below widen that spread by about half of it each way; the relations held on every seed and are
+# asserted exactly.
+PICTURES_SPREAD = {"first": (11.6, 13.8), "last": (12.6, 14.1), "on": (0.028, 0.048), "off": (0.0105, 0.0160),
                    "neighbours": 43, "mean_at": [(0.60, 0.75), (0.34, 0.50), (0.07, 0.23), (0.18, 0.40)]}
 
 
@@ -634,18 +636,19 @@ def test_workbook_04_zero_head_starts_at_log_k():
     assert loss.item() == pytest.approx(math.log(5), abs=1e-6)
 
 
-# Workbook 09 Task 5 on this project's AMD EPYC, seeds 0-4 (the workbook runs seed 0): token pooling at lr 1e-3
-# 73.8-78.8%, at 1e-2 87.9-92.9%; average pooling 77.1-83.4% and 88.7-92.4%. Average pooling led at 1e-3 in all five,
-# at 1e-2 in three. The bounds below are that spread widened by about 3 points each way.
-POOLING_BOUNDS = {"token pooling, Adam lr 0.001": (70, 82), "token pooling, Adam lr 0.01": (85, 96),
-                  "avg pooling, Adam lr 0.001": (74, 87), "avg pooling, Adam lr 0.01": (85, 96)}
+# Workbook 09 Task 5 on this project's AMD EPYC, seeds 0-7 (the workbook runs seed 0; bounds first set from seeds 0-4,
+# widened after seeds 5-7 fell outside them): token pooling at lr 1e-3 73.8-80.9%, at 1e-2 86.9-92.9%; average pooling
+# 75.8-83.4% and 83.9-92.4%. lr 1e-2 beat 1e-3 for both poolings on every seed; average pooling led at 1e-3 on 7 of
+# 8 seeds and at 1e-2 on 4, so neither lead is asserted. Bounds widen the spread by about half of it each way.
+POOLING_BOUNDS = {"token pooling, Adam lr 0.001": (70, 85), "token pooling, Adam lr 0.01": (83, 96),
+                  "avg pooling, Adam lr 0.001": (72, 87), "avg pooling, Adam lr 0.01": (80, 96)}
 
 
 @pytest.mark.slow
 def test_workbook_09_pooling_runs_print_what_the_text_says(graded):
-    """The text: at lr 1e-3 average pooling is ahead, at 1e-2 both reach about 90%, with neither ahead beyond the
-    seeds' spread. Asserted: each accuracy within the seeds' bounds, 1e-2 above 1e-3 for both poolings, average
-    pooling ahead at 1e-3 (the relations held on every seed)."""
+    """The text: at lr 1e-3 average pooling is usually ahead, at 1e-2 both reach about 90%, with neither ahead beyond
+    the seeds' spread. Asserted: each accuracy within the seeds' bounds, and 1e-2 above 1e-3 for both poolings (the
+    relation that held on every seed)."""
     found = dict(re.findall(r"(\w+ pooling, Adam lr [\d.e-]+): ([\d.]+)%", printed(graded[0]["09_encoder_block"], 5)))
     accuracy = {k: float(v) for k, v in found.items()}
     assert sorted(accuracy) == sorted(POOLING_BOUNDS)
@@ -653,7 +656,6 @@ def test_workbook_09_pooling_runs_print_what_the_text_says(graded):
         assert low <= accuracy[row] <= high, (row, accuracy[row])
     for kind in ("token", "avg"):
         assert accuracy[f"{kind} pooling, Adam lr 0.01"] > accuracy[f"{kind} pooling, Adam lr 0.001"]
-    assert accuracy["avg pooling, Adam lr 0.001"] > accuracy["token pooling, Adam lr 0.001"]
 
 
 @pytest.mark.slow
@@ -679,15 +681,15 @@ def test_workbook_11_components_of_the_trained_filters_against_sklearn():
         shares[name] = pca.explained_variance_ratio_
         last = pca.components_[-1]
     assert shares["initial"] == pytest.approx([0.33, 0.25, 0.23, 0.19], abs=0.01)    # the seeded initialisation
-    # Trained with seeds 0-3 on this project's AMD EPYC (`python -m paper.train --data digits --stages pretrain --seed
-    # S`; the workbook reads seed 0): shares 0.35-0.43, 0.26-0.31, 0.20-0.24, 0.12-0.14, the last component's entries
-    # 0.31-0.63 in size, of one sign. Bounds widen that spread; the relations held on every seed.
+    # Trained with seeds 0-6 on this project's AMD EPYC (`python -m paper.train --data digits --stages pretrain --seed
+    # S`; the workbook reads seed 0): shares 0.35-0.43, 0.25-0.31, 0.20-0.25, 0.11-0.14, the last component's entries
+    # 0.29-0.67 in size, of one sign. Bounds widen that spread; the relations held on every seed.
     concentrated = shares["trained"]
     assert all(a > b for a, b in zip(concentrated[:-1], concentrated[1:], strict=True)) and concentrated[0] > shares["initial"][0]
     assert concentrated[-1] < shares["initial"][-1]
-    for share, (low, high) in zip(concentrated, [(0.31, 0.47), (0.22, 0.35), (0.16, 0.28), (0.09, 0.17)], strict=True):
+    for share, (low, high) in zip(concentrated, [(0.30, 0.48), (0.21, 0.35), (0.16, 0.29), (0.08, 0.17)], strict=True):
         assert low <= share <= high, concentrated
-    assert len(set(np.sign(last))) == 1 and np.abs(last) == pytest.approx(np.full(4, 0.5), abs=0.22)
+    assert len(set(np.sign(last))) == 1 and np.abs(last) == pytest.approx(np.full(4, 0.5), abs=0.3)
 
 
 def test_workbook_05_grader_formulas_equal_the_libraries_when_nothing_is_wrong():
