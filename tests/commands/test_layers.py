@@ -95,3 +95,9 @@ def test_only_the_family_record_asks_for_a_config_type():
                     "SwinConfig" in ast.unparse(node.args[1])):
                 asking.append(str(path.relative_to(PAPER.parent)))
     assert asking == []
+
+
+def test_test_files_have_names_unique_across_the_folders():
+    """pytest imports each test file by its base name (no packages under tests/): two of one name cannot both run."""
+    names = [p.name for p in PAPER.parent.joinpath("tests").rglob("*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
