@@ -558,16 +558,17 @@ def rollout_on_and_off_strokes(attention: list, cfg, strokes: torch.Tensor) -> t
     return on, off
 
 
-# What the pictures model showed when trained with seeds 0-6 on this project's AMD EPYC (`python -m paper.train
-# --data mnist --seed S`; the workbooks read seed 0; the bounds were first set from seeds 0-3, and seeds 4-6, trained
-# afterwards, fell outside two of them, so they were widened to the spread of all seven): first layer 12.1-13.3 px,
-# last 13.1-13.9 px; rollout per stroke patch 0.034-0.041, per background patch 0.012-0.014, their ratio 2.4-3.3×,
+# What the pictures model showed when trained with seeds 0-9 on this project's AMD EPYC (`python -m paper.train
+# --data mnist --seed S`; the workbooks read seed 0; seeds 7-9 trained by the code with fused AdamW). The bounds were
+# first set from seeds 0-3; seeds 4-6, trained afterwards, fell outside two of them, and seed 9 reversed a relation
+# (the border's ends less alike than two patches apart), so they come from all ten: first layer 12.1-13.3 px, last
+# 13.1-13.9 px; rollout per stroke patch 0.034-0.041, per background patch 0.012-0.014, their ratio 2.3-3.3×,
 # strokes ahead on all 200 digits; every E_pos tile peaking at its own patch, its nearest other patch a neighbour for
-# 45-48 of the 49; mean cosine 0.65-0.69 beside, 0.39-0.45 diagonal, 0.12-0.18 two along, 0.23-0.35 at the two ends.
-# The bounds below widen that spread by about half of it each way; the relations held on every seed and are
+# 45-49 of the 49; mean cosine 0.65-0.70 beside, 0.39-0.47 diagonal, 0.12-0.20 two along, 0.13-0.35 at the two ends.
+# The bounds below widen that spread by about half of it each way; the relations that held on every seed are
 # asserted exactly.
 PICTURES_SPREAD = {"first": (11.6, 13.8), "last": (12.6, 14.1), "on": (0.028, 0.048), "off": (0.0105, 0.0160),
-                   "neighbours": 43, "mean_at": [(0.60, 0.75), (0.34, 0.50), (0.07, 0.23), (0.18, 0.40)]}
+                   "neighbours": 43, "mean_at": [(0.60, 0.75), (0.34, 0.51), (0.07, 0.24), (0.05, 0.45)]}
 
 
 def within(value: float, bounds: tuple[float, float]) -> bool:
@@ -603,8 +604,8 @@ def test_pictures_model_rollout_sits_on_the_strokes(pictures):
 def test_pictures_model_position_embedding_peaks_at_its_own_patch_and_neighbours(pictures):
     """Workbook 03, from scikit-learn's cosine_similarity: every tile of the trained E_pos peaks at its own patch, the
     most similar other patch is a neighbour for nearly every tile (not for all: which tiles miss changes with the
-    seed); on average more similar beside than diagonally, more diagonally than two along a row or column, and the
-    two ends of a row or column (the blank border) more alike than two along."""
+    seed); on average more similar beside than diagonally, more diagonally than two along a row or column. The two
+    ends of a row or column (the blank border) are often alike again, but not on every seed: only bounded."""
     from sklearn.metrics.pairwise import cosine_similarity
     params, cfg, _, _ = pictures
     sim = torch.from_numpy(cosine_similarity(params["pos"][0, 1:].double().numpy()))   # (49, 49)
@@ -618,7 +619,7 @@ def test_pictures_model_position_embedding_peaks_at_its_own_patch_and_neighbours
         return sim[((dr == a) & (dc == b)) | ((dr == b) & (dc == a))].mean().item()
 
     beside, diagonal, two_along, ends = mean_at(0, 1), mean_at(1, 1), mean_at(0, 2), mean_at(0, 6)
-    assert beside > diagonal > two_along and ends > two_along
+    assert beside > diagonal > two_along
     assert all(within(v, b) for v, b in zip((beside, diagonal, two_along, ends), PICTURES_SPREAD["mean_at"],
                                             strict=True))
 
