@@ -129,6 +129,16 @@ def loop_models(text: str) -> list[str] | None:
     return names
 
 
+def report(result: dict, out: str, stem: str, table_of, plot_to) -> dict:
+    """OUT/STEM.json, OUT/STEM.md (printed too) and OUT/STEM.png of a result. -> the result."""
+    table = table_of(result)
+    write_text(os.path.join(out, f"{stem}.json"), json.dumps(result, indent=1))
+    write_text(os.path.join(out, f"{stem}.md"), table)
+    plot_to(result, os.path.join(out, f"{stem}.png"))
+    print(table)
+    return result
+
+
 def main_loop(models: list[str], args, argv) -> dict:
     """The training loop's benchmark: loop.json, loop.md and loop.png in --out."""
     if args.device != "cpu":
@@ -138,12 +148,7 @@ def main_loop(models: list[str], args, argv) -> dict:
            "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
            "command": shlex.join(["python", "-m", "paper.bench", *(sys.argv[1:] if argv is None else argv)])}
     result = {"run": run, "loop": measure_loop(models, args.steps, args.repeats)}
-    table = loop_markdown(result)
-    write_text(os.path.join(args.out, "loop.json"), json.dumps(result, indent=1))
-    write_text(os.path.join(args.out, "loop.md"), table)
-    loop_plot(result, os.path.join(args.out, "loop.png"))
-    print(table)
-    return result
+    return report(result, args.out, "loop", loop_markdown, loop_plot)
 
 
 def main(argv=None) -> dict:
@@ -167,12 +172,7 @@ def main(argv=None) -> dict:
         result = {"run": run, "config": dataclasses.asdict(cfg), "main": measure(cfg, tuple(names), args, progress),
                   "sweep": [{"model": m, **measure(paper_config(m, image_size=s), SWEEP_CONTENDERS, args, progress)}
                             for m, s in sweep]}
-    table = markdown(result)
-    write_text(os.path.join(args.out, "bench.json"), json.dumps(result, indent=1))
-    write_text(os.path.join(args.out, "bench.md"), table)
-    plot(result, os.path.join(args.out, "bench.png"))
-    print(table)
-    return result
+    return report(result, args.out, "bench", markdown, plot)
 
 
 if __name__ == "__main__":
