@@ -1,6 +1,7 @@
-"""The summary paper.compare reports of its runs: per model, what it is (parameters, multiply-adds counted by
-torch.utils.flop_counter, inference images/s) and, over seeds, its accuracy and final training loss per size, its
-probes and its training time."""
+"""The summary paper.compare reports of its runs: per model, what it is (parameters, multiply-adds of inference and of
+a training step counted by torch.utils.flop_counter, inference images/s) and, over seeds, per size: its test
+accuracy at convergence and how it converged (epochs, final training loss, training accuracy); its probes and its
+training time."""
 import dataclasses
 import time
 
@@ -13,21 +14,30 @@ from paper.training.comparison import LABELS, build, test_images
 from paper.training.data import eval_preprocessing
 
 
-def multiply_adds(model, cfg) -> int:
-    """Multiply-adds of one image's forward pass, as torch.utils.flop_counter counts them (its FLOPs are 2 per
+def multiply_adds(model, cfg, training: bool = False) -> int:
+    """Multiply-adds per image of the forward pass, or with `training` of a training step (forward and backward, the
+    gradients of the weights and of the activations), as torch.utils.flop_counter counts them (its FLOPs are 2 per
     multiply-add of every matmul and convolution; normalisation, activations and pooling are not counted). A ViT that
     trains on the fast path is counted on its explicit path, the same function: the counter does not see into the
     fused attention kernel, and the fast path's last block skips work the model's definition does."""
-    fast = getattr(model, "fast", False)
-    if fast:
+    fast = getattr(model, "fast", None)
+    if fast is not None:
         model.fast = False
+    images = torch.zeros(2, cfg.in_channels, *cfg.image_size)         # 2: BatchNorm trains on more than one value
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, cfg.in_channels, *cfg.image_size))
+        with FlopCounterMode(display=False) as counter:
+            if training:
+                model.train()
+                logits = model(images)
+                (logits[0] if isinstance(logits, tuple) else logits).sum().backward()
+            else:
+                with torch.no_grad():
+                    model.eval()(images)
     finally:
-        if fast:
-            model.fast = True
-    return counter.get_total_flops() // 2
+        if fast is not None:
+            model.fast = fast
+        model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() // 2 // len(images)
 
 
 def images_per_second(classify, images: torch.Tensor, repeats: int = 3) -> float:
@@ -42,9 +52,9 @@ def images_per_second(classify, images: torch.Tensor, repeats: int = 3) -> float
     return len(images) / best
 
 
-def summarise(results: list[dict]) -> dict:
-    """Per model: what it is (parameters, multiply-adds, inference speed), accuracy and final training loss per size,
-    probes, time."""
+def summarise(results: list[dict], batch: int) -> dict:
+    """Per model: what it is (parameters, multiply-adds, inference speed), and per size over seeds its test accuracy
+    and convergence (epochs, final training loss, training accuracy), its probes, its time."""
     images, _ = test_images()
     models = {}
     for name in LABELS:
@@ -52,7 +62,9 @@ def summarise(results: list[dict]) -> dict:
         if not runs:
             continue
         model = build(name, 0)   # the architecture: speed and counts do not depend on the weights
-        classify = Classifier(model, eval_preprocessing(model.cfg.image_size))
+        counts = {"multiply_adds": multiply_adds(model, model.cfg),
+                  "training_multiply_adds": multiply_adds(model, model.cfg, training=True) * batch}  # per step
+        classify = Classifier(model, eval_preprocessing(model.cfg.image_size))              # frozen from here
         sizes = sorted({r["size"] for r in runs})
 
         def by_size(key: str, runs=runs, sizes=sizes) -> dict:
@@ -61,13 +73,16 @@ def summarise(results: list[dict]) -> dict:
         probed = [r["probes"] for r in runs if "probes" in r]
         models[name] = {
             "label": LABELS[name], "config": dataclasses.asdict(model.cfg),
-            "params": sum(p.numel() for p in model.parameters()), "multiply_adds": multiply_adds(model, model.cfg),
+            "params": sum(p.numel() for p in model.parameters()), **counts,
             "inference_images_per_s": images_per_second(classify, images),
             "train_seconds": mean_std([r["train_seconds"] for r in runs]),
-            "accuracy": by_size("test_accuracy"), "final_train_loss": by_size("final_train_loss"),
+            "accuracy": by_size("test_accuracy"), "epochs": by_size("epochs"), "steps": by_size("steps"),
+            "final_train_loss": by_size("final_train_loss"), "train_accuracy": by_size("train_accuracy"),
             "probes": {"shift": [mean_std([p["shift"][k] for p in probed]) for k in range(len(probed[0]["shift"]))],
                        "permuted": mean_std([p["permuted"] for p in probed])} if probed else None}
     pretraining = [r for r in results if r["model"] == "pretraining"]
     return {"models": models, "pretraining": None if not pretraining else {
         "images": pretraining[0]["size"], "train_seconds": mean_std([r["train_seconds"] for r in pretraining]),
+        "epochs": mean_std([r["epochs"] for r in pretraining]),
+        "val_accuracy": mean_std([r["val_accuracy"] for r in pretraining]),
         "mnist_accuracy_before_fine_tuning": mean_std([r["test_accuracy"] for r in pretraining])}}

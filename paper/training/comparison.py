@@ -3,36 +3,62 @@ model, a training-set size, a seed) as a job a worker process can take; the jobs
 prerequisites allow (the pre-training before the pre-trained ViT, the ResNet before its DeiT students); the summary
 over seeds."""
 import dataclasses
+import itertools
+import json
 import multiprocessing
 import os
-import statistics
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from functools import cache
 
 import torch
-from torch.utils.data import ConcatDataset
 from tqdm import tqdm
 
 import lowlevel as vit
 from paper.analysis.probes import probe
 from paper.models.cnn import ResNetClassifier, ResNetConfig
+from paper.formats.atomic import write_text
 from paper.models.explicit_params import ExplicitParams
 from paper.training.classifier import Classifier
-from paper.training.data import ImageArray, eval_preprocessing, load_data
+from paper.training.data import EvalView, ImageArray, eval_preprocessing, load_data
 from paper.training.distillation import Distillation, load_teacher
-from paper.training.loop import Run, train_stage
+from paper.training.early_stopping import EarlyStopping
+from paper.training.loop import Run, evaluate, train_stage
 from paper.training.processes import Processes
 from paper.training.recipes import DIGITS_PRETRAIN, MNIST_MODEL, MNIST_PRETRAIN
 from paper.training.stages import finetuning_model, pretraining_model, with_steps
 from paper.training.state import checkpoint_config, load_checkpoint
 
-# Every model trains on MNIST by MNIST's pre-training recipe at 28×28, the pre-trained ViT too: Adam at 3e-3, warm-up
-# and cosine decay, weight decay 0.1, clipping at 1, crops of 80-100% of the area, no flip. The ViTs get a linear head
-# and no dropout. These choices, the batch of 32 and the learning rate were made on a validation split carved from the
-# training images (never the test images): within the budget the ViT learned faster without dropout, with a linear
-# head and with batches of 32 rather than 64 for the same images; 3e-3 beat 1e-3 for the ResNet and was within 3
-# points of 6e-3 for the ViT, either way; without the crops both models lost 8-24 points on 100 images.
+# Every model trains on MNIST by MNIST's pre-training recipe at 28×28, the pre-trained ViT too: Adam, warm-up and
+# cosine decay to the step cap, clipping at 1, crops of 80-100% of the area, no flip, batches of 32; the ViTs get a
+# linear head and no dropout. The learning rate, weight decay and (for the ViTs from scratch) warm-up are each
+# model's own, chosen on a validation split by GRIDS below.
 RECIPE = dataclasses.replace(MNIST_PRETRAIN, image_size=28, dropout=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class HyperParameters:
+    lr: float
+    weight_decay: float     # decoupled, multiplied by the learning rate (torch.optim.AdamW)
+    warmup: float           # the warm-up's share of the step cap
+
+
+def grid(lrs, weight_decays, warmups) -> tuple[HyperParameters, ...]:
+    return tuple(HyperParameters(*hp) for hp in itertools.product(lrs, weight_decays, warmups))
+
+
+# The grid each model's hyper-parameters are chosen from: the best validation accuracy at TUNE_SIZE, seed 0 (the
+# earliest in grid order of equals). The ViTs from scratch also choose their warm-up; a pre-trained ViT and the CNN
+# warm up for 5% of the cap.
+GRIDS = {"vit": grid((1e-3, 3e-3), (0.03, 0.3), (0.05, 0.2)), "vit-large": grid((1e-3, 3e-3), (0.03, 0.3), (0.05, 0.2)),
+         "vit-pretrained": grid((1e-3, 3e-3), (0.03, 0.3), (0.05,)), "cnn": grid((1e-3, 3e-3), (0.03, 0.3), (0.05,))}
+# Models that take another's choice: the ViT without E_pos and DeiT's students the ViT's (DeiT trains its students
+# by the ViT's recipe), the CIFAR-stem ResNet the stock stem's.
+TUNED_AS = {"vit-no-pos": "vit", "vit-hard": "vit", "vit-soft": "vit", "cnn-cifar": "cnn"} | {m: m for m in GRIDS}
+TUNE_SIZE = 1600
+# What `--full`'s grid chose (paper/results/compare.json, "chosen"; a test holds the two equal): the hyper-parameters
+# of every run that does not tune.
+CHOSEN = {"vit": HyperParameters(3e-3, 0.03, 0.05), "vit-large": HyperParameters(3e-3, 0.03, 0.05),
+          "vit-pretrained": HyperParameters(3e-3, 0.03, 0.05), "cnn": HyperParameters(3e-3, 0.03, 0.05)}
 
 
 # The digits-sized ViT with a linear head (MNIST_MODEL), a larger one, and one without E_pos. vit-pretrained ends as
@@ -68,14 +94,20 @@ PATCH_SIZE = MNIST_MODEL.patch_size
 TRAIN_IMAGES = 4000
 
 
+VALIDATION_SHARE = 5        # one image in five of each class of a subset is its validation split
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     sizes: tuple[int, ...]
     seeds: int
-    steps: int
+    steps: int              # the cap: at most this many steps (the schedule's length), fewer when stopped early
     batch: int
-    pretrain_steps: int
+    eval_every: int         # steps between evaluations (validation, and the test digits for the compute view)
+    patience: int           # evaluations without a better validation accuracy before a run stops
+    pretrain_steps: int     # the cap of vit-pretrained's pre-training, stopped by the same rule
     cifar_seeds: int
+    tune: bool              # choose each model's hyper-parameters by its grid first (else: CHOSEN)
     threads: int
     out: str
     models: tuple[str, ...]
@@ -84,8 +116,20 @@ class Settings:
 @dataclasses.dataclass(frozen=True)
 class Job:
     model: str          # a key of LABELS, or "pretraining" (vit-pretrained's first stage, on the 8×8 digits)
-    size: int           # training images (the 1,797 digits for "pretraining")
+    size: int           # training images, validation split included (the 1,797 digits for "pretraining")
     seed: int
+    hp: HyperParameters | None = None   # a tuning run's; None: the model's chosen ones
+
+    @property
+    def name(self) -> str:
+        if self.model == "pretraining":
+            return f"pretrained_seed{self.seed}"
+        tuning = f"_lr{self.hp.lr:g}_wd{self.hp.weight_decay:g}_wu{self.hp.warmup:g}" if self.hp else ""
+        return f"{self.model}_n{self.size}_seed{self.seed}{tuning}"
+
+    def record_path(self, out: str) -> str:
+        """Where the finished run's record lies: a rerun skips the runs whose record exists."""
+        return os.path.join(out, "tuning" if self.hp else "runs", f"{self.name}.json")
 
 
 @cache
@@ -107,6 +151,19 @@ def stratified_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tenso
     return torch.cat(chosen).sort().values
 
 
+def split_validation(data: ImageArray, seed: int) -> tuple[ImageArray, ImageArray]:
+    """Every VALIDATION_SHARE-th image of each class (at least one), drawn by `seed`, held out. -> (train, validation)."""
+    g, held_out = torch.Generator().manual_seed(seed + 7919), []
+    for c in data.labels.unique():
+        members = (data.labels == c).nonzero().flatten()
+        count = max(1, round(len(members) / VALIDATION_SHARE))
+        held_out.append(members[torch.randperm(len(members), generator=g)[:count]])
+    validation = torch.zeros(len(data), dtype=torch.bool)
+    validation[torch.cat(held_out)] = True
+    return (ImageArray(data.images[~validation], data.labels[~validation]),
+            ImageArray(data.images[validation], data.labels[validation]))
+
+
 def test_images() -> tuple[torch.Tensor, torch.Tensor]:
     """The 1,000 test digits as one batch, pixels in [0, 1] as the data set gives them, and their labels."""
     _, test = mnist()
@@ -125,25 +182,48 @@ def build(model: str, seed: int) -> torch.nn.Module:
                           heads=cfg.distilled)
 
 
-def run_job(job: Job, s: Settings) -> dict:
-    """Train one model on one subset and test it; on the largest set, probe it too. -> a result record."""
+def recipe_of(hp: HyperParameters, s: Settings):
+    """RECIPE with the run's hyper-parameters, its step cap and batch."""
+    return dataclasses.replace(RECIPE, base_lr=hp.lr, weight_decay=hp.weight_decay, total_steps=s.steps,
+                               warmup_steps=round(hp.warmup * s.steps), batch_size=s.batch)
+
+
+def convergence(log: dict, model, train: ImageArray, batch: int, procs: Processes) -> dict:
+    """What an early-stopped stage's log says of its run: steps and epochs taken, the training loss over its last
+    evaluation period, the best validation accuracy, and the test and training accuracy of the weights that reached
+    it (the model, restored to them)."""
+    best = next(r for r in log["eval"] if r["step"] == log["best"]["step"])
+    return {"steps": log["stopped_at"], "epochs": log["stopped_at"] * batch / len(train),
+            "best_step": best["step"], "val_accuracy": best["val_accuracy"], "test_accuracy": best["test_accuracy"],
+            "final_train_loss": log["eval"][-1]["train_loss"],
+            "train_accuracy": evaluate(model, EvalView(train, model.cfg.image_size[0]), procs, torch.float32),
+            "train_seconds": log["seconds"], "curve": log["eval"]}
+
+
+def run_job(job: Job, s: Settings, hp: HyperParameters | None) -> dict:
+    """Train one model on one subset until its validation accuracy stops improving, test its best weights; on the
+    largest set, probe them too. Writes and returns the run's record."""
     torch.set_num_threads(s.threads)
     train, test = mnist()
-    checkpoints = os.path.join(s.out, "checkpoints")
-    teaches = job.model == "cnn" and any(m in DISTILLED for m in s.models)
-    run = Run(out=checkpoints, procs=Processes(), seed=job.seed, progress=False,
-              save=job.model == "pretraining" or teaches or (job.size == max(s.sizes) and job.seed == 0))
+    checkpoints, procs = os.path.join(s.out, "checkpoints"), Processes()
+    run = Run(out=checkpoints, procs=procs, seed=job.seed, progress=False, eval_every=s.eval_every,   # the CNNs:
+              save=not job.hp and (job.model in ("pretraining", "cnn") or                          # any student's
+                                   (job.size == max(s.sizes) and job.seed == 0)))                  # teacher
     if job.model == "pretraining":
         digits_train, digits_test, _ = load_data("digits")
-        digits = ConcatDataset([digits_train, digits_test])        # all 1,797: the test set is MNIST's
+        data = ImageArray(torch.cat([digits_train.images, digits_test.images]),   # all 1,797: the test set is MNIST's
+                          torch.cat([digits_train.labels, digits_test.labels]))
+        train_part, run.stopping = split_validation_stopping(data, job.seed, s.patience)
         recipe = with_steps(PRETRAIN, s.pretrain_steps, None)
         params, cfg = pretraining_model(MNIST_MODEL, recipe, 1, 10, job.seed)
         model = ExplicitParams(params, cfg, fast=True)
-        log = train_stage(f"pretrained_seed{job.seed}", model, recipe, digits, test, run)
-        return {"model": job.model, "size": len(digits), "seed": job.seed, "train_seconds": log["seconds"],
-                "test_accuracy": log["eval"][-1]["test_accuracy"]}    # before fine-tuning, at 16×16
+        log = train_stage(job.name, model, recipe, train_part, test, run)
+        result = {"model": job.model, "size": len(data), "seed": job.seed,   # test: MNIST before fine-tuning, 16×16
+                  **convergence(log, model, train_part, recipe.batch_size, procs)}
+        return write_record(job, s, result)
     data = ImageArray(*(t[stratified_subset(train.labels, job.size, job.seed)] for t in (train.images, train.labels)))
-    recipe = with_steps(RECIPE, s.steps, s.batch)
+    train_part, run.stopping = split_validation_stopping(data, job.seed, s.patience)
+    recipe = recipe_of(hp, s)
     if job.model == "vit-pretrained":
         state = load_checkpoint(os.path.join(checkpoints, f"pretrained_seed{job.seed}.pt"))
         params, cfg = finetuning_model(state["params"], checkpoint_config(state), recipe, 10)
@@ -154,14 +234,42 @@ def run_job(job: Job, s: Settings) -> dict:
         model = build(job.model, job.seed)
     else:
         model = build(job.model, job.seed)
-    log = train_stage(f"{job.model}_n{job.size}_seed{job.seed}", model, recipe, data, test, run)
-    result = {"model": job.model, "size": job.size, "seed": job.seed, "train_seconds": log["seconds"],
-              "test_accuracy": log["eval"][-1]["test_accuracy"],
-              "final_train_loss": statistics.mean(r["loss"] for r in log["train"][-10:])}
-    if job.size == max(s.sizes):
+    log = train_stage(job.name, model, recipe, train_part, test, run)
+    result = {"model": job.model, "size": job.size, "seed": job.seed, "hp": dataclasses.asdict(hp),
+              **convergence(log, model, train_part, recipe.batch_size, procs)}
+    if job.size == max(s.sizes) and not job.hp:
         classify = Classifier(model, eval_preprocessing(model.cfg.image_size))
         result["probes"] = probe(classify, *test_images(), PATCH_SIZE, job.seed)
+    return write_record(job, s, result)
+
+
+def split_validation_stopping(data: ImageArray, seed: int, patience: int) -> tuple[ImageArray, EarlyStopping]:
+    """The training part of `data`, and early stopping on the rest."""
+    train_part, validation = split_validation(data, seed)
+    return train_part, EarlyStopping(validation, patience)
+
+
+def write_record(job: Job, s: Settings, result: dict) -> dict:
+    write_text(job.record_path(s.out), json.dumps(result, indent=1))
     return result
+
+
+def tuning_jobs(s: Settings) -> list[Job]:
+    """Each grid run of the models the sweep needs choices for (TUNE_SIZE images, seed 0), after the pre-training
+    the pre-trained ViT's grid starts from."""
+    owners = dict.fromkeys(TUNED_AS[m] for m in s.models)
+    return ([Job("pretraining", 0, 0)] if "vit-pretrained" in owners else []) + [
+        Job(m, TUNE_SIZE, 0, hp) for m in owners for hp in GRIDS[m]]
+
+
+def choose(records: list[dict]) -> dict[str, HyperParameters]:
+    """Per model, the grid point of the best validation accuracy (the earliest in grid order of equals)."""
+    chosen = {}
+    for m in dict.fromkeys(r["model"] for r in records):
+        runs = [r for r in records if r["model"] == m]
+        best = max(runs, key=lambda r: r["val_accuracy"])            # max keeps the first of equals
+        chosen[m] = HyperParameters(**best["hp"])
+    return chosen
 
 
 def jobs(s: Settings) -> list[Job]:
@@ -183,27 +291,36 @@ def prerequisite(job: Job) -> Job | None:
     return Job("cnn", job.size, job.seed) if job.model in DISTILLED else None
 
 
-def run_all(todo: list[Job], s: Settings, workers: int) -> list[dict]:
+def run_all(todo: list[Job], s: Settings, workers: int, chosen: dict[str, HyperParameters]) -> list[dict]:
     """Run the jobs, `workers` processes at a time (one: in this process, in order); a job starts once its
-    prerequisite has finished. A progress bar counts training steps."""
-    steps = {job: s.pretrain_steps if job.model == "pretraining" else s.steps for job in todo}
+    prerequisite has finished, a job whose record an earlier invocation wrote is read, not run. A progress bar counts
+    steps against the caps."""
     results, done_jobs = [], set()
-    with tqdm(total=sum(steps.values()), desc="compare", unit="step", dynamic_ncols=True) as bar:
+    cap = {job: s.pretrain_steps if job.model == "pretraining" else s.steps for job in todo}
+    hp = {job: job.hp or chosen.get(TUNED_AS.get(job.model)) for job in todo}
+    with tqdm(total=sum(cap.values()), desc="compare", unit="step", dynamic_ncols=True) as bar:
         def finished(job: Job, result: dict) -> None:
             results.append(result)
             done_jobs.add(job)
-            bar.update(steps[job])
+            bar.update(cap[job])
             bar.set_postfix_str(f"{job.model} n={result['size']} seed {job.seed}: {result['test_accuracy']:.1%}")
 
+        waiting = []
+        for job in todo:
+            if os.path.exists(job.record_path(s.out)):
+                with open(job.record_path(s.out)) as f:
+                    finished(job, json.load(f))
+            else:
+                waiting.append(job)
         if workers == 1:
-            for job in todo:
-                finished(job, run_job(job, s))
+            for job in waiting:
+                finished(job, run_job(job, s, hp[job]))
             return results
-        waiting, running = list(todo), {}
+        running = {}
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             while waiting or running:
                 for job in [j for j in waiting if prerequisite(j) in (None, *done_jobs)]:
-                    running[pool.submit(run_job, job, s)] = job
+                    running[pool.submit(run_job, job, s, hp[job])] = job
                     waiting.remove(job)
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:

@@ -26,6 +26,7 @@ from paper.training.distillation import (
     DistillationCriterion,
     LabelCriterion,
 )
+from paper.training.early_stopping import BestWeights, EarlyStopping
 from paper.training.lora import LoRAParams, LoRARun, check_same_adapters
 from paper.training.processes import Processes, all_reduce_sum, stop_requested
 from paper.training.schedules import Schedule
@@ -136,6 +137,7 @@ class Run:
     distillation: Distillation | None = None   # DeiT: the objective, with
     teacher: Callable[[torch.Tensor], torch.Tensor] | None = None   # the frozen teacher (distillation.load_teacher)
     lora: LoRARun | None = None                 # fine-tune through LoRA adapters (lora_training.py)
+    stopping: EarlyStopping | None = None       # stop on a validation split, keep the best weights (early_stopping.py)
     save: bool = True         # False: no checkpoint at all (paper.compare keeps only the models it names)
     progress: bool = True     # False: no progress bar (paper.compare shows one for the whole sweep)
     # What else defines the run, checked when it resumes: the data set, the distillation objective and the teacher's
@@ -151,8 +153,13 @@ def train_stage(name: str, model: nn.Module, recipe, train_data, test_data, run:
     """Train `model` in place by `recipe` for its total_steps, checkpointing to OUT/NAME.pt. -> the stage's log.
     With run.distillation the model returns two heads' logits and learns from run.teacher too. The training stream
     depends on the seed and the recipe's stage only, so two models trained by one recipe and seed see the same
-    batches. Ctrl-C or SIGTERM: the step in hand is finished and saved, then KeyboardInterrupt."""
+    batches. Ctrl-C or SIGTERM: the step in hand is finished and saved, then KeyboardInterrupt.
+    With run.stopping each evaluation scores the validation split too, the stage ends once it has not improved for
+    the patience, and the model ends (and is saved) with the weights of its best validation accuracy."""
     procs, path, cfg = run.procs, os.path.join(run.out, f"{name}.pt"), model.cfg
+    if run.stopping and run.resume:
+        raise ValueError("resume: expected no early stopping, whose best weights live in memory only; a stopped "
+                         "run is rerun, not resumed")
     lora = run.lora if isinstance(model, LoRAParams) else None
     model = model.to(procs.device, run.dtype).train()
     if run.distillation is not None:
@@ -190,6 +197,8 @@ def train_stage(name: str, model: nn.Module, recipe, train_data, test_data, run:
     loader = DataLoader(stream, batch_sampler=StepBatches(done + 1, recipe.total_steps, recipe.batch_size, procs),
                         num_workers=run.workers, generator=torch.Generator())  # not the global RNG dropout draws from
     evaluation = EvalView(test_data, cfg.image_size[0])
+    best = BestWeights(run.stopping, cfg.image_size[0]) if run.stopping else None
+    since_eval = []                                                  # training losses since the last evaluation
     bar = tqdm(total=recipe.total_steps, initial=done, desc=name, disable=procs.rank != 0 or not run.progress,
                dynamic_ncols=True)
     start = time.perf_counter()
@@ -202,18 +211,31 @@ def train_stage(name: str, model: nn.Module, recipe, train_data, test_data, run:
             loss = train_step(trained, optimizer, scheduler, images, labels, accum_steps=run.accum_steps,
                               grad_clip=recipe.grad_clip, procs=procs, bf16=run.bf16, criterion=criterion)
             log["train"].append({"step": step, "loss": loss, "lr": lr})
+            since_eval.append(loss)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
             last = step == recipe.total_steps
             if last or (run.eval_every and step % run.eval_every == 0):
-                log["eval"].append({"step": step, "test_accuracy": evaluate(model, evaluation, procs, run.dtype)})
+                record = {"step": step, "train_loss": sum(since_eval) / len(since_eval),
+                          "test_accuracy": evaluate(model, evaluation, procs, run.dtype)}
+                since_eval = []
+                if best:
+                    record["val_accuracy"] = evaluate(model, best.view, procs, run.dtype)
+                    best.observe(model, step, record["val_accuracy"])
+                    last = last or best.patience_spent()
+                log["eval"].append(record)
             stop = stop_requested(interrupt, procs)
+            if best and last:
+                log["best"] = best.restore(model)
+                log["stopped_at"] = step
             if run.save and (stop or last or (run.save_every and step % run.save_every == 0)):
                 save(path, model, cfg, recipe, optimizer, scheduler, step, log, procs, run,
                      lora.fields() if lora else {})
             if stop:
                 raise KeyboardInterrupt(f"{name} stopped after step {step} of {recipe.total_steps}; {path} holds it, "
                                         f"--resume goes on from there")
+            if last:
+                break
     log.setdefault("seconds", 0.0)
     log["seconds"] += time.perf_counter() - start
     return log

@@ -4,6 +4,7 @@ preprocessing, and `python -m paper.compare --quick`'s code path end to end, sma
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,12 +24,14 @@ from paper.training import comparison
 from paper.training.classifier import load_classifier
 from paper.training.data import EvalView, ImageArray
 from paper.training.loop import Run, train_stage
+from paper.reports.statistics import separated
 from paper.training.processes import Processes
 from paper.training.stages import with_steps
 from paper.training.state import check_same_run, load_checkpoint
 from tests.helpers import random_params
 
 TRAIN_STEP = train_module.train_step
+REPO = Path(__file__).resolve().parents[2]
 
 
 def digits28(n: int, seed: int) -> ImageArray:
@@ -217,37 +220,118 @@ def test_help_describes_the_command(capsys):
     assert exit_help.value.code == 0 and "python -m paper.compare" in out and "--quick" in out
 
 
-@pytest.mark.slow
-def test_quick_comparison_code_path_end_to_end_small(tmp_path, monkeypatch):
-    """`--quick` with fewer steps, images and sizes, every model included (the CIFAR stem too), in this process
-    (--workers 1) and against the first 100 test digits: results, tables, picture and the seed-0 checkpoints of
-    the largest set, the CNN's loadable as a teacher."""
+SMALL = ["--sizes", "20", "40", "--steps", "3", "--eval-every", "1", "--patience", "1", "--batch", "8",
+         "--pretrain-steps", "2", "--workers", "1"]
+
+
+@pytest.fixture
+def hundred_test_digits(monkeypatch):
     train, test = comparison.mnist()
     monkeypatch.setattr(comparison, "mnist", lambda: (train, ImageArray(test.images[:100], test.labels[:100])))
-    result = compare.main(["--quick", "--sizes", "20", "40", "--steps", "2", "--batch", "8", "--pretrain-steps", "2",
-                           "--cifar-seeds", "1", "--workers", "1", "--out", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_full_comparison_code_path_end_to_end_small(tmp_path, hundred_test_digits):
+    """`--full` with fewer steps, images and sizes, every model included (the CIFAR stem too), the grids run, in this
+    process (--workers 1) and against the first 100 test digits: results, tables, pictures and the seed-0
+    checkpoints of the largest set, the CNN's loadable as a teacher."""
+    result = compare.main(["--full", *SMALL, "--seeds", "2", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "compare.json").read_text())
-    assert saved["settings"]["sizes"] == [20, 40] and saved["settings"]["seeds"] == 2
-    assert set(saved["models"]) == set(compare.DEFAULTS["models"]) == set(comparison.LABELS) - set(comparison.DISTILLED)
+    assert saved["settings"]["sizes"] == [20, 40] and saved["settings"]["seeds"] == 2 and saved["settings"]["tune"]
+    assert set(saved["models"]) == set(compare.FULL["models"]) == set(comparison.LABELS) - set(comparison.DISTILLED)
     for name in comparison.SWEEP:
         assert set(saved["models"][name]["accuracy"]) == {"20", "40"}
         assert saved["models"][name]["accuracy"]["40"]["n"] == 2
     assert set(saved["models"]["cnn-cifar"]["accuracy"]) == {"40"}
     assert saved["models"]["cnn"]["params"] == 11_175_370 and saved["models"]["cnn-cifar"]["params"] == 11_172_810
     for m in saved["models"].values():
-        assert m["multiply_adds"] > 0 and m["inference_images_per_s"] > 0
+        assert 0 < m["multiply_adds"] < m["training_multiply_adds"] and m["inference_images_per_s"] > 0
         assert len(m["probes"]["shift"]) == 5 and 0 <= m["probes"]["permuted"]["mean"] <= 1
-    assert all(0 <= r["test_accuracy"] <= 1 and r["train_seconds"] > 0 for r in saved["runs"])
+    for r in saved["runs"]:
+        assert 0 <= r["test_accuracy"] <= 1 and r["train_seconds"] > 0 and 1 <= r["steps"] <= 3
+        assert r["best_step"] <= r["steps"] and r["curve"][-1]["step"] == r["steps"]
+        fit = r["size"] - 10 * max(1, round(r["size"] / 50))                  # less the validation fifth
+        assert r["epochs"] == pytest.approx(r["steps"] * (64 if r["model"] == "pretraining" else 8) / fit, rel=0.01)
+        assert next(e for e in r["curve"] if e["step"] == r["best_step"])["test_accuracy"] == r["test_accuracy"]
     assert len(saved["runs"]) == 2 + 1 + 4 * 2 * 2 + 2        # pre-training, CIFAR stem, the sweep, no E_pos
+    assert len(saved["tuning"]) == sum(len(comparison.GRIDS[m]) for m in comparison.SWEEP)
+    assert {r["size"] for r in saved["tuning"]} == {comparison.TUNE_SIZE}
+    for m, hp in saved["chosen"].items():
+        grid = [r for r in saved["tuning"] if r["model"] == m]
+        assert next(r for r in grid if r["hp"] == hp)["val_accuracy"] == max(r["val_accuracy"] for r in grid)
+    assert all(r["hp"] == saved["chosen"][comparison.TUNED_AS[r["model"]]] for r in saved["runs"] if "hp" in r)
     table = (tmp_path / "compare.md").read_text()
     assert "| ResNet-18, stock stem | 11,175,370 |" in table and "patches permuted" in table
-    assert Image.open(tmp_path / "compare.png").format == "PNG"
+    for picture in ("compare.png", "compute.png", "curves.png"):
+        assert Image.open(tmp_path / picture).format == "PNG"
     checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert checkpoints == sorted([f"{m}_n40_seed0.pt" for m in compare.DEFAULTS["models"]] +
-                                 ["pretrained_seed0.pt", "pretrained_seed1.pt"])
+    assert checkpoints == sorted([f"{m}_n40_seed0.pt" for m in compare.FULL["models"] if m != "cnn"] +
+                                 [f"cnn_n{n}_seed{seed}.pt" for n in (20, 40) for seed in (0, 1)] +
+                                 ["pretrained_seed0.pt", "pretrained_seed1.pt"])     # every CNN: a teacher
     teacher = load_classifier(tmp_path / "checkpoints" / "cnn_n40_seed0.pt")
     assert teacher(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     assert result["seconds"] > 0 and math.isfinite(result["models"]["vit"]["accuracy"]["20"]["mean"])
+
+
+def test_a_rerun_skips_finished_runs_and_other_settings_are_refused(tmp_path, hundred_test_digits, monkeypatch):
+    """Resumable per run: a killed sweep loses only the run in progress, the same command goes on from the records;
+    a rerun with other settings is refused naming them, and --force starts again."""
+    argv = [*SMALL, "--models", "vit", "--sizes", "20", "--seeds", "2", "--out", str(tmp_path)]
+    run_job, calls = comparison.run_job, []
+
+    def killed_after_one(job, s, hp):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(job)
+        return run_job(job, s, hp)
+
+    monkeypatch.setattr(comparison, "run_job", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        compare.main(argv)
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [f"{calls[0].name}.json"]
+    first = json.loads((tmp_path / "runs" / f"{calls[0].name}.json").read_text())
+    monkeypatch.setattr(comparison, "run_job", lambda job, s, hp: calls.append(job) or run_job(job, s, hp))
+    result = compare.main(argv)
+    assert [job.seed for job in calls] == [0, 1] and first in result["runs"] and len(result["runs"]) == 2
+    with pytest.raises(ValueError, match=r"--out: expected a new folder or one holding the runs of these settings, "
+                                         r"got .*, whose runs had other settings \(patience 1 -> 2\); pass --force"):
+        compare.main([*argv, "--patience", "2"])
+    result = compare.main([*argv, "--patience", "2", "--force"])
+    assert [job.seed for job in calls] == [0, 1, 0, 1] and result["settings"]["patience"] == 2
+    result = compare.main([*argv, "--patience", "2", "--seeds", "3"])          # one more seed: one more run
+    assert [job.seed for job in calls] == [0, 1, 0, 1, 2] and len(result["runs"]) == 3
+
+
+def test_validation_splits_hold_a_fifth_of_each_class_apart_from_training():
+    train, _ = comparison.mnist()
+    for size in (20, 100, 630, 4000):
+        data = ImageArray(*(t[comparison.stratified_subset(train.labels, size, 3)] for t in (train.images, train.labels)))
+        fit, validation = comparison.split_validation(data, 3)
+        assert len(fit) + len(validation) == size
+        assert np.bincount(validation.labels.numpy()).tolist() == [max(1, round(size / 50))] * 10
+        pixels = {tuple(x.flatten().tolist()) for x in fit.images}
+        assert not any(tuple(x.flatten().tolist()) in pixels for x in validation.images[:50])
+
+
+def test_choose_takes_the_best_validation_accuracy_and_the_earliest_of_equals():
+    grid = comparison.GRIDS["vit"]
+    records = [{"model": "vit", "hp": dataclasses.asdict(hp), "val_accuracy": a}
+               for hp, a in zip(grid, (0.5, 0.7, 0.7, 0.6, 0.1, 0.2, 0.3, 0.4), strict=True)]
+    assert comparison.choose(records) == {"vit": grid[1]}
+
+
+def test_the_committed_choice_is_what_the_committed_full_sweep_chose():
+    """The profiles that do not tune train with --full's choice: CHOSEN is paper/results/compare.json's."""
+    committed = json.loads((REPO / "paper" / "results" / "compare.json").read_text())
+    assert committed["settings"]["tune"]
+    assert {m: dataclasses.asdict(hp) for m, hp in comparison.CHOSEN.items()} == committed["chosen"]
+
+
+def test_a_difference_is_called_only_when_it_clears_the_seeds_spread():
+    row = lambda mean, std, n=3: {"mean": mean, "std": std, "n": n}          # noqa: E731
+    assert separated(row(0.9, 0.01), row(0.8, 0.02)) and separated(row(0.8, 0.02), row(0.9, 0.01))
+    assert not separated(row(0.9, 0.05), row(0.8, 0.06))
+    assert not separated(row(0.9, 0.0, 1), row(0.1, 0.0, 1))                  # one seed calls nothing
 
 
 def test_the_pre_trained_vit_ends_as_the_vit_it_is_compared_with():
@@ -263,15 +347,13 @@ def test_the_pre_trained_vit_ends_as_the_vit_it_is_compared_with():
 
 
 @pytest.mark.slow
-def test_distilled_vits_learn_from_the_cnn_of_their_own_subset_and_seed(tmp_path, monkeypatch):
+def test_distilled_vits_learn_from_the_cnn_of_their_own_subset_and_seed(tmp_path, hundred_test_digits, monkeypatch):
     """--models cnn vit-hard vit-soft: each student is a distilled ViT (the two heads trained, the fused prediction
     tested) whose teacher is the CNN checkpoint of its own size and seed, trained first; nothing else runs."""
-    train, test = comparison.mnist()
-    monkeypatch.setattr(comparison, "mnist", lambda: (train, ImageArray(test.images[:100], test.labels[:100])))
     teachers, load_teacher = [], comparison.load_teacher
     monkeypatch.setattr(comparison, "load_teacher", lambda path: teachers.append(path) or load_teacher(path))
-    result = compare.main(["--models", "cnn", "vit-hard", "vit-soft", "--sizes", "20", "40", "--seeds", "2",
-                           "--steps", "2", "--batch", "8", "--workers", "1", "--out", str(tmp_path)])
+    result = compare.main([*SMALL, "--models", "cnn", "vit-hard", "vit-soft", "--seeds", "2", "--out",
+                           str(tmp_path)])
     assert set(result["models"]) == {"cnn", "vit-hard", "vit-soft"} and result["pretraining"] is None
     checkpoints = tmp_path / "checkpoints"
     assert sorted(teachers) == sorted(str(checkpoints / f"cnn_n{n}_seed{seed}.pt")
