@@ -36,10 +36,17 @@ def check_params(params: dict, expected: dict[str, tuple[int, ...]], what: str =
                        for k in set(expected) & set(params) if tuple(params[k].shape) != tuple(expected[k]))
     if missing or unexpected or misshaped:
         lines = [f"{what} do not match the config:"]
-        lines += [f"  missing key: {k}" for k in missing]
-        lines += [f"  unexpected key: {k}" for k in unexpected]
-        lines += [f"  mis-shaped key {m}" for m in misshaped]
+        lines += bad_keys("missing key:", missing) + bad_keys("unexpected key:", unexpected)
+        lines += bad_keys("mis-shaped key", misshaped)
         raise ValueError("\n".join(lines))
+
+
+def bad_keys(kind: str, entries: list[str], listed: int = 5) -> list[str]:
+    """One line per bad key, or for more than `listed` one line with their count and the first three: an error stays
+    short when a whole other model's weights were given."""
+    if len(entries) <= listed:
+        return [f"  {kind} {e}" for e in entries]
+    return [f"  {len(entries)} {kind.rstrip(':')}s, the first: {'; '.join(entries[:3])}; …"]
 
 
 def check_config(cfg, kind: type, what: str = "cfg") -> None:

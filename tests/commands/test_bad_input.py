@@ -105,6 +105,17 @@ def test_state_dict_errors_list_every_bad_key():
     assert "mis-shaped key head.bias: expected (4,), got (3,)" in text
 
 
+def test_a_whole_other_models_keys_are_counted_not_listed():
+    """A backbone's worth of extra keys (a timm hybrid R50+ViT has 156) makes one short line: the count and the
+    first three."""
+    sd = to_timm(vit.init_params(WIDE), WIDE) | {f"patch_embed.backbone.stages.{i}.conv.weight": torch.zeros(1)
+                                                 for i in range(156)}
+    with pytest.raises(ValueError) as err:
+        from_timm(sd, num_heads=2, image_size=(8, 12))
+    text = str(err.value)
+    assert "156 unexpected keys, the first: patch_embed.backbone.stages.0.conv.weight; " in text and len(text) < 300
+
+
 def test_to_timm_rejects_params_of_another_config():
     params = vit.init_params(WIDE)
     params["pos"] = torch.zeros(1, 5, 8)
