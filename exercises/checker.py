@@ -2,7 +2,10 @@
 
 The learner's code runs in another process (exercises/runner.py) that cannot reach the checker's state: limited in
 memory, processes and CPU time, in a scratch directory, its whole process group killed at the end, and each request
-under a wall-clock limit that the checker enforces by killing it, whatever the code does with signals. The graders
+under a wall-clock limit that the checker enforces by killing it, whatever the code does with signals. It is
+confined by Landlock (exercises/sandbox.py): it changes no file outside its scratch folders (its plots are copied
+out by the checker), so neither the graders nor a module the checker imports later can be planted, and it can
+neither trace nor signal the checker. The graders
 (exercises/grading/) run here: they send hidden inputs to the learner's functions and compare what comes back with
 the reference in this process.
 
@@ -17,6 +20,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -164,14 +168,17 @@ class Namespace:
 class Learner(Namespace):
     """The learner's process (exercises/runner.py), in `scratch`, its output appended to `log`."""
 
-    def __init__(self, workbook: Path, scratch: Path, log, cpu_seconds: float):
+    def __init__(self, workbook: Path, scratch: Path, writable: list[Path], log, cpu_seconds: float):
         commands_in, self.commands = os.pipe()
         self.replies, replies_out = os.pipe()
-        settings = {"memory": MEMORY_BYTES, "cpu": cpu_seconds, "workbook": str(workbook)}
+        settings = {"memory": MEMORY_BYTES, "cpu": cpu_seconds, "workbook": str(workbook),
+                    "writable": [str(scratch), *map(str, writable)]}
         # one thread: the same numbers on every machine, and no library starts a thread pool, which the learner's
-        # process could not (RLIMIT_NPROC 0)
+        # process could not (RLIMIT_NPROC 0); caches and temporary files in the scratch folder, the only one it may
+        # write to besides the plots' (exercises/sandbox.py)
         threads = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-        env = {**os.environ, **threads, "MPLBACKEND": "Agg", "PYTHONPATH": str(REPO)}
+        places = {name: str(scratch) for name in ("TMPDIR", "MPLCONFIGDIR", "XDG_CACHE_HOME")}
+        env = {**os.environ, **threads, **places, "MPLBACKEND": "Agg", "PYTHONPATH": str(REPO)}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "exercises.runner", str(commands_in), str(replies_out), json.dumps(settings)],
             pass_fds=(commands_in, replies_out), cwd=scratch, env=env, stdin=subprocess.DEVNULL, stdout=log,
@@ -277,9 +284,10 @@ class Grading:
     """One workbook's tasks, each graded alone (see the module's docstring)."""
 
     def __init__(self, grader, workbook: Path, setup: str, found: dict, timeout: float, output_dir: Path,
-                 discard_dir: Path, start, read_output):
+                 plots_dir: Path, discard_dir: Path, start, read_output):
         self.grader, self.workbook, self.setup, self.found = grader, workbook, setup, found
         self.timeout, self.output_dir, self.discard_dir = timeout, output_dir, discard_dir
+        self.plots_dir = plots_dir      # where the learner's code writes its plots; the checker copies them out
         self.start, self.read_output = start, read_output        # () -> a fresh Namespace; () -> new output text
         self.skeleton_path = WORKBOOKS / f"{workbook.stem}.md"
         self.skeleton = sections(self.skeleton_path.read_text(encoding="utf-8"))[1]
@@ -306,7 +314,7 @@ class Grading:
                                                                  "installation")
         seconds = max(self.timeout, SETUP_SECONDS)   # a slow import is never reported as a hang
         try:
-            reply = ns.request(("run", seconds, self.setup, str(self.workbook), "the setup", str(self.output_dir)))
+            reply = ns.request(("run", seconds, self.setup, str(self.workbook), "the setup", str(self.plots_dir)))
             if reply[0] in ("failed", "raised"):
                 ns.close()
                 return None, (f"the setup block failed: {reply[1]}", reply[2])
@@ -364,10 +372,10 @@ class Grading:
         """Run the learner's block of `task`, then its checks. A block that raised is checked too: when the checks
         recognise a known mistake, its hint names the cause better than the exception does."""
         title, code = self.found[task]
-        before = snapshot(self.output_dir)
+        before = snapshot(self.plots_dir)
         failure, raised = None, None
         try:
-            reply = ns.request(("run", self.timeout, code, str(self.workbook), f"task {task}", str(self.output_dir)))
+            reply = ns.request(("run", self.timeout, code, str(self.workbook), f"task {task}", str(self.plots_dir)))
             if reply[0] == "failed":
                 failure = (reply[1], reply[2])
             elif reply[0] == "raised":
@@ -376,14 +384,21 @@ class Grading:
             failure = (f"task {task} did not finish within {self.timeout:g} s", "look for an endless loop or a far "
                        "too large input") if s.timed_out else \
                       (f"the process running your code {s.what} while running task {task}", s.hint)
-        after = snapshot(self.output_dir)
-        files = sorted(self.output_dir / name for name, stat in after.items() if before.get(name) != stat)
+        files = self.collect(before)
         if failure is None:
             failure = self.check(ns, task, set(files))
             if raised:
                 known = failure is not None and failure[1] in self.grader.HINTS.values()
                 failure = (f"{failure[0]} (and {raised[0]})", failure[1]) if known else raised
         return Result(task, title, failure is None, *(failure or ("", "")), output=self.read_output(), files=files)
+
+    def collect(self, before: dict) -> list[Path]:
+        """Copy the plots the task's code wrote (new or changed since `before`) to the output folder. -> their paths
+        there."""
+        written = sorted(name for name, stat in snapshot(self.plots_dir).items() if before.get(name) != stat)
+        for name in written:
+            shutil.copyfile(self.plots_dir / name, self.output_dir / name)
+        return [self.output_dir / name for name in written]
 
     def check(self, ns: Namespace, task: int, files: set[Path]) -> tuple[str, str] | None:
         """The task's hidden checks: None when they pass, else (message, hint)."""
@@ -479,17 +494,17 @@ def check_workbook(path: Path, *, timeout: float = 120.0, output_dir: Path | Non
     if hasattr(grader, "prepare"):
         grader.prepare()
     with tempfile.TemporaryDirectory(prefix="exercises-", ignore_cleanup_errors=True) as tmp:
-        scratch, discard = Path(tmp) / "scratch", Path(tmp) / "discard"
-        scratch.mkdir()
-        discard.mkdir()
+        scratch, plots, discard = Path(tmp) / "scratch", Path(tmp) / "plots", Path(tmp) / "discard"
+        for folder in (scratch, plots, discard):
+            folder.mkdir()
         log_path = Path(tmp) / "output.log"
         with open(log_path, "ab") as log, open(log_path, "rb") as reader:     # two offsets: the writer's, ours
             def read_output() -> str:
                 return reader.read().decode("utf-8", errors="replace")
 
             cpu = SETUP_SECONDS + 3 * timeout * len(grader.TASKS)     # the whole check's CPU time, a backstop
-            grading = Grading(grader, path, setup, found, timeout, output_dir, discard,
-                              lambda: Learner(path, scratch, log, cpu), read_output)
+            grading = Grading(grader, path, setup, found, timeout, output_dir, plots, discard,
+                              lambda: Learner(path, scratch, [plots, discard], log, cpu), read_output)
             results = grading.run(runnable)
     if path.suffix == ".ipynb":                   # line numbers of the markdown, told as the notebook's cells
         for r in results.values():

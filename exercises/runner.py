@@ -4,7 +4,8 @@ exercises/checker.py in a scratch directory and a session of its own, with two p
 Two processes run here. The supervisor (this one) makes itself the "child subreaper" of everything below it
 (Linux prctl), forks the learner's process and waits for it. The learner's process opens a new session, so that
 the checker can kill its whole process group; limits itself (address space, no new processes, CPU time per
-request); and serves the checker's requests one at a time, each a tuple whose second item is its time limit:
+request); confines itself with Landlock (exercises/sandbox.py: files change only in its scratch folders, no other
+process traced or signalled); and serves the checker's requests one at a time, each a tuple whose second item is its time limit:
 
     ("run", seconds, code, file name, label, output dir)    run a block of workbook code in the namespace
     ("call", seconds, name, args, kwargs)                   call a function the workbook's code defined
@@ -32,6 +33,7 @@ import torch
 import tqdm
 
 from exercises import wire
+from exercises.sandbox import confine
 
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36     # linux/prctl.h
 CPU_SLACK = 5     # CPU seconds past a request's wall-clock limit before the kernel stops the process: the checker's
@@ -186,6 +188,7 @@ def learner_process(commands: int, replies: int, settings: dict) -> None:
     tqdm.tqdm.monitor_interval = 0                   # tqdm's monitor is a thread, and no thread may start below
     resource.setrlimit(resource.RLIMIT_AS, (settings["memory"], settings["memory"]))
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))   # no new process or thread (root is exempt: see main)
+    confine(settings["writable"])                    # no file changed outside them, no checker traced or signalled
     serve(commands, replies, settings["workbook"], math.ceil(cpu_seconds() + settings["cpu"]))
 
 

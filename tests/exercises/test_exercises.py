@@ -213,7 +213,21 @@ HOSTILE = {   # a copy of workbook 01 whose every task is wrong and tries to pas
     1: ("    x = x.permute(0, 2, 4, 1, 3, 5)", "    x = x.permute(0, 2, 4, 3, 5, 1)\n"
         "    import exercises.grading.common as common\n"
         "    common.expect = common.expect_png = lambda *args, **kwargs: None   # the grader's comparison\n"
-        "    common.close = lambda *args, **kwargs: True"),
+        "    common.close = lambda *args, **kwargs: True\n"
+        "    import ctypes, os, signal\n"
+        "    try:                                                   # a grader planted for the next run\n"
+        "        open(os.path.join(os.path.dirname(common.__file__), 'planted.py'), 'w')\n"
+        "    except PermissionError:\n"
+        "        print('planting refused')\n"
+        "    supervisor = os.getppid()\n"
+        "    checker = int(open(f'/proc/{supervisor}/stat').read().rsplit(')', 1)[1].split()[1])\n"
+        "    for pid in (supervisor, checker):\n"
+        "        if ctypes.CDLL(None, use_errno=True).ptrace(16, pid, 0, 0) == -1:   # PTRACE_ATTACH\n"
+        "            print('tracing refused')\n"
+        "        try:\n"
+        "            os.kill(pid, 0)\n"
+        "        except PermissionError:\n"
+        "            print('signalling refused')"),
     2: ("    return patchify(images, patch_size) @ weight.T + bias", "    class Sneaky(Exception):\n"
         "        def __str__(self):\n"
         "            raise RuntimeError('no message for you')\n"
@@ -260,7 +274,8 @@ def test_hostile_learner_code_cannot_pass_a_task_or_outlive_the_checker(tmp_path
     process changes nothing here; an exception whose str() raises fails its task only; printed and forged PASSes
     count for nothing; processes started by the learner's code, even in a new session, end with the checker;
     relative paths land in a scratch directory that is removed; the learner's process uses one thread and cannot
-    take 64 GiB of memory."""
+    take 64 GiB of memory; it can neither write a file among the graders nor trace or signal the checker (Landlock,
+    which this test needs: the kernels it runs on have it)."""
     text = replaced((SOLUTIONS / "01_patch_embedding.md").read_text(), HOSTILE.values())
     path = tmp_path / "01_patch_embedding.md"
     path.write_text(text)
@@ -276,11 +291,13 @@ def test_hostile_learner_code_cannot_pass_a_task_or_outlive_the_checker(tmp_path
     assert lines[3].endswith(f"Hint: {hints['conv kernel']}")
     assert "sent a reply the checker cannot read" in lines[4]
     assert lines[5].endswith(f"Hint: {hints['gap colour']}")
-    for printed_line in ("64 GiB refused", "threads 1", "task 4 (counting tokens and parameters): PASS"):
+    for printed_line in ("64 GiB refused", "threads 1", "task 4 (counting tokens and parameters): PASS",
+                         "planting refused", "tracing refused", "signalling refused"):
         assert re.search(rf"\n {{6,}}{re.escape(printed_line)}\n", proc.stdout), printed_line      # under "printed:"
     assert f"    wrote {tmp_path / 'patch_grid.png'}" in proc.stdout
     assert orphans() == []
     assert not (REPO / "left_behind.txt").exists() and not (tmp_path / "left_behind.txt").exists()
+    assert not (REPO / "exercises" / "grading" / "planted.py").exists()
 
 
 BROKEN = {   # one copy of workbook 03 that breaks in every way learner code can, task by task
