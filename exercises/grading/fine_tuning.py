@@ -13,7 +13,7 @@ from torch.nn.utils import clip_grad_norm_
 
 import lowlevel as vit
 from paper.models.heads import finetuning_head
-from paper.models.resolution import METHODS, change_resolution
+from paper.models.resolution import METHODS, change_resolution, resample_pos_embed
 from paper.models.weights import perturbed
 from paper.training import schedules
 from paper.training.trained import PICTURES_MODEL, trained_model
@@ -29,6 +29,11 @@ HINTS = {
                      "logit starts at 0 and the first loss is log K",
     "not resampled": "E_pos must be interpolated to the new grid: resample_pos_embed(pos, cfg.grid_size, "
                      "new_cfg.grid_size, ...), from the old grid to the new one",
+    "swapped grid": "E_pos's patch rows run row by row over a (gh, gw) = cfg.grid_size grid, height first: pass "
+                    "cfg.grid_size and the new config's grid_size as they are, not (gw, gh)",
+    "half-pixel linear": "linear interpolation on the grid aligns its corners in the official code "
+                         "(scipy.ndimage.zoom, order 1); the other implementations are bicubic: use "
+                         "resample_pos_embed with one of its methods",
     "patch size": "keep the patch size (§3.2): only image_size changes, and the sequence grows",
     "no clip": "clip the gradients first: scale them all by min(1, max_norm / ‖g‖), ‖g‖ the norm over ALL "
                "parameters together",
@@ -176,6 +181,17 @@ def task_head(ns, output_dir):
                 expect(got_params[k], want_params[k], k, hint="the backbone must be kept unchanged", atol=0, rtol=0)
 
 
+def wrong_resamplings(pos: torch.Tensor, cfg, new_cfg):
+    """E_pos resampled in the ways a learner gets wrong, each with its hint: the rows read as a (gw, gh) grid (any
+    method), and linear interpolation with half-pixel centres (the official zoom aligns the corners)."""
+    (gh, gw), (nh, nw) = cfg.grid_size, new_cfg.grid_size
+    for method in METHODS:
+        yield HINTS["swapped grid"], resample_pos_embed(pos, (gw, gh), (nw, nh), 1, method)
+    grid = pos[:, 1:].reshape(1, gh, gw, -1).permute(0, 3, 1, 2)                      # (1, D, gh, gw)
+    grid = F.interpolate(grid, size=(nh, nw), mode="bilinear", align_corners=False)
+    yield HINTS["half-pixel linear"], torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, nh * nw, -1)], 1)
+
+
 def task_resolution(ns, output_dir):
     for seed, (old, new) in ((3, ((8, 12), (16, 24))), (4, ((8, 8), (12, 20)))):
         cfg, params, g = tiny(seed, image_size=old)
@@ -191,6 +207,9 @@ def task_resolution(ns, output_dir):
         pos = got_params.get("pos")
         wants = [change_resolution(params, cfg, new, m)[0]["pos"] for m in METHODS]
         if not any(close(pos, w, 1e-4, 1e-4) for w in wants):      # float32 bicubic sums in any order
+            for hint, wrong in wrong_resamplings(params["pos"], cfg, want_cfg):
+                if close(pos, wrong, 1e-4, 1e-4):
+                    raise Mistake("pos: the grid is interpolated, but not as the paper's implementations do", hint)
             expect(pos, wants[2], "pos", {HINTS["not resampled"]: params["pos"]},
                    hint="interpolate the patch rows of E_pos on their 2-D grid (resample_pos_embed, imported in the "
                         "setup), keeping the class token's row")

@@ -42,6 +42,8 @@ HINTS = {
     "extra targets": "W_q and W_v only (§5.1), in every block: LoRAConfig(targets=('q', 'v'))",
     "adapters frozen": "give lora_A and lora_B to the optimizer with the head, and build the forward with "
                        "adapt(...)",
+    "head frozen": "give the head (head.weight, head.bias) to the optimizer beside the adapters: the digits 5-9 are "
+                   "new classes, and the head is trained whole",
 }
 
 
@@ -190,6 +192,8 @@ def task_lora_fine_tune(ns, output_dir):
     for k, shape in want.items():
         if tuple(adapters[k].shape) != shape:
             raise Mistake(f"{k}: expected shape {shape}, got {tuple(adapters[k].shape)}", "rank 4: A (4, D), B (D, 4)")
+    if all(torch.equal(head.get(k, params[k]), params[k]) for k in ("head.weight", "head.bias")):
+        raise Mistake("the head never moved (it is still the pre-trained one)", HINTS["head frozen"])
     if not any(v.any() for k, v in adapters.items() if k.endswith("lora_B")):
         raise Mistake("the adapters never moved (every B is still 0)", HINTS["adapters frozen"])
     images, labels = digits(5, 8, "test")

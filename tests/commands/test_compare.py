@@ -24,6 +24,7 @@ from paper.training import comparison
 from paper.training.classifier import load_classifier
 from paper.training.data import EvalView, ImageArray
 from paper.training.loop import Run, train_stage
+from paper.reports.compare_report import markdown
 from paper.reports.statistics import separated
 from paper.training.processes import Processes
 from paper.training.stages import with_steps
@@ -325,6 +326,25 @@ def test_the_committed_choice_is_what_the_committed_full_sweep_chose():
     committed = json.loads((REPO / "paper" / "results" / "compare.json").read_text())
     assert committed["settings"]["tune"]
     assert {m: dataclasses.asdict(hp) for m, hp in comparison.CHOSEN.items()} == committed["chosen"]
+
+
+def test_the_committed_tables_are_the_report_of_the_committed_runs():
+    """paper/results/compare.md is what the report code makes of compare.json, and compare.json's summaries are its
+    runs': accuracy means over the seeds of each size, every run converged by the protocol's rule or stopped at its
+    cap, the from-scratch ViT at n = 4,000 at 93% or more."""
+    results = REPO / "paper" / "results"
+    committed = json.loads((results / "compare.json").read_text())
+    assert markdown(committed) == (results / "compare.md").read_text()
+    s = committed["settings"]
+    for name, m in committed["models"].items():
+        for n, accuracy in m["accuracy"].items():
+            runs = [r for r in committed["runs"] if r["model"] == name and r["size"] == int(n)]
+            assert len(runs) == accuracy["n"] and accuracy["mean"] == pytest.approx(
+                sum(r["test_accuracy"] for r in runs) / len(runs), abs=1e-12)
+    for r in committed["runs"]:
+        cap = s["pretrain_steps"] if r["model"] == "pretraining" else s["steps"]
+        assert r["steps"] == cap or r["steps"] - r["best_step"] == s["patience"] * s["eval_every"]
+    assert committed["models"]["vit"]["accuracy"]["4000"]["mean"] >= 0.93
 
 
 def test_a_difference_is_called_only_when_it_clears_the_seeds_spread():

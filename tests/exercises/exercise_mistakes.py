@@ -109,6 +109,13 @@ PLANTED = {
         (1, 'torch.zeros(num_classes, cfg.dim)', 'torch.zeros(cfg.dim, num_classes)', 'head transposed'),
         (1, 'torch.zeros(num_classes, cfg.dim)', '0.01 * torch.randn(num_classes, cfg.dim)', 'head not zero'),
         (2, 'cfg.grid_size, new_cfg.grid_size, 1', 'cfg.grid_size, cfg.grid_size, 1', 'not resampled'),
+        (2, 'cfg.grid_size, new_cfg.grid_size, 1', 'cfg.grid_size[::-1], new_cfg.grid_size[::-1], 1', 'swapped grid'),
+        (2,
+         'params["pos"] = resample_pos_embed(params["pos"], cfg.grid_size, new_cfg.grid_size, 1, "hf")',
+         'grid = params["pos"][:, 1:].reshape(1, *cfg.grid_size, -1).permute(0, 3, 1, 2)\n'
+         '    grid = torch.nn.functional.interpolate(grid, size=new_cfg.grid_size, mode="bilinear")\n'
+         '    params["pos"] = torch.cat([params["pos"][:, :1], grid.flatten(2).transpose(1, 2)], 1)',
+         'half-pixel linear'),
         (2,
          'new_cfg = dataclasses.replace(cfg, image_size=image_size)',
          'new_cfg = dataclasses.replace(cfg, image_size=image_size, patch_size=cfg.patch_size * image_size[0] // '
@@ -389,6 +396,7 @@ PLANTED = {
          'LoRAConfig(rank=rank, alpha=rank, targets=("q", "k", "v"))',
          'extra targets'),
         (4, 'sgd([*adapters.values(), *head.values()]', 'sgd([*head.values()]', 'adapters frozen'),
+        (4, 'sgd([*adapters.values(), *head.values()]', 'sgd([*adapters.values()]', 'head frozen'),
     ],
     '08_windows_and_relative_positions': [
         (1, 'return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, m, m, c)', 'return x.reshape(-1, m, m, c)',

@@ -64,12 +64,13 @@ def grade_in_process(name: str, text: str, folder: Path, tasks=None) -> dict:
     if hasattr(grader, "prepare"):
         grader.prepare()
     setup, found = sections(text)
-    (folder / "discard").mkdir(exist_ok=True)
+    for sub in ("plots", "discard"):
+        (folder / sub).mkdir(exist_ok=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        grading = Grading(grader, path, setup, found, 120.0, folder, folder / "discard", lambda: InProcess(path),
-                          lambda: "")
+        grading = Grading(grader, path, setup, found, 120.0, folder, folder / "plots", folder / "discard",
+                          lambda: InProcess(path), lambda: "")
         grading.skeleton = shortened_skeleton(name)
         return grading.run(sorted(grader.TASKS) if tasks is None else tasks)
     finally:
