@@ -68,6 +68,7 @@ from paper.training.comparison import (
     RECIPE,
     SWEEP,
     TRAIN_IMAGES,
+    TUNED_AS,
     Settings,
     choose,
     jobs,
@@ -147,6 +148,11 @@ def check_args(args) -> None:
             raise ValueError(f"--{flag.replace('_', '-')}: expected a positive integer, got {getattr(args, flag)}")
     if not 0 <= args.cifar_seeds <= args.seeds:
         raise ValueError(f"--cifar-seeds: expected 0 to --seeds={args.seeds}, got {args.cifar_seeds}")
+    untuned = [m for m in args.models if TUNED_AS[m] not in COMMITTED_CHOICE]
+    if untuned and not args.tune:
+        raise ValueError(f"--models: expected models with committed hyper-parameters "
+                         f"({', '.join(m for m in LABELS if TUNED_AS[m] in COMMITTED_CHOICE)}) or --tune, got "
+                         f"{' '.join(untuned)}, whose grid paper/results/compare.json did not run")
     students = [m for m in args.models if m in DISTILLED]
     if students and "cnn" not in args.models:
         raise ValueError(f"--models: expected cnn beside {' and '.join(students)} (their teacher), got "

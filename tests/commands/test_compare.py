@@ -208,6 +208,8 @@ def test_a_checkpoint_of_one_model_is_not_resumed_as_another(tmp_path):
     (["--pretrain-steps", "-1"], "--pretrain-steps: expected a positive integer, got -1"),
     (["--seeds", "2", "--cifar-seeds", "3"], "--cifar-seeds: expected 0 to --seeds=2, got 3"),
     (["--models", "vit", "vit-soft"], "--models: expected cnn beside vit-soft \\(their teacher\\), got vit vit-soft"),
+    (["--models", "vit-large"], "--models: expected models with committed hyper-parameters .* or --tune, got "
+                                "vit-large, whose grid"),
 ])
 def test_bad_flags_are_refused_naming_the_flag(argv, message):
     with pytest.raises(ValueError, match=message):
