@@ -213,7 +213,7 @@ def run_job(job: Job, s: Settings, hp: HyperParameters | None) -> dict:
         digits_train, digits_test, _ = load_data("digits")
         data = ImageArray(torch.cat([digits_train.images, digits_test.images]),   # all 1,797: the test set is MNIST's
                           torch.cat([digits_train.labels, digits_test.labels]))
-        train_part, run.stopping = split_validation_stopping(data, job.seed, s.patience)
+        train_part, run.stopping = split_validation_stopping(data, job.seed, s.patience, s.pretrain_steps)
         recipe = with_steps(PRETRAIN, s.pretrain_steps, None)
         params, cfg = pretraining_model(MNIST_MODEL, recipe, 1, 10, job.seed)
         model = ExplicitParams(params, cfg, fast=True)
@@ -222,7 +222,7 @@ def run_job(job: Job, s: Settings, hp: HyperParameters | None) -> dict:
                   **convergence(log, model, train_part, recipe.batch_size, procs)}
         return write_record(job, s, result)
     data = ImageArray(*(t[stratified_subset(train.labels, job.size, job.seed)] for t in (train.images, train.labels)))
-    train_part, run.stopping = split_validation_stopping(data, job.seed, s.patience)
+    train_part, run.stopping = split_validation_stopping(data, job.seed, s.patience, s.steps)
     recipe = recipe_of(hp, s)
     if job.model == "vit-pretrained":
         state = load_checkpoint(os.path.join(checkpoints, f"pretrained_seed{job.seed}.pt"))
@@ -243,10 +243,11 @@ def run_job(job: Job, s: Settings, hp: HyperParameters | None) -> dict:
     return write_record(job, s, result)
 
 
-def split_validation_stopping(data: ImageArray, seed: int, patience: int) -> tuple[ImageArray, EarlyStopping]:
-    """The training part of `data`, and early stopping on the rest."""
+def split_validation_stopping(data: ImageArray, seed: int, patience: int, cap: int) -> tuple[ImageArray,
+                                                                                             EarlyStopping]:
+    """The training part of `data`, and early stopping on the rest, not before the second half of the schedule."""
     train_part, validation = split_validation(data, seed)
-    return train_part, EarlyStopping(validation, patience)
+    return train_part, EarlyStopping(validation, patience, earliest=cap // 2)
 
 
 def write_record(job: Job, s: Settings, result: dict) -> dict:

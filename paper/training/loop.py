@@ -222,7 +222,7 @@ def train_stage(name: str, model: nn.Module, recipe, train_data, test_data, run:
                 if best:
                     record["val_accuracy"] = evaluate(model, best.view, procs, run.dtype)
                     best.observe(model, step, record["val_accuracy"])
-                    last = last or best.patience_spent()
+                    last = last or best.patience_spent(step)
                 log["eval"].append(record)
             stop = stop_requested(interrupt, procs)
             if best and last:
