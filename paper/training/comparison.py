@@ -1,7 +1,8 @@
-"""The runs paper.compare makes (its docstring describes the experiment): the models it trains, by name; one run (a
-model, a training-set size, a seed) as a job a worker process can take; the jobs of a sweep in the order their
-prerequisites allow (the pre-training before the pre-trained ViT, the ResNet before its DeiT students); the summary
-over seeds."""
+"""The runs paper.compare makes (its docstring describes the experiment and the protocol): the models it trains, by
+name, and their hyper-parameter grids; one run (a model, a training-set size, a seed, and for the grid its
+hyper-parameters) as a job a worker process can take, trained to convergence on a validation split and recorded on
+disk; the jobs of a sweep in the order their prerequisites allow (the pre-training before the pre-trained ViT, the
+ResNet before its DeiT students); the choice of each model's hyper-parameters from its grid."""
 import dataclasses
 import itertools
 import json
