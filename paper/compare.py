@@ -58,9 +58,10 @@ import torch
 
 from paper import cli
 from paper.formats.atomic import write_text
-from paper.reports.compare_report import curves_plot, compute_plot, markdown, plot
+from paper.reports.compare_report import compute_plot, curves_plot, markdown, plot
 from paper.reports.compare_summary import summarise
 from paper.reports.measure import cpu_name
+from paper.training.comparison import CHOSEN as COMMITTED_CHOICE
 from paper.training.comparison import (
     DISTILLED,
     LABELS,
@@ -75,7 +76,6 @@ from paper.training.comparison import (
     run_all,
     tuning_jobs,
 )
-from paper.training.comparison import CHOSEN as COMMITTED_CHOICE
 
 # --full: the committed tables (paper/results/compare.*), any length, resumable per run. The default: the same
 # protocol on fewer sizes, seeds and models, with --full's chosen hyper-parameters, under 30 minutes on 2 cores.

@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 import lowlevel as vit
 from paper.analysis.probes import probe
-from paper.models.cnn import ResNetClassifier, ResNetConfig
 from paper.formats.atomic import write_text
+from paper.models.cnn import ResNetClassifier, ResNetConfig
 from paper.models.explicit_params import ExplicitParams
 from paper.training.classifier import Classifier
 from paper.training.data import EvalView, ImageArray, eval_preprocessing, load_data

@@ -19,13 +19,13 @@ import paper.training.loop as train_module
 from paper import compare
 from paper.analysis.probes import DIRECTIONS, permute_patches, probe, shift, shift_each
 from paper.models.cnn import ResNetClassifier, ResNetConfig
+from paper.reports.compare_report import markdown
+from paper.reports.statistics import separated
 from paper.train import main
 from paper.training import comparison
 from paper.training.classifier import load_classifier
 from paper.training.data import EvalView, ImageArray
 from paper.training.loop import Run, train_stage
-from paper.reports.compare_report import markdown
-from paper.reports.statistics import separated
 from paper.training.processes import Processes
 from paper.training.stages import with_steps
 from paper.training.state import check_same_run, load_checkpoint
