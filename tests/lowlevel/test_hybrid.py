@@ -1,9 +1,11 @@
 """The hybrid (§3.1) equals timm's (vision_transformer_hybrid.py: VisionTransformer with HybridEmbed over ResNetV2)
 holding the same weights: the ResNet's pieces against timm's layers, then the whole model on random small hybrids
 (logits, features, every attention map, the gradients w.r.t. the images and every parameter, ResNet included), and
-R50+ViT-B/16 and R+ViT-Ti/16 whole. Float64; 1e-10 absolute unless stated."""
+R50+ViT-B/16 and R+ViT-Ti/16 whole; the ResNet also against transformers' BitModel. Float64; 1e-10 absolute unless
+stated."""
 import dataclasses
 import math
+import re
 
 import pytest
 import torch
@@ -73,6 +75,40 @@ def test_feature_map_equals_timm_resnetv2(cfg, batch):
         ref = model(images)
     assert ours.shape == (batch, cfg.patch_channels, *cfg.feature_size) == ref.shape
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-10)
+
+
+def bit_key(name: str) -> str:
+    """transformers' BitModel key -> ours (resnet.py): embedder.convolution is the stem's conv, encoder.stages.s.layers.u
+    a unit, downsample.conv/norm the projection, normK gnK."""
+    for theirs, ours in (("embedder.convolution", "stem.conv"), ("embedder.norm", "stem.gn"), ("encoder.", ""),
+                         ("layers.", "units."), ("downsample.conv", "conv_proj"), ("downsample.norm", "gn_proj")):
+        name = name.replace(theirs, ours)
+    return re.sub(r"norm(\d)", r"gn\1", name)
+
+
+@given(hybrid_configs(max_stages=3).filter(lambda cfg: cfg.backbone.layers), st.integers(1, 2))
+def test_feature_map_equals_transformers_bit_model(cfg, batch):
+    """transformers 5's BitModel, configured as its removed ViTHybrid configured it (layer_type="bottleneck",
+    global_padding="same", embedding_dynamic_padding=True): its standardisation eps (1e-8) and GroupNorm eps (1e-5) are
+    fixed in its code, and its max-pool pads with 0 rather than −∞, the same maximum after the stem's ReLU. With
+    BitConfig's defaults (no SAME padding, an unpadded max-pool) it computes another function."""
+    from transformers import BitConfig, BitModel
+
+    backbone = dataclasses.replace(cfg.backbone, group_norm_eps=1e-5, std_eps=1e-8)
+    config = BitConfig(num_channels=cfg.in_channels, embedding_size=backbone.width, depths=list(backbone.layers),
+                       hidden_sizes=[4 * w for w in backbone.stage_widths], num_groups=backbone.num_groups,
+                       layer_type="bottleneck", global_padding="same", embedding_dynamic_padding=True)
+    model = BitModel(config).double().eval()
+    g = torch.Generator().manual_seed(batch)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * SCALE + (1.0 if p.ndim == 1 else 0.0))
+    params = {bit_key(k): v for k, v in model.state_dict().items()}
+    assert params.keys() == resnet.param_shapes(backbone, cfg.in_channels).keys()
+    images = random_images(cfg, batch, seed=batch)
+    with torch.no_grad():
+        ref = model(images).last_hidden_state
+    torch.testing.assert_close(resnet.feature_map(params, images, backbone), ref, rtol=0, atol=1e-10)
 
 
 @given(hybrid_configs(), st.integers(1, 2))
