@@ -65,6 +65,14 @@ def test_names_paper_and_timm_give_the_same_config():
     assert model_name(paper_config("R50+ViT-B/16", patch_size=2)) is None
 
 
+def test_the_vits_multiply_add_count_refuses_a_hybrid():
+    """paper.reports.measure counts the ViT's matmuls; a hybrid's ResNet is not among them."""
+    from paper.reports.measure import forward_flops
+
+    with pytest.raises(ValueError, match="backbone: the ViT's count holds no ResNet"):
+        forward_flops(paper_config("R+ViT-Ti/16"))
+
+
 def test_mnist_hybrid_is_the_mnist_vit_on_a_7x7_feature_map():
     """The MNIST ViT's encoder, grid and head, fed by the stem and one bottleneck unit instead of 4×4 pixel patches;
     at the pre-training size, 16 px, the ViT's 4×4 grid as well."""
