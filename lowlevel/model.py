@@ -1,6 +1,6 @@
 """The whole Vision Transformer, eqs. (1)-(4), as pure functions of (params, images).
 
-    z_0 = [x_class; x_p¹E; …; x_pᴺE] + E_pos        eq. (1)
+    z_0 = [x_class; x_p¹E; …; x_pᴺE] + E_pos        eq. (1); a hybrid's x_p are patches of a CNN feature map (§3.1)
     z'_ℓ = MSA(LN(z_{ℓ-1})) + z_{ℓ-1}                eq. (2)
     z_ℓ = MLP(LN(z'_ℓ)) + z'_ℓ                        eq. (3)
     y = LN(z_L^0)                                     eq. (4)
@@ -29,25 +29,37 @@ import torch.nn.functional as F
 from .checks import check_config, check_images, check_model_inputs
 from .config import ViTConfig
 from .drop_path import drop_path_rates
-from .encoder import block_params, encoder, encoder_block
+from .encoder import block_params, encoder, encoder_block, params_under
 from .fast import fast_encoder
 from .linear import linear
 from .norm import layer_norm
 from .params import param_shapes
 from .patches import patch_embedding
 from .position import embed_positions
+from .resnet import feature_map
 
 
 def check_inputs(params: dict, images: torch.Tensor, cfg: ViTConfig) -> None:
     """Images of cfg's shape; every parameter cfg needs, of its shape, on the images' device and in their dtype."""
     check_config(cfg, ViTConfig)
-    check_images(images, patch_size=cfg.patch_size, channels=cfg.in_channels, size=cfg.image_size)
+    divides = 1 if cfg.backbone else cfg.patch_size     # a hybrid's patches divide the feature map, which cfg checked
+    check_images(images, patch_size=divides, channels=cfg.in_channels, size=cfg.image_size)
     check_model_inputs(params, images, param_shapes(cfg))
+
+
+def patch_source(params: dict, images: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
+    """What eq. (1)'s patches are cut from: the image, or for the hybrid (§3.1: "the patch embedding projection E
+    (Eq. 1) is applied to patches extracted from a CNN feature map") the ResNet's feature map.
+    (B, C, H, W) -> (B, cfg.patch_channels, *cfg.feature_size)."""
+    if cfg.backbone is None:
+        return images
+    return feature_map(params_under(params, "backbone."), images, cfg.backbone)
 
 
 def embed(params: dict, images: torch.Tensor, cfg: ViTConfig, train: bool = False) -> torch.Tensor:
     """Eq. (1): (B, C, H, W) -> z_0 (B, P+N, D); dropout "directly after adding positional- to patch embeddings"."""
-    x = patch_embedding(images, params["patch.weight"], params["patch.bias"], cfg.patch_size)  # (B, N, D)
+    x = patch_embedding(patch_source(params, images, cfg), params["patch.weight"], params["patch.bias"],
+                        cfg.patch_size)                                                    # (B, N, D)
     return F.dropout(embed_positions(params, x, cfg), cfg.dropout, train)
 
 

@@ -3,7 +3,8 @@
 Names follow the paper's pieces (and are close to timm's state-dict names; each checkpoint format maps them in its
 own file under paper/formats/):
 
-    patch.weight  (D, C·P·P)   E of eq. (1), as an F.linear weight    patch.bias (D,)
+    backbone.*    a hybrid's ResNet (§3.1), named as resnet.py's table says (hybrid only)
+    patch.weight  (D, C·P·P)   E of eq. (1), as an F.linear weight    patch.bias (D,)   (a hybrid's C: the feature map's)
     cls           (1, 1, D)    x_class                                 pos (1, P+N, D)  E_pos (learned only)
     dist          (1, 1, D)    DeiT's distillation token (distilled only; P = 2 prefix tokens, else 1)
     blocks.{i}.ln1.weight/bias (D,)            blocks.{i}.qkv.weight (3D, D)  qkv.bias (3D,)
@@ -18,6 +19,7 @@ import math
 
 import torch
 
+from . import resnet
 from .checks import check_config
 from .config import ViTConfig
 
@@ -25,8 +27,11 @@ from .config import ViTConfig
 def param_shapes(cfg: ViTConfig) -> dict[str, tuple[int, ...]]:
     """Every parameter's name and shape for `cfg`."""
     check_config(cfg, ViTConfig)
-    d, m, p, c = cfg.dim, cfg.mlp_dim, cfg.patch_size, cfg.in_channels
-    shapes = {"patch.weight": (d, c * p * p), "patch.bias": (d,)}
+    d, m, p, c = cfg.dim, cfg.mlp_dim, cfg.patch_size, cfg.patch_channels
+    shapes = {}
+    if cfg.backbone:
+        shapes.update({f"backbone.{k}": v for k, v in resnet.param_shapes(cfg.backbone, cfg.in_channels).items()})
+    shapes.update({"patch.weight": (d, c * p * p), "patch.bias": (d,)})
     if cfg.class_token:
         shapes["cls"] = (1, 1, d)
     if cfg.distilled:
@@ -73,17 +78,22 @@ def init_params(cfg: ViTConfig, generator: torch.Generator | None = None) -> dic
     xavier_uniform each over its own (D, D) matrix, biases 0; MLP xavier_uniform, biases N(0, 1e-6); LN 1 and 0;
     pre-logits lecun_normal, bias 0; head 0 ("zero-initialized", paper §3.2). DeiT's distillation token N(0, 0.02)
     (timm deit.py and the official models.py: trunc_normal_(std=.02), whose bounds ±2 lie at ±100σ), its head 0
-    like the class head."""
+    like the class head. A hybrid's ResNet (vit_jax models_resnet.py): kernels lecun_normal (Flax's Conv default),
+    GroupNorm 1 and 0 but each unit's last GroupNorm scale 0, so that every unit starts as the ReLU of its shortcut."""
     check_config(cfg, ViTConfig)
     g = generator
     d, m = cfg.dim, cfg.mlp_dim
     out = {}
     for name, shape in param_shapes(cfg).items():
-        leaf = name.rsplit(".", 2)[-2] if "." in name else name   # "qkv", "fc1", "ln1", "patch", "cls", ...
+        leaf = name.rsplit(".", 2)[-2] if "." in name else name   # "qkv", "fc1", "ln1", "patch", "cls", "conv1", ...
         if name.endswith(".bias"):
             out[name] = normal(shape, 1e-6, g) if leaf in ("fc1", "fc2") else torch.zeros(shape)
-        elif leaf in ("ln1", "ln2", "norm"):
+        elif leaf in ("ln1", "ln2", "norm", "gn", "gn1", "gn2", "gn_proj"):
             out[name] = torch.ones(shape)
+        elif leaf == "gn3":
+            out[name] = torch.zeros(shape)
+        elif leaf in ("conv", "conv1", "conv2", "conv3", "conv_proj"):
+            out[name] = lecun_normal(shape, math.prod(shape[1:]), g)
         elif leaf == "patch":
             out[name] = lecun_normal(shape, shape[1], g)
         elif leaf == "cls":

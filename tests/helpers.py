@@ -2,7 +2,7 @@
 import torch
 from hypothesis import strategies as st
 
-from lowlevel import SwinConfig, ViTConfig, init_params, swin
+from lowlevel import BackboneConfig, SwinConfig, ViTConfig, init_params, swin
 from paper.formats.timm import to_timm
 from paper.models.weights import perturbed
 from paper.references.vit import timm_vit
@@ -23,6 +23,27 @@ def vit_configs(draw, max_depth=3, learned_or_none=True):
         pos_embed=draw(st.sampled_from(["learned", "none"])) if learned_or_none else "learned",
         qkv_bias=draw(st.booleans()), gelu=draw(st.sampled_from(["exact", "tanh"])),
         layer_norm_eps=draw(st.sampled_from([1e-6, 1e-12, 1e-5])))
+
+
+@st.composite
+def hybrid_configs(draw, max_stages=3):
+    """Small random hybrids (§3.1): the stem alone or 1-3 stages of 1-2 bottleneck units, widths 8 or 16 (timm rounds
+    a bottleneck width to a multiple of 8) in 1-8 groups, timm's and the official code's eps, patches of 1-3 cells,
+    image sides from a multiple of the ResNet's stride down to one pixel above the next (so the "SAME" padding splits
+    both ways, odd sides included), square and not; a small encoder on top."""
+    backbone = BackboneConfig(layers=tuple(draw(st.integers(1, 2)) for _ in range(draw(st.integers(0, max_stages)))),
+                              width=draw(st.sampled_from([8, 16])), num_groups=draw(st.sampled_from([1, 2, 4, 8])),
+                              group_norm_eps=draw(st.sampled_from([1e-5, 1e-6])),
+                              std_eps=draw(st.sampled_from([1e-8, 1e-5])))
+    patch = draw(st.integers(1, 3))
+    side = st.builds(lambda cells, cut: cells * patch * backbone.stride - cut, st.integers(1, 2),
+                     st.integers(0, backbone.stride - 1))           # a feature map of `cells` patches per side
+    heads = draw(st.integers(1, 2))
+    pool = draw(st.sampled_from(["token", "avg"]))
+    return ViTConfig(image_size=(draw(side), draw(side)), patch_size=patch, in_channels=draw(st.integers(1, 3)),
+                     dim=heads * draw(st.integers(2, 6)), depth=draw(st.integers(1, 2)), num_heads=heads,
+                     mlp_dim=draw(st.integers(1, 12)), num_classes=draw(st.sampled_from([0, 3])), pool=pool,
+                     class_token=pool == "token" or draw(st.booleans()), backbone=backbone)
 
 
 @st.composite

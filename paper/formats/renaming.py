@@ -14,16 +14,18 @@ def respelled(name: str, renames: list[tuple[str, str]], to_saved: bool) -> str:
     return name
 
 
-def conv_shape(cfg) -> tuple[int, int, int, int]:
-    """The patch projection as a Conv2d kernel, (D, C, P, P)."""
-    return cfg.dim, cfg.in_channels, cfg.patch_size, cfg.patch_size
+def conv_shape(cfg, shapes: dict) -> tuple[int, int, int, int]:
+    """The patch projection (D, C·P·P) as a Conv2d kernel, (D, C, P, P); a hybrid's C is its feature map's."""
+    d, cpp = shapes["patch.weight"]
+    p = cfg.patch_size
+    return d, cpp // (p * p), p, p
 
 
 def renamed(params: dict, shapes: dict, cfg, key) -> dict[str, torch.Tensor]:
     """Our `params` (checked against `shapes`) -> {key(name): tensor}, copies, the patch projection as a kernel."""
     check_params(params, shapes)
     sd = {key(k): v.detach().clone() for k, v in params.items()}
-    sd[key("patch.weight")] = sd[key("patch.weight")].reshape(conv_shape(cfg))
+    sd[key("patch.weight")] = sd[key("patch.weight")].reshape(conv_shape(cfg, shapes))
     return sd
 
 
@@ -32,7 +34,7 @@ def unrenamed(sd: dict, shapes: dict, cfg, key, what: str, buffers: dict | None 
     which are checked and dropped); every missing, unexpected or mis-shaped key is named before anything is
     converted. Returns the parameters in `shapes`' order."""
     names = {key(k): k for k in shapes}
-    expected = {t: (conv_shape(cfg) if k == "patch.weight" else shapes[k]) for t, k in names.items()}
+    expected = {t: (conv_shape(cfg, shapes) if k == "patch.weight" else shapes[k]) for t, k in names.items()}
     check_params(sd, {**expected, **(buffers or {})}, what=what)
     params = {names[t]: sd[t].detach().clone() for t in names}
     params["patch.weight"] = params["patch.weight"].reshape(shapes["patch.weight"])

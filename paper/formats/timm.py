@@ -1,8 +1,10 @@
-"""timm's `VisionTransformer`, the de facto PyTorch state-dict layout, as `.pth` (torch.save) or `.safetensors`; and
-its `VisionTransformerDistilled` (deit.py), the distilled DeiT, in the same layout with three more tensors.
+"""timm's `VisionTransformer`, the de facto PyTorch state-dict layout, as `.pth` (torch.save) or `.safetensors`; its
+`VisionTransformerDistilled` (deit.py), the distilled DeiT, in the same layout with three more tensors; and its hybrids
+(vision_transformer_hybrid.py: the same class with a `HybridEmbed`, whose ResNet-v2 is `patch_embed.backbone`).
 
 Our name                 timm name                        transform
 patch.weight (D, C·P·P)  patch_embed.proj.weight          reshape to the conv kernel (D, C, P, P): same numbers
+                                                          (a hybrid's C: its feature map's)
 patch.bias               patch_embed.proj.bias            -
 cls                      cls_token                        -
 dist                     dist_token (DeiT)                -
@@ -15,6 +17,16 @@ norm                     norm (pool "token")              - ; with pool "avg" ti
                          fc_norm (pool "avg")               mean and calls it fc_norm
 head                     head                             -
 head_dist                head_dist (DeiT)                 -
+
+A hybrid's ResNet (lowlevel/resnet.py), under patch_embed.backbone. (its stem alone: the stem's names without stem.):
+backbone.stem.conv                      stem.conv                         - (StdConv2dSame)
+backbone.stem.gn                        stem.norm                         - (GroupNormAct, with its ReLU)
+backbone.stages.s.units.u.conv1..3      stages.s.blocks.u.conv1..3        -
+backbone.stages.s.units.u.gn1..3        stages.s.blocks.u.norm1..3        -
+backbone.stages.s.units.0.conv_proj     stages.s.blocks.0.downsample.conv -
+backbone.stages.s.units.0.gn_proj       stages.s.blocks.0.downsample.norm -
+The weights do not hold the GroupNorm groups, the two eps or the padding: read from a model, they are its own
+(a model whose convolutions do not pad "SAME" is refused); from a bare state_dict, timm's hybrids' (32, 1e-5, 1e-8).
 
 timm has no pre-logits layer and no fixed sin-cos position embedding, so configs with either cannot be written.
 A DeiT without the distillation token is timm's plain VisionTransformer (deit.py builds deit_tiny_patch16_224 so).
@@ -32,7 +44,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from lowlevel import ViTConfig, param_shapes
+from lowlevel import BackboneConfig, ViTConfig, param_shapes
 from paper.formats.architectures import TIMM
 from paper.formats.fields import Preprocessing, num_heads_for, require, square_image_size
 from paper.formats.files import json_value, load_tensors, naming, read_json, save_directory, save_tensors
@@ -56,10 +68,23 @@ MODEL_ARG_CHOICES = {"global_pool": ("pool", {"token": "token", "avg": "avg"}),
                      "act_layer": ("gelu", {"gelu": "exact", "gelu_tanh": "tanh"})}
 ANY_VIT = "vit_base_patch16_224"      # the architecture written when no known one has the config: model_args set all
 BLOCK_NAMES = {"ln1": "norm1", "qkv": "attn.qkv", "proj": "attn.proj", "ln2": "norm2", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+BACKBONE_NAMES = {"units": "blocks", "gn": "norm", "gn1": "norm1", "gn2": "norm2", "gn3": "norm3",
+                  "conv_proj": "downsample.conv", "gn_proj": "downsample.norm"}
+BACKBONE = "patch_embed.backbone."
+STEM_KEYS = (BACKBONE + "stem.conv.weight", BACKBONE + "conv.weight")     # with stages, and the stem alone
+
+
+def timm_backbone_key(name: str, backbone: BackboneConfig) -> str:
+    """A hybrid's ResNet parameter, named without `backbone.` -> timm's key. With no stages timm's backbone is the
+    stem itself (vision_transformer_hybrid.py `_resnetv2`), so its names lose `stem.`."""
+    parts = [BACKBONE_NAMES.get(part, part) for part in name.split(".")]
+    return BACKBONE + ".".join(parts if backbone.layers else parts[1:])
 
 
 def timm_key(name: str, cfg: ViTConfig) -> str:
     """Our parameter name -> timm's state-dict key."""
+    if name.startswith("backbone."):
+        return timm_backbone_key(name.removeprefix("backbone."), cfg.backbone)
     if name.startswith("blocks."):
         _, i, part, leaf = name.split(".")
         return f"blocks.{i}.{BLOCK_NAMES[part]}.{leaf}"
@@ -75,14 +100,52 @@ def is_timm_state_dict(sd: dict) -> bool:
 
 
 def config_from_timm_model(model) -> dict:
-    """What a timm model says about itself that its weights do not: image size, heads, eps, GELU, pooling."""
+    """What a timm model says about itself that its weights do not: image size, heads, eps, GELU, pooling; a hybrid's
+    ResNet numerics (`backbone_numerics`)."""
     block = model.blocks[0]
     norm = model.norm if model.global_pool == "token" else model.fc_norm
     if not isinstance(norm, nn.LayerNorm):       # e.g. the official GAP models: LN before the mean, Identity after it
         raise ValueError(f"norm: expected the LayerNorm of eq. (4) after the pooling, got {type(norm).__name__}")
-    return {"image_size": tuple(model.patch_embed.img_size), "num_heads": block.attn.num_heads,
-            "layer_norm_eps": norm.eps, "gelu": gelu_of(block.mlp.act),
-            "pool": "avg" if model.global_pool == "avg" else "token"}
+    fields = {"image_size": tuple(model.patch_embed.img_size), "num_heads": block.attn.num_heads,
+              "layer_norm_eps": norm.eps, "gelu": gelu_of(block.mlp.act),
+              "pool": "avg" if model.global_pool == "avg" else "token"}
+    if hasattr(model.patch_embed, "backbone"):
+        fields["backbone"] = backbone_numerics(model.patch_embed.backbone)
+    return fields
+
+
+def backbone_numerics(backbone) -> dict:
+    """A timm hybrid's ResNet's GroupNorm groups and eps and its standardisation eps. Only BiT's ResNet-v2 with "SAME"
+    padding (StdConv2dSame, `_resnetv2`'s default) computes what lowlevel/resnet.py does; anything else is refused."""
+    from timm.layers import GroupNormAct, StdConv2dSame
+
+    stem = getattr(backbone, "stem", backbone)
+    conv, norm = getattr(stem, "conv", None), getattr(stem, "norm", None)
+    if not (isinstance(conv, StdConv2dSame) and isinstance(norm, GroupNormAct)):
+        raise ValueError(f"backbone: expected BiT's ResNet-v2 with SAME padding (timm's StdConv2dSame and GroupNormAct, "
+                         f"vision_transformer_hybrid.py _resnetv2), got a {type(backbone).__name__} whose stem holds "
+                         f"{type(conv).__name__} and {type(norm).__name__}")
+    return {"num_groups": norm.num_groups, "group_norm_eps": norm.eps, "std_eps": conv.eps}
+
+
+def stem_kernel(sd: dict) -> torch.Tensor | None:
+    """A timm hybrid's first convolution kernel (width, C, 7, 7); None in a plain ViT's state_dict."""
+    return next((sd[k] for k in STEM_KEYS if k in sd), None)
+
+
+def backbone_from_timm_state_dict(sd: dict, known: dict) -> BackboneConfig | None:
+    """A hybrid's ResNet from timm's keys (its stem's width, its units per stage), None for a plain ViT. A known
+    backbone, None or a BackboneConfig (a model name's), is taken as it is and checked against the keys with the rest;
+    a dict holds the numerics the weights do not (`backbone_numerics`)."""
+    if not isinstance(known.get("backbone", {}), dict):
+        return known["backbone"]
+    stem = stem_kernel(sd)
+    if stem is None:
+        return None
+    stages = {k.split(".")[3] for k in sd if k.startswith(BACKBONE + "stages.")}
+    layers = tuple(len({k.split(".")[5] for k in sd if k.startswith(f"{BACKBONE}stages.{s}.blocks.")})
+                   for s in range(len(stages)))
+    return BackboneConfig(layers=layers, width=stem.shape[0], **known.get("backbone", {}))
 
 
 def gelu_of(act) -> str:
@@ -102,17 +165,21 @@ def config_from_timm_state_dict(sd: dict, known: dict) -> dict:
     taking precedence; `fields.py` supplies what neither tells."""
     d, c, p, _ = sd["patch_embed.proj.weight"].shape
     class_token, distilled = "cls_token" in sd, "dist_token" in sd
+    backbone = backbone_from_timm_state_dict(sd, known)
+    if backbone and stem_kernel(sd) is not None:     # the projection's C is the feature map's; the image's is the stem's
+        c = stem_kernel(sd).shape[1]
     fields = {"patch_size": p, "in_channels": c, "dim": d, "class_token": class_token, "distilled": distilled,
               "depth": len({k.split(".")[1] for k in sd if k.startswith("blocks.")}),
               "mlp_dim": sd["blocks.0.mlp.fc1.weight"].shape[0], "qkv_bias": "blocks.0.attn.qkv.bias" in sd,
               "num_classes": sd["head.weight"].shape[0] if "head.weight" in sd else 0,
-              "pool": "avg" if "fc_norm.weight" in sd else "token", **known}
+              "pool": "avg" if "fc_norm.weight" in sd else "token", **known, "backbone": backbone}
     if "num_heads" not in fields:
         fields["num_heads"] = num_heads_for(fields["dim"], fields["depth"], fields["mlp_dim"], fields["patch_size"])
     if "pos_embed" not in sd:
         fields.setdefault("pos_embed", "none")
-    elif "image_size" not in fields:
-        fields["image_size"] = square_image_size(sd["pos_embed"].shape[1], class_token + distilled, p)
+    elif "image_size" not in fields:                 # a hybrid's grid is of its feature map, `stride` times smaller
+        stride = backbone.stride if backbone else 1
+        fields["image_size"] = square_image_size(sd["pos_embed"].shape[1], class_token + distilled, p) * stride
     return fields
 
 
@@ -239,7 +306,8 @@ def read_hub_preprocessing(directory) -> Preprocessing:
 def hub_config(cfg: ViTConfig, preprocessing: Preprocessing | None) -> dict:
     """config.json of a hub directory for `cfg`: every model_arg spelled out, so that timm builds exactly this
     model; the preprocessing, when known, in pretrained_cfg."""
-    require(FORMAT + " hub directory", cfg, representation_size=None, pos_embed=("learned", "none"), layer_norm_eps=1e-6)
+    require(FORMAT + " hub directory", cfg, representation_size=None, pos_embed=("learned", "none"), layer_norm_eps=1e-6,
+            backbone=None)
     shapes = (cfg.dim, cfg.depth, cfg.mlp_dim, cfg.patch_size, cfg.num_heads)
     arch = next((name for name, row in TIMM.items() if row == shapes), ANY_VIT)
     pool = "avg" if cfg.pool == "avg" else "token"

@@ -1,5 +1,5 @@
-"""One record per model family: what the rest of `paper/` needs to know about a ViT (DeiT included) or a Swin, so
-that no code asks "is this a Swin?". Everything family-specific is chosen here, by the config's type, once:
+"""One record per model family: what the rest of `paper/` needs to know about a ViT (DeiT and the hybrids included) or
+a Swin, so that no code asks "is this a Swin?". Everything family-specific is chosen here, by the config's type, once:
 
     family_of(cfg)          the record of a config
     family_named(name)      the record of a paper, timm or torchvision model name
@@ -19,12 +19,12 @@ import torch
 
 import lowlevel
 from lowlevel import SwinConfig, ViTConfig, swin
-from paper.models import swin_configs, vit_configs
+from paper.models import hybrid_configs, swin_configs, vit_configs
 
 
 @dataclass(frozen=True)
 class Family:
-    name: str                                   # "vit" (DeiT included) or "swin": the key of every per-family table
+    name: str                                   # "vit" (DeiT, hybrids included) or "swin": the key of every per-family table
     title: str                                  # how messages name a model of the family: "ViT", "Swin"
     config: type                                # ViTConfig or SwinConfig
     model: ModuleType                           # lowlevel or lowlevel.swin
@@ -51,10 +51,30 @@ def swin_activation_bytes(cfg: SwinConfig, size: int, batch: int) -> int:
                zip(cfg.depths, cfg.stage_sizes, cfg.num_heads, cfg.stage_dims, cfg.mlp_dims, strict=True))
 
 
+def is_vit_family_name(name: str) -> bool:
+    """A plain ViT's or DeiT's name (vit_configs.py), or a hybrid's (hybrid_configs.py): a hybrid is a ViTConfig with
+    a backbone, computed by the same lowlevel functions."""
+    return vit_configs.is_vit_name(name) or hybrid_configs.is_hybrid_name(name)
+
+
+def vit_family_config(name: str, **overrides) -> ViTConfig:
+    named = hybrid_configs.hybrid_config if hybrid_configs.is_hybrid_name(name) else vit_configs.vit_config
+    return named(name, **overrides)
+
+
+def vit_family_model_name(cfg: ViTConfig) -> str | None:
+    return (hybrid_configs.hybrid_model_name if cfg.backbone else vit_configs.vit_model_name)(cfg)
+
+
+def vit_family_paper_params(name: str) -> str:
+    """Table 1's and DeiT's counts; the hybrids' rows in Table 6 state none."""
+    return "-" if hybrid_configs.is_hybrid_name(name) else vit_configs.vit_paper_params(name)
+
+
 VIT = Family(name="vit", title="ViT", config=ViTConfig, model=lowlevel, models=vit_configs.PAPER_MODELS + vit_configs.DEIT_MODELS,
-             is_named=vit_configs.is_vit_name, config_named=vit_configs.vit_config,
-             model_name=vit_configs.vit_model_name, paper_params=vit_configs.vit_paper_params,
-             architecture=("image_size", "patch_size", "dim", "depth", "num_heads", "mlp_dim", "distilled"),
+             is_named=is_vit_family_name, config_named=vit_family_config,
+             model_name=vit_family_model_name, paper_params=vit_family_paper_params,
+             architecture=("image_size", "patch_size", "dim", "depth", "num_heads", "mlp_dim", "distilled", "backbone"),
              heads_found_in=None,
              activation_bytes=vit_activation_bytes)
 SWIN = Family(name="swin", title="Swin", config=SwinConfig, model=swin, models=swin_configs.SWIN_MODELS,
@@ -81,9 +101,9 @@ def family_named(name: str) -> Family:
     for family in FAMILIES:
         if family.is_named(name):
             return family
-    raise ValueError(f"name: expected a paper name like 'ViT-B/16', 'DeiT-B⚗' or 'Swin-T', or a timm name like "
-                     f"'vit_base_patch16_224', 'deit_base_distilled_patch16_224' or 'swin_tiny_patch4_window7_224', "
-                     f"got {name!r}")
+    raise ValueError(f"name: expected a paper name like 'ViT-B/16', 'DeiT-B⚗', 'R50+ViT-B/16' or 'Swin-T', or a timm "
+                     f"name like 'vit_base_patch16_224', 'deit_base_distilled_patch16_224', 'vit_base_r50_s16_224' or "
+                     f"'swin_tiny_patch4_window7_224', got {name!r}")
 
 
 def paper_config(name: str, **overrides):

@@ -37,7 +37,10 @@ def vit_forward_flops(cfg: ViTConfig, class_token_only: bool = False) -> float:
     """FLOPs of one image's forward pass: 2 × the multiply-accumulates of every matmul (LN, softmax, GELU not
     counted): patch embedding, per block qkv, q kᵀ, A v, out-projection and MLP, head. tests/lowlevel/test_fast_path.py
     checks it against torch.utils.flop_counter's count of the operations each contender runs.
-    class_token_only: the count of the fast path with class-token pooling, whose last block computes one query."""
+    class_token_only: the count of the fast path with class-token pooling, whose last block computes one query. A
+    hybrid's ResNet is not counted, so a hybrid is refused."""
+    if cfg.backbone:
+        raise ValueError(f"backbone: the ViT's count holds no ResNet convolutions, got a hybrid ({cfg.backbone})")
     n, t, d, m = cfg.num_patches, cfg.num_tokens, cfg.dim, cfg.mlp_dim
     macs = n * cfg.in_channels * cfg.patch_size ** 2 * d                      # x_p E
     macs += (cfg.depth - class_token_only) * block_macs(t, t, d, m)

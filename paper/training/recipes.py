@@ -10,7 +10,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from lowlevel import ViTConfig
+from lowlevel import BackboneConfig, ViTConfig
 from paper.training.schedules import DECAYS
 
 OPTIMIZERS = ("adam", "sgd")
@@ -152,6 +152,12 @@ DIGITS_FINETUNE = Recipe(stage="finetune", optimizer="sgd", base_lr=0.03, total_
 MNIST_MODEL = dataclasses.replace(DIGITS_MODEL, image_size=28, patch_size=4)
 MNIST_PRETRAIN = dataclasses.replace(DIGITS_PRETRAIN, total_steps=1500, warmup_steps=150, image_size=16)
 MNIST_FINETUNE = dataclasses.replace(DIGITS_FINETUNE, total_steps=500, warmup_steps=50, image_size=28)
+# The hybrid (§3.1) of the MNIST ViT: the same encoder, its patches cut from a ResNet's feature map instead of the image.
+# The stem's 7×7/2 convolution and 3×3/2 max-pool take 28 px to 7×7, the MNIST ViT's grid of 4×4 patches (and 16 px to
+# its 4×4 grid), so each patch is one cell of the map, §4.1's "patch size of one 'pixel'"; one bottleneck unit
+# (stage 0 keeps the size) makes four convolutions. Width 16 gives a 64-channel map, D; 8 groups, as BiT's 32 groups
+# would leave a 16-channel stem less than one channel per group.
+MNIST_HYBRID = dataclasses.replace(MNIST_MODEL, patch_size=1, backbone=BackboneConfig(layers=(1,), width=16, num_groups=8))
 # The small jobs by data set: (model, pre-training recipe, fine-tuning recipe).
 SMALL_JOBS = {"digits": (DIGITS_MODEL, DIGITS_PRETRAIN, DIGITS_FINETUNE),
               "mnist": (MNIST_MODEL, MNIST_PRETRAIN, MNIST_FINETUNE)}

@@ -3,7 +3,7 @@ import ast
 from pathlib import Path
 
 FORBIDDEN = {"Linear", "LayerNorm", "Conv2d", "MultiheadAttention", "TransformerEncoder", "TransformerEncoderLayer",
-             "Module", "GELU", "Dropout", "Embedding", "Parameter", "Sequential"}
+             "Module", "GELU", "Dropout", "Embedding", "Parameter", "Sequential", "GroupNorm", "MaxPool2d", "ReLU"}
 LOWLEVEL = Path(__file__).resolve().parents[2] / "lowlevel"
 
 

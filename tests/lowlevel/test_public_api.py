@@ -1,6 +1,6 @@
 """The public API is exactly what lowlevel/README.md documents: every name in `lowlevel.__all__` is listed in its
 API block with its real signature, and the block lists nothing else; each submodule in `lowlevel.__all__` (`lora`,
-`swin`) has a block of its own, listing its `__all__` the same way."""
+`swin`, `resnet`) has a block of its own, listing its `__all__` the same way."""
 import inspect
 import re
 from pathlib import Path
