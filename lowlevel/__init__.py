@@ -5,8 +5,9 @@ Tensor ops and torch.nn.functional only: params in, tensors out. Primitives take
 (params, x, cfg); `forward` and `forward_intermediates` take (params, images, cfg), and so does `forward_heads`, the
 two heads of a distilled DeiT (Touvron et al. 2021). `forward` and `forward_heads` take `fast=True` to compute the
 same function through fast.py's fused blocks. `lora` adapts the params with low-rank updates kept in a dict of their
-own (Hu et al. 2021). The Swin Transformer's entry points have the same names and arguments in `lowlevel.swin`."""
-from . import lora, swin
+own (Hu et al. 2021). `mpp` is the paper's self-supervised objective, masked patch prediction (§4.6).
+The Swin Transformer's entry points have the same names and arguments in `lowlevel.swin`."""
+from . import lora, mpp, swin
 from .attention import merge_heads, multi_head_attention, qkv_heads, scaled_dot_product_attention
 from .checks import check_params
 from .config import ViTConfig
@@ -26,6 +27,6 @@ __all__ = ["ViTConfig", "SwinConfig", "swin", "init_params", "param_shapes", "ch
            "forward", "forward_intermediates", "forward_heads",
            "embed", "encoder", "encoder_block", "block_params", "fast_encoder", "fast_encoder_block", "pool",
            "fuse", "drop_path", "drop_path_rates",
-           "layer_norm", "linear", "LowRank", "lora", "mlp", "multi_head_attention", "scaled_dot_product_attention",
+           "layer_norm", "linear", "LowRank", "lora", "mpp", "mlp", "multi_head_attention", "scaled_dot_product_attention",
            "qkv_heads", "merge_heads",
            "patchify", "unpatchify", "patch_embedding", "sincos_2d"]
