@@ -5,8 +5,9 @@ Tensor ops and torch.nn.functional only: params in, tensors out. Primitives take
 (params, x, cfg); `forward` and `forward_intermediates` take (params, images, cfg), and so does `forward_heads`, the
 two heads of a distilled DeiT (Touvron et al. 2021). `forward` and `forward_heads` take `fast=True` to compute the
 same function through fast.py's fused blocks. `lora` adapts the params with low-rank updates kept in a dict of their
-own (Hu et al. 2021). `mpp` is the paper's self-supervised objective, masked patch prediction (§4.6).
-The Swin Transformer's entry points have the same names and arguments in `lowlevel.swin`."""
+own (Hu et al. 2021). ViTConfig's patch_embed="spt" and attention="lsa" are Shifted Patch Tokenization and Locality
+Self-Attention (Lee et al. 2021, locality.py). `mpp` is the paper's self-supervised objective, masked patch
+prediction (§4.6). The Swin Transformer's entry points have the same names and arguments in `lowlevel.swin`."""
 from . import lora, mpp, swin
 from .attention import merge_heads, multi_head_attention, qkv_heads, scaled_dot_product_attention
 from .checks import check_params
@@ -15,6 +16,7 @@ from .drop_path import drop_path, drop_path_rates
 from .encoder import block_params, encoder, encoder_block
 from .fast import fast_encoder, fast_encoder_block
 from .linear import LowRank, linear
+from .locality import shifted_patch_tokenization
 from .mlp import mlp
 from .model import embed, forward, forward_heads, forward_intermediates, fuse, pool
 from .norm import layer_norm
@@ -29,4 +31,4 @@ __all__ = ["ViTConfig", "SwinConfig", "swin", "init_params", "param_shapes", "ch
            "fuse", "drop_path", "drop_path_rates",
            "layer_norm", "linear", "LowRank", "lora", "mpp", "mlp", "multi_head_attention", "scaled_dot_product_attention",
            "qkv_heads", "merge_heads",
-           "patchify", "unpatchify", "patch_embedding", "sincos_2d"]
+           "patchify", "unpatchify", "patch_embedding", "shifted_patch_tokenization", "sincos_2d"]
