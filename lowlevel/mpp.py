@@ -34,9 +34,10 @@ from .checks import check_config, check_images, check_model_inputs
 from .config import ViTConfig, is_integer, is_real
 from .encoder import encoder
 from .linear import linear
+from .model import tokens
 from .norm import layer_norm
 from .params import param_shapes as vit_param_shapes
-from .patches import patch_embedding, patchify
+from .patches import patchify
 from .position import embed_positions
 
 __all__ = ["MPPConfig", "param_shapes", "init_params", "corrupt", "targets", "predict", "loss", "forward"]
@@ -192,12 +193,12 @@ def loss(predictions: torch.Tensor, targets: torch.Tensor, chosen: torch.Tensor,
 def forward(params: dict, images: torch.Tensor, cfg: ViTConfig, mpp: MPPConfig, *, generator: torch.Generator,
             train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """images (B, C, H, W) as the model reads them -> (predictions (B, N, …) of every patch, chosen (B, N) bool):
-    eq. (1) with the patch embeddings corrupted between its two halves, the encoder, `predict`. The loss reads the
-    predictions at the chosen patches: loss(predictions, targets(pixels, cfg, mpp), chosen, mpp)."""
+    eq. (1) with the patch embeddings (x_p E, or SPT's) corrupted between its two halves, the encoder, `predict`. The
+    loss reads the predictions at the chosen patches: loss(predictions, targets(pixels, cfg, mpp), chosen, mpp)."""
     check_mpp(cfg, mpp)
     check_images(images, patch_size=cfg.patch_size, channels=cfg.in_channels, size=cfg.image_size)
     check_model_inputs(params, images, {**vit_param_shapes(cfg), **param_shapes(cfg, mpp)})
-    x = patch_embedding(images, params["patch.weight"], params["patch.bias"], cfg.patch_size)  # (B, N, D)
+    x = tokens(params, images, cfg)                                                             # (B, N, D)
     x, chosen = corrupt(x, params["mask_token"], mpp, generator)
     z = F.dropout(embed_positions(params, x, cfg), cfg.dropout, train)                           # z_0, as model.embed
     return predict(params, encoder(params, z, cfg, train), cfg, mpp), chosen

@@ -322,3 +322,19 @@ def test_config_pairs_the_objective_cannot_use_are_refused():
     with pytest.raises(ValueError, match="random_patch_rate"):                      # one patch, none other to swap in
         mpp.param_shapes(cfg, mpp.MPPConfig())
     assert mpp.param_shapes(cfg, mpp.MPPConfig(random_patch_rate=0.0))["mpp_head.bias"] == (512,)
+
+
+def test_mpp_runs_on_a_vit_with_spt_and_lsa():
+    """The objective corrupts whatever eq. (1)'s first half gives, SPT's tokens too, and the encoder may use LSA: the
+    mask token and the head get gradients, and the same seed gives the same predictions."""
+    cfg = vit.ViTConfig(image_size=8, patch_size=2, in_channels=1, dim=8, depth=1, num_heads=2, mlp_dim=8,
+                        num_classes=0, patch_embed="spt", attention="lsa")
+    objective = mpp.MPPConfig()
+    params = {k: v.requires_grad_(True) for k, v in all_params(cfg, objective).items()}
+    images = pixels(cfg, 2, 0)
+    first, chosen = mpp.forward(params, images, cfg, objective, generator=torch.Generator().manual_seed(0))
+    again, _ = mpp.forward(params, images, cfg, objective, generator=torch.Generator().manual_seed(0))
+    assert first.shape == (2, 16, 8) and torch.equal(first, again)
+    value = mpp.loss(first, mpp.targets(images, cfg, objective), chosen, objective)
+    grads = torch.autograd.grad(value, [params["mask_token"], params["mpp_head.weight"], params["patch_norm.weight"]])
+    assert all(g.abs().sum() > 0 for g in grads)
