@@ -103,9 +103,9 @@ def param_shapes(cfg: ViTConfig, mpp: MPPConfig) -> dict[str, tuple[int, ...]]:
 
 
 def init_params(cfg: ViTConfig, mpp: MPPConfig, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """Float32 parameters of the objective, to put beside the ViT's: the [mask] embedding N(0, 0.02) (the paper gives
-    none; timm's BEiT draws its mask token so, trunc_normal_(std=.02)), the head 0 like the ViT's heads (the official
-    Flax code's zero kernel_init)."""
+    """Float32 parameters of the objective, to put beside the ViT's: the [mask] embedding N(0, 0.02), like E_pos (the
+    paper gives none; BEiT's pre-training code draws its mask token trunc_normal_(std=0.02), transformers' starts at 0,
+    vit-pytorch's at N(0, 1)), the head 0 like the ViT's heads (the official Flax code's zero kernel_init)."""
     shapes = param_shapes(cfg, mpp)
     return {"mask_token": torch.empty(shapes["mask_token"]).normal_(0.0, 0.02, generator=generator),
             "mpp_head.weight": torch.zeros(shapes["mpp_head.weight"]), "mpp_head.bias": torch.zeros(shapes["mpp_head.bias"])}
