@@ -14,12 +14,14 @@ from .checks import check_num_heads, weight_shape
 from .linear import Weight, linear
 
 
-def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                                 bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
+                                 scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Eqs. (6)-(7): softmax(q kᵀ/√D_h) v. q, k, v: (B, H, N, D_h) -> output (B, H, N, D_h), probabilities (B, H, N, N).
     Leading axes beyond B broadcast. `bias`, broadcastable to the (…, H, N, N) logits, is added after the scaling:
-    Swin's eq. (4), softmax(q kᵀ/√d + B) v, with B the relative position bias plus the shifted windows' mask."""
-    scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5  # (B, H, N, N); row i: query i against every key
+    Swin's eq. (4), softmax(q kᵀ/√d + B) v, with B the relative position bias plus the shifted windows' mask, or LSA's
+    diagonal mask. `scale`, a tensor, replaces 1/√D_h: LSA's learned 1/τ (locality.py)."""
+    scores = q @ k.transpose(-2, -1)                        # (B, H, N, N); row i: query i against every key
+    scores = scores / q.shape[-1] ** 0.5 if scale is None else scores * scale
     if bias is not None:
         scores = scores + bias
     probs = scores.softmax(dim=-1)                          # each query's weights over the keys sum to 1
@@ -45,7 +47,9 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 
 
 def multi_head_attention(x: torch.Tensor, w_qkv: Weight, b_qkv: torch.Tensor | None, w_out: Weight,
-                         b_out: torch.Tensor | None, num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. (8): MSA(x). x (B, N, D) -> (output (B, N, D), probabilities (B, H, N, N))."""
-    out, probs = scaled_dot_product_attention(*qkv_heads(x, w_qkv, b_qkv, num_heads))
+                         b_out: torch.Tensor | None, num_heads: int, bias: torch.Tensor | None = None,
+                         scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. (8): MSA(x). x (B, N, D) -> (output (B, N, D), probabilities (B, H, N, N)); `bias` and `scale` as
+    `scaled_dot_product_attention` takes them."""
+    out, probs = scaled_dot_product_attention(*qkv_heads(x, w_qkv, b_qkv, num_heads), bias, scale)
     return linear(merge_heads(out), w_out, b_out), probs

@@ -4,6 +4,8 @@ Paper Table 1 gives D, L, MLP size and heads; the rest is what the official code
 out so that nothing hides in a library default (the comment on each field names its source). `distilled`, `fusion`
 and `drop_path` are DeiT's (Touvron et al. 2021, arXiv:2012.12877). `backbone` makes the model the paper's hybrid
 (§3.1): its patches are cut from a ResNet's feature map (`BackboneConfig`, computed by resnet.py) instead of the image.
+`patch_embed`, `spt_shift` and `attention` are the two additions of "Vision Transformer for Small-Size Datasets"
+(Lee, Lee & Song 2021, arXiv:2112.13492).
 """
 import math
 import numbers
@@ -109,6 +111,12 @@ class ViTConfig:
     fusion: str = "mean_logits"               # a distilled model's prediction from its two heads: "mean_logits"
                                               # (timm, transformers, official code) or "softmax_sum" (DeiT §4's text)
     backbone: BackboneConfig | None = None    # §3.1 hybrid: patches of P×P of this CNN's feature map; None: of the image
+    patch_embed: str = "linear"               # "linear": eq. (1)'s x_p E; "spt": Shifted Patch Tokenization (Lee et al.
+                                              # §3.2): the image and four shifted copies, patchified, LN, linear
+    spt_shift: str = "diagonal"               # SPT's four shifts: "diagonal" by P/2 (the paper, its official code),
+                                              # "cardinal" by one pixel (vit-pytorch's vit_for_small_dataset)
+    attention: str = "standard"               # "standard": softmax(q kᵀ/√D_h) (App. A); "lsa": Locality Self-Attention
+                                              # (Lee et al. §3.3): a learned temperature, each token's own logit masked
 
     def __post_init__(self):
         object.__setattr__(self, "image_size", image_size_pair(self.image_size))
@@ -140,10 +148,14 @@ class ViTConfig:
         if self.dim % self.num_heads:
             raise ValueError(f"dim: expected a multiple of num_heads={self.num_heads}, got dim={self.dim}")
         choices = {"pool": ("token", "avg"), "pos_embed": ("learned", "sincos2d", "none"), "gelu": ("exact", "tanh"),
-                   "fusion": ("mean_logits", "softmax_sum")}
+                   "fusion": ("mean_logits", "softmax_sum"), "patch_embed": ("linear", "spt"),
+                   "spt_shift": ("diagonal", "cardinal"), "attention": ("standard", "lsa")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {getattr(self, name)!r}")
+        if self.backbone and self.patch_embed == "spt":
+            raise ValueError("patch_embed: 'spt' shifts the image, and a hybrid's patches come from its backbone's "
+                             "feature map: expected 'linear' with a backbone, got 'spt'")
         if self.pool == "token" and not self.class_token:
             raise ValueError("pool: 'token' pooling needs class_token=True, got class_token=False")
         if self.distilled and not (self.class_token and self.pool == "token"):
@@ -152,6 +164,9 @@ class ViTConfig:
                              f"pool={self.pool!r}")
         if not is_real(self.drop_path) or not 0 <= self.drop_path < 1:
             raise ValueError(f"drop_path: expected a rate in [0, 1), got {self.drop_path}")
+        if self.attention == "lsa" and self.num_tokens < 2:
+            raise ValueError(f"attention: 'lsa' masks each token's attention to itself, so it needs two tokens or more, "
+                             f"got {self.num_tokens}")
         if self.pos_embed == "sincos2d" and self.dim % 4:
             raise ValueError(f"dim: 2-D sin-cos position embeddings need a multiple of 4, got {self.dim}")
         if self.pos_embed == "sincos2d" and self.dim < 8:       # ω_k = T^(-k/(D/4 - 1)) (position.py) needs D/4 > 1

@@ -2,7 +2,9 @@
 
 "Layernorm (LN) is applied before every block, and residual connections after every block" (paper §3.1). Each
 residual line carries its dropout (App. B.1: after every dense layer, so after the output projection and after the
-MLP's second layer), then DeiT's stochastic depth (drop_path.py), in timm's order.
+MLP's second layer), then DeiT's stochastic depth (drop_path.py), in timm's order. With Locality Self-Attention
+(cfg.attention = "lsa", locality.py) each block's attention logits are masked on the diagonal and scaled by a learned
+temperature.
 """
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,7 @@ import torch.nn.functional as F
 from .attention import multi_head_attention
 from .config import ViTConfig
 from .drop_path import drop_path, drop_path_rates
+from .locality import masking_and_temperature
 from .mlp import mlp
 from .norm import layer_norm
 
@@ -30,7 +33,8 @@ def encoder_block(params: dict, z: torch.Tensor, cfg: ViTConfig, train: bool = F
     with probability `drop_path_rate` in training. z (B, N, D) -> (z_ℓ (B, N, D), attention probs (B, H, N, N))."""
     p, eps = params, cfg.layer_norm_eps
     a, probs = multi_head_attention(layer_norm(z, p["ln1.weight"], p["ln1.bias"], eps), p["qkv.weight"],
-                                    p.get("qkv.bias"), p["proj.weight"], p["proj.bias"], cfg.num_heads)
+                                    p.get("qkv.bias"), p["proj.weight"], p["proj.bias"], cfg.num_heads,
+                                    *masking_and_temperature(p, z, cfg))          # LSA's, or none
     z = z + drop_path(F.dropout(a, cfg.dropout, train), drop_path_rate, train)  # eq. (2): z' = MSA(LN(z)) + z
     m = mlp(layer_norm(z, p["ln2.weight"], p["ln2.bias"], eps), p["fc1.weight"], p["fc1.bias"], p["fc2.weight"],
             p["fc2.bias"], cfg.gelu, cfg.dropout, train)

@@ -25,13 +25,26 @@ from .config import ViTConfig
 from .drop_path import drop_path, drop_path_rates
 from .encoder import block_params
 from .linear import LowRank
+from .locality import masking_and_temperature
 from .mlp import mlp_hidden
 from .norm import layer_norm
 
 
-def fused_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor | None, num_heads: int) -> torch.Tensor:
-    """Eqs. (5)-(7) for all heads, concatenated: x (B, N, D) -> [SA_1(x); …; SA_k(x)] (B, N, D), before U_msa."""
-    out = F.scaled_dot_product_attention(*qkv_heads(x, w_qkv, b_qkv, num_heads))  # softmax(q kᵀ/√D_h) v, (B, H, N, D_h)
+def fused_softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+                            scale: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q kᵀ/√D_h + bias) v in one kernel, or with LSA's learned scale in place of 1/√D_h: (B, H, M, D_h) queries
+    against (B, H, N, D_h) keys and values -> (B, H, M, D_h). The kernel takes its scale as a number, so a learned one
+    multiplies q instead (q kᵀ·s = (s·q) kᵀ) and stays in the graph."""
+    if scale is not None:
+        q, scale = q * scale, 1.0
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+
+
+def fused_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor | None, num_heads: int,
+                    bias: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Eqs. (5)-(7) for all heads, concatenated: x (B, N, D) -> [SA_1(x); …; SA_k(x)] (B, N, D), before U_msa;
+    `bias` and `scale` as `scaled_dot_product_attention` takes them."""
+    out = fused_softmax_attention(*qkv_heads(x, w_qkv, b_qkv, num_heads), bias, scale)   # (B, H, N, D_h)
     return merge_heads(out)                             # (B, N, H·D_h), a view when laid out as (B, N, H, D_h)
 
 
@@ -54,7 +67,7 @@ def fast_encoder_block(params: dict, z: torch.Tensor, cfg: ViTConfig, train: boo
     """Eqs. (2)-(3) for one block, as encoder.encoder_block computes them. z (B, N, D) -> z_ℓ (B, N, D)."""
     p, eps = params, cfg.layer_norm_eps
     a = fused_attention(layer_norm(z, p["ln1.weight"], p["ln1.bias"], eps), p["qkv.weight"], p.get("qkv.bias"),
-                        cfg.num_heads)
+                        cfg.num_heads, *masking_and_temperature(p, z, cfg))
     z = residual_linear(z, a, p["proj.weight"], p["proj.bias"], cfg.dropout, train, drop_path_rate)  # eq. (2)
     h = mlp_hidden(layer_norm(z, p["ln2.weight"], p["ln2.bias"], eps), p["fc1.weight"], p["fc1.bias"], cfg.gelu,
                    cfg.dropout, train)
@@ -62,9 +75,10 @@ def fast_encoder_block(params: dict, z: torch.Tensor, cfg: ViTConfig, train: boo
 
 
 def prefix_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor | None, num_heads: int,
-                     num_prefix_tokens: int) -> torch.Tensor:
+                     num_prefix_tokens: int, bias: torch.Tensor | None = None,
+                     scale: torch.Tensor | None = None) -> torch.Tensor:
     """Eqs. (5)-(7) for the P prefix tokens' queries alone: x (B, N, D) -> [SA_1(x); …; SA_k(x)] rows 0 … P−1,
-    (B, P, D)."""
+    (B, P, D); `bias` (N, N) and `scale` as for the whole sequence (the bias's rows 0 … P−1 are read)."""
     b, n, d = x.shape
     check_num_heads(d, num_heads)
     w_q, w_kv = w_qkv.split([d, 2 * d])                                      # rows of q, then of k and v
@@ -73,7 +87,8 @@ def prefix_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor |
     q = q.view(b, num_prefix_tokens, num_heads, d // num_heads).transpose(1, 2)  # (B, H, P, D_h)
     kv = F.linear(x, w_kv, b_kv).view(b, n, 2, num_heads, d // num_heads)  # (B, N, 2·D) -> (B, N, 2, H, D_h)
     k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)                              # 2 × (B, H, N, D_h), views
-    return merge_heads(F.scaled_dot_product_attention(q, k, v))              # (B, H, P, D_h) -> (B, P, D)
+    rows = None if bias is None else bias[:num_prefix_tokens]               # (P, N)
+    return merge_heads(fused_softmax_attention(q, k, v, rows, scale))        # (B, H, P, D_h) -> (B, P, D)
 
 
 def prefix_block(params: dict, z: torch.Tensor, cfg: ViTConfig, train: bool = False,
@@ -82,7 +97,7 @@ def prefix_block(params: dict, z: torch.Tensor, cfg: ViTConfig, train: bool = Fa
     Drop path draws one mask per sample whatever the sequence length, so it draws here what the whole block would."""
     p, eps, prefix = params, cfg.layer_norm_eps, cfg.num_prefix_tokens
     a = prefix_attention(layer_norm(z, p["ln1.weight"], p["ln1.bias"], eps), p["qkv.weight"], p.get("qkv.bias"),
-                         cfg.num_heads, prefix)                                                 # (B, P, D)
+                         cfg.num_heads, prefix, *masking_and_temperature(p, z, cfg))             # (B, P, D)
     z = residual_linear(z[:, :prefix], a, p["proj.weight"], p["proj.bias"], 0.0, train, drop_path_rate)  # eq. (2)
     h = mlp_hidden(layer_norm(z, p["ln2.weight"], p["ln2.bias"], eps), p["fc1.weight"], p["fc1.bias"], cfg.gelu)
     return residual_linear(z, h, p["fc2.weight"], p["fc2.bias"], 0.0, train, drop_path_rate)  # eq. (3)

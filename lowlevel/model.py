@@ -32,6 +32,7 @@ from .drop_path import drop_path_rates
 from .encoder import block_params, encoder, encoder_block, params_under
 from .fast import fast_encoder
 from .linear import linear
+from .locality import shifted_patch_tokenization
 from .norm import layer_norm
 from .params import param_shapes
 from .patches import patch_embedding
@@ -56,11 +57,20 @@ def patch_source(params: dict, images: torch.Tensor, cfg: ViTConfig) -> torch.Te
     return feature_map(params_under(params, "backbone."), images, cfg.backbone)
 
 
+def tokens(params: dict, images: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
+    """Eq. (1)'s first half, (B, C, H, W) -> (B, N, D): x_p E of the image's (or the hybrid's feature map's) patches,
+    or Shifted Patch Tokenization (locality.py)."""
+    if cfg.patch_embed == "spt":
+        return shifted_patch_tokenization(images, params["patch_norm.weight"], params["patch_norm.bias"],
+                                          params["patch.weight"], params["patch.bias"], cfg.patch_size, cfg.spt_shift,
+                                          cfg.layer_norm_eps)
+    return patch_embedding(patch_source(params, images, cfg), params["patch.weight"], params["patch.bias"],
+                           cfg.patch_size)
+
+
 def embed(params: dict, images: torch.Tensor, cfg: ViTConfig, train: bool = False) -> torch.Tensor:
     """Eq. (1): (B, C, H, W) -> z_0 (B, P+N, D); dropout "directly after adding positional- to patch embeddings"."""
-    x = patch_embedding(patch_source(params, images, cfg), params["patch.weight"], params["patch.bias"],
-                        cfg.patch_size)                                                    # (B, N, D)
-    return F.dropout(embed_positions(params, x, cfg), cfg.dropout, train)
+    return F.dropout(embed_positions(params, tokens(params, images, cfg), cfg), cfg.dropout, train)
 
 
 def pool(params: dict, z: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:

@@ -130,7 +130,8 @@ def hf_config(cfg: ViTConfig):
     not after the GELU, and has no stochastic depth (drop_path)."""
     from transformers import DeiTConfig
     from transformers import ViTConfig as HFViTConfig
-    require("transformers' ViT", cfg, class_token=True, pool="token", pos_embed="learned", backbone=None)
+    require("transformers' ViT", cfg, class_token=True, pool="token", pos_embed="learned", backbone=None,
+            patch_embed="linear", attention="standard")
     if cfg.num_classes or cfg.distilled:                    # the pooler (pre-logits) has no classifier after it
         require("transformers' ViTForImageClassification and DeiT", cfg, representation_size=None)
     h, w = cfg.image_size

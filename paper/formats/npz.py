@@ -200,7 +200,7 @@ def to_npz(params: dict, cfg: ViTConfig, layout: str = "vit2020") -> dict[str, n
     if layout not in LAYOUTS:
         raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
     require("the official npz format", cfg, class_token=True, pool="token", pos_embed="learned", qkv_bias=True,
-            distilled=False, backbone=None)
+            distilled=False, backbone=None, patch_embed="linear", attention="standard")
     check_params(params, param_shapes(cfg))
     numbering = "pre_linen" if layout == "vit2020" else "linen"
     arrays = {}

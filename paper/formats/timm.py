@@ -203,7 +203,8 @@ def from_timm(model_or_state_dict, **overrides) -> tuple[ViTConfig, dict[str, to
 def to_timm(params: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
     """(params, cfg) -> a timm VisionTransformer (VisionTransformerDistilled) state_dict
     (`paper.references.vit.timm_vit(cfg)` builds the model)."""
-    require(FORMAT, cfg, representation_size=None, pos_embed=("learned", "none"))
+    require(FORMAT, cfg, representation_size=None, pos_embed=("learned", "none"), patch_embed="linear",
+            attention="standard")
     if cfg.distilled:                               # VisionTransformerDistilled always learns E_pos (deit.py)
         require("timm's VisionTransformerDistilled", cfg, pos_embed="learned")
     return renamed(params, param_shapes(cfg), cfg, lambda name: timm_key(name, cfg))
@@ -307,7 +308,7 @@ def hub_config(cfg: ViTConfig, preprocessing: Preprocessing | None) -> dict:
     """config.json of a hub directory for `cfg`: every model_arg spelled out, so that timm builds exactly this
     model; the preprocessing, when known, in pretrained_cfg."""
     require(FORMAT + " hub directory", cfg, representation_size=None, pos_embed=("learned", "none"), layer_norm_eps=1e-6,
-            backbone=None)
+            backbone=None, patch_embed="linear", attention="standard")
     shapes = (cfg.dim, cfg.depth, cfg.mlp_dim, cfg.patch_size, cfg.num_heads)
     arch = next((name for name, row in TIMM.items() if row == shapes), ANY_VIT)
     pool = "avg" if cfg.pool == "avg" else "token"

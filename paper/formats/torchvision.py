@@ -58,7 +58,7 @@ def is_torchvision_state_dict(sd: dict) -> bool:
 def check_expressible(cfg: ViTConfig) -> None:
     """Refuse what torchvision's VisionTransformer cannot compute."""
     require(FORMAT, cfg, in_channels=3, class_token=True, pool="token", pos_embed="learned", qkv_bias=True,
-            layer_norm_eps=1e-6, gelu="exact", backbone=None)
+            layer_norm_eps=1e-6, gelu="exact", backbone=None, patch_embed="linear", attention="standard")
     if cfg.image_size[0] != cfg.image_size[1]:
         raise ValueError(f"image_size: {FORMAT} cannot express image_size={cfg.image_size}; it holds square images")
     if not cfg.num_classes:

@@ -27,7 +27,8 @@ def timm_backbone(cfg: ViTConfig) -> nn.Module:
 def timm_kwargs(cfg: ViTConfig) -> dict:
     """Arguments for timm's VisionTransformer that build the same model as `cfg` (eps and GELU made explicit); a
     hybrid's embedding is timm's HybridEmbed over `timm_backbone`."""
-    require("timm's VisionTransformer", cfg, representation_size=None, pos_embed=("learned", "none"))
+    require("timm's VisionTransformer", cfg, representation_size=None, pos_embed=("learned", "none"),
+            patch_embed="linear", attention="standard")
     if cfg.distilled:                               # VisionTransformerDistilled always learns E_pos (deit.py)
         require("timm's VisionTransformerDistilled", cfg, pos_embed="learned")
     return dict(img_size=cfg.image_size, patch_size=cfg.patch_size, in_chans=cfg.in_channels,
