@@ -31,6 +31,7 @@ __all__ = ["ViTConfig", "BackboneConfig", "SwinConfig", "swin", "resnet", "init_
            "forward", "forward_intermediates", "forward_heads",
            "embed", "encoder", "encoder_block", "block_params", "fast_encoder", "fast_encoder_block", "pool",
            "fuse", "drop_path", "drop_path_rates",
-           "layer_norm", "group_norm", "linear", "LowRank", "lora", "mpp", "mlp", "multi_head_attention", "scaled_dot_product_attention",
+           "layer_norm", "group_norm", "linear", "LowRank", "lora", "mpp", "mlp", "multi_head_attention",
+           "scaled_dot_product_attention",
            "qkv_heads", "merge_heads",
            "patchify", "unpatchify", "patch_embedding", "shifted_patch_tokenization", "sincos_2d"]
