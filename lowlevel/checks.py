@@ -1,4 +1,6 @@
 """Input checks that fail early with an error naming the parameter, what was expected and what was got."""
+import re
+
 import torch
 
 from .config import is_integer
@@ -30,15 +32,21 @@ def check_params(params: dict, expected: dict[str, tuple[int, ...]], what: str =
     shapeless = sorted(k for k, v in params.items() if not hasattr(v, "shape"))
     if shapeless:
         raise ValueError(f"{what}: expected tensors, got {type(params[shapeless[0]]).__name__} at {shapeless[:3]}")
-    missing = sorted(set(expected) - set(params))
-    unexpected = sorted(set(params) - set(expected))
-    misshaped = sorted(f"{k}: expected {tuple(expected[k])}, got {tuple(params[k].shape)}"
-                       for k in set(expected) & set(params) if tuple(params[k].shape) != tuple(expected[k]))
+    missing = sorted(set(expected) - set(params), key=in_block_order)
+    unexpected = sorted(set(params) - set(expected), key=in_block_order)
+    misshaped = [f"{k}: expected {tuple(expected[k])}, got {tuple(params[k].shape)}"
+                 for k in sorted(set(expected) & set(params), key=in_block_order)
+                 if tuple(params[k].shape) != tuple(expected[k])]
     if missing or unexpected or misshaped:
         lines = [f"{what} do not match the config:"]
         lines += bad_keys("missing key:", missing) + bad_keys("unexpected key:", unexpected)
         lines += bad_keys("mis-shaped key", misshaped)
         raise ValueError("\n".join(lines))
+
+
+def in_block_order(key: str) -> list:
+    """A sort key that reads the numbers in a name as numbers: blocks.2 before blocks.10."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", key)]
 
 
 def bad_keys(kind: str, entries: list[str], listed: int = 5) -> list[str]:

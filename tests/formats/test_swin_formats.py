@@ -129,7 +129,7 @@ def test_convert_refuses_a_size_where_the_codes_differ_and_a_wrong_model(swin_t_
                            "padding='before_shift', small_window='pad': timm's SwinTransformer cannot express it at "
                            "image_size (256, 256), where stage 0's 64×64 map is padded to whole 7×7 windows"),
                           ([str(tmp_path / "out.pth"), "--model", "Swin-S"],
-                           "missing key: features.5.17.attn.qkv.weight"),
+                           "missing keys, the first: features.5.6.attn.proj.bias;"),
                           ([str(tmp_path / "out.pth"), "--adapter", str(tmp_path)],
                            "--adapter: expected a ViT or DeiT base (our LoRA adapts the ViT's dense layers), got a "
                            "SwinConfig")):
