@@ -23,20 +23,20 @@ def multiply_adds(model, cfg, training: bool = False) -> int:
     fast = getattr(model, "fast", None)
     if fast is not None:
         model.fast = False
-    images = torch.zeros(2, cfg.in_channels, *cfg.image_size)         # 2: BatchNorm trains on more than one value
     try:
         with FlopCounterMode(display=False) as counter:
-            if training:
-                model.train()
-                logits = model(images)
+            if training:                          # 2 images: BatchNorm trains on more than one value
+                images = torch.zeros(2, cfg.in_channels, *cfg.image_size)
+                logits = model.train()(images)
                 (logits[0] if isinstance(logits, tuple) else logits).sum().backward()
+                model.zero_grad(set_to_none=True)
             else:
+                images = torch.zeros(1, cfg.in_channels, *cfg.image_size)
                 with torch.no_grad():
-                    model.eval()(images)
+                    model(images)
     finally:
         if fast is not None:
             model.fast = fast
-        model.zero_grad(set_to_none=True)
     return counter.get_total_flops() // 2 // len(images)
 
 

@@ -33,6 +33,9 @@ def trained_model(name: str, arguments: tuple[str, ...], stage: str = "pretrain"
     """(params, cfg) of stage `stage` ("pretrain" or "finetune") of `python -m paper.train ARGUMENTS --out runs/NAME`,
     trained now if runs/NAME does not hold that run yet."""
     out = RUNS / name
+    state = cached(out, arguments, stage)        # a kept run is read without the lock: its folder appeared whole,
+    if state is not None:                        # and a reader that may write nothing (the learner's) reads it too
+        return state["params"], checkpoint_config(state)
     RUNS.mkdir(exist_ok=True)
     with open(RUNS / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)                 # two processes asking at once train once

@@ -326,7 +326,7 @@ def test_bad_configs_and_adapters_name_the_field():
     with pytest.raises(ValueError, match="blocks: expected indices below depth=3, got"):
         adapter_shapes(CFG, LoRAConfig(blocks=(3,)))
     adapters = init_adapters(CFG, LoRAConfig(2, 2))
-    with pytest.raises(ValueError, match=r"mis-shaped key blocks.0.q.lora_A: expected \(4, 16\), got \(2, 16\)"):
+    with pytest.raises(ValueError, match=r"mis-shaped keys, the first: blocks.0.q.lora_A: expected \(4, 16\), got \(2, 16\)"):
         adapt(random_params(CFG, 0), adapters, CFG, LoRAConfig(4, 2))
 
 
