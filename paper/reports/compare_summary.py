@@ -62,8 +62,8 @@ def summarise(results: list[dict], batch: int) -> dict:
         if not runs:
             continue
         model = build(name, 0)   # the architecture: speed and counts do not depend on the weights
-        counts = {"multiply_adds": multiply_adds(model, model.cfg),
-                  "training_multiply_adds": multiply_adds(model, model.cfg, training=True) * batch}  # per step
+        training = multiply_adds(model, model.cfg, training=True) * batch          # per step
+        counts = {"multiply_adds": multiply_adds(model.eval(), model.cfg), "training_multiply_adds": training}
         classify = Classifier(model, eval_preprocessing(model.cfg.image_size))              # frozen from here
         sizes = sorted({r["size"] for r in runs})
 
