@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--task", type=int, default=None,
                        help="check only this task number (the earlier tasks run as their reference versions)")
     check.add_argument("--timeout", type=float, default=120.0,
-                       help="seconds allowed for each task's code and for its checks (default 120)")
+                       help="seconds allowed for each task's code and for its checks (default 120; a task that "
+                            "trains for minutes gets at least the time its grader gives it)")
     check.add_argument("--output-dir", type=Path, default=None,
                        help="where the tasks' plots are written (default: next to each workbook)")
     run = commands.add_parser("notebooks", help="run the solutions as Jupyter notebooks, top to bottom",

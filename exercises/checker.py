@@ -297,12 +297,15 @@ class Grading:
         names = defined_functions(self.skeleton[task][1]) if task in self.skeleton else []
         return {name: self.grader.REFERENCE[name] for name in names if name in self.grader.REFERENCE}
 
+    def seconds(self, task: int) -> float:
+        return task_seconds(self.grader, task, self.timeout)
+
     def replay(self, ns: Namespace, task: int) -> None:
         """Bind the task's references, then run its original block without its definitions, plots discarded."""
         ns.request(("bind", self.timeout, self.references(task)))
         if task in self.skeleton:
             code = without_definitions(self.skeleton[task][1])
-            ns.request(("run", self.timeout, code, str(self.skeleton_path), f"task {task} (reference)",
+            ns.request(("run", self.seconds(task), code, str(self.skeleton_path), f"task {task} (reference)",
                         str(self.discard_dir)))
 
     def fresh(self, done: list[int]) -> tuple[Namespace | None, tuple[str, str] | None]:
@@ -375,14 +378,15 @@ class Grading:
         before = snapshot(self.plots_dir)
         failure, raised = None, None
         try:
-            reply = ns.request(("run", self.timeout, code, str(self.workbook), f"task {task}", str(self.plots_dir)))
+            reply = ns.request(("run", self.seconds(task), code, str(self.workbook), f"task {task}",
+                                str(self.plots_dir)))
             if reply[0] == "failed":
                 failure = (reply[1], reply[2])
             elif reply[0] == "raised":
                 raised = (reply[1], reply[2])
         except LearnerStopped as s:
-            failure = (f"task {task} did not finish within {self.timeout:g} s", "look for an endless loop or a far "
-                       "too large input") if s.timed_out else \
+            failure = (f"task {task} did not finish within {self.seconds(task):g} s", "look for an endless loop or a "
+                       "far too large input") if s.timed_out else \
                       (f"the process running your code {s.what} while running task {task}", s.hint)
         files = self.collect(before)
         if failure is None:
@@ -402,7 +406,7 @@ class Grading:
 
     def check(self, ns: Namespace, task: int, files: set[Path]) -> tuple[str, str] | None:
         """The task's hidden checks: None when they pass, else (message, hint)."""
-        ns.deadline = time.monotonic() + self.timeout
+        ns.deadline = time.monotonic() + self.seconds(task)
         token = checks_written.set(files)
         try:
             self.grader.TASKS[task](ns, self.output_dir)
@@ -410,7 +414,7 @@ class Grading:
             return m.message, m.hint
         except LearnerStopped as s:
             if s.timed_out:
-                return (f"the checks did not finish within {self.timeout:g} s",
+                return (f"the checks did not finish within {self.seconds(task):g} s",
                         "look for an endless loop, or work that grows far too fast with the input size")
             return f"the process running your code {s.what} while it was being checked", s.hint
         except Exception as e:  # whatever the learner's return value makes the checks raise
@@ -425,6 +429,12 @@ class Grading:
 PIPE_HINT = "only the checker writes to its pipes: leave the file descriptors your code did not open alone"
 CRASH_HINT = ("something in your code stopped or froze Python itself (os._exit, a crash, running out of memory, a "
               "hang inside a C call): run the task's code on its own")
+
+
+def task_seconds(grader, task: int, timeout: float) -> float:
+    """The wall-clock limit of a task's code, of its checks and of its replay: `timeout`, or the longer time the
+    grader's SECONDS gives a task that trains for minutes."""
+    return max(timeout, getattr(grader, "SECONDS", {}).get(task, 0.0))
 
 
 def task_numbers(stem: str, tasks) -> list[int]:
@@ -502,7 +512,7 @@ def check_workbook(path: Path, *, timeout: float = 120.0, output_dir: Path | Non
             def read_output() -> str:
                 return reader.read().decode("utf-8", errors="replace")
 
-            cpu = SETUP_SECONDS + 3 * timeout * len(grader.TASKS)     # the whole check's CPU time, a backstop
+            cpu = SETUP_SECONDS + 3 * sum(task_seconds(grader, n, timeout) for n in grader.TASKS)   # a backstop
             grading = Grading(grader, path, setup, found, timeout, output_dir, plots, discard,
                               lambda: Learner(path, scratch, [plots, discard], log, cpu), read_output)
             results = grading.run(runnable)

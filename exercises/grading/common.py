@@ -13,6 +13,8 @@ workbook's file name. It declares
                                    each one in a copy of the solution (tests/exercises/test_exercises.py) and expect its hint.
     prepare()  (optional)          run by the checker before the learner's process starts: e.g. training, on first
                                    use, the model the workbook reads (paper/training/trained.py).
+    SECONDS = {n: seconds}         (optional) the tasks whose code trains for minutes: task n's code, its checks
+                                   and its replay each get at least this long, however short --timeout is.
 
 A check runs in the checker's process; the learner's code runs in another (exercises/runner.py). Its arguments:
 

@@ -330,6 +330,18 @@ def test_checker_reports_syntax_errors_wrong_shapes_hangs_and_crashes_per_task(t
     assert elapsed < 300, f"the hang was stopped after {elapsed:.0f} s, not at its 2 s limit"
 
 
+@pytest.mark.slow
+def test_a_task_that_trains_gets_the_time_its_grader_gives_it(tmp_path, monkeypatch):
+    """A task whose code takes 4 s is stopped under --timeout 2, and passes once its grader's SECONDS gives it 60."""
+    line = "    return x.reshape(b, (h // p) * (w // p), c * p * p)     # (B, N, C·P·P)\n"
+    path = tmp_path / "01_patch_embedding.md"
+    path.write_text(replaced((SOLUTIONS / path.name).read_text(), [(line, f"{line}\n\nimport time\ntime.sleep(4)\n")]))
+    stopped = check_workbook(path, timeout=2, output_dir=tmp_path, tasks=[1])[0]
+    assert not stopped.passed and "task 1 did not finish within 2 s" in stopped.message
+    monkeypatch.setattr(GRADERS["01_patch_embedding"], "SECONDS", {1: 60}, raising=False)
+    assert check_workbook(path, timeout=2, output_dir=tmp_path, tasks=[1])[0].passed
+
+
 def test_checker_reports_missing_sections_unknown_workbooks_and_tasks(tmp_path):
     unknown = tmp_path / "99_unknown.md"
     unknown.write_text("## Task 1: x\n```python\nx = 1\n```\n")
