@@ -1,4 +1,7 @@
-"""Shared test utilities: hypothesis strategies for configs, and timm models that expose what they compute."""
+"""Shared test utilities: hypothesis strategies for configs, timm models that expose what they compute, and the
+figures a text states."""
+import re
+
 import torch
 from hypothesis import strategies as st
 
@@ -104,3 +107,10 @@ def timm_twin(params: dict, cfg: ViTConfig, dtype=torch.float64):
         block.attn.fused_attn = False
         block.attn.attn_drop.register_forward_hook(lambda mod, inp, out: model.recorded.append(out))
     return model
+
+
+def typed_figures(prose: str) -> list[str]:
+    """The figures a text states, as it writes them: each number with decimals (a percentage, a difference, a time),
+    leaving out what measures nothing: sizes (n = 4,000), section numbers (§4.3), links and code."""
+    prose = re.sub(r"n = [\d,]+|§[\d.]+|\[[^]]*\]\([^)]*\)|`[^`]*`", "", prose)
+    return re.findall(r"\d[\d,]*\.\d+", prose)

@@ -30,7 +30,7 @@ from paper.training.loop import Run, train_stage
 from paper.training.processes import Processes
 from paper.training.stages import with_steps
 from paper.training.state import check_same_run, load_checkpoint
-from tests.helpers import random_params
+from tests.helpers import random_params, typed_figures
 
 TRAIN_STEP = train_module.train_step
 REPO = Path(__file__).resolve().parents[2]
@@ -359,8 +359,7 @@ def test_every_number_the_readmes_state_of_the_comparison_is_in_its_committed_ta
         text = readme.read_text()
         section = re.search(r"<!-- compare results -->(.*?)<!-- /compare results -->", text, re.S)
         assert section, readme
-        prose = re.sub(r"n = [\d,]+|§[\d.]+|\[[^]]*\]\([^)]*\)|`[^`]*`", "", section[1])   # sizes, §s, links, code
-        for number in re.findall(r"\d[\d,]*\.\d+", prose):
+        for number in typed_figures(section[1]):
             assert number in printed, f"{readme}: {number} is in no table of compare.md"
 
 
