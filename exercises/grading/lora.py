@@ -108,7 +108,7 @@ def pretrained_base():
     cfg = vit.ViTConfig(image_size=8, patch_size=2, in_channels=1, dim=32, depth=4, num_heads=4, mlp_dim=64,
                         num_classes=5)
     model = ExplicitParams(vit.init_params(cfg, torch.Generator().manual_seed(0)), cfg)
-    sgd(model, *digits(0, 8, "train"), steps=200, lr=0.1)
+    sgd(model, *digits(0, 8, "train"), steps=600, lr=0.1)
     return finetuning_head({k: v.detach() for k, v in model.as_dict().items()}, cfg, 5)
 
 
@@ -174,9 +174,16 @@ def task_merge(ns, output_dir):
                {HINTS["unmerge adds"]: 2 * merged - w}, hint="W − scaling·B A gives W₀ back")
 
 
+BUDGET = (1000, 0.1)     # the workbook's fine-tuning runs: steps, learning rate
+
+
 def task_lora_fine_tune(ns, output_dir):
     params, cfg = pretrained_base()
-    got = call_unchanged(ns, "lora_fine_tune", params, cfg, *digits(5, 8, "train"), 4, 150, 0.3)
+    steps, lr = ns.get("steps"), ns.get("lr")
+    if not (isinstance(steps, int) and isinstance(lr, float)):
+        raise Mistake(f"the run did not leave `steps` and `lr`, got {type_name(steps)} and {type_name(lr)}",
+                      "keep the task's code block after the function as it is")
+    got = call_unchanged(ns, "lora_fine_tune", params, cfg, *digits(5, 8, "train"), 4, steps, lr)
     if not (isinstance(got, tuple) and len(got) == 2 and all(isinstance(t, dict) for t in got)):
         raise Mistake(f"lora_fine_tune returned {type_name(got)}, not (adapters, head)",
                       "return the two dicts, adapters first")
@@ -200,10 +207,14 @@ def task_lora_fine_tune(ns, output_dir):
     with torch.no_grad():
         logits = vit.forward(adapt({**params, **head}, adapters, cfg, lora), images, cfg)
     accuracy = (logits.argmax(-1) == labels).float().mean().item()
-    if accuracy < 0.83:
-        raise Mistake(f"held-out accuracy on the digits 5-9 is {accuracy:.1%}, expected at least 83%",
+    if (steps, lr) != BUDGET:
+        raise Mistake(f"the runs are {steps} steps at lr {lr:g}, the workbook's {BUDGET[0]} at {BUDGET[1]:g}",
+                      "keep the task's code block after the function as it is")
+    if accuracy < 0.88:       # the solution's three seeds: 93.9 ± 1.0%
+        raise Mistake(f"held-out accuracy on the digits 5-9 is {accuracy:.1%}, expected at least 88%",
                       "train the adapters and the head together at the given learning rate, α = rank (scaling 1), "
                       "the base frozen")
 
 
 TASKS = {1: task_lora_linear, 2: task_init, 3: task_merge, 4: task_lora_fine_tune}
+SECONDS = {4: 600}     # task 4 fine-tunes nine models: about a minute on one core

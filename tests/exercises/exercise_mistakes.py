@@ -594,9 +594,9 @@ QUICK = {
         ('teacher = train_teacher(train_images, train_labels)', 'teacher = train_teacher(train_images, train_labels, steps=1)'),
         ('steps=60, kind=kind', 'steps=1, kind=kind'),
     ]),
-    '07_lora': (None, [
-        ('steps=200, lr=0.1)', 'steps=2, lr=0.1)'),
-        ('rank=4, steps=150, lr=0.3)', 'rank=4, steps=2, lr=0.3)'),
+    '07_lora': (4, [
+        ('steps=600, lr=0.1)', 'steps=2, lr=0.1)'),
+        ('seeds, steps, lr = (0, 1, 2), 1000, 0.1', 'seeds, steps, lr = (0, 1, 2), 2, 0.1'),
     ]),
     '10_reading_timm_and_transformers': (None, [
         ('big = paper_config("ViT-B/16", num_classes=1000)', 'big = paper_config("ViT-Ti/16", num_classes=10)'),

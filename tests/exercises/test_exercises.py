@@ -115,7 +115,8 @@ def planted_copies(name: str) -> list[tuple[str, dict[int, str], set[int]]]:
 # its seeds). The texts quote one run of each solution on seeds 0-2, on this project's AMD EPYC; the suite runs these
 # solutions on seed 0 alone, the same code in a third of the time, and holds seed 0 to what
 # the texts quote (seed0_against_quoted).
-TRAINING = {"09_encoder_block": ((5,), 'kinds, lrs, seeds = ("token", "avg"), (1e-3, 1e-2), (0, 1, 2)')}
+TRAINING = {"07_lora": ((4,), "seeds, steps, lr = (0, 1, 2), 1000, 0.1"),
+            "09_encoder_block": ((5,), 'kinds, lrs, seeds = ("token", "avg"), (1e-3, 1e-2), (0, 1, 2)')}
 
 
 def solution_for_the_suite(name: str, folder: Path) -> Path:
@@ -756,6 +757,24 @@ def ahead(a: dict, b: dict) -> bool:
 
 def level(a: dict, b: dict) -> bool:
     return not separated(a, b)
+
+
+@pytest.mark.slow
+def test_workbook_07_prints_what_its_text_states(graded):
+    """The head alone cannot fit the digits 5-9, LoRA and full fine-tuning do; on the held-out digits each row is ahead
+    of the one before, LoRA nearer full fine-tuning than the head alone; merged adapters change the logits by float32
+    rounding only."""
+    results = graded[0]["07_lora"]
+    rows, rows0 = seed0_against_quoted("07_lora", 4, results)
+    runs = ("head alone, digits 5-9", "LoRA on W_q, W_v (r=4) + head, digits 5-9", "every weight, digits 5-9")
+    for table in (rows, rows0):
+        (head, _), (lora, lora_test), (full, full_test) = (table[run] for run in runs)
+        assert head["mean"] < 90 and min(lora["mean"], full["mean"]) >= 99
+        head_test = table[runs[0]][1]
+        assert lora_test["mean"] - head_test["mean"] > full_test["mean"] - lora_test["mean"] > 0
+        assert table["merged into the weights"][0]["mean"] < 1e-4
+    assert ahead(rows[runs[1]][1], rows[runs[0]][1]) and ahead(rows[runs[2]][1], rows[runs[1]][1])
+    assert "LoRA trains 2,213 of 35,141 numbers (6.3%)" in printed(results, 4)
 
 
 @pytest.mark.slow
