@@ -344,27 +344,26 @@ PLANTED = {
          'soft swapped'),
         (4, '        optimizer.zero_grad()\n        class_logits', '        class_logits', 'no zero_grad'),
         (4,
-         '        if kind == "hard":\n            loss = hard_distillation_loss(class_logits, distillation_logits, teacher_logits, '
-         'labels)\n        else:\n            loss = soft_distillation_loss(class_logits, distillation_logits, teacher_logits, '
-         'labels, tau, lam)',
-         '        loss = F.cross_entropy(class_logits, labels) + F.cross_entropy(distillation_logits, labels)',
+         '        if kind == "hard":\n            loss = hard_distillation_loss(class_logits, distillation_logits, '
+         'teacher_logits[batch], labels[batch])\n        else:\n            loss = soft_distillation_loss(class_logits, '
+         'distillation_logits, teacher_logits[batch], labels[batch],\n                                          tau, lam)',
+         '        loss = F.cross_entropy(class_logits, labels[batch]) + F.cross_entropy(distillation_logits, labels[batch])',
          'no teacher'),
         (4,
-         '        if kind == "hard":\n            loss = hard_distillation_loss(class_logits, distillation_logits, teacher_logits, '
-         'labels)\n        else:\n            loss = soft_distillation_loss(class_logits, distillation_logits, teacher_logits, '
-         'labels, tau, lam)',
-         '        loss = hard_distillation_loss(class_logits, distillation_logits, teacher_logits, labels)',
+         '        if kind == "hard":\n            loss = hard_distillation_loss(class_logits, distillation_logits, '
+         'teacher_logits[batch], labels[batch])\n        else:\n            loss = soft_distillation_loss(class_logits, '
+         'distillation_logits, teacher_logits[batch], labels[batch],\n                                          tau, lam)',
+         '        loss = hard_distillation_loss(class_logits, distillation_logits, teacher_logits[batch], labels[batch])',
          'kind ignored'),
-        (4, 'teacher_logits, labels, tau, lam)', 'teacher_logits, labels)', 'tau lam dropped'),
+        (4, 'labels[batch],\n                                          tau, lam)', 'labels[batch])', 'tau lam dropped'),
         (4, 'AdamW(p.values(), lr=lr, weight_decay=0.05)', 'AdamW(p.values(), lr=lr)', 'weight decay'),
         (4, 'optimizer = torch.optim.AdamW(', 'optimizer = torch.optim.Adam(', 'adam'),
         (4,
-         '    optimizer = torch.optim.AdamW(p.values(), lr=lr, weight_decay=0.05)\n    with torch.no_grad():                      '
-         '                         # the teacher is frozen\n        teacher_logits = teacher(images)\n    for _ in '
-         'range(steps):\n',
-         '    with torch.no_grad():\n        teacher_logits = teacher(images)\n    for _ in range(steps):\n        optimizer = '
-         'torch.optim.AdamW(p.values(), lr=lr, weight_decay=0.05)\n',
+         '    for _ in range(steps):\n        batch = torch.randint(len(labels), (batch_size,), generator=g)\n',
+         '    for _ in range(steps):\n        optimizer = torch.optim.AdamW(p.values(), lr=lr, weight_decay=0.05)\n'
+         '        batch = torch.randint(len(labels), (batch_size,), generator=g)\n',
          'optimizer per step'),
+        (4, '        optimizer.step()\n        schedule.step()\n', '        optimizer.step()\n', 'no schedule'),
         (4,
          'p = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}',
          'p = {k: v.requires_grad_(True) for k, v in params.items()}',
@@ -592,7 +591,7 @@ QUICK = {
     ]),
     '06_deit': (4, [
         ('teacher = train_teacher(train_images, train_labels)', 'teacher = train_teacher(train_images, train_labels, steps=1)'),
-        ('steps=60, kind=kind', 'steps=1, kind=kind'),
+        ('steps=400, kind=kind', 'steps=1, kind=kind'),
     ]),
     '07_lora': (4, [
         ('steps=600, lr=0.1)', 'steps=2, lr=0.1)'),

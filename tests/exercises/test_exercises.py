@@ -115,7 +115,8 @@ def planted_copies(name: str) -> list[tuple[str, dict[int, str], set[int]]]:
 # its seeds). The texts quote one run of each solution on seeds 0-2, on this project's AMD EPYC; the suite runs these
 # solutions on seed 0 alone, the same code in a third of the time, and holds seed 0 to what
 # the texts quote (seed0_against_quoted).
-TRAINING = {"07_lora": ((4,), "seeds, steps, lr = (0, 1, 2), 1000, 0.1"),
+TRAINING = {"06_deit": ((4,), "seeds, results = (0, 1, 2), {}"),
+            "07_lora": ((4,), "seeds, steps, lr = (0, 1, 2), 1000, 0.1"),
             "09_encoder_block": ((5,), 'kinds, lrs, seeds = ("token", "avg"), (1e-3, 1e-2), (0, 1, 2)')}
 
 
@@ -757,6 +758,23 @@ def ahead(a: dict, b: dict) -> bool:
 
 def level(a: dict, b: dict) -> bool:
     return not separated(a, b)
+
+
+STUDENTS = ("no teacher (λ = 0)", "hard distillation", "soft distillation (τ = 3, λ = 0.1)")
+
+
+@pytest.mark.slow
+def test_workbook_06_prints_what_its_text_states(graded):
+    """Every student fits its training digits; the distillation heads learn the teacher, the untrained one of λ = 0
+    does not; the three students are level on the held-out digits, the teacher ahead of each."""
+    rows, rows0 = seed0_against_quoted("06_deit", 4, graded[0]["06_deit"])
+    for table, fits, learns in ((rows, 99.8, 90), (rows0, 99, 85)):
+        teacher = table["convnet teacher"][1]["mean"]
+        for student in STUDENTS:
+            train, test, agrees = (figure["mean"] for figure in table[student])
+            assert train >= fits and teacher > test + table[student][1]["std"]
+            assert agrees >= learns if student != STUDENTS[0] else agrees < 20
+    assert all(level(rows[a][1], rows[b][1]) for a in STUDENTS for b in STUDENTS)
 
 
 @pytest.mark.slow
