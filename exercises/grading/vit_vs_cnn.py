@@ -47,6 +47,8 @@ HINTS = {
     "weight decay": "AdamW's default weight decay is 0.01: pass weight_decay=0",
     "no zero_grad": "zero the gradients before each backward pass: they accumulate otherwise",
     "reseeded": "one generator for the whole run, seeded once: a new one each step draws the same batch every time",
+    "no schedule": "decay the learning rate along a cosine: CosineAnnealingLR(optimizer, steps), its step() after "
+                   "each optimizer.step()",
     # Task 4
     "roll": "pixels that leave must not come back on the other side (torch.roll wraps around): what comes in is 0, "
             "MNIST's black",
@@ -84,9 +86,11 @@ def subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 
 def training_run(name: str, images, labels, steps: int, batch_size: int, lr: float, seed: int,
                  mistake: str | None = None) -> dict:
-    """The workbook's loop with torch.optim.AdamW, or with one deliberate mistake (a HINTS key). -> the state_dict."""
+    """The workbook's loop with torch.optim.AdamW and a cosine decay, or with one deliberate mistake (a HINTS key).
+    -> the state_dict."""
     model = build(name, seed).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01 if mistake == "weight decay" else 0.0)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         if mistake == "reseeded":
@@ -96,6 +100,8 @@ def training_run(name: str, images, labels, steps: int, batch_size: int, lr: flo
             optimizer.zero_grad()
         F.cross_entropy(model(images[batch]), labels[batch]).backward()
         optimizer.step()
+        if mistake != "no schedule":
+            schedule.step()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -258,13 +264,14 @@ def task_sweep(ns, output_dir):
         raise Mistake(f"train must return the model's state_dict(), got {type_name(got)}",
                       "return model.state_dict() at the end")
     wrong = {HINTS[m]: training_run("vit", images, targets, **run, mistake=m)
-             for m in ("weight decay", "no zero_grad", "reseeded")}
+             for m in ("weight decay", "no zero_grad", "reseeded", "no schedule")}
     for key in ("params.patch/weight", "params.blocks/0/qkv/weight", "params.head/weight"):
         # float32, the same operations in the same order: equal to rounding; the smallest mistake (weight decay)
         # moves a weight by lr·0.01·|w| ≈ 1e-4 a step
         expect(got[key], want[key], f"{key} after 3 steps", {h: w[key] for h, w in wrong.items()},
                hint="per step: indices torch.randint(len(labels), (batch_size,), generator=g) with one generator "
-                    "seeded once, the mean cross-entropy of the model's logits, backward, an AdamW step",
+                    "seeded once, the mean cross-entropy of the model's logits, backward, an AdamW step, then the "
+                    "cosine schedule's step",
                atol=1e-6, rtol=0)
     expect_png(output_dir / "data_size_sweep.png", "the data-size sweep")
 
@@ -288,3 +295,4 @@ def task_shift(ns, output_dir):
 
 
 TASKS = {1: task_params, 2: task_multiply_adds, 3: task_sweep, 4: task_shift}
+SECONDS = {3: 900}     # task 3 trains twelve models: about five minutes on one core

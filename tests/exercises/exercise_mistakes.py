@@ -248,6 +248,7 @@ PLANTED = {
          '    g = torch.Generator().manual_seed(seed)\n    for _ in range(steps):\n',
          '    for _ in range(steps):\n        g = torch.Generator().manual_seed(seed)\n',
          'reseeded'),
+        (3, '        optimizer.step()\n        schedule.step()\n', '        optimizer.step()\n', 'no schedule'),
         (4,
          '    padded = F.pad(images, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)))\n',
          '    return torch.roll(images, (dy, dx), dims=(-2, -1))\n',
@@ -586,7 +587,8 @@ QUICK = {
         ('steps=100, base_lr=0.03)', 'steps=2, base_lr=0.03, warmup_steps=1)'),
     ]),
     '05_vit_vs_cnn': (None, [
-        ('sizes, steps = (100, 1000), 80', 'sizes, steps = (100, 1000), 1'),
+        ('sizes, seeds = (100, 1000), (0, 1, 2)', 'sizes, seeds = (100,), (0,)'),
+        ('steps = {"vit": 800, "cnn": 150}', 'steps = {"vit": 1, "cnn": 1}'),
         ('test_pixels[:300], test_labels[:300]', 'test_pixels[:20], test_labels[:20]'),
     ]),
     '06_deit': (4, [
