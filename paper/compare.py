@@ -23,10 +23,16 @@ batches (the stream is a function of the seed) and augmentation for every model:
 
     vit             the digits-sized ViT (D 64, 4 layers, 4 heads, MLP 128), 28×28 in 4×4 patches, from scratch
     vit-large       a larger ViT (D 96, 6 layers, 4 heads, MLP 192), from scratch
+    vit-avg         the digits-sized ViT classifying the average of its patch tokens, not its class token (§3.1,
+                    Fig. 9: the two poolings, each at its own learning rate)
     vit-pretrained  the digits-sized ViT pre-trained on scikit-learn's 1,797 8×8 digits (upsampled to 16×16, a
                     4×4 grid; data the test never sees) as paper.train pre-trains, stopped by the same rule, then
                     given a zero-initialised linear head and E_pos interpolated to 28×28 (§3.2), and trained as
                     `vit` is: only the starting weights and hyper-parameters differ
+    vit-head        vit-pretrained with the head alone trained, every other weight frozen (a linear probe)
+    vit-lora-qv4    vit-pretrained fine-tuned through LoRA adapters (Hu et al. 2021, eq. 3) and its head, the
+    vit-lora-qv16   base frozen: on W_q, W_v at rank 4 or 16, or on every weight of a block (q, k, v, proj, fc1,
+    vit-lora-all4   fc2) at rank 4; α = r
     cnn             torchvision's ResNet-18, stock stem (7×7 stride 2 + max-pool), one input channel
 and, on the largest training set only:
     vit-no-pos      the digits-sized ViT without position embeddings (for the patch-permutation probe)
@@ -81,7 +87,8 @@ from paper.training.comparison import (
 # protocol on fewer sizes, seeds and models, with --full's chosen hyper-parameters, under 30 minutes on 2 cores.
 # --quick: the code path in under 3 minutes, its models far from converged.
 FULL = dict(sizes=(100, 250, 630, 1600, 4000), seeds=3, steps=4000, batch=32, eval_every=100, patience=6,
-            pretrain_steps=4000, cifar_seeds=1, tune=True, workers=2, models=(*SWEEP, "vit-no-pos", "cnn-cifar"))
+            pretrain_steps=4000, cifar_seeds=1, tune=True, workers=2,
+            models=(*SWEEP, "vit-no-pos", "cnn-cifar", *DISTILLED))
 DEFAULTS = dict(FULL, sizes=(250, 4000), seeds=2, cifar_seeds=0, tune=False, models=("vit", "vit-pretrained", "cnn"))
 QUICK = dict(DEFAULTS, sizes=(100, 1000), seeds=1, steps=200, eval_every=50, patience=2, pretrain_steps=200,
              models=("vit", "cnn"))

@@ -6,7 +6,10 @@ from paper.reports.statistics import separated
 
 # The rows whose differences the report states: (model, model it is set against).
 CONTRASTS = (("cnn", "vit"), ("vit-pretrained", "vit"), ("vit-large", "vit"), ("cnn-cifar", "cnn"),
-             ("vit-no-pos", "vit"), ("vit-hard", "vit"), ("vit-soft", "vit"), ("vit-soft", "vit-hard"))
+             ("vit-no-pos", "vit"), ("vit-avg", "vit"), ("vit-hard", "vit"), ("vit-soft", "vit"),
+             ("vit-soft", "vit-hard"), ("vit-head", "vit-pretrained"),
+             *((m, against) for m in ("vit-lora-qv4", "vit-lora-qv16", "vit-lora-all4")
+               for against in ("vit-pretrained", "vit-head")))
 
 
 def pm(r: dict, scale: float = 100.0, digits: int = 1) -> str:
@@ -56,7 +59,8 @@ def markdown(result: dict) -> str:
              "|---|---:|---:|---:|---:|---:|" + "---:|" * len(sizes)]
     for m in models.values():
         cells = [pm(m["accuracy"][n]) if n in m["accuracy"] else "" for n in sizes]
-        lines.append(f"| {m['label']} | {m['params']:,} | {m['multiply_adds'] / 1e6:.1f} M "
+        trained = f" ({m['trained_params']:,} trained)" if m["trained_params"] != m["params"] else ""
+        lines.append(f"| {m['label']} | {m['params']:,}{trained} | {m['multiply_adds'] / 1e6:.1f} M "
                      f"| {m['training_multiply_adds'] / 1e9:.2f} G | {m['train_seconds']['mean']:.0f} "
                      f"| {m['inference_images_per_s']:,.0f} | " + " | ".join(cells) + " |")
     lines += ["", "How each converged, per size: epochs run (of the training part, before the stop), training loss "

@@ -10,7 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from paper.reports.statistics import mean_std
 from paper.training.classifier import Classifier
-from paper.training.comparison import LABELS, build, test_images
+from paper.training.comparison import LABELS, build, parameter_counts, test_images
 from paper.training.data import eval_preprocessing
 
 
@@ -73,7 +73,7 @@ def summarise(results: list[dict], batch: int) -> dict:
         probed = [r["probes"] for r in runs if "probes" in r]
         models[name] = {
             "label": LABELS[name], "config": dataclasses.asdict(model.cfg),
-            "params": sum(p.numel() for p in model.parameters()), **counts,
+            **dict(zip(("params", "trained_params"), parameter_counts(name, model), strict=True)), **counts,
             "inference_images_per_s": images_per_second(classify, images),
             "train_seconds": mean_std([r["train_seconds"] for r in runs]),
             "accuracy": by_size("test_accuracy"), "epochs": by_size("epochs"), "steps": by_size("steps"),

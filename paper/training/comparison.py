@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 import lowlevel as vit
+from lowlevel.lora import LoRAConfig, init_adapters
 from paper.analysis.probes import probe
 from paper.formats.atomic import write_text
 from paper.models.cnn import ResNetClassifier, ResNetConfig
@@ -24,6 +25,7 @@ from paper.training.data import EvalView, ImageArray, eval_preprocessing, load_d
 from paper.training.distillation import Distillation, load_teacher
 from paper.training.early_stopping import EarlyStopping
 from paper.training.loop import Run, evaluate, train_stage
+from paper.training.lora import LoRAParams
 from paper.training.processes import Processes
 from paper.training.recipes import DIGITS_PRETRAIN, MNIST_MODEL, MNIST_PRETRAIN
 from paper.training.stages import finetuning_model, pretraining_model, with_steps
@@ -50,8 +52,20 @@ def grid(lrs, weight_decays, warmups) -> tuple[HyperParameters, ...]:
 # The grid each model's hyper-parameters are chosen from: the best validation accuracy at TUNE_SIZE, seed 0 (the
 # earliest in grid order of equals). The ViTs from scratch also choose their warm-up; a pre-trained ViT and the CNN
 # warm up for 5% of the cap.
-GRIDS = {"vit": grid((1e-3, 3e-3), (0.03, 0.3), (0.05, 0.2)), "vit-large": grid((1e-3, 3e-3), (0.03, 0.3), (0.05, 0.2)),
+FROM_SCRATCH = grid((1e-3, 3e-3), (0.03, 0.3), (0.05, 0.2))
+GRIDS = {"vit": FROM_SCRATCH, "vit-large": FROM_SCRATCH, "vit-avg": FROM_SCRATCH,
          "vit-pretrained": grid((1e-3, 3e-3), (0.03, 0.3), (0.05,)), "cnn": grid((1e-3, 3e-3), (0.03, 0.3), (0.05,))}
+# The pre-trained ViT fine-tuned in part, each against full fine-tuning (vit-pretrained): the new head alone (a linear
+# probe of the pre-trained features), or LoRA's adapters (Hu et al. 2021, eq. 3; lowlevel/lora.py, peft's
+# initialisation) trained with the head, the base frozen; at two ranks on the paper's W_q, W_v, and at the smaller rank
+# on every weight of a block. Their own learning rates: adapters and a zero-initialised head start small, so the grid
+# reaches higher; every run warms up for 5% of the cap.
+EVERY_WEIGHT = ("q", "k", "v", "proj", "fc1", "fc2")
+PARTIAL = {"vit-head": None, "vit-lora-qv4": LoRAConfig(4, 4.0, ("q", "v")),
+           "vit-lora-qv16": LoRAConfig(16, 16.0, ("q", "v")), "vit-lora-all4": LoRAConfig(4, 4.0, EVERY_WEIGHT)}
+GRIDS |= {m: grid((1e-3, 3e-3, 1e-2), (0.03,), (0.05,)) for m in PARTIAL}
+# The models that start from vit-pretrained's pre-training.
+PRETRAINED = ("vit-pretrained", *PARTIAL)
 # Models that take another's choice: the ViT without E_pos and DeiT's students the ViT's (DeiT trains its students
 # by the ViT's recipe), the CIFAR-stem ResNet the stock stem's.
 TUNED_AS = {"vit-no-pos": "vit", "vit-hard": "vit", "vit-soft": "vit", "cnn-cifar": "cnn"} | {m: m for m in GRIDS}
@@ -62,10 +76,12 @@ CHOSEN = {"vit": HyperParameters(3e-3, 0.3, 0.2), "vit-pretrained": HyperParamet
           "cnn": HyperParameters(3e-3, 0.3, 0.05)}
 
 
-# The digits-sized ViT with a linear head (MNIST_MODEL), a larger one, and one without E_pos. vit-pretrained ends as
+# The digits-sized ViT with a linear head (MNIST_MODEL), a larger one, one that classifies the average of its patch
+# tokens instead of its class token (timm's global_pool="avg"), and one without E_pos. The pre-trained ViTs end as
 # MNIST_MODEL too: fine-tuning replaces the pre-training head by a linear one and E_pos's 4×4 grid by a 7×7 one.
 VITS = {"vit": MNIST_MODEL, "vit-large": dataclasses.replace(MNIST_MODEL, dim=96, depth=6, mlp_dim=192),
-        "vit-no-pos": dataclasses.replace(MNIST_MODEL, pos_embed="none"), "vit-pretrained": MNIST_MODEL}
+        "vit-avg": dataclasses.replace(MNIST_MODEL, pool="avg"),
+        "vit-no-pos": dataclasses.replace(MNIST_MODEL, pos_embed="none")} | dict.fromkeys(PRETRAINED, MNIST_MODEL)
 
 
 # The DeiT students: MNIST_MODEL with a distillation token and head, by the kind of distillation they learn by.
@@ -79,10 +95,13 @@ CNNS = {"cnn": ResNetConfig(stem="stock"), "cnn-cifar": ResNetConfig(stem="cifar
 LABELS = {"vit": "ViT, digits size (D 64, 4 layers)", "vit-large": "ViT, larger (D 96, 6 layers)",
           "vit-pretrained": "ViT, pre-trained on 8×8 digits", "cnn": "ResNet-18, stock stem",
           "vit-no-pos": "ViT without E_pos", "cnn-cifar": "ResNet-18, CIFAR stem",
-          "vit-hard": "ViT distilled from the ResNet-18, hard", "vit-soft": "ViT distilled from the ResNet-18, soft"}
+          "vit-hard": "ViT distilled from the ResNet-18, hard", "vit-soft": "ViT distilled from the ResNet-18, soft",
+          "vit-avg": "ViT, patch tokens averaged (not the class token)",
+          "vit-head": "pre-trained ViT, the head alone", "vit-lora-qv4": "pre-trained ViT, LoRA q,v r=4",
+          "vit-lora-qv16": "pre-trained ViT, LoRA q,v r=16", "vit-lora-all4": "pre-trained ViT, LoRA on every weight r=4"}
 
 
-SWEEP = ("vit", "vit-large", "vit-pretrained", "cnn")
+SWEEP = ("vit", "vit-large", "vit-avg", *PRETRAINED, "cnn")
 
 
 # The pre-training of vit-pretrained: the main job's digits recipe (its batch of 64) at 16×16.
@@ -179,8 +198,23 @@ def build(model: str, seed: int) -> torch.nn.Module:
     if model in CNNS:
         return ResNetClassifier(CNNS[model], seed)
     cfg = VITS[model]
+    if model in PARTIAL:
+        return fine_tuned_in_part(model, vit.init_params(cfg, torch.Generator().manual_seed(seed)), cfg, seed)
     return ExplicitParams(vit.init_params(cfg, torch.Generator().manual_seed(seed)), cfg, fast=True,
                           heads=cfg.distilled)
+
+
+def fine_tuned_in_part(model: str, params: dict, cfg: vit.ViTConfig, seed: int) -> LoRAParams:
+    """`params` frozen, with the fresh adapters of `model` (drawn by `seed`) or none: only they and the head train."""
+    lora = PARTIAL[model]
+    adapters = {} if lora is None else init_adapters(cfg, lora, "peft", torch.Generator().manual_seed(seed))
+    return LoRAParams(params, adapters, cfg, lora)
+
+
+def parameter_counts(model: str, module: torch.nn.Module) -> tuple[int, int]:
+    """(all, trained) parameters of a built model: a model fine-tuned in part trains only its adapters and head."""
+    trained = sum(p.numel() for p in module.parameters())
+    return trained + (sum(t.numel() for t in module.base.values()) if model in PARTIAL else 0), trained
 
 
 def recipe_of(hp: HyperParameters, s: Settings):
@@ -209,7 +243,8 @@ def run_job(job: Job, s: Settings, hp: HyperParameters | None) -> dict:
     checkpoints, procs = os.path.join(s.out, "checkpoints"), Processes()
     run = Run(out=checkpoints, procs=procs, seed=job.seed, progress=False, eval_every=s.eval_every,   # the CNNs:
               save=not job.hp and (job.model in ("pretraining", "cnn") or                          # any student's
-                                   (job.size == max(s.sizes) and job.seed == 0)))                  # teacher
+                                   (job.size == max(s.sizes) and job.seed == 0                     # teacher
+                                    and job.model not in PARTIAL)))       # (adapters alone: not a classifier)
     if job.model == "pretraining":
         digits_train, digits_test, _ = load_data("digits")
         data = ImageArray(torch.cat([digits_train.images, digits_test.images]),   # all 1,797: the test set is MNIST's
@@ -225,10 +260,11 @@ def run_job(job: Job, s: Settings, hp: HyperParameters | None) -> dict:
     data = ImageArray(*(t[stratified_subset(train.labels, job.size, job.seed)] for t in (train.images, train.labels)))
     train_part, run.stopping = split_validation_stopping(data, job.seed, s.patience, s.steps)
     recipe = recipe_of(hp, s)
-    if job.model == "vit-pretrained":
+    if job.model in PRETRAINED:
         state = load_checkpoint(os.path.join(checkpoints, f"pretrained_seed{job.seed}.pt"))
         params, cfg = finetuning_model(state["params"], checkpoint_config(state), recipe, 10)
-        model = ExplicitParams(params, cfg, fast=True)
+        model = (fine_tuned_in_part(job.model, params, cfg, job.seed) if job.model in PARTIAL
+                 else ExplicitParams(params, cfg, fast=True))
     elif job.model in DISTILLED:
         run.distillation = Distillation(DISTILLED[job.model])
         run.teacher = load_teacher(os.path.join(checkpoints, f"cnn_n{job.size}_seed{job.seed}.pt"))
@@ -260,7 +296,7 @@ def tuning_jobs(s: Settings) -> list[Job]:
     """Each grid run of the models the sweep needs choices for (TUNE_SIZE images, seed 0), after the pre-training
     the pre-trained ViT's grid starts from."""
     owners = dict.fromkeys(TUNED_AS[m] for m in s.models)
-    return ([Job("pretraining", 0, 0)] if "vit-pretrained" in owners else []) + [
+    return ([Job("pretraining", 0, 0)] if set(PRETRAINED) & set(owners) else []) + [
         Job(m, TUNE_SIZE, 0, hp) for m in owners for hp in GRIDS[m]]
 
 
@@ -279,16 +315,16 @@ def jobs(s: Settings) -> list[Job]:
     largest, seeds, sizes = max(s.sizes), range(s.seeds), sorted(s.sizes, reverse=True)
     todo = ([Job("pretraining", 0, seed) for seed in seeds]
             + [Job("cnn-cifar", largest, seed) for seed in range(s.cifar_seeds)]
-            + [Job(m, n, seed) for m in ("cnn", "vit-large", "vit") for n in sizes for seed in seeds]
+            + [Job(m, n, seed) for m in ("cnn", "vit-large", "vit", "vit-avg") for n in sizes for seed in seeds]
             + [Job("vit-no-pos", largest, seed) for seed in seeds]
-            + [Job(m, n, seed) for m in ("vit-pretrained", *DISTILLED) for n in sizes for seed in seeds])
-    wanted = {*s.models, "pretraining"} if "vit-pretrained" in s.models else set(s.models)
+            + [Job(m, n, seed) for m in (*PRETRAINED, *DISTILLED) for n in sizes for seed in seeds])
+    wanted = {*s.models, "pretraining"} if set(PRETRAINED) & set(s.models) else set(s.models)
     return [job for job in todo if job.model in wanted]
 
 
 def prerequisite(job: Job) -> Job | None:
     """The job whose checkpoint `job` starts from: its seed's pre-training, or its subset's teacher."""
-    if job.model == "vit-pretrained":
+    if job.model in PRETRAINED:
         return Job("pretraining", 0, job.seed)
     return Job("cnn", job.size, job.seed) if job.model in DISTILLED else None
 

@@ -37,9 +37,10 @@ def add_arguments(parser) -> None:
 
 class LoRAParams(nn.Module):
     """The frozen base as plain tensors (no optimizer, DDP or gradient clipping sees them) and the trainable adapters
-    and head in a ParameterDict ('/' for '.', as in train.ExplicitParams)."""
+    and head in a ParameterDict ('/' for '.', as in train.ExplicitParams). Without a LoRA config (`lora` None, no
+    adapters) the head alone trains: a linear probe of the base's features."""
 
-    def __init__(self, base: dict, adapters: dict, cfg: vit.ViTConfig, lora: LoRAConfig):
+    def __init__(self, base: dict, adapters: dict, cfg: vit.ViTConfig, lora: LoRAConfig | None):
         super().__init__()
         self.cfg, self.lora = cfg, lora
         self.base = {k: v.detach() for k, v in base.items() if k not in HEAD}
@@ -53,7 +54,7 @@ class LoRAParams(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         trained = self.as_dict()
         params = {**self.base, **{k: trained.pop(k) for k in HEAD}}
-        adapted = adapt(params, trained, self.cfg, self.lora, train=self.training)
+        adapted = params if self.lora is None else adapt(params, trained, self.cfg, self.lora, train=self.training)
         return vit.forward(adapted, images, self.cfg, train=self.training)
 
 

@@ -17,6 +17,7 @@ from scipy import ndimage
 
 import lowlevel as vit
 import paper.training.loop as train_module
+from lowlevel.lora import adapter_shapes
 from paper import compare
 from paper.analysis.probes import DIRECTIONS, permute_patches, probe, shift, shift_each
 from paper.models.cnn import ResNetClassifier, ResNetConfig
@@ -236,13 +237,13 @@ def hundred_test_digits(monkeypatch):
 
 @pytest.mark.slow
 def test_full_comparison_code_path_end_to_end_small(tmp_path, hundred_test_digits):
-    """`--full` with fewer steps, images and sizes, every model included (the CIFAR stem too), the grids run, in this
-    process (--workers 1) and against the first 100 test digits: results, tables, pictures and the seed-0
-    checkpoints of the largest set, the CNN's loadable as a teacher."""
+    """`--full` with fewer steps, images and sizes, every model included (the CIFAR stem and DeiT's students too), the
+    grids run, in this process (--workers 1) and against the first 100 test digits: results, tables, pictures and the
+    seed-0 checkpoints of the largest set, the CNN's loadable as a teacher."""
     result = compare.main(["--full", *SMALL, "--seeds", "2", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "compare.json").read_text())
     assert saved["settings"]["sizes"] == [20, 40] and saved["settings"]["seeds"] == 2 and saved["settings"]["tune"]
-    assert set(saved["models"]) == set(compare.FULL["models"]) == set(comparison.LABELS) - set(comparison.DISTILLED)
+    assert set(saved["models"]) == set(compare.FULL["models"]) == set(comparison.LABELS)
     for name in comparison.SWEEP:
         assert set(saved["models"][name]["accuracy"]) == {"20", "40"}
         assert saved["models"][name]["accuracy"]["40"]["n"] == 2
@@ -257,7 +258,8 @@ def test_full_comparison_code_path_end_to_end_small(tmp_path, hundred_test_digit
         fit = r["size"] - 10 * max(1, round(r["size"] / 50))                  # less the validation fifth
         assert r["epochs"] == pytest.approx(r["steps"] * (64 if r["model"] == "pretraining" else 8) / fit, rel=0.01)
         assert next(e for e in r["curve"] if e["step"] == r["best_step"])["test_accuracy"] == r["test_accuracy"]
-    assert len(saved["runs"]) == 2 + 1 + 4 * 2 * 2 + 2        # pre-training, CIFAR stem, the sweep, no E_pos
+    assert len(saved["runs"]) == 2 + 1 + len(comparison.SWEEP) * 2 * 2 + 2 + 2 * 2 * 2  # pre-training, CIFAR stem,
+    #                                                                           the sweep, no E_pos, the students
     assert len(saved["tuning"]) == sum(len(comparison.GRIDS[m]) for m in comparison.SWEEP)
     assert {r["size"] for r in saved["tuning"]} == {comparison.TUNE_SIZE}
     for m, hp in saved["chosen"].items():
@@ -266,10 +268,14 @@ def test_full_comparison_code_path_end_to_end_small(tmp_path, hundred_test_digit
     assert all(r["hp"] == saved["chosen"][comparison.TUNED_AS[r["model"]]] for r in saved["runs"] if "hp" in r)
     table = (tmp_path / "compare.md").read_text()
     assert "| ResNet-18, stock stem | 11,175,370 |" in table and "patches permuted" in table
+    full = saved["models"]["vit-pretrained"]["params"]
+    assert saved["models"]["vit-head"]["params"] == full and saved["models"]["vit-head"]["trained_params"] == 650
+    assert f"| pre-trained ViT, the head alone | {full:,} (650 trained) |" in table
     for picture in ("compare.png", "compute.png", "curves.png"):
         assert Image.open(tmp_path / picture).format == "PNG"
     checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert checkpoints == sorted([f"{m}_n40_seed0.pt" for m in compare.FULL["models"] if m != "cnn"] +
+    assert checkpoints == sorted([f"{m}_n40_seed0.pt" for m in compare.FULL["models"]
+                                  if m != "cnn" and m not in comparison.PARTIAL] +
                                  [f"cnn_n{n}_seed{seed}.pt" for n in (20, 40) for seed in (0, 1)] +
                                  ["pretrained_seed0.pt", "pretrained_seed1.pt"])     # every CNN: a teacher
     teacher = load_classifier(tmp_path / "checkpoints" / "cnn_n40_seed0.pt")
@@ -402,3 +408,26 @@ def test_distilled_vits_learn_from_the_cnn_of_their_own_subset_and_seed(tmp_path
     state = load_checkpoint(str(checkpoints / "vit-soft_n40_seed0.pt"))
     assert "head_dist.weight" in state["params"] and result["models"]["vit-hard"]["probes"] is not None
     assert "| ViT distilled from the ResNet-18, hard |" in (tmp_path / "compare.md").read_text()
+
+
+
+@pytest.mark.parametrize("model", list(comparison.PARTIAL))
+def test_a_vit_fine_tuned_in_part_trains_its_adapters_and_head_alone(model):
+    """vit-head and the LoRA rows: a training step moves the head (and the adapters), never a weight of the base;
+    the parameters counted are the base's and the trained ones."""
+    torch.manual_seed(0)
+    module = comparison.build(model, 0)
+    base = {k: v.clone() for k, v in module.base.items()}
+    head = module.as_dict()["head.weight"].detach().clone()
+    lora = comparison.PARTIAL[model]
+    assert set(module.as_dict()) - {"head.weight", "head.bias"} == (
+        set() if lora is None else set(adapter_shapes(comparison.VITS[model], lora)))
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-2)
+    module.train()(torch.rand(4, 1, 28, 28)).logsumexp(-1).sum().backward()
+    optimizer.step()
+    assert all(torch.equal(module.base[k], v) for k, v in base.items())
+    assert not torch.equal(module.as_dict()["head.weight"], head)
+    total, trained = comparison.parameter_counts(model, module)
+    assert trained == sum(p.numel() for p in module.parameters())
+    whole = sum(t.numel() for t in vit.init_params(comparison.VITS["vit"]).values())      # the ViT, its head included
+    assert total == trained + sum(v.numel() for v in base.values()) == whole + trained - 650
