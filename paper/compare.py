@@ -219,6 +219,7 @@ def main(argv=None) -> dict:
               "tuning": sorted(tuning, key=lambda r: (r["model"], -r["val_accuracy"])),
               **summarise(results, s.batch), "runs": sorted(results, key=lambda r: (r["model"], r["size"], r["seed"]))}
     result["seconds"] = time.perf_counter() - started
+    result["run_seconds"] = sum(r["train_seconds"] for r in [*results, *tuning])
     table = markdown(result)
     write_text(os.path.join(args.out, "compare.json"), json.dumps(result, indent=1))
     write_text(os.path.join(args.out, "compare.md"), table)

@@ -29,8 +29,10 @@ def protocol(result: dict) -> str:
             f"on the 1,000 held-out MNIST digits. Mean ± std over {s['seeds']} seeds (subset, split, "
             f"initialisation and batches drawn by the seed). Hyper-parameters: "
             f"{TUNED if s['tune'] else 'the committed --full choice'}. "
-            f"{result['machine']}, {result['workers']} training processes of {s['threads']} thread(s), "
-            f"{result['seconds'] / 60:.0f} minutes. Command: `{result['command']}`")
+            f"{result['machine']}, {result['workers']} training processes of {s['threads']} thread(s); the runs "
+            f"trained for {result['run_seconds'] / 3600:.1f} hours in all (the grids included; a resumed sweep's "
+            f"runs, whichever invocation made them), this invocation took {result['seconds'] / 60:.0f} minutes. "
+            f"Command: `{result['command']}`")
 
 
 def differences(result: dict) -> list[str]:

@@ -281,6 +281,7 @@ def test_full_comparison_code_path_end_to_end_small(tmp_path, hundred_test_digit
     teacher = load_classifier(tmp_path / "checkpoints" / "cnn_n40_seed0.pt")
     assert teacher(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     assert result["seconds"] > 0 and math.isfinite(result["models"]["vit"]["accuracy"]["20"]["mean"])
+    assert saved["run_seconds"] == pytest.approx(sum(r["train_seconds"] for r in saved["runs"] + saved["tuning"]))
 
 
 def test_a_rerun_skips_finished_runs_and_other_settings_are_refused(tmp_path, hundred_test_digits, monkeypatch):
