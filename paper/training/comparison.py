@@ -63,7 +63,7 @@ GRIDS = {"vit": FROM_SCRATCH, "vit-large": FROM_SCRATCH, "vit-avg": FROM_SCRATCH
 EVERY_WEIGHT = ("q", "k", "v", "proj", "fc1", "fc2")
 PARTIAL = {"vit-head": None, "vit-lora-qv4": LoRAConfig(4, 4.0, ("q", "v")),
            "vit-lora-qv16": LoRAConfig(16, 16.0, ("q", "v")), "vit-lora-all4": LoRAConfig(4, 4.0, EVERY_WEIGHT)}
-GRIDS |= {m: grid((1e-3, 3e-3, 1e-2), (0.03,), (0.05,)) for m in PARTIAL}
+GRIDS |= {m: grid((1e-3, 3e-3, 1e-2, 3e-2), (0.03,), (0.05,)) for m in PARTIAL}
 # The models that start from vit-pretrained's pre-training.
 PRETRAINED = ("vit-pretrained", *PARTIAL)
 # Models that take another's choice: the ViT without E_pos and DeiT's students the ViT's (DeiT trains its students
@@ -329,6 +329,16 @@ def prerequisite(job: Job) -> Job | None:
     return Job("cnn", job.size, job.seed) if job.model in DISTILLED else None
 
 
+def read_record(job: Job, s: Settings, hp: HyperParameters | None) -> dict | None:
+    """The record an earlier invocation wrote of `job`, if it trained with `hp` (a choice changed since, by a grid
+    grown or rerun, makes the run one to train again)."""
+    if not os.path.exists(job.record_path(s.out)):
+        return None
+    with open(job.record_path(s.out)) as f:
+        record = json.load(f)
+    return record if record.get("hp") in (None, hp and dataclasses.asdict(hp)) else None
+
+
 def run_all(todo: list[Job], s: Settings, workers: int, chosen: dict[str, HyperParameters]) -> list[dict]:
     """Run the jobs, `workers` processes at a time (one: in this process, in order); a job starts once its
     prerequisite has finished, a job whose record an earlier invocation wrote is read, not run. A progress bar counts
@@ -345,9 +355,9 @@ def run_all(todo: list[Job], s: Settings, workers: int, chosen: dict[str, HyperP
 
         waiting = []
         for job in todo:
-            if os.path.exists(job.record_path(s.out)):
-                with open(job.record_path(s.out)) as f:
-                    finished(job, json.load(f))
+            record = read_record(job, s, hp[job])
+            if record:
+                finished(job, record)
             else:
                 waiting.append(job)
         if workers == 1:

@@ -4,6 +4,7 @@ preprocessing, and `python -m paper.compare --quick`'s code path end to end, sma
 import dataclasses
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -357,17 +358,34 @@ def test_the_committed_tables_are_the_report_of_the_committed_runs():
     assert committed["models"]["vit"]["accuracy"]["4000"]["mean"] >= 0.93
 
 
+def compare_sections(readme: Path) -> str:
+    """The prose between a README's `compare results` markers (there may be several), joined."""
+    sections = re.findall(r"<!-- compare results -->(.*?)<!-- /compare results -->", readme.read_text(), re.S)
+    assert sections, readme
+    return "\n".join(sections)
+
+
+READMES = (REPO / "README.md", REPO / "paper" / "training" / "README.md")
+
+
 def test_every_number_the_readmes_state_of_the_comparison_is_in_its_committed_tables():
     """The prose between the `compare results` markers of README.md and paper/training/README.md types no number of
     its own: each (a percentage, a point difference, a count of epochs) is one compare.md prints."""
     table = (REPO / "paper" / "results" / "compare.md").read_text()
     printed = set(re.findall(r"\d[\d,]*\.?\d*", table))
-    for readme in (REPO / "README.md", REPO / "paper" / "training" / "README.md"):
-        text = readme.read_text()
-        section = re.search(r"<!-- compare results -->(.*?)<!-- /compare results -->", text, re.S)
-        assert section, readme
-        for number in typed_figures(section[1]):
+    for readme in READMES:
+        for number in typed_figures(compare_sections(readme)):
             assert number in printed, f"{readme}: {number} is in no table of compare.md"
+
+
+def test_every_verdict_the_readmes_state_is_the_one_the_rule_gives():
+    """Each difference the prose states with its verdict ("+1.3 points, ahead") is a row of compare.md's differences
+    with that verdict: the relations are held exactly, not only the numbers."""
+    table = (REPO / "paper" / "results" / "compare.md").read_text()
+    rows = set(re.findall(r"\| ([+-]\d+\.\d) \| (ahead|behind|not separated) \|", table))
+    stated = [(d.replace("−", "-"), v) for readme in READMES
+              for d, v in re.findall(r"([+−-]\d+\.\d) points?, (ahead|behind|not separated)", compare_sections(readme))]
+    assert stated and set(stated) <= rows, set(stated) - rows
 
 
 def test_a_difference_is_called_only_when_it_clears_the_seeds_spread():
@@ -432,3 +450,15 @@ def test_a_vit_fine_tuned_in_part_trains_its_adapters_and_head_alone(model):
     assert trained == sum(p.numel() for p in module.parameters())
     whole = sum(t.numel() for t in vit.init_params(comparison.VITS["vit"]).values())      # the ViT, its head included
     assert total == trained + sum(v.numel() for v in base.values()) == whole + trained - 650
+
+
+def test_a_record_trained_with_other_hyper_parameters_is_trained_again(tmp_path):
+    """A rerun reads a finished run's record only if its hyper-parameters are still the chosen ones: a grid grown or
+    rerun since may have chosen others, and the run then trains again."""
+    s = compare.settings_of(compare.parse_args(["--models", "vit", "--out", str(tmp_path)]))
+    job, hp = comparison.Job("vit", 100, 0), comparison.CHOSEN["vit"]
+    os.makedirs(tmp_path / "runs")
+    Path(job.record_path(s.out)).write_text(json.dumps({"model": "vit", "hp": dataclasses.asdict(hp)}))
+    assert comparison.read_record(job, s, hp)["model"] == "vit"
+    assert comparison.read_record(job, s, dataclasses.replace(hp, lr=hp.lr / 2)) is None
+    assert comparison.read_record(comparison.Job("vit", 250, 0), s, hp) is None        # never ran
