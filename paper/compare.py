@@ -1,10 +1,10 @@
 """ViT against a CNN on real MNIST: the paper's Figs. 3–4 in miniature, every model trained to convergence.
 
-    python -m paper.compare               # ViT, pre-trained ViT and ResNet-18 at 250 and 4,000 images, 2 seeds: < 30 min
+    python -m paper.compare               # ViT, pre-trained ViT and ResNet-18 at 100 and 4,000 images, 2 seeds: < 30 min
     python -m paper.compare --quick       # the code path in under 3 minutes (nothing converges)
     python -m paper.compare --full        # the committed tables: 5 sizes, 3 seeds, every model tuned; hours, resumable
     python -m paper.compare --models vit --sizes 4000 --seeds 1
-    python -m paper.compare --models cnn vit vit-hard vit-soft --sizes 250 1000 4000 --out runs/distill
+    python -m paper.compare --models cnn vit vit-hard vit-soft --sizes 100 4000 --out runs/distill
                                           # DeiT's question: does the CNN teach the ViT? (paper/training/README.md, DeiT)
 
 The claim the ViT course material makes over and over, and the paper shows from the other end (Figs. 3-4: ViT
@@ -89,7 +89,7 @@ from paper.training.comparison import (
 FULL = dict(sizes=(100, 250, 630, 1600, 4000), seeds=3, steps=4000, batch=32, eval_every=100, patience=6,
             pretrain_steps=4000, cifar_seeds=1, tune=True, workers=2,
             models=(*SWEEP, "vit-no-pos", "cnn-cifar", *DISTILLED))
-DEFAULTS = dict(FULL, sizes=(250, 4000), seeds=2, cifar_seeds=0, tune=False, models=("vit", "vit-pretrained", "cnn"))
+DEFAULTS = dict(FULL, sizes=(100, 4000), seeds=2, cifar_seeds=0, tune=False, models=("vit", "vit-pretrained", "cnn"))
 QUICK = dict(DEFAULTS, sizes=(100, 1000), seeds=1, steps=200, eval_every=50, patience=2, pretrain_steps=200,
              models=("vit", "cnn"))
 # What a rerun into the same --out may change: threads change only speed, and more sizes, seeds or models add runs

@@ -3,6 +3,7 @@ differences the seeds separate, and three PNGs: accuracy against data (and the s
 training compute, and the learning curves."""
 from paper.formats.atomic import write_atomically
 from paper.reports.statistics import separated
+from paper.training.comparison import LABELS
 
 # The rows whose differences the report states: (model, model it is set against).
 CONTRASTS = (("cnn", "vit"), ("vit-pretrained", "vit"), ("vit-large", "vit"), ("cnn-cifar", "cnn"),
@@ -120,12 +121,20 @@ def figure(columns: int, rows: int = 1, width: float = 6.5, height: float = 5.0)
     return plt, fig, axes
 
 
+def style(model: str) -> dict:
+    """One colour and line style per model, the same in every figure: ten colours, then the same ten dashed."""
+    i = list(LABELS).index(model)
+    return {"color": f"C{i % 10}", "linestyle": "--" if i >= 10 else "-"}
+
+
 def save(plt, fig, axes, path: str) -> None:
     """One legend below the panels (the first panel's lines), the PNG written whole."""
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=9, frameon=False)
+    legend_rows = -(-len(labels) // 3)
+    fig.tight_layout(rect=(0, (0.2 + 0.22 * legend_rows) / fig.get_figheight(), 1, 1))
     write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
 
@@ -135,16 +144,17 @@ def plot(result: dict, path: str) -> None:
     in miniature. Right: accuracy against the shift of the test digits, for the models trained on the largest set."""
     plt, fig, axes = figure(2)
     left, right = axes[0]
-    for m in result["models"].values():
+    for name, m in result["models"].items():
         sizes = sorted(int(n) for n in m["accuracy"])
         means = [100 * m["accuracy"][str(n)]["mean"] for n in sizes]
         stds = [100 * m["accuracy"][str(n)]["std"] for n in sizes]
         left.errorbar(sizes, means, yerr=stds, marker="o", capsize=3, label=m["label"],
-                      linestyle="-" if len(sizes) > 1 else "none")
+                      **style(name) | ({} if len(sizes) > 1 else {"linestyle": "none"}))
         if m["probes"]:
             shifts = m["probes"]["shift"]
             right.errorbar(range(len(shifts)), [100 * r["mean"] for r in shifts],
-                           yerr=[100 * r["std"] for r in shifts], marker="o", capsize=3, label=m["label"])
+                           yerr=[100 * r["std"] for r in shifts], marker="o", capsize=3, label=m["label"],
+                           **style(name))
     s = result["settings"]
     left.set(xscale="log", xlabel="training images, validation included (log scale)", ylabel="test accuracy (%)",
              title=f"MNIST, each run to convergence, mean ± std of {s['seeds']} seeds")
@@ -179,7 +189,7 @@ def compute_plot(result: dict, path: str) -> None:
             if runs:
                 steps, accuracy = mean_curve(runs, "test_accuracy")
                 ax.plot([step * m["training_multiply_adds"] for step in steps], [100 * a for a in accuracy],
-                        label=m["label"])
+                        label=m["label"], **style(name))
         ax.set(xscale="log", xlabel="training multiply-adds (log scale)", ylabel="test accuracy (%)",
                title=f"n = {n:,}: accuracy per unit of training compute")
     save(plt, fig, axes, path)
@@ -198,7 +208,8 @@ def curves_plot(result: dict, path: str) -> None:
                 for ax, key in zip(row, ("train_loss", "val_accuracy"), strict=True):
                     steps, values = mean_curve(runs, key)
                     scale = 100 if key == "val_accuracy" else 1
-                    ax.plot([step * per_step for step in steps], [scale * v for v in values], label=m["label"])
+                    ax.plot([step * per_step for step in steps], [scale * v for v in values], label=m["label"],
+                            **style(name))
         row[0].set(yscale="log", xlabel="epochs", ylabel="training loss", title=f"n = {n:,}: training loss")
         row[1].set(xlabel="epochs", ylabel="validation accuracy (%)", title=f"n = {n:,}: validation accuracy")
     save(plt, fig, axes, path)
