@@ -37,6 +37,8 @@ HINTS = {
     "order": "multiply later layers from the left: Ã_ℓ = Â_ℓ Ã_(ℓ-1)",
     "patches": "the distance is in pixels: multiply the grid distance by the patch size P",
     "manhattan": "the distance is Euclidean, √(Δrow² + Δcol²), not |Δrow| + |Δcol|",
+    "class kept": "drop the class token, index 0, as a query and as a key: attention[:, :, 1:, 1:], not the last "
+                  "patch's row and column",
     "renormalised": "do not re-normalise the rows after dropping the class token (as the common reimplementation does)",
 }
 
@@ -226,6 +228,7 @@ def task_distance(ns, output_dir):
                f"mean_attention_distance of {tuple(a.shape)}, grid {grid}, P={p}", {
                    HINTS["patches"]: want / p,
                    HINTS["manhattan"]: (patch_a * manhattan).sum(-1).mean(-1).mean(0),
+                   HINTS["class kept"]: analysis.mean_attention_distance(a[:, :, :-1, :-1], grid, p, num_prefix_tokens=0),
                    HINTS["renormalised"]: (patch_a / patch_a.sum(-1, keepdim=True) * analysis.patch_distances(grid, p))
                    .sum(-1).mean(-1).mean(0)},
                hint="per head: mean over images and query patches of Σ_j A[i, j]·dist(i, j), patches only")

@@ -89,6 +89,7 @@ PLANTED = {
         (5, 'a_hat if rollout is None else a_hat @ rollout', 'a_hat if rollout is None else rollout @ a_hat', 'order'),
         (6, '.float() * patch_size   #', '.float()   #', 'patches'),
         (6, 'dist = torch.cdist(centres, centres)', 'dist = torch.cdist(centres, centres, p=1)', 'manhattan'),
+        (6, 'a = attention[:, :, 1:, 1:]', 'a = attention[:, :, :-1, :-1]', 'class kept'),
         (6, 'a = attention[:, :, 1:, 1:]', 'a = attention[:, :, 1:, 1:]; a = a / a.sum(-1, keepdim=True)', 'renormalised'),
     ],
     '03_position_embeddings': [
