@@ -100,6 +100,11 @@ PLANTED = {
          'y first'),
         (1, 'y, x = torch.meshgrid(', 'x, y = torch.meshgrid(', 'y first'),
         (1, 'indexing="ij")   #', 'indexing="xy")   #', 'column major'),
+        (1,
+         'torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)',
+         'torch.cat([torch.stack([x.sin(), x.cos()], dim=-1).flatten(1), '
+         'torch.stack([y.sin(), y.cos()], dim=-1).flatten(1)], dim=1)',
+         'sin cos interleaved'),
         (2,
          'torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)',
          'torch.cat([x, cls.expand(x.shape[0], -1, -1)], dim=1)',
