@@ -432,6 +432,11 @@ PLANTED = {
         (2, 'return dh * (2 * m - 1) + dw', 'return (dh * (2 * m - 1) + dw).T', 'key minus query'),
         (2, 'return dh * (2 * m - 1) + dw', 'return dh * m + dw', 'row stride'),
         (2,
+         '    dh = h[:, None] - h[None, :] + m - 1                       # query i minus key j, shifted to start at 0\n'
+         '    dw = w[:, None] - w[None, :] + m - 1\n',
+         '    dh = h[:, None] - h[None, :]\n    dw = w[:, None] - w[None, :]\n',
+         'no offset'),
+        (2,
          'scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5 + bias',
          'scores = (q @ k.transpose(-2, -1) + bias) / q.shape[-1] ** 0.5',
          'bias scaled'),
