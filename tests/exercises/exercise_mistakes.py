@@ -491,6 +491,10 @@ PLANTED = {
          'h = gelu(x @ fc1_weight.T + fc1_bias)                             # (B, N, M)\n    return h @ fc2_weight.T + fc2_bias',
          'h = gelu(x @ fc1_weight + fc1_bias)\n    return h @ fc2_weight + fc2_bias',
          'mlp not transposed'),
+        (2,
+         'h = gelu(x @ fc1_weight.T + fc1_bias)                             # (B, N, M)\n    return h @ fc2_weight.T + fc2_bias',
+         'h = gelu(x @ fc1_weight.T)                                        # (B, N, M)\n    return h @ fc2_weight.T',
+         'mlp no biases'),
         (3,
          '    h = layer_norm(z, p["ln1.weight"], p["ln1.bias"], eps)\n    a, _ = vit.multi_head_attention(h, p["qkv.weight"], '
          'p["qkv.bias"], p["proj.weight"], p["proj.bias"],\n                                    cfg.num_heads)\n    z = z + a    '
