@@ -13,12 +13,15 @@ from .common import Mistake, call, expect, expect_png, type_name
 HINTS = {
     "unscaled": "the scores are not scaled: divide q kᵀ by √D_h",
     "scale 1/D_h": "the scale is 1/√D_h, not 1/D_h",
+    "scale √D": "scale by 1/√D_h, the width of one head, not by 1/√D of the whole model",
     "softmax axis": "softmax is over the wrong axis: each query's weights over the keys (the last axis) sum to 1",
     "k q^T": "the scores are k qᵀ, transposed: use q @ k.transpose(-2, -1)",
     "split": "heads are split wrongly: reshape (B, N, D) to (B, N, H, D_h), then transpose(1, 2); a reshape straight "
              "to (B, H, N, D_h) mixes tokens and heads",
     "merge": "heads are merged wrongly: transpose (B, H, N, D_h) back to (B, N, H, D_h) before reshaping to (B, N, D)",
     "qkv order": "the rows of w_qkv are q, then k, then v: chunk(3, dim=-1) gives them in that order",
+    "qkv per head": "the rows of w_qkv are all of q, then all of k, then all of v: chunk(3, dim=-1) first, then split "
+                    "each into heads; reshaping to (B, N, H, 3·D_h) reads them as q, k, v interleaved per head",
     "no projection": "the output projection U_msa is missing: apply w_out, b_out after merging the heads",
     "no attention residual": "the residual connection of eq. (2) is missing: z' = MSA(LN(z)) + z",
     "no mlp residual": "the residual connection of eq. (3) is missing: z = MLP(LN(z')) + z'",
@@ -34,6 +37,8 @@ HINTS = {
     "order": "multiply later layers from the left: Ã_ℓ = Â_ℓ Ã_(ℓ-1)",
     "patches": "the distance is in pixels: multiply the grid distance by the patch size P",
     "manhattan": "the distance is Euclidean, √(Δrow² + Δcol²), not |Δrow| + |Δcol|",
+    "class kept": "drop the class token, index 0, as a query and as a key: attention[:, :, 1:, 1:], not the last "
+                  "patch's row and column",
     "renormalised": "do not re-normalise the rows after dropping the class token (as the common reimplementation does)",
 }
 
@@ -89,21 +94,25 @@ def task_scaled_dot_product(ns, output_dir):
 def wrong_mha(x, w_qkv, b_qkv, w_out, b_out, heads, mistake):
     """The reference MSA with one deliberate mistake, for recognising what the learner did."""
     b, n, d = x.shape
-    q, k, v = torch.nn.functional.linear(x, w_qkv, b_qkv).chunk(3, dim=-1)
+    qkv = torch.nn.functional.linear(x, w_qkv, b_qkv)
+    if mistake == "qkv per head":                                   # (B, N, H, 3·D_h): [q_h; k_h; v_h] per head
+        qkv = qkv.reshape(b, n, heads, 3, d // heads).transpose(2, 3).reshape(b, n, 3 * d)
+    q, k, v = qkv.chunk(3, dim=-1)
     if mistake == "qkv order":
         v, k, q = q, k, v
     if mistake == "split":
         split = lambda t: t.reshape(b, heads, n, d // heads)                        # noqa: E731
     else:
         split = lambda t: t.reshape(b, n, heads, d // heads).transpose(1, 2)        # noqa: E731
-    out, probs = vit.scaled_dot_product_attention(split(q), split(k), split(v))
+    scale = d ** -0.5 if mistake == "scale √D" else (d // heads) ** -0.5
+    out, probs = softmax_attention(split(q), split(k), split(v), scale)
     out = out.reshape(b, n, d) if mistake == "merge" else merge_heads(out)
     return (out if mistake == "no projection" else torch.nn.functional.linear(out, w_out, b_out)), probs
 
 
 def task_multi_head(ns, output_dir):
     g = torch.Generator().manual_seed(202)
-    known = ("split", "merge", "qkv order", "no projection")
+    known = ("split", "merge", "qkv order", "qkv per head", "scale √D", "no projection")
     for b, n, d, heads in [(2, 5, 12, 3), (1, 4, 8, 2), (3, 6, 16, 4)]:
         x = torch.randn(b, n, d, generator=g)
         w_qkv, b_qkv = torch.randn(3 * d, d, generator=g) / d ** 0.5, torch.randn(3 * d, generator=g)
@@ -219,6 +228,7 @@ def task_distance(ns, output_dir):
                f"mean_attention_distance of {tuple(a.shape)}, grid {grid}, P={p}", {
                    HINTS["patches"]: want / p,
                    HINTS["manhattan"]: (patch_a * manhattan).sum(-1).mean(-1).mean(0),
+                   HINTS["class kept"]: analysis.mean_attention_distance(a[:, :, :-1, :-1], grid, p, num_prefix_tokens=0),
                    HINTS["renormalised"]: (patch_a / patch_a.sum(-1, keepdim=True) * analysis.patch_distances(grid, p))
                    .sum(-1).mean(-1).mean(0)},
                hint="per head: mean over images and query patches of Σ_j A[i, j]·dist(i, j), patches only")

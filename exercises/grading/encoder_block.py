@@ -30,6 +30,7 @@ HINTS = {
     "relu": "this is ReLU; GELU weighs x by Φ(x) = ½ (1 + erf(x / √2)) instead of cutting at 0",
     "gelu twice": "one GELU, between the two layers: none after the second",
     "no gelu": "the MLP has a GELU between its two layers: GELU(x W₁ᵀ + b₁) W₂ᵀ + b₂",
+    "mlp no biases": "both layers of the MLP add their bias: GELU(x W₁ᵀ + b₁) W₂ᵀ + b₂",
     "mlp not transposed": "the weights are F.linear weights, (out, in): x @ fc1_weight.T, not x @ fc1_weight",
     "post-norm": "ViT is pre-norm: LN inside each branch, z + MSA(LN(z)), not LN(z + MSA(z))",
     "no attention residual": "the residual connection of eq. (2) is missing: z' = MSA(LN(z)) + z",
@@ -101,7 +102,8 @@ def task_mlp(ns, output_dir):
         w1, b1 = torch.randn(m, d, generator=g, dtype=torch.float64), torch.randn(m, generator=g, dtype=torch.float64)
         w2, b2 = torch.randn(d, m, generator=g, dtype=torch.float64), torch.randn(d, generator=g, dtype=torch.float64)
         mistakes = {HINTS["gelu twice"]: F.gelu(F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)),
-                    HINTS["no gelu"]: F.linear(F.linear(x, w1, b1), w2, b2)}
+                    HINTS["no gelu"]: F.linear(F.linear(x, w1, b1), w2, b2),
+                    HINTS["mlp no biases"]: F.linear(F.gelu(F.linear(x, w1)), w2)}
         if m == d:
             mistakes[HINTS["mlp not transposed"]] = F.gelu(x @ w1 + b1) @ w2 + b2
         expect(call(ns, "mlp", x, w1, b1, w2, b2), mlp(x, w1, b1, w2, b2), f"mlp of x {(b, n, d)}, M={m}", mistakes,

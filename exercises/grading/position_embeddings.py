@@ -16,6 +16,8 @@ HINTS = {
              "1/temperature",
     "y first": "the column (x) half comes first: [sin x·ω, cos x·ω, sin y·ω, cos y·ω], x the column index and y "
                "the row index (meshgrid(rows, cols, indexing='ij') gives y, x)",
+    "sin cos interleaved": "sin(x·ω) and cos(x·ω) are blocks of D/4 each, side by side (torch.cat), not interleaved "
+                           "sin, cos frequency by frequency",
     "column major": "patches are numbered row by row: meshgrid(rows, cols, indexing='ij'), not indexing='xy'",
     "class last": "the class token goes first: [x_class; x_p¹E; …]",
     "pos patches only": "E_pos has a row for the class token too: add pos to all N+1 tokens",
@@ -73,9 +75,11 @@ def task_sincos(ns, output_dir):
         omega_wrong = 1.0 / 10_000 ** (torch.arange(quarter) / quarter)
         xw, yw = x.reshape(-1, 1) * omega_wrong, y.reshape(-1, 1) * omega_wrong
         yx = want.reshape(gh * gw, 2, quarter * 2).flip(1).reshape(gh * gw, d)
+        interleaved = want.reshape(gh * gw, 2, 2, quarter).transpose(2, 3).reshape(gh * gw, d)   # (axis, ω, sin/cos)
         expect(call(ns, "sincos_2d", grid, d), want, f"sincos_2d for grid {grid}, D={d}", {
             HINTS["omega"]: torch.cat([xw.sin(), xw.cos(), yw.sin(), yw.cos()], dim=1),
             HINTS["y first"]: yx,
+            HINTS["sin cos interleaved"]: interleaved,
             HINTS["column major"]: want.reshape(gh, gw, d).transpose(0, 1).reshape(-1, d),
         }, hint="(N, D) in row-major patch order: [sin(x·ω), cos(x·ω), sin(y·ω), cos(y·ω)], each (N, D/4)")
 

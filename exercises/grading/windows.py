@@ -22,6 +22,8 @@ HINTS = {
     "float index": "an index selects rows of B̂: return a long tensor (torch.arange gives one)",
     "key minus query": "the offset is query minus key, i − j (Swin §3.2; Shaw et al. use j − i): index[i, j] uses "
                        "h_i − h_j",
+    "no offset": "add M − 1 to both offsets, h_i − h_j + M − 1 and w_i − w_j + M − 1, so that each runs over "
+                 "0 … 2M − 2: unshifted, the index is negative",
     "row stride": "the row offset is multiplied by 2M − 1, the number of column offsets, not by M",
     "bias scaled": "the bias is added after the scaling: softmax(q kᵀ/√d + B), eq. (4)",
     "bias transposed": "r is indexed by i − j (query minus key): B[i, j] = table[index[i, j]], not table[index[j, i]]",
@@ -119,6 +121,7 @@ def task_relative_position(ns, output_dir):
         expect(got, want, f"relative_position_index({m})", {
             HINTS["key minus query"]: want.T.contiguous(),
             HINTS["row stride"]: want // (2 * m - 1) * m + want % (2 * m - 1),
+            HINTS["no offset"]: want - want[0, 0],     # less the centre, index[i, i] = (M − 1)·(2M − 1) + M − 1
         }, hint="index[i, j] = (h_i − h_j + M − 1)·(2M − 1) + (w_i − w_j + M − 1), token t at row t // M, column t % M",
            atol=0, rtol=0)
     g = torch.Generator().manual_seed(802)

@@ -61,6 +61,15 @@ PLANTED = {
          'v, k, q = F.linear(x, w_qkv, b_qkv).chunk(3, dim=-1)',
          'qkv order'),
         (2, 'return F.linear(out, w_out, b_out), probs', 'return out, probs', 'no projection'),
+        (2,
+         '    q, k, v = F.linear(x, w_qkv, b_qkv).chunk(3, dim=-1)                          # 3 × (B, N, D)\n'
+         '    q, k, v = (t.reshape(b, n, num_heads, dh).transpose(1, 2) for t in (q, k, v))  # 3 × (B, H, N, D_h)\n',
+         '    q, k, v = F.linear(x, w_qkv, b_qkv).reshape(b, n, num_heads, 3 * dh).transpose(1, 2).chunk(3, dim=-1)\n',
+         'qkv per head'),
+        (2,
+         '    out, probs = scaled_dot_product_attention(q, k, v)\n',
+         '    probs = (q @ k.transpose(-2, -1) / d ** 0.5).softmax(dim=-1)\n    out = probs @ v\n',
+         'scale √D'),
         (3,
          'z = z + a                                                                 # eq. (2)',
          'z = a',
@@ -80,6 +89,7 @@ PLANTED = {
         (5, 'a_hat if rollout is None else a_hat @ rollout', 'a_hat if rollout is None else rollout @ a_hat', 'order'),
         (6, '.float() * patch_size   #', '.float()   #', 'patches'),
         (6, 'dist = torch.cdist(centres, centres)', 'dist = torch.cdist(centres, centres, p=1)', 'manhattan'),
+        (6, 'a = attention[:, :, 1:, 1:]', 'a = attention[:, :, :-1, :-1]', 'class kept'),
         (6, 'a = attention[:, :, 1:, 1:]', 'a = attention[:, :, 1:, 1:]; a = a / a.sum(-1, keepdim=True)', 'renormalised'),
     ],
     '03_position_embeddings': [
@@ -90,6 +100,11 @@ PLANTED = {
          'y first'),
         (1, 'y, x = torch.meshgrid(', 'x, y = torch.meshgrid(', 'y first'),
         (1, 'indexing="ij")   #', 'indexing="xy")   #', 'column major'),
+        (1,
+         'torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)',
+         'torch.cat([torch.stack([x.sin(), x.cos()], dim=-1).flatten(1), '
+         'torch.stack([y.sin(), y.cos()], dim=-1).flatten(1)], dim=1)',
+         'sin cos interleaved'),
         (2,
          'torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1)',
          'torch.cat([x, cls.expand(x.shape[0], -1, -1)], dim=1)',
@@ -417,6 +432,11 @@ PLANTED = {
         (2, 'return dh * (2 * m - 1) + dw', 'return (dh * (2 * m - 1) + dw).T', 'key minus query'),
         (2, 'return dh * (2 * m - 1) + dw', 'return dh * m + dw', 'row stride'),
         (2,
+         '    dh = h[:, None] - h[None, :] + m - 1                       # query i minus key j, shifted to start at 0\n'
+         '    dw = w[:, None] - w[None, :] + m - 1\n',
+         '    dh = h[:, None] - h[None, :]\n    dw = w[:, None] - w[None, :]\n',
+         'no offset'),
+        (2,
          'scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5 + bias',
          'scores = (q @ k.transpose(-2, -1) + bias) / q.shape[-1] ** 0.5',
          'bias scaled'),
@@ -471,6 +491,10 @@ PLANTED = {
          'h = gelu(x @ fc1_weight.T + fc1_bias)                             # (B, N, M)\n    return h @ fc2_weight.T + fc2_bias',
          'h = gelu(x @ fc1_weight + fc1_bias)\n    return h @ fc2_weight + fc2_bias',
          'mlp not transposed'),
+        (2,
+         'h = gelu(x @ fc1_weight.T + fc1_bias)                             # (B, N, M)\n    return h @ fc2_weight.T + fc2_bias',
+         'h = gelu(x @ fc1_weight.T)                                        # (B, N, M)\n    return h @ fc2_weight.T',
+         'mlp no biases'),
         (3,
          '    h = layer_norm(z, p["ln1.weight"], p["ln1.bias"], eps)\n    a, _ = vit.multi_head_attention(h, p["qkv.weight"], '
          'p["qkv.bias"], p["proj.weight"], p["proj.bias"],\n                                    cfg.num_heads)\n    z = z + a    '
