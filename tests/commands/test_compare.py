@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -376,6 +377,20 @@ def test_the_longer_lora_schedule_narrows_the_gap_and_leaves_it():
     assert rows["vit-lora-qv4"]["accuracy"]["4000"]["mean"] < run["test_accuracy"] < \
         rows["vit-pretrained"]["accuracy"]["4000"]["mean"]
     assert run["steps"] < long["settings"]["steps"]
+
+
+def test_the_default_profile_ran_within_its_half_hour_and_its_vit_learned():
+    """compare_default.md is the report of `python -m paper.compare` with nothing given, measured on 2 cores: under 30
+    minutes, and its ViT from scratch at n = 4,000 at 90% or more on the test digits."""
+    results = REPO / "paper" / "results"
+    default = json.loads((results / "compare_default.json").read_text())
+    assert markdown(default) == (results / "compare_default.md").read_text()
+    assert shlex.split(default["command"])[3:5] in ([], ["--out", default["settings"]["out"]])   # nothing else given
+    assert len(shlex.split(default["command"])) in (3, 5) and default["seconds"] < 30 * 60
+    assert {k: default["settings"][k] for k in ("sizes", "seeds", "models")} == {
+        "sizes": list(compare.DEFAULTS["sizes"]), "seeds": compare.DEFAULTS["seeds"],
+        "models": list(compare.DEFAULTS["models"])}
+    assert all(r["test_accuracy"] >= 0.90 for r in default["runs"] if r["model"] == "vit" and r["size"] == 4000)
 
 
 def compare_sections(readme: Path) -> str:
