@@ -498,6 +498,8 @@ def test_library_functions_name_the_argument_they_cannot_take():
     images = torch.zeros(1, 3, 16, 16)
     cases = [(lambda: vit.check_params(list(params.values()), vit.param_shapes(CFG)),
               "params: expected a dict of tensors, got list"),
+             (lambda: vit.check_params(params, list(vit.param_shapes(CFG).values())),
+              "expected: expected a dict of names to shapes"),
              (lambda: vit.forward({k: v.tolist() for k, v in params.items()}, images, CFG),
               "params: expected tensors, got list"),
              (lambda: vit.forward(params, images, vars(CFG)), "cfg: expected a ViTConfig, got dict"),
