@@ -72,6 +72,14 @@ def load_checkpoint(path: str) -> dict:
     return state
 
 
+def require_whole_model(state: dict, path, what: str = "checkpoint") -> None:
+    """A LoRA checkpoint holds adapters and a head over the base it names, not a model: wherever a model is read
+    (--init, a teacher, paper.attention, paper.gradient_norms) it is refused by name."""
+    if "lora" in state:
+        raise ValueError(f"{what}: expected a whole model, got {str(path)!r} holding only LoRA adapters over "
+                         f"{state['base']['path']!r}")
+
+
 def check_resumable(state: dict, recipe: Recipe, seed: int, dtype: str, identity: dict, path: str) -> None:
     """What a run can check before its first step: the checkpoint was written by a run with the same recipe, seed,
     dtype and identity (its data, distillation objective and teacher), and claims no step beyond the recipe's."""
