@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 import lowlevel as vit
+import paper.formats.atomic as atomic
 import paper.formats.files as files
 import paper.training.loop as train_module
 from lowlevel.fast import prefix_attention
@@ -363,6 +364,58 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_loses_no_work(tmp_path, 
     train([*TINY_RUN, "--out", str(tmp_path / "cut"), "--resume"])
     whole, resumed = (load_checkpoint(str(tmp_path / d / "finetune.pt"))["params"] for d in ("whole", "cut"))
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+KILLED_WRITE = """
+import os, signal, sys
+from paper.formats.atomic import write_atomically
+
+def half_written_then_killed(tmp):
+    with open(tmp, "wb") as f:
+        f.write(b"half a checkpoint")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+write_atomically(sys.argv[1], half_written_then_killed)
+"""
+
+
+def killed_while_writing(path) -> None:
+    """What SIGKILL (the out-of-memory killer, a power cut) in the middle of writing `path` leaves: no cleanup runs,
+    so the half-written temporary stays beside it."""
+    done = subprocess.run([sys.executable, "-c", KILLED_WRITE, str(path)], cwd=ROOT, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == -9
+
+
+def test_a_run_resumed_after_kills_leaves_no_temporary_behind(tmp_path, monkeypatch):
+    """A run stopped in pre-training (SIGTERM: a checkpoint at step 4), then two writes of its checkpoint killed
+    half-way: each write of pretrain.pt removes the temporaries earlier ones left (no process holds their lock), so the
+    resumed run ends with its files alone. A temporary whose write is still in progress (its writer holds the lock) is kept."""
+    out = tmp_path / "run"
+    args = [*TINY_RUN, "--out", str(out), "--save-every", "1"]
+    real_step, calls = train_module.train_step, {"n": 0}
+
+    def terminated_during_step_4(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            os.kill(os.getpid(), 15)
+        return real_step(*a, **kw)
+
+    monkeypatch.setattr(train_module, "train_step", terminated_during_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(args)
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    leftovers = []
+    for _ in range(2):                                         # each write removes what the one before it left
+        killed_while_writing(out / "pretrain.pt")
+        leftovers.append([n for n in os.listdir(out) if n.startswith(".pretrain.pt.") and n.endswith(".tmp")])
+    assert len(leftovers[0]) == len(leftovers[1]) == 1 and leftovers[0] != leftovers[1]
+    busy = out / ".log.json.in-progress.tmp"
+    busy.write_text("")
+    with atomic.locked(busy):                                  # another process writing log.json, say
+        train([*args, "--resume"])
+    assert sorted(os.listdir(out)) == [".log.json.in-progress.tmp", "curves.png", "finetune.pt", "log.json",
+                                       "pretrain.pt"]
 
 
 # ---------------------------------------------------------------- the commands
