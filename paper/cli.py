@@ -46,8 +46,9 @@ def checkpoint_fields(parser: argparse.ArgumentParser, model: bool = True) -> No
     parser.add_argument("--num-heads", type=positive, help="the head count, for a checkpoint that does not store it "
                                                            "and whose shapes match no known architecture")
     parser.add_argument("--image-size", type=positive, nargs=2, metavar=("H", "W"),
-                        help="the image size, for a model whose file does not store it: a non-square ViT, a Swin at "
-                             "another size than its window's (M·32: 224 for M = 7)")
+                        help="the image size, for a model whose file does not store it: a non-square ViT, a Swin "
+                             "state dict that is no known model's (timm's, torchvision's and the paper's Swins are "
+                             "known: 224, or 384 for M = 12)")
 
 
 def checkpoint_overrides(args: argparse.Namespace) -> dict:

@@ -1,5 +1,5 @@
-"""The known architectures: the head count of every paper, timm, DeiT and torchvision ViT, for files that do not
-store it.
+"""The known architectures: the head count of every paper, timm, DeiT and torchvision ViT, and the image size of
+every paper, timm and torchvision Swin, for files that do not store them.
 
 timm and torchvision keep q, k and v of all heads in one (3D, D) matrix, transformers in three (D, D) ones: any
 divisor of D fits the shapes, and a wrong one computes another function. (Guessing D_h = 64 read a timm model with
@@ -12,6 +12,7 @@ The timm rows are every model of timm 1.0.31's vision_transformer.py and deit.py
 paper/formats/timm.py reads (DeiT's distilled models included); tests/formats/test_architectures.py rebuilds them from timm's
 registry on the meta device, and the torchvision rows from torchvision's builders, and fails on any difference.
 """
+from paper.models.swin_configs import swin_config
 from paper.models.vit_configs import PATCH_SIZES, VARIANTS
 
 # name: (D, depth, MLP size, patch size, heads)
@@ -72,3 +73,34 @@ def described(names: list[str], shown: int = 3) -> str:
     """"ViT-B/16, vit_b_16, vit_base_patch16_224 and 5 more"."""
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return ", ".join(names[:shown]) + more
+
+
+# A Swin's weights tell its shapes (patch size, C, depths, the head counts, M), but not the image size: they fit any.
+# The size still decides where stages are padded and windows shrink, and a format that records it (transformers'
+# config.json) would carry a wrong one. So a file that does not store it (timm's and torchvision's state dicts) takes
+# the size of the known Swin with its shapes, or is refused (`paper.formats.fields.swin_image_size_for`).
+# name: (patch size, C, depths, heads, M, image side). timm 1.0.31's swin_transformer.py, but its swin_s3_* (a window
+# per stage, which lowlevel/swin.py does not compute); tests/formats/test_architectures.py rebuilds them from timm's
+# registry on the meta device, and torchvision's rows from its builders.
+SWIN_TIMM = {
+    "swin_tiny_patch4_window7_224": (4, 96, (2, 2, 6, 2), (3, 6, 12, 24), 7, 224),
+    "swin_small_patch4_window7_224": (4, 96, (2, 2, 18, 2), (3, 6, 12, 24), 7, 224),
+    "swin_base_patch4_window7_224": (4, 128, (2, 2, 18, 2), (4, 8, 16, 32), 7, 224),
+    "swin_base_patch4_window12_384": (4, 128, (2, 2, 18, 2), (4, 8, 16, 32), 12, 384),
+    "swin_large_patch4_window7_224": (4, 192, (2, 2, 18, 2), (6, 12, 24, 48), 7, 224),
+    "swin_large_patch4_window12_384": (4, 192, (2, 2, 18, 2), (6, 12, 24, 48), 12, 384),
+}
+# The Swin paper's T, S and B (paper/models/swin_configs.py) and torchvision 0.29's swin_t/s/b, the same models
+SWIN_PAPER = {name: (cfg.patch_size, cfg.dim, cfg.depths, cfg.num_heads, cfg.window_size, cfg.image_size[0])
+              for name in ("Swin-T", "Swin-S", "Swin-B", "swin_t", "swin_s", "swin_b")
+              for cfg in [swin_config(name)]}
+SWIN_KNOWN = {**SWIN_PAPER, **SWIN_TIMM}
+
+
+def swin_matching(patch_size: int, dim: int, depths: tuple, num_heads: tuple, window_size: int) -> dict[int, list[str]]:
+    """image side -> the names of the known Swins with these shapes (empty when none has them)."""
+    found = {}
+    for name, (*shapes, side) in SWIN_KNOWN.items():
+        if tuple(shapes) == (patch_size, dim, tuple(depths), tuple(num_heads), window_size):
+            found.setdefault(side, []).append(name)
+    return found

@@ -30,7 +30,7 @@ from pathlib import Path
 from lowlevel import SwinConfig, ViTConfig
 from paper.formats import huggingface, huggingface_swin, npz, timm, timm_swin, torchvision, torchvision_swin
 from paper.formats.architectures import TIMM, described, matching
-from paper.formats.fields import Preprocessing
+from paper.formats.fields import Preprocessing, swin_image_size_for
 from paper.formats.files import is_npz, load_tensors, read_json, regular_file
 from paper.models.family import family_of, paper_config
 
@@ -65,6 +65,9 @@ ASSUMED_WHEN_READ = {"timm": {"gelu": "exact", "layer_norm_eps": 1e-6, "fusion":
 # A distilled model's fusion of its two heads (lowlevel/model.py `fuse`): timm's and transformers' code computes
 # mean_logits, so "softmax_sum" written there would read back as another classifier.
 REFUSED_WHEN_UNRECORDED = ("fusion",)
+# Formats that do not record a Swin's image size: read back, it is that of the known Swin with the same shapes
+# (paper/formats/fields.py `swin_image_size_for`), or --image-size must give it
+SIZELESS = ("timm-swin", "torchvision-swin")
 
 def detect_format(path) -> str:
     """One of FORMATS, or a Swin's "timm-swin", "torchvision-swin", "hf-swin", from the file's content (a directory
@@ -143,6 +146,17 @@ def unrecorded(cfg: ViTConfig | SwinConfig, fmt: str) -> dict:
     """The fields of cfg that a file of `fmt` cannot record and its reader would take otherwise."""
     return {field: getattr(cfg, field) for field, assumed in ASSUMED_WHEN_READ.get(fmt, {}).items()
             if getattr(cfg, field) != assumed}
+
+
+def size_unrecorded(cfg: ViTConfig | SwinConfig, fmt: str) -> bool:
+    """Whether a file of `fmt` loses cfg's image size: its reader would not find it again without --image-size."""
+    if fmt not in SIZELESS:
+        return False
+    try:
+        side = swin_image_size_for(cfg.patch_size, cfg.dim, cfg.depths, cfg.num_heads, cfg.window_size)
+    except ValueError:
+        return True
+    return cfg.image_size != (side, side)
 
 
 def destination_format(path, fmt: str | None = None) -> str:
