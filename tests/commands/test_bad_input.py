@@ -224,6 +224,27 @@ def test_reading_refuses_special_files_bad_archives_and_mistyped_configs(tmp_pat
         refused_at_once(tmp_path / "hub", f"config.json model_args: {expected}")
 
 
+def test_a_file_read_as_another_model_gets_one_short_line_saying_what_it_holds(tmp_path, capsys):
+    """A hybrid's timm state dict (an R50 of 156 tensors under patch_embed.backbone) read with --model ViT-B/16 once
+    printed every key, a 10 KB line. Now each kind of bad key is counted with its first three, and the line says what
+    the file holds; a model name of another family is refused by name, not with a TypeError."""
+    from lowlevel import BackboneConfig
+    hybrid = vit.ViTConfig(image_size=32, patch_size=1, dim=32, depth=1, num_heads=2, mlp_dim=48, num_classes=3,
+                           backbone=BackboneConfig(layers=(3, 4, 9), width=32))
+    write_checkpoint(random_params(hybrid, dtype=torch.float32), hybrid, tmp_path / "r50.pth")
+    for flags, words in ((["--model", "ViT-B/16"], ["156 unexpected keys, the first: patch_embed.backbone.",
+                                                    "the file holds a ViT of D=32, depth 1, patch 1, with a ResNet, "
+                                                    "not ViT-B/16"]),
+                         (["--model", "Swin-T"], [f"{tmp_path / 'r50.pth'}: model: expected a ViT's name for a timm "
+                                                  "checkpoint, got 'Swin-T', a Swin's"])):
+        with pytest.raises(SystemExit) as ended:
+            cli.run(convert, [str(tmp_path / "r50.pth"), str(tmp_path / "out.pth"), "--num-heads", "2", *flags])
+        line = capsys.readouterr().err.strip().splitlines()[-1]                 # (above it, the progress bar)
+        assert ended.value.code == 2 and line.startswith("error: ") and len(line) < 1000, line
+        assert all(w in line for w in words), line
+    assert not (tmp_path / "out.pth").exists()
+
+
 # ---------------------------------------------------------------- writing
 
 def test_writing_is_whole_or_nothing_keeps_what_exists_and_refuses_what_does_not_apply(tmp_path, capsys,

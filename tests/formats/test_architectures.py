@@ -34,11 +34,11 @@ def readable(model) -> bool:
 
 
 def test_timm_rows_are_every_readable_timm_vit_and_equal_the_registry():
-    """Every model of timm's vision_transformer.py and deit.py whose state_dict we read is in the table, with its
-    timm shapes and head count; every timm row of the table is such a model. Built on the meta device, weights
-    never initialised."""
+    """Every model of timm's vision_transformer.py, deit.py and vision_transformer_hybrid.py whose state_dict we read
+    is in the table (a hybrid's patch size on its ResNet's feature map), with its timm shapes and head count; every
+    timm row of the table is such a model. Built on the meta device, weights never initialised."""
     built, found = {}, {}
-    for name in timm.list_models(module=["vision_transformer", "deit"]):
+    for name in timm.list_models(module=["vision_transformer", "deit", "vision_transformer_hybrid"]):
         with torch.device("meta"):
             model = timm.create_model(name, weight_init="skip")
         if isinstance(model, VisionTransformer):
