@@ -566,7 +566,12 @@ def test_flags_that_need_another_flag_and_results_an_earlier_run_left_are_refuse
 
 def test_library_functions_name_the_argument_they_cannot_take():
     """A ValueError naming the argument, never an AttributeError, TypeError or RuntimeError from deep inside."""
+    from paper.formats.huggingface import to_hf
+    from paper.formats.npz import to_npz
+    from paper.formats.timm_swin import to_timm_swin
     from paper.models.family import paper_config
+    from paper.models.heads import finetuning_head
+    from paper.models.resolution import change_resolution
 
     params = vit.init_params(CFG)
     images = torch.zeros(1, 3, 16, 16)
@@ -585,6 +590,19 @@ def test_library_functions_name_the_argument_they_cannot_take():
              (lambda: vit.sincos_2d((2, 2), 6), "dim: expected a multiple of 4 of at least 8"),
              (lambda: vit.sincos_2d(4, 8), r"grid_size: expected \(rows, columns\) of positive integers, got 4"),
              (lambda: paper_config(None), "name: expected a model name such as 'ViT-B/16' or 'Swin-T', got None")]
+    z = torch.zeros(1, 5, 32)
+    as_dict = vars(CFG)                                  # a config given as a dict, at every public entry point
+    cases += [(call, "cfg: expected a ViTConfig, got dict") for call in (
+        lambda: vit.forward_heads(params, images, as_dict), lambda: vit.embed(params, images, as_dict),
+        lambda: vit.encoder(params, z, as_dict), lambda: vit.encoder_block(vit.block_params(params, 0), z, as_dict),
+        lambda: vit.fast_encoder(params, z, as_dict), lambda: vit.pool(params, z, as_dict),
+        lambda: change_resolution(params, as_dict, 32), lambda: finetuning_head(params, as_dict, 5),
+        lambda: to_timm(params, as_dict), lambda: to_hf(params, as_dict), lambda: to_npz(params, as_dict))]
+    swin_cfg = vit.SwinConfig(dim=12, num_heads=(1, 2, 3, 4))
+    cases += [(lambda: to_timm(params, swin_cfg), "cfg: expected a ViTConfig, got SwinConfig"),
+              (lambda: to_timm_swin(params, CFG), "cfg: expected a SwinConfig, got ViTConfig"),
+              (lambda: vit.swin.pool(params, z, as_dict), "cfg: expected a SwinConfig, got dict"),
+              (lambda: vit.resnet.param_shapes({"layers": (3,)}, 3), "cfg: expected a BackboneConfig, got dict")]
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
             call()
