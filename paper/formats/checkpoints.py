@@ -87,6 +87,9 @@ def detect_format(path) -> str:
     regular_file(path)
     if is_npz(path):
         return "npz"
+    if path.suffix.lower() == ".npz":               # named so, but no zip of .npy arrays: truncated or corrupt
+        raise ValueError(f"{path}: expected an .npz archive (a zip of .npy arrays), got a file that is none "
+                         f"(truncated or corrupt?)")
     sd = load_tensors(path)
     for fmt, test in STATE_DICT_TESTS:
         if test(sd):

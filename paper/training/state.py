@@ -14,6 +14,7 @@ import torch
 
 from lowlevel import ViTConfig
 from paper.formats.atomic import write_atomically
+from paper.formats.files import reason
 from paper.models.cnn import ResNetConfig
 from paper.models.finite import non_finite
 from paper.training.data import eval_preprocessing
@@ -63,7 +64,7 @@ def load_checkpoint(path: str) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises pickle, zip and OS errors alike
         raise ValueError(f"checkpoint: expected a checkpoint written by paper.train, "
-                         f"could not read {path!r} ({e})") from e
+                         f"could not read {path!r} ({reason(e)})") from e
     missing = [k for k in KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise ValueError(f"checkpoint: expected the keys {KEYS} in {path!r}, missing {missing}")

@@ -198,6 +198,14 @@ def test_reading_refuses_special_files_bad_archives_and_mistyped_configs(tmp_pat
     data[len(data) // 2] ^= 0xFF                                                  # one flipped byte: a bad CRC
     (tmp_path / "corrupt.npz").write_bytes(bytes(data))
     refused_at_once(tmp_path / "corrupt.npz", "corrupt.npz: expected a readable .npz archive")
+    (tmp_path / "truncated.npz").write_bytes(bytes(data[:len(data) // 2]))   # no zip directory: once read as torch's
+    refused_at_once(tmp_path / "truncated.npz", "truncated.npz: expected an .npz archive (a zip of .npy arrays), got a "
+                                                "file that is none (truncated or corrupt?)")
+    (tmp_path / "noise.pth").write_bytes(b"\x80\x02" + bytes(range(256)))  # torch.load's refusal: a page of advice
+    with pytest.raises(ValueError) as unreadable:
+        read_checkpoint(tmp_path / "noise.pth")
+    assert "got an unreadable file (torch.load refuses it: " in str(unreadable.value)
+    assert len(str(unreadable.value)) < 300 and "weights_only" not in str(unreadable.value)
     refused_at_once(npz_with(tmp_path, "strings.npz", cls=np.array([["a"]])),
                     "strings.npz: array 'cls': expected floating-point weights, got dtype <U1")
     refused_at_once(npz_with(tmp_path, "ints.npz", **{"head/bias": np.arange(3)}),
