@@ -29,6 +29,9 @@ def check_params(params: dict, expected: dict[str, tuple[int, ...]], what: str =
     """`params` must have exactly the keys of `expected`, each of the expected shape; lists every bad key."""
     if not isinstance(params, dict):
         raise ValueError(f"{what}: expected a dict of tensors, got {type(params).__name__}")
+    if not isinstance(expected, dict):
+        raise ValueError(f"expected: expected a dict of names to shapes (param_shapes(cfg)), got "
+                         f"{type(expected).__name__}")
     shapeless = sorted(k for k, v in params.items() if not hasattr(v, "shape"))
     if shapeless:
         raise ValueError(f"{what}: expected tensors, got {type(params[shapeless[0]]).__name__} at {shapeless[:3]}")

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import multi_head_attention
+from .checks import check_config
 from .config import ViTConfig
 from .drop_path import drop_path, drop_path_rates
 from .locality import masking_and_temperature
@@ -31,6 +32,7 @@ def encoder_block(params: dict, z: torch.Tensor, cfg: ViTConfig, train: bool = F
                   drop_path_rate: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Eqs. (2)-(3) for one block, `params` as `block_params` gives them, its residual branches dropped per sample
     with probability `drop_path_rate` in training. z (B, N, D) -> (z_ℓ (B, N, D), attention probs (B, H, N, N))."""
+    check_config(cfg, ViTConfig)
     p, eps = params, cfg.layer_norm_eps
     a, probs = multi_head_attention(layer_norm(z, p["ln1.weight"], p["ln1.bias"], eps), p["qkv.weight"],
                                     p.get("qkv.bias"), p["proj.weight"], p["proj.bias"], cfg.num_heads,
@@ -44,6 +46,7 @@ def encoder_block(params: dict, z: torch.Tensor, cfg: ViTConfig, train: bool = F
 
 def encoder(params: dict, z: torch.Tensor, cfg: ViTConfig, train: bool = False) -> torch.Tensor:
     """z_0 -> z_L through cfg.depth blocks. (B, N, D) -> (B, N, D)."""
+    check_config(cfg, ViTConfig)
     for i, rate in enumerate(drop_path_rates(cfg.drop_path, cfg.depth)):
         z, _ = encoder_block(block_params(params, i), z, cfg, train, rate)
     return z

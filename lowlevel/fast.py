@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import merge_heads, qkv_heads
-from .checks import check_num_heads
+from .checks import check_config, check_num_heads
 from .config import ViTConfig
 from .drop_path import drop_path, drop_path_rates
 from .encoder import block_params
@@ -65,6 +65,7 @@ def residual_linear(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.
 def fast_encoder_block(params: dict, z: torch.Tensor, cfg: ViTConfig, train: bool = False,
                        drop_path_rate: float = 0.0) -> torch.Tensor:
     """Eqs. (2)-(3) for one block, as encoder.encoder_block computes them. z (B, N, D) -> z_ℓ (B, N, D)."""
+    check_config(cfg, ViTConfig)
     p, eps = params, cfg.layer_norm_eps
     a = fused_attention(layer_norm(z, p["ln1.weight"], p["ln1.bias"], eps), p["qkv.weight"], p.get("qkv.bias"),
                         cfg.num_heads, *masking_and_temperature(p, z, cfg))
@@ -108,6 +109,7 @@ def fast_encoder(params: dict, z: torch.Tensor, cfg: ViTConfig, train: bool = Fa
     nothing else. While dropout is on the last block runs whole, so that every mask is drawn as in the explicit
     path. Weights must be plain tensors: LoRA's LowRank weights (lora.adapt) run through `encoder`, or are merged
     first."""
+    check_config(cfg, ViTConfig)
     adapted = sorted(k for k, v in params.items() if isinstance(v, LowRank))
     if adapted:
         raise ValueError(f"params: the fast path expected plain weight tensors, got LoRA weights at {adapted[:3]}"

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .checks import check_params
-from .config import ViTConfig, is_integer
+from .checks import check_config, check_params
+from .config import ViTConfig, is_integer, is_real
 from .linear import LowRank, Weight
 
 __all__ = ["LoRAConfig", "adapter_shapes", "init_adapters", "adapt", "merge", "unmerge"]
@@ -48,13 +48,17 @@ class LoRAConfig:
     dropout: float = 0.0                         # on each adapter's input (loralib, peft); not in eq. (3)
 
     def __post_init__(self):
+        if not isinstance(self.targets, tuple | list) or not all(isinstance(t, str) for t in self.targets):
+            raise ValueError(f"targets: expected a tuple of names among {TARGETS}, got {self.targets!r}")
         object.__setattr__(self, "targets", tuple(self.targets))
         if self.blocks is not None:
+            if not isinstance(self.blocks, tuple | list) or not all(is_integer(i) for i in self.blocks):
+                raise ValueError(f"blocks: expected None (every block) or a tuple of block indices, got {self.blocks!r}")
             object.__setattr__(self, "blocks", tuple(sorted(set(self.blocks))))
         if not is_integer(self.rank) or self.rank < 1:
             raise ValueError(f"rank: expected a positive integer, got {self.rank!r}")
-        if not self.alpha > 0:
-            raise ValueError(f"alpha: expected a positive number, got {self.alpha!r}")
+        if not is_real(self.alpha) or not 0 < self.alpha < math.inf:
+            raise ValueError(f"alpha: expected a finite positive number, got {self.alpha!r}")
         unknown = [t for t in self.targets if t not in TARGETS]
         if unknown or not self.targets or len(set(self.targets)) != len(self.targets):
             raise ValueError(f"targets: expected distinct names among {TARGETS}, got {self.targets}")
@@ -63,8 +67,10 @@ class LoRAConfig:
                              f"got {self.targets}")
         if self.blocks is not None and (not self.blocks or min(self.blocks) < 0):
             raise ValueError(f"blocks: expected None (every block) or block indices >= 0, got {self.blocks}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout: expected a rate in [0, 1), got {self.dropout}")
+        if not isinstance(self.rslora, bool):
+            raise ValueError(f"rslora: expected True or False, got {self.rslora!r}")
+        if not is_real(self.dropout) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout: expected a rate in [0, 1), got {self.dropout!r}")
 
     @property
     def scaling(self) -> float:
@@ -74,6 +80,8 @@ class LoRAConfig:
 
 def adapted_layers(cfg: ViTConfig, lora: LoRAConfig) -> list[str]:
     """The adapter names, "blocks.{i}.{target}" and "head", in a fixed order (block by block, TARGETS order)."""
+    check_config(cfg, ViTConfig)
+    check_config(lora, LoRAConfig, "lora")
     blocks = range(cfg.depth) if lora.blocks is None else lora.blocks
     if blocks and max(blocks) >= cfg.depth:
         raise ValueError(f"blocks: expected indices below depth={cfg.depth}, got {lora.blocks}")
@@ -99,10 +107,15 @@ def adapted_weight(name: str, cfg: ViTConfig) -> tuple[str, tuple[int, int], int
 
 
 def adapter_shapes(cfg: ViTConfig, lora: LoRAConfig) -> dict[str, tuple[int, int]]:
-    """Every adapter tensor's name and shape: lora_A (r, in), lora_B (rows, r)."""
+    """Every adapter tensor's name and shape: lora_A (r, in), lora_B (rows, r). A rank above the smaller side of
+    an adapted (rows × in) matrix is refused: ΔW = BA has rank at most min(rows, in), so the extra rank would add
+    parameters and nothing else (§4.1 takes r ≪ min(d, k))."""
     shapes = {}
     for name in adapted_layers(cfg, lora):
         _, (start, stop), width = adapted_weight(name, cfg)
+        if lora.rank > min(stop - start, width):
+            raise ValueError(f"rank: expected at most {min(stop - start, width)}, the smaller side of {name}'s "
+                             f"({stop - start} × {width}) update, got {lora.rank}")
         shapes.update({f"{name}.lora_A": (lora.rank, width), f"{name}.lora_B": (stop - start, lora.rank)})
     return shapes
 

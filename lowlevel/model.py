@@ -70,6 +70,7 @@ def tokens(params: dict, images: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
 
 def embed(params: dict, images: torch.Tensor, cfg: ViTConfig, train: bool = False) -> torch.Tensor:
     """Eq. (1): (B, C, H, W) -> z_0 (B, P+N, D); dropout "directly after adding positional- to patch embeddings"."""
+    check_config(cfg, ViTConfig)
     return F.dropout(embed_positions(params, tokens(params, images, cfg), cfg), cfg.dropout, train)
 
 
@@ -77,6 +78,7 @@ def pool(params: dict, z: torch.Tensor, cfg: ViTConfig) -> torch.Tensor:
     """Eq. (4): z_L (B, P+N, D) -> y (B, D).
     "token": y = LN(z_L^0), the class token's final state (paper).
     "avg": mean over the patch tokens, then LN: timm's global_pool='avg' with its LN moved after pooling (fc_norm)."""
+    check_config(cfg, ViTConfig)
     y = z[:, 0] if cfg.pool == "token" else z[:, cfg.num_prefix_tokens:].mean(dim=1)  # prefix tokens left out
     return layer_norm(y, params["norm.weight"], params["norm.bias"], cfg.layer_norm_eps)
 
@@ -116,6 +118,7 @@ def fuse(class_logits: torch.Tensor, distillation_logits: torch.Tensor, cfg: ViT
     "softmax_sum": the paper's joint classifier, "the late fusion of these two separate heads, for which we add the
       softmax output by the two classifiers" (§4), as log(½ (ψ(Z_cls) + ψ(Z_dist))): logits whose softmax is the
       mean of the two heads' softmaxes and whose argmax is the argmax of their sum. The two can rank differently."""
+    check_config(cfg, ViTConfig)
     if cfg.fusion == "mean_logits":
         return (class_logits + distillation_logits) / 2
     log_probs = torch.stack([class_logits.log_softmax(dim=-1), distillation_logits.log_softmax(dim=-1)])
@@ -164,6 +167,7 @@ def forward_heads(params: dict, images: torch.Tensor, cfg: ViTConfig, *, train: 
                   fast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """A distilled model's two heads: images (B, C, H, W) -> (Z_cls (B, K), Z_dist (B, K)), what DeiT trains; `fast`
     as for `forward`."""
+    check_config(cfg, ViTConfig)
     check_distilled(cfg, "forward_heads")
     return heads(params, encode(params, images, cfg, train, fast), cfg)
 

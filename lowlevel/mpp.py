@@ -175,6 +175,7 @@ def targets(images: torch.Tensor, cfg: ViTConfig, mpp: MPPConfig) -> torch.Tenso
 def predict(params: dict, z: torch.Tensor, cfg: ViTConfig, mpp: MPPConfig) -> torch.Tensor:
     """Every patch's prediction from its own output token: z_L (B, P+N, D) -> LN -> mpp_head, (B, N, O), for
     "downsized" (B, N, cells², 2^(bits·C)). The prefix tokens predict nothing."""
+    check_mpp(cfg, mpp)
     y = layer_norm(z[:, cfg.num_prefix_tokens:], params["norm.weight"], params["norm.bias"], cfg.layer_norm_eps)
     out = linear(y, params["mpp_head.weight"], params["mpp_head.bias"])             # (B, N, O)
     return out.unflatten(-1, (mpp.cells ** 2, -1)) if mpp.target == "downsized" else out

@@ -30,6 +30,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .checks import check_config
 from .config import BackboneConfig
 from .encoder import params_under
 from .norm import group_norm
@@ -40,6 +41,7 @@ __all__ = ["param_shapes", "feature_map", "stem", "bottleneck", "std_conv", "wei
 
 def param_shapes(cfg: BackboneConfig, in_channels: int) -> dict[str, tuple[int, ...]]:
     """Every parameter's name (without the `backbone.` prefix) and shape for images of `in_channels` channels."""
+    check_config(cfg, BackboneConfig)
     shapes = {"stem.conv.weight": (cfg.width, in_channels, 7, 7), "stem.gn.weight": (cfg.width,),
               "stem.gn.bias": (cfg.width,)}
     channels = cfg.width
@@ -114,6 +116,7 @@ def bottleneck(params: dict, x: torch.Tensor, cfg: BackboneConfig, stride: int =
 def feature_map(params: dict, images: torch.Tensor, cfg: BackboneConfig) -> torch.Tensor:
     """The feature map the hybrid's patches are cut from: the stem, then the stages, each after the first halving the
     map. `params` as param_shapes names them. (B, C, H, W) -> (B, cfg.out_channels, *cfg.feature_size((H, W)))."""
+    check_config(cfg, BackboneConfig)
     x = stem(params, images, cfg)
     for s, units in enumerate(cfg.layers):
         for u in range(units):

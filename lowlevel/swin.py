@@ -50,6 +50,7 @@ def check_inputs(params: dict, images: torch.Tensor, cfg: SwinConfig) -> None:
 def embed(params: dict, images: torch.Tensor, cfg: SwinConfig) -> torch.Tensor:
     """§3.1, "patch partition" and "linear embedding", then the LayerNorm every implementation applies:
     (B, C_in, H, W) -> z_0 (B, H/P, W/P, C)."""
+    check_config(cfg, SwinConfig)
     x = patch_embedding(images, params["patch.weight"], params["patch.bias"], cfg.patch_size)   # (B, N, C)
     x = layer_norm(x, params["patch_norm.weight"], params["patch_norm.bias"], cfg.layer_norm_eps)
     return x.view(x.shape[0], *cfg.grid_size, -1)
@@ -131,6 +132,7 @@ def swin_block(params: dict, x: torch.Tensor, cfg: SwinConfig, stage: int, j: in
     are put back. The projection acts on each token alone, so it commutes with the window reverse, the roll and the
     crop; done after them it skips the padded tokens and joins the residual add in one GEMM (fast.py's
     residual_linear; the Swin has no dropout)."""
+    check_config(cfg, SwinConfig)
     p, eps, rate = params, cfg.layer_norm_eps, drop_path_rate
     size = x.shape[1:3]
     window, shift = cfg.window_and_shift(size, shifted=j % 2 == 1)
@@ -154,6 +156,7 @@ def patch_merging(params: dict, x: torch.Tensor, cfg: SwinConfig) -> torch.Tenso
     """§3.1: "concatenates the features of each group of 2 × 2 neighboring patches, and applies a linear layer on the
     4C-dimensional concatenated features". (B, H, W, C) -> (B, ⌈H/2⌉, ⌈W/2⌉, 2C); an odd side is zero-padded by one
     at the bottom or right (timm, torchvision, transformers); a LayerNorm precedes the projection, which has no bias."""
+    check_config(cfg, SwinConfig)
     h, w = x.shape[1:3]
     x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
     x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)  # (B, H/2, W/2, 4C)
@@ -187,6 +190,7 @@ def stage_blocks(params: dict, x: torch.Tensor, cfg: SwinConfig, stage: int, tra
 def pool(params: dict, x: torch.Tensor, cfg: SwinConfig) -> torch.Tensor:
     """What the classifier reads, as the original computes it (`forward_features`) and timm and torchvision too:
     LayerNorm on every token, then the average over the map. (B, H, W, 8C) -> (B, 8C)."""
+    check_config(cfg, SwinConfig)
     return layer_norm(x, params["norm.weight"], params["norm.bias"], cfg.layer_norm_eps).mean(dim=(1, 2))
 
 

@@ -46,8 +46,9 @@ def checkpoint_fields(parser: argparse.ArgumentParser, model: bool = True) -> No
     parser.add_argument("--num-heads", type=positive, help="the head count, for a checkpoint that does not store it "
                                                            "and whose shapes match no known architecture")
     parser.add_argument("--image-size", type=positive, nargs=2, metavar=("H", "W"),
-                        help="the image size, for a model whose file does not store it: a non-square ViT, a Swin at "
-                             "another size than its window's (M·32: 224 for M = 7)")
+                        help="the image size, for a model whose file does not store it: a non-square ViT, a Swin "
+                             "state dict that is no known model's (timm's, torchvision's and the paper's Swins are "
+                             "known: 224, or 384 for M = 12)")
 
 
 def checkpoint_overrides(args: argparse.Namespace) -> dict:
@@ -74,13 +75,19 @@ def non_negative(text: str) -> int:
 
 
 def one_line(error: BaseException) -> str:
-    """The error's message on one line: a multi-line message (e.g. every bad key of a state_dict) joined by '; '."""
+    """The error's message on one line: a multi-line message (e.g. every bad key of a state_dict) joined by '; ', or
+    by a space after a line that ends in a colon."""
     text = str(error)
     if isinstance(error, OSError) and error.strerror:     # without "[Errno N]", with the path when not in the text
         text = error.strerror + (f": {error.filename}" if error.filename and str(error.filename) not in error.strerror
                                  else "")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return "; ".join(lines) or type(error).__name__
+    if not lines:
+        return type(error).__name__
+    text = lines[0]
+    for line in lines[1:]:
+        text += (" " if text.endswith(":") else "; ") + line
+    return text
 
 
 def raise_interrupt(signum, frame):

@@ -58,6 +58,9 @@ def convert(src, dst, model: str | None = None, gelu: str | None = None, npz_lay
     if "layer_norm_eps" in lost:
         assumed = checkpoints.ASSUMED_WHEN_READ[written]["layer_norm_eps"]
         notes.append(f"the file cannot record eps {cfg.layer_norm_eps:g}: its readers assume {assumed:g}")
+    if checkpoints.size_unrecorded(cfg, written):
+        h, w = cfg.image_size
+        notes.append(f"the file cannot record image size {h}x{w}: read it back with --image-size {h} {w}")
     note = "; ".join(notes)
     merged = f" + LoRA {adapter}" if adapter else ""
     return (f"{src} ({src_format}){merged} -> {dst} ({written}): {name} at {cfg.image_size[0]}x{cfg.image_size[1]}, "

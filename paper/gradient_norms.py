@@ -21,7 +21,7 @@ from paper.analysis.gradient_norms import per_example_gradient_norms
 from paper.formats.atomic import write_text
 from paper.reports.gradient_norms_figure import plot_top
 from paper.training.data import EvalView, load_data
-from paper.training.state import checkpoint_config, load_checkpoint
+from paper.training.state import checkpoint_config, load_checkpoint, require_whole_model
 
 
 def main(argv=None) -> dict:
@@ -32,6 +32,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default=os.path.join("runs", "gradient_norms"), help="output folder")
     args = parser.parse_args(argv)
     state = load_checkpoint(args.checkpoint)
+    require_whole_model(state, args.checkpoint)
     cfg = checkpoint_config(state)
     if not isinstance(cfg, vit.ViTConfig):
         raise ValueError(f"checkpoint: expected a ViT's checkpoint, got {args.checkpoint!r} holding a {state['model']!r}")

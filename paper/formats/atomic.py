@@ -5,8 +5,16 @@ The content is written beside the destination under a temporary name, flushed to
 then renamed over the destination with `os.replace`, which is atomic on POSIX. A reader sees the old content or the
 new one, never half of either; a failure (an exception, a full disk, Ctrl-C) removes the temporary and leaves the
 destination as it was. An OSError (a read-only or full disk, a parent that is a file) names the destination.
+
+A process killed outright (SIGKILL, the out-of-memory killer, a power cut) runs no cleanup and leaves its temporary
+beside the destination. So a writer holds a lock (`flock`) on its temporary while it writes, and every write to a
+destination first removes the temporaries of earlier writes to it whose lock nobody holds: their writers are gone (the
+kernel drops a dead process's locks). A run resumed after a kill (`paper.train --resume`) rewrites its checkpoints and
+leaves no temporary behind, while a write still in progress in another process keeps its own.
 """
+import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import tempfile
@@ -50,8 +58,51 @@ def write_atomically(path, write, *, directory: bool = False) -> None:
         raise error from e
 
 
+@contextlib.contextmanager
+def locked(path: Path):
+    """Hold an exclusive lock on the file or directory `path` (an open descriptor; the kernel drops it when the
+    process dies)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def is_abandoned(path: Path) -> bool:
+    """Whether no process holds a lock on `path`: the write that made it has ended without removing it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False                                   # removed meanwhile, or not ours to read
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)                                   # (closing releases the lock just taken)
+    return True
+
+
+def remove_abandoned(path: Path) -> None:
+    """Remove the temporaries (`.NAME.*.tmp`, `.NAME.*.old`) that killed writes to `path` left beside it."""
+    try:
+        names = [e.name for e in os.scandir(path.parent)]
+    except OSError:
+        return                                         # a folder we may write in but not list: nothing to tidy
+    for name in names:
+        leftover = path.parent / name
+        if name.startswith(f".{path.name}.") and name.endswith((".tmp", ".old")) and is_abandoned(leftover):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
 def replace_with_written(path: Path, write, directory: bool) -> None:
     prefix = f".{path.name}."
+    remove_abandoned(path)
     if directory:
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=".tmp"))
     else:
@@ -59,16 +110,18 @@ def replace_with_written(path: Path, write, directory: bool) -> None:
         os.close(fd)
         tmp = Path(name)
     try:
-        write(str(tmp))
-        fsync_tree(tmp)
-        os.chmod(tmp, (0o777 if directory else 0o666) & ~current_umask())
-        if directory and path.is_dir():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=".old"))
-            os.replace(path, old / path.name)           # the old directory steps aside, then the new one takes its name
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
+        with locked(tmp):                              # ours while we write: no other writer removes it
+            write(str(tmp))
+            fsync_tree(tmp)
+            os.chmod(tmp, (0o777 if directory else 0o666) & ~current_umask())
+            if directory and path.is_dir():
+                old = Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=".old"))
+                with locked(old):
+                    os.replace(path, old / path.name)  # the old directory steps aside, then the new one takes its name
+                    os.replace(tmp, path)
+                    shutil.rmtree(old)
+            else:
+                os.replace(tmp, path)
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -30,9 +30,9 @@ from pathlib import Path
 from lowlevel import SwinConfig, ViTConfig
 from paper.formats import huggingface, huggingface_swin, npz, timm, timm_swin, torchvision, torchvision_swin
 from paper.formats.architectures import TIMM, described, matching
-from paper.formats.fields import Preprocessing
-from paper.formats.files import is_npz, load_tensors, read_json, regular_file
-from paper.models.family import family_of, paper_config
+from paper.formats.fields import Preprocessing, swin_image_size_for
+from paper.formats.files import is_npz, load_tensors, naming, read_json, regular_file
+from paper.models.family import FAMILIES, family_of, model_name, paper_config
 
 FORMATS = ("timm", "timm-hub", "hf", "npz", "torchvision")              # what a destination is written as (--to)
 TENSOR_SUFFIXES = (".pth", ".pt", ".safetensors")
@@ -49,6 +49,8 @@ WRITERS = {"vit": {"npz": (npz.write_npz, "npz", ("layout",)), "timm": (timm.wri
 READERS = {"hf": huggingface.read_hf, "npz": npz.read_npz, "timm": timm.read_timm, "timm-hub": timm.read_timm_hub,
            "torchvision": torchvision.read_torchvision, "timm-swin": timm_swin.read_timm_swin,
            "torchvision-swin": torchvision_swin.read_torchvision_swin, "hf-swin": huggingface_swin.read_hf_swin}
+# The model family (paper/models/family.py) of each format a file is read as
+FORMAT_FAMILIES = {read_as: family for family, writers in WRITERS.items() for _, read_as, _ in writers.values()}
 # A state_dict file's format, by the first test its keys pass: a Swin's before a ViT's (timm's both have
 # "patch_embed.proj.weight")
 STATE_DICT_TESTS = (("timm-swin", timm_swin.is_timm_swin_state_dict),
@@ -65,6 +67,9 @@ ASSUMED_WHEN_READ = {"timm": {"gelu": "exact", "layer_norm_eps": 1e-6, "fusion":
 # A distilled model's fusion of its two heads (lowlevel/model.py `fuse`): timm's and transformers' code computes
 # mean_logits, so "softmax_sum" written there would read back as another classifier.
 REFUSED_WHEN_UNRECORDED = ("fusion",)
+# Formats that do not record a Swin's image size: read back, it is that of the known Swin with the same shapes
+# (paper/formats/fields.py `swin_image_size_for`), or --image-size must give it
+SIZELESS = ("timm-swin", "torchvision-swin")
 
 def detect_format(path) -> str:
     """One of FORMATS, or a Swin's "timm-swin", "torchvision-swin", "hf-swin", from the file's content (a directory
@@ -82,6 +87,9 @@ def detect_format(path) -> str:
     regular_file(path)
     if is_npz(path):
         return "npz"
+    if path.suffix.lower() == ".npz":               # named so, but no zip of .npy arrays: truncated or corrupt
+        raise ValueError(f"{path}: expected an .npz archive (a zip of .npy arrays), got a file that is none "
+                         f"(truncated or corrupt?)")
     sd = load_tensors(path)
     for fmt, test in STATE_DICT_TESTS:
         if test(sd):
@@ -90,22 +98,47 @@ def detect_format(path) -> str:
                      f"{sorted(sd)[:4]}...")
 
 
-def model_overrides(model: str | None) -> dict:
+def model_overrides(model: str | None, fmt: str) -> dict:
     """The architecture fields of a paper or timm model name (its family's: the head, classes and pre-logits, and the
-    numerics stay the checkpoint's own), as overrides a reader checks the weights against."""
+    numerics stay the checkpoint's own), as overrides a reader of `fmt` checks the weights against. A name of another
+    family than the format's (a Swin's for a ViT's file) is refused."""
     if model is None:
         return {}
     cfg = paper_config(model)
-    return {k: getattr(cfg, k) for k in family_of(cfg).architecture}
+    family, holds = family_of(cfg), next(f for f in FAMILIES if f.name == FORMAT_FAMILIES[fmt])
+    if family is not holds:
+        raise ValueError(f"model: expected a {holds.title}'s name for a {fmt} checkpoint, got {model!r}, a "
+                         f"{family.title}'s")
+    return {k: getattr(cfg, k) for k in family.architecture}
 
 
 def read_checkpoint(path, model: str | None = None, **overrides) -> tuple[ViTConfig | SwinConfig, dict, str]:
     """Any supported checkpoint -> (cfg, params, format). The config is inferred from the weights and what the
     format stores, except what `model` (e.g. "ViT-B/16", "Swin-T") and `overrides` fix; a checkpoint that does not
-    match them is refused, naming keys. A head count found nowhere is refused, never guessed (paper/formats/fields.py;
-    a Swin's relative-position tables have a column per head)."""
+    match them is refused, naming keys and, when the file reads without `model`, the model it holds. A head count
+    found nowhere is refused, never guessed (paper/formats/fields.py; a Swin's relative-position tables have a
+    column per head)."""
     fmt = detect_format(path)
-    return (*READERS[fmt](path, **{**model_overrides(model), **overrides}), fmt)
+    with naming(path):
+        fixed = model_overrides(model, fmt)
+    try:
+        return (*READERS[fmt](path, **{**fixed, **overrides}), fmt)
+    except ValueError as e:
+        if model is None:
+            raise
+        try:
+            cfg, _ = READERS[fmt](path, **overrides)
+        except ValueError:
+            raise e from None
+        raise ValueError(f"{e}\nthe file holds {model_name(cfg) or described_config(cfg)}, not {model}") from e
+
+
+def described_config(cfg: ViTConfig | SwinConfig) -> str:
+    """A model no name fits, by its sizes: "a ViT of D=64, depth 6, patch 16", "a Swin of C=96, depths (2, 2, 6, 2)"."""
+    family = family_of(cfg)
+    sizes = f"C={cfg.dim}, depths {cfg.depths}" if family.name == "swin" else f"D={cfg.dim}, depth {cfg.depth}"
+    return f"a {family.title} of {sizes}, patch {cfg.patch_size}" + (", with a ResNet" if getattr(cfg, "backbone", None)
+                                                                    else "")
 
 
 def read_preprocessing(path, fmt: str) -> Preprocessing:
@@ -143,6 +176,17 @@ def unrecorded(cfg: ViTConfig | SwinConfig, fmt: str) -> dict:
     """The fields of cfg that a file of `fmt` cannot record and its reader would take otherwise."""
     return {field: getattr(cfg, field) for field, assumed in ASSUMED_WHEN_READ.get(fmt, {}).items()
             if getattr(cfg, field) != assumed}
+
+
+def size_unrecorded(cfg: ViTConfig | SwinConfig, fmt: str) -> bool:
+    """Whether a file of `fmt` loses cfg's image size: its reader would not find it again without --image-size."""
+    if fmt not in SIZELESS:
+        return False
+    try:
+        side = swin_image_size_for(cfg.patch_size, cfg.dim, cfg.depths, cfg.num_heads, cfg.window_size)
+    except ValueError:
+        return True
+    return cfg.image_size != (side, side)
 
 
 def destination_format(path, fmt: str | None = None) -> str:

@@ -11,14 +11,15 @@ not fix
 A reader takes these from the file where the format stores them, else from the caller's overrides, else from the
 functions below, which never guess: the head count comes from a known architecture with the same shapes or not at all.
 A Swin's weights tell the head counts (the relative-position tables have a column per head) but not the image size,
-nor the conventions of the code that computed with them (`lowlevel.swin_config`): each format's reader sets its code's
-conventions, and a writer refuses a config whose function its code would change.
+nor the conventions of the code that computed with them (`lowlevel.swin_config`): the size comes from the file where
+the format stores it, else from the caller, else from a known Swin with the same shapes or not at all; each format's
+reader sets its code's conventions, and a writer refuses a config whose function its code would change.
 """
 import math
 from dataclasses import dataclass, replace
 
 from lowlevel.swin_config import SwinConfig, convention_difference
-from paper.formats.architectures import described, matching
+from paper.formats.architectures import described, matching, swin_matching
 
 
 def num_heads_for(dim: int, depth: int, mlp_dim: int, patch_size: int) -> int:
@@ -70,11 +71,27 @@ class Preprocessing:
 
 
 def swin_image_size(window_size: int, patch_size: int, num_stages: int) -> int:
-    """The side of the image a Swin checkpoint is taken to be for when neither the file nor the caller says: the
-    smallest whose last stage holds one whole window, M·P·2^(S−1) (224 for M = 7, 384 for M = 12: the sizes the
-    original, timm and torchvision name their checkpoints by, swin_tiny_patch4_window7_224). A Swin's weights fit any
-    size; the size matters where stages are padded or windows shrink, so pass it (--model) for other sizes."""
+    """The smallest image side whose last stage holds one whole window, M·P·2^(S−1) (224 for M = 7, 384 for M = 12):
+    there every stage is a whole number of windows and all Swin codes compute alike."""
     return window_size * patch_size * 2 ** (num_stages - 1)
+
+
+def swin_image_size_for(patch_size: int, dim: int, depths: tuple, num_heads: tuple, window_size: int) -> int:
+    """The image side of a Swin whose file does not store it: that of the known Swin with the same shapes
+    (architectures.py: the paper's, timm's and torchvision's). A Swin's weights fit any size, and a Swin built at 40 px
+    read as 32 would be written to a config.json that says 32: none, or two sizes, is a ValueError naming
+    --image-size."""
+    found = swin_matching(patch_size, dim, depths, num_heads, window_size)
+    if len(found) == 1:
+        return next(iter(found))
+    shapes = f"P={patch_size}, C={dim}, depths {tuple(depths)}, heads {tuple(num_heads)}, M={window_size}"
+    if found:
+        options = "; ".join(f"{side} in {described(names)}" for side, names in sorted(found.items()))
+        got = f"the known Swins with their shapes ({shapes}) differ in it ({options})"
+    else:
+        got = f"no known Swin has their shapes ({shapes})"
+    raise ValueError(f"image_size: expected an image size, but the weights do not store it and {got}; pass it with "
+                     f"--image-size H W (image_size=... in the API) or name the model with --model")
 
 
 def window_from_tables(tables: list) -> int:
@@ -91,7 +108,8 @@ def window_from_tables(tables: list) -> int:
 def swin_fields(sd: dict, key, known: dict) -> dict:
     """The SwinConfig fields a Swin state dict's shapes tell, whatever the format: `key` maps our parameter names to
     the format's (blocks and global names only), `known` (a format's conventions, the caller's fields) takes
-    precedence. B̂ has a column per head and, at full size, (2M−1)² rows; the image size is swin_image_size's."""
+    precedence. B̂ has a column per head and, at full size, (2M−1)² rows; the image size, unless known, is a known
+    Swin's (swin_image_size_for)."""
     c, channels, p, _ = sd[key("patch.weight")].shape
     stages = next(s for s in range(len(sd) + 1) if key(f"stages.{s}.blocks.0.relative_position_bias_table") not in sd)
     tables = [sd[key(f"stages.{s}.blocks.0.relative_position_bias_table")] for s in range(stages)]
@@ -105,7 +123,7 @@ def swin_fields(sd: dict, key, known: dict) -> dict:
     if "window_size" not in fields:
         fields["window_size"] = window_from_tables(tables)
     if "image_size" not in fields:
-        fields["image_size"] = swin_image_size(fields["window_size"], p, stages)
+        fields["image_size"] = swin_image_size_for(p, c, fields["depths"], fields["num_heads"], fields["window_size"])
     return fields
 
 

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import pickle
+import re
 import stat
 import zipfile
 from pathlib import Path
@@ -28,6 +29,16 @@ READ_ERRORS = (OSError, ValueError, RuntimeError, EOFError, KeyError, zipfile.Ba
 FILE_KINDS = ((stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
               (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
 MAX_JSON_BYTES = 64 * 2 ** 20         # a config.json with 21k label names is ~1 MiB
+
+
+def reason(error: Exception, longest: int = 200) -> str:
+    """A library's error, short enough for a one-line message. torch.load's weights-only refusal is a page of advice
+    (to load the file unsafely, among others) around one informative clause, which is kept."""
+    text = str(error)
+    clause = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    text = f"torch.load refuses it: {clause[1].strip()}" if clause else \
+        next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+    return text if len(text) <= longest else text[:longest - 1] + "…"
 
 
 @contextlib.contextmanager
@@ -84,7 +95,7 @@ def load_tensors(path) -> dict[str, torch.Tensor]:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except READ_ERRORS as e:
         raise ValueError(f"{path}: expected a readable .safetensors or torch checkpoint, got an unreadable file "
-                         f"({e})") from e
+                         f"({reason(e)})") from e
     for wrapper in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
             sd = sd[wrapper]
@@ -135,7 +146,7 @@ def load_arrays(path) -> dict[str, np.ndarray]:
     try:
         headers = npz_headers(path)
     except READ_ERRORS as e:
-        raise ValueError(f"{path}: expected a readable .npz archive, got an unreadable file ({e})") from e
+        raise ValueError(f"{path}: expected a readable .npz archive, got an unreadable file ({reason(e)})") from e
     for name, shape, dtype, declared, stored in headers:
         if dtype.kind != "f":
             raise ValueError(f"{path}: array {name!r}: expected floating-point weights, got dtype {dtype}")
@@ -146,7 +157,7 @@ def load_arrays(path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except READ_ERRORS as e:
-        raise ValueError(f"{path}: expected a readable .npz archive, got an unreadable file ({e})") from e
+        raise ValueError(f"{path}: expected a readable .npz archive, got an unreadable file ({reason(e)})") from e
 
 
 JSON_KINDS = {
@@ -173,7 +184,7 @@ def read_json(path) -> dict:
         with open(path, encoding="utf-8") as f:
             config = json.load(f)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: expected a JSON config, got an unreadable file ({e})") from e
+        raise ValueError(f"{path}: expected a JSON config, got an unreadable file ({reason(e)})") from e
     if not isinstance(config, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
     return config

@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from lowlevel import ViTConfig, check_params, param_shapes
+from lowlevel.checks import check_config
 from paper.formats.fields import Preprocessing, num_heads_for, require, square_image_size
 from paper.formats.files import REQUIRED, json_value, load_tensors, naming, read_json, save_directory
 from paper.formats.renaming import respelled
@@ -128,6 +129,7 @@ def hf_config(cfg: ViTConfig):
     the logits of ViT-B/16. The pre-logits layer maps to ViTModel's pooler (Dense + tanh), which has no classifier
     after it. In training mode the two differ: transformers drops out after the embeddings, attention and MLP but
     not after the GELU, and has no stochastic depth (drop_path)."""
+    check_config(cfg, ViTConfig)
     from transformers import DeiTConfig
     from transformers import ViTConfig as HFViTConfig
     require("transformers' ViT", cfg, class_token=True, pool="token", pos_embed="learned", backbone=None,

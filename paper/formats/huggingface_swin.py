@@ -28,6 +28,7 @@ carries eps, activation and stochastic depth.
 import torch
 
 from lowlevel import SwinConfig
+from lowlevel.checks import check_config
 from lowlevel.relative_position import relative_position_index
 from lowlevel.swin import param_shapes
 from lowlevel.swin_params import merge_index
@@ -178,6 +179,7 @@ def require_transformers(cfg: SwinConfig) -> None:
     conventions are the original's; and (measured with transformers 5.23) a stage smaller than the window fails: it
     shrinks the window but keeps the M×M relative-position table (RuntimeError: the size of tensor a (25) must
     match the size of tensor b (49))."""
+    check_config(cfg, SwinConfig)
     require(TRANSFORMERS, cfg, layer_norm_eps=1e-5)
     require_conventions(TRANSFORMERS, cfg, **TRANSFORMERS_CONVENTIONS)
     for s, size in enumerate(cfg.stage_sizes):

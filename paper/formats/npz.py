@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from lowlevel import ViTConfig, check_params, param_shapes
+from lowlevel.checks import check_config
 from paper.formats.fields import Preprocessing, require, square_image_size
 from paper.formats.files import load_arrays, naming, save_arrays
 
@@ -197,6 +198,7 @@ def from_npz(arrays: dict, **overrides) -> tuple[ViTConfig, dict]:
 def to_npz(params: dict, cfg: ViTConfig, layout: str = "vit2020") -> dict[str, np.ndarray]:
     """(params, cfg) -> npz arrays: "vit2020" (pre-Linen numbering, E_pos with a class row, as the released 2020
     files) or "big_vision" (Linen numbering, top-level pos_embedding without it, the class row folded into cls)."""
+    check_config(cfg, ViTConfig)
     if layout not in LAYOUTS:
         raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
     require("the official npz format", cfg, class_token=True, pool="token", pos_embed="learned", qkv_bias=True,

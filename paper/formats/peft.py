@@ -29,7 +29,7 @@ from types import SimpleNamespace
 from lowlevel import ViTConfig, check_params
 from lowlevel.lora import BLOCK_TARGETS, LoRAConfig, adapted_layers, adapter_shapes, merge
 from paper.formats.fields import require
-from paper.formats.files import load_tensors, read_json, save_directory
+from paper.formats.files import json_value, load_tensors, naming, read_json, save_directory
 from paper.formats.huggingface import backbone, hf_names, memory_name, without_backbone
 from paper.formats.timm import timm_key
 
@@ -131,10 +131,16 @@ def read_peft(directory, cfg: ViTConfig) -> tuple[LoRAConfig, dict, dict | None]
     layers = {k.rsplit(".", 1)[0] for k in adapters}
     targets = tuple(t for t in (*BLOCK_TARGETS, "head") if any(n.rsplit(".", 1)[-1] == t for n in layers))
     blocks = sorted({int(n.split(".")[1]) for n in layers if n.startswith("blocks.")})
-    lora = LoRAConfig(rank=config.get("r", 8), alpha=config.get("lora_alpha", 8), targets=targets,   # peft's defaults
-                      blocks=None if blocks == list(range(cfg.depth)) else tuple(blocks),
-                      rslora=bool(config.get("use_rslora", False)), dropout=config.get("lora_dropout", 0.0))
-    check_params(adapters, adapter_shapes(cfg, lora), what=f"{directory / WEIGHTS}: adapters")
+    def value(key, kind, default):                                                  # peft's defaults
+        return json_value(config, key, kind, directory / CONFIG, default)
+
+    with naming(directory / CONFIG):
+        lora = LoRAConfig(rank=value("r", "an integer", 8), alpha=value("lora_alpha", "a finite number", 8),
+                          targets=targets, blocks=None if blocks == list(range(cfg.depth)) else tuple(blocks),
+                          rslora=value("use_rslora", "true or false", False),
+                          dropout=value("lora_dropout", "a finite number", 0.0))
+        shapes = adapter_shapes(cfg, lora)
+    check_params(adapters, shapes, what=f"{directory / WEIGHTS}: adapters")
     if head and len(head) != 2:
         raise ValueError(f"{directory / WEIGHTS}: expected the head's weight and bias, got only {sorted(head)}")
     return lora, adapters, head or None

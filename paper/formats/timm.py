@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 
 from lowlevel import BackboneConfig, ViTConfig, param_shapes
+from lowlevel.checks import check_config
 from paper.formats.architectures import TIMM
 from paper.formats.fields import Preprocessing, num_heads_for, require, square_image_size
 from paper.formats.files import json_value, load_tensors, naming, read_json, save_directory, save_tensors
@@ -203,6 +204,7 @@ def from_timm(model_or_state_dict, **overrides) -> tuple[ViTConfig, dict[str, to
 def to_timm(params: dict[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
     """(params, cfg) -> a timm VisionTransformer (VisionTransformerDistilled) state_dict
     (`paper.references.vit.timm_vit(cfg)` builds the model)."""
+    check_config(cfg, ViTConfig)
     require(FORMAT, cfg, representation_size=None, pos_embed=("learned", "none"), patch_embed="linear",
             attention="standard")
     if cfg.distilled:                               # VisionTransformerDistilled always learns E_pos (deit.py)
@@ -307,6 +309,7 @@ def read_hub_preprocessing(directory) -> Preprocessing:
 def hub_config(cfg: ViTConfig, preprocessing: Preprocessing | None) -> dict:
     """config.json of a hub directory for `cfg`: every model_arg spelled out, so that timm builds exactly this
     model; the preprocessing, when known, in pretrained_cfg."""
+    check_config(cfg, ViTConfig)
     require(FORMAT + " hub directory", cfg, representation_size=None, pos_embed=("learned", "none"), layer_norm_eps=1e-6,
             backbone=None, patch_embed="linear", attention="standard")
     shapes = (cfg.dim, cfg.depth, cfg.mlp_dim, cfg.patch_size, cfg.num_heads)

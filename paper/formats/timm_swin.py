@@ -23,6 +23,7 @@ them and a writer refuses a config whose function they would change at its image
 import torch
 
 from lowlevel import SwinConfig
+from lowlevel.checks import check_config
 from lowlevel.swin import param_shapes
 from lowlevel.swin_params import merge_index
 from paper.formats.fields import Preprocessing, require, require_conventions, swin_fields
@@ -93,5 +94,6 @@ TIMM_CONVENTIONS = dict(padding="after_shift", small_window="shrink", merge_posi
 def require_timm(cfg: SwinConfig) -> None:
     """Refuse a config timm's code does not compute: its GELU is fixed to nn.GELU (the exact erf), its conventions
     are its own."""
+    check_config(cfg, SwinConfig)
     require(TIMM, cfg, gelu="exact")
     require_conventions(TIMM, cfg, **TIMM_CONVENTIONS)

@@ -24,6 +24,7 @@ architectures (vit_b_16 … vit_h_14 are the paper's B/16, B/32, L/16, L/32, H/1
 import torch
 
 from lowlevel import ViTConfig, param_shapes
+from lowlevel.checks import check_config
 from paper.formats.fields import Preprocessing, num_heads_for, require, square_image_size
 from paper.formats.files import read_state_dict, save_tensors
 from paper.formats.renaming import renamed, unrenamed
@@ -57,6 +58,7 @@ def is_torchvision_state_dict(sd: dict) -> bool:
 
 def check_expressible(cfg: ViTConfig) -> None:
     """Refuse what torchvision's VisionTransformer cannot compute."""
+    check_config(cfg, ViTConfig)
     require(FORMAT, cfg, in_channels=3, class_token=True, pool="token", pos_embed="learned", qkv_bias=True,
             layer_norm_eps=1e-6, gelu="exact", backbone=None, patch_embed="linear", attention="standard")
     if cfg.image_size[0] != cfg.image_size[1]:

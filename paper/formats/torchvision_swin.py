@@ -25,6 +25,7 @@ conventions (padding "before_shift", small_window "pad"), set on reading and req
 import torch
 
 from lowlevel import SwinConfig
+from lowlevel.checks import check_config
 from lowlevel.relative_position import relative_position_index
 from lowlevel.swin import param_shapes
 from lowlevel.swin_params import merge_index
@@ -118,6 +119,7 @@ def require_torchvision(cfg: SwinConfig) -> None:
     """Refuse a config torchvision's code does not compute: its patch projection takes 3 channels, its q/k/v always
     have biases, its GELU is nn.GELU, it always has a classifier and two blocks or more, its conventions are its
     own."""
+    check_config(cfg, SwinConfig)
     require(TORCHVISION, cfg, in_channels=3, qkv_bias=True, gelu="exact")
     if cfg.num_classes < 1:
         raise ValueError(f"num_classes: {TORCHVISION} cannot express num_classes={cfg.num_classes}; it always has a "

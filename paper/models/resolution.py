@@ -16,6 +16,9 @@ import scipy.ndimage
 import torch
 import torch.nn.functional as F
 
+from lowlevel import ViTConfig
+from lowlevel.checks import check_config
+
 METHODS = ("official", "timm", "hf", "torchvision")
 
 
@@ -50,6 +53,7 @@ def resample_pos_embed(pos: torch.Tensor, old_grid: tuple[int, int], new_grid: t
 
 def change_resolution(params: dict, cfg, image_size, method: str = "official"):
     """(params, cfg) at one resolution -> (params', cfg') at `image_size`, learned E_pos interpolated."""
+    check_config(cfg, ViTConfig)
     new_cfg = dataclasses.replace(cfg, image_size=image_size)
     params = dict(params)
     if cfg.pos_embed == "learned":

@@ -30,7 +30,7 @@ from paper.models.family import family_of, model_name
 from paper.models.finite import require_finite
 from paper.references.on_photo import class_names, open_photo, prepare
 from paper.training.data import preprocess
-from paper.training.state import KEYS, checkpoint_config, load_checkpoint
+from paper.training.state import KEYS, checkpoint_config, load_checkpoint, require_whole_model
 
 OWN = "paper.train"            # the format name our own checkpoints are reported under
 FILTER_COMPONENTS = 28         # Fig. 7 left shows the top 28
@@ -92,9 +92,7 @@ def read_model(path, num_heads: int | None = None, image_size: tuple[int, int] |
         if flags:
             raise ValueError(f"{' '.join(flags)}: expected none for a checkpoint of paper.train, which records its "
                              f"config and preprocessing, got {path}")
-        if "lora" in state:
-            raise ValueError(f"checkpoint: expected a whole model, got {path!r} holding only LoRA adapters over "
-                             f"{state['base']['path']!r}")
+        require_whole_model(state, path)
         cfg = checkpoint_config(state)
         if not isinstance(cfg, ViTConfig):
             raise ValueError(f"checkpoint: expected a ViT's, got {path!r} holding a {state['model']!r}: a CNN has no "

@@ -17,7 +17,7 @@ from paper.models.cnn import ResNetClassifier
 from paper.models.explicit_params import ExplicitParams
 from paper.models.finite import require_finite
 from paper.training.data import preprocess
-from paper.training.state import checkpoint_config, load_checkpoint
+from paper.training.state import checkpoint_config, load_checkpoint, require_whole_model
 
 
 class Classifier(nn.Module):
@@ -38,9 +38,7 @@ def load_classifier(path, device: torch.device | str = "cpu", dtype: torch.dtype
     """A checkpoint of ours (a ViT's, a distilled one's or the ResNet's, any stage) -> its frozen classifier, on
     `device` in `dtype`. A LoRA checkpoint holds only adapters and a head, not a model: it is refused by name."""
     state = load_checkpoint(str(path))
-    if "lora" in state:
-        raise ValueError(f"checkpoint: expected a whole model, got {str(path)!r} holding only LoRA adapters over "
-                         f"{state['base']['path']!r}")
+    require_whole_model(state, path)
     cfg = checkpoint_config(state)
     require_finite(state["params"], f"checkpoint: {path}")
     if isinstance(cfg, vit.ViTConfig):

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 import lowlevel as vit
+from lowlevel.lora import adapter_shapes
 from paper.formats.atomic import write_text
 from paper.models.dtypes import DTYPES
 from paper.models.explicit_params import ExplicitParams
@@ -32,6 +33,7 @@ from paper.training.state import (
     check_resumable,
     checkpoint_config,
     load_checkpoint,
+    require_whole_model,
 )
 
 
@@ -184,6 +186,8 @@ def run_training(args) -> dict:
     train, test, num_classes = load_data(args.data, args.data_dir)
     in_channels = train[0][0].shape[0]
     base = model_config(args.model, in_channels)
+    if lora is not None and "pretrain" in args.stages:
+        adapter_shapes(base, lora)                   # a rank the model cannot hold: refused now, not after pre-training
     log = {"command": vars(args), "world_size": procs.world_size, "stages": {}}
     if args.distill:
         run.distillation = distillation
@@ -198,6 +202,7 @@ def run_training(args) -> dict:
         params, log["stages"]["pretrain"] = train_vit("pretrain", params, cfg, pre, train, test, run)
     else:
         state = load_checkpoint(args.init)
+        require_whole_model(state, args.init, "init")
         cfg, params = checkpoint_config(state), state["params"]
         if not isinstance(cfg, vit.ViTConfig):
             raise ValueError(f"init: expected a ViT's pretrain.pt to fine-tune, got {args.init!r} holding a "

@@ -14,6 +14,7 @@ import torch
 
 from lowlevel import ViTConfig
 from paper.formats.atomic import write_atomically
+from paper.formats.files import reason
 from paper.models.cnn import ResNetConfig
 from paper.models.finite import non_finite
 from paper.training.data import eval_preprocessing
@@ -63,13 +64,21 @@ def load_checkpoint(path: str) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises pickle, zip and OS errors alike
         raise ValueError(f"checkpoint: expected a checkpoint written by paper.train, "
-                         f"could not read {path!r} ({e})") from e
+                         f"could not read {path!r} ({reason(e)})") from e
     missing = [k for k in KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise ValueError(f"checkpoint: expected the keys {KEYS} in {path!r}, missing {missing}")
     if state["model"] not in MODELS:
         raise ValueError(f"checkpoint: expected a model of {tuple(MODELS)} in {path!r}, got {state['model']!r}")
     return state
+
+
+def require_whole_model(state: dict, path, what: str = "checkpoint") -> None:
+    """A LoRA checkpoint holds adapters and a head over the base it names, not a model: wherever a model is read
+    (--init, a teacher, paper.attention, paper.gradient_norms) it is refused by name."""
+    if "lora" in state:
+        raise ValueError(f"{what}: expected a whole model, got {str(path)!r} holding only LoRA adapters over "
+                         f"{state['base']['path']!r}")
 
 
 def check_resumable(state: dict, recipe: Recipe, seed: int, dtype: str, identity: dict, path: str) -> None:

@@ -176,7 +176,8 @@ def test_bad_inputs_are_refused_in_one_line_and_nothing_is_written(tmp_path, cap
 
     swin = SwinConfig(image_size=224, dim=12, depths=(2, 2, 2, 2), num_heads=(1, 2, 3, 4), num_classes=5)
     write_checkpoint(helpers.random_params(swin, dtype=torch.float32), swin, tmp_path / "swin.pth")
-    err = refused([str(tmp_path / "swin.pth"), photo(tmp_path / "cat.png"), "--out", str(out)], capsys)
+    err = refused([str(tmp_path / "swin.pth"), photo(tmp_path / "cat.png"), "--out", str(out), "--image-size", "224",
+                   "224"], capsys)
     assert "expected a ViT or DeiT, got a Swin" in err and "windows" in err
     assert not out.exists()
 

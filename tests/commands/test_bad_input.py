@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 import lowlevel as vit
+import paper.formats.atomic as atomic
 import paper.formats.files as files
 import paper.training.loop as train_module
 from lowlevel.fast import prefix_attention
@@ -197,6 +198,14 @@ def test_reading_refuses_special_files_bad_archives_and_mistyped_configs(tmp_pat
     data[len(data) // 2] ^= 0xFF                                                  # one flipped byte: a bad CRC
     (tmp_path / "corrupt.npz").write_bytes(bytes(data))
     refused_at_once(tmp_path / "corrupt.npz", "corrupt.npz: expected a readable .npz archive")
+    (tmp_path / "truncated.npz").write_bytes(bytes(data[:len(data) // 2]))   # no zip directory: once read as torch's
+    refused_at_once(tmp_path / "truncated.npz", "truncated.npz: expected an .npz archive (a zip of .npy arrays), got a "
+                                                "file that is none (truncated or corrupt?)")
+    (tmp_path / "noise.pth").write_bytes(b"\x80\x02" + bytes(range(256)))  # torch.load's refusal: a page of advice
+    with pytest.raises(ValueError) as unreadable:
+        read_checkpoint(tmp_path / "noise.pth")
+    assert "got an unreadable file (torch.load refuses it: " in str(unreadable.value)
+    assert len(str(unreadable.value)) < 300 and "weights_only" not in str(unreadable.value)
     refused_at_once(npz_with(tmp_path, "strings.npz", cls=np.array([["a"]])),
                     "strings.npz: array 'cls': expected floating-point weights, got dtype <U1")
     refused_at_once(npz_with(tmp_path, "ints.npz", **{"head/bias": np.arange(3)}),
@@ -221,6 +230,27 @@ def test_reading_refuses_special_files_bad_archives_and_mistyped_configs(tmp_pat
         (tmp_path / "hub" / "config.json").write_text(json.dumps({**config, "model_args": {**config["model_args"],
                                                                                           key: value}}))
         refused_at_once(tmp_path / "hub", f"config.json model_args: {expected}")
+
+
+def test_a_file_read_as_another_model_gets_one_short_line_saying_what_it_holds(tmp_path, capsys):
+    """A hybrid's timm state dict (an R50 of 156 tensors under patch_embed.backbone) read with --model ViT-B/16 once
+    printed every key, a 10 KB line. Now each kind of bad key is counted with its first three, and the line says what
+    the file holds; a model name of another family is refused by name, not with a TypeError."""
+    from lowlevel import BackboneConfig
+    hybrid = vit.ViTConfig(image_size=32, patch_size=1, dim=32, depth=1, num_heads=2, mlp_dim=48, num_classes=3,
+                           backbone=BackboneConfig(layers=(3, 4, 9), width=32))
+    write_checkpoint(random_params(hybrid, dtype=torch.float32), hybrid, tmp_path / "r50.pth")
+    for flags, words in ((["--model", "ViT-B/16"], ["156 unexpected keys, the first: patch_embed.backbone.",
+                                                    "the file holds a ViT of D=32, depth 1, patch 1, with a ResNet, "
+                                                    "not ViT-B/16"]),
+                         (["--model", "Swin-T"], [f"{tmp_path / 'r50.pth'}: model: expected a ViT's name for a timm "
+                                                  "checkpoint, got 'Swin-T', a Swin's"])):
+        with pytest.raises(SystemExit) as ended:
+            cli.run(convert, [str(tmp_path / "r50.pth"), str(tmp_path / "out.pth"), "--num-heads", "2", *flags])
+        line = capsys.readouterr().err.strip().splitlines()[-1]                 # (above it, the progress bar)
+        assert ended.value.code == 2 and line.startswith("error: ") and len(line) < 1000, line
+        assert all(w in line for w in words), line
+    assert not (tmp_path / "out.pth").exists()
 
 
 # ---------------------------------------------------------------- writing
@@ -365,6 +395,58 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_loses_no_work(tmp_path, 
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 
+KILLED_WRITE = """
+import os, signal, sys
+from paper.formats.atomic import write_atomically
+
+def half_written_then_killed(tmp):
+    with open(tmp, "wb") as f:
+        f.write(b"half a checkpoint")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+write_atomically(sys.argv[1], half_written_then_killed)
+"""
+
+
+def killed_while_writing(path) -> None:
+    """What SIGKILL (the out-of-memory killer, a power cut) in the middle of writing `path` leaves: no cleanup runs,
+    so the half-written temporary stays beside it."""
+    done = subprocess.run([sys.executable, "-c", KILLED_WRITE, str(path)], cwd=ROOT, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == -9
+
+
+def test_a_run_resumed_after_kills_leaves_no_temporary_behind(tmp_path, monkeypatch):
+    """A run stopped in pre-training (SIGTERM: a checkpoint at step 4), then two writes of its checkpoint killed
+    half-way: each write of pretrain.pt removes the temporaries earlier ones left (no process holds their lock), so the
+    resumed run ends with its files alone. A temporary whose write is still in progress (its writer holds the lock) is kept."""
+    out = tmp_path / "run"
+    args = [*TINY_RUN, "--out", str(out), "--save-every", "1"]
+    real_step, calls = train_module.train_step, {"n": 0}
+
+    def terminated_during_step_4(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            os.kill(os.getpid(), 15)
+        return real_step(*a, **kw)
+
+    monkeypatch.setattr(train_module, "train_step", terminated_during_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(args)
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    leftovers = []
+    for _ in range(2):                                         # each write removes what the one before it left
+        killed_while_writing(out / "pretrain.pt")
+        leftovers.append([n for n in os.listdir(out) if n.startswith(".pretrain.pt.") and n.endswith(".tmp")])
+    assert len(leftovers[0]) == len(leftovers[1]) == 1 and leftovers[0] != leftovers[1]
+    busy = out / ".log.json.in-progress.tmp"
+    busy.write_text("")
+    with atomic.locked(busy):                                  # another process writing log.json, say
+        train([*args, "--resume"])
+    assert sorted(os.listdir(out)) == [".log.json.in-progress.tmp", "curves.png", "finetune.pt", "log.json",
+                                       "pretrain.pt"]
+
+
 # ---------------------------------------------------------------- the commands
 
 def command(*args) -> subprocess.CompletedProcess:
@@ -492,12 +574,19 @@ def test_flags_that_need_another_flag_and_results_an_earlier_run_left_are_refuse
 
 def test_library_functions_name_the_argument_they_cannot_take():
     """A ValueError naming the argument, never an AttributeError, TypeError or RuntimeError from deep inside."""
+    from paper.formats.huggingface import to_hf
+    from paper.formats.npz import to_npz
+    from paper.formats.timm_swin import to_timm_swin
     from paper.models.family import paper_config
+    from paper.models.heads import finetuning_head
+    from paper.models.resolution import change_resolution
 
     params = vit.init_params(CFG)
     images = torch.zeros(1, 3, 16, 16)
     cases = [(lambda: vit.check_params(list(params.values()), vit.param_shapes(CFG)),
               "params: expected a dict of tensors, got list"),
+             (lambda: vit.check_params(params, list(vit.param_shapes(CFG).values())),
+              "expected: expected a dict of names to shapes"),
              (lambda: vit.forward({k: v.tolist() for k, v in params.items()}, images, CFG),
               "params: expected tensors, got list"),
              (lambda: vit.forward(params, images, vars(CFG)), "cfg: expected a ViTConfig, got dict"),
@@ -509,6 +598,19 @@ def test_library_functions_name_the_argument_they_cannot_take():
              (lambda: vit.sincos_2d((2, 2), 6), "dim: expected a multiple of 4 of at least 8"),
              (lambda: vit.sincos_2d(4, 8), r"grid_size: expected \(rows, columns\) of positive integers, got 4"),
              (lambda: paper_config(None), "name: expected a model name such as 'ViT-B/16' or 'Swin-T', got None")]
+    z = torch.zeros(1, 5, 32)
+    as_dict = vars(CFG)                                  # a config given as a dict, at every public entry point
+    cases += [(call, "cfg: expected a ViTConfig, got dict") for call in (
+        lambda: vit.forward_heads(params, images, as_dict), lambda: vit.embed(params, images, as_dict),
+        lambda: vit.encoder(params, z, as_dict), lambda: vit.encoder_block(vit.block_params(params, 0), z, as_dict),
+        lambda: vit.fast_encoder(params, z, as_dict), lambda: vit.pool(params, z, as_dict),
+        lambda: change_resolution(params, as_dict, 32), lambda: finetuning_head(params, as_dict, 5),
+        lambda: to_timm(params, as_dict), lambda: to_hf(params, as_dict), lambda: to_npz(params, as_dict))]
+    swin_cfg = vit.SwinConfig(dim=12, num_heads=(1, 2, 3, 4))
+    cases += [(lambda: to_timm(params, swin_cfg), "cfg: expected a ViTConfig, got SwinConfig"),
+              (lambda: to_timm_swin(params, CFG), "cfg: expected a SwinConfig, got ViTConfig"),
+              (lambda: vit.swin.pool(params, z, as_dict), "cfg: expected a SwinConfig, got dict"),
+              (lambda: vit.resnet.param_shapes({"layers": (3,)}, 3), "cfg: expected a BackboneConfig, got dict")]
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
             call()

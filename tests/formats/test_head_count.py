@@ -13,6 +13,7 @@ from paper.convert import main as convert
 from paper.formats.huggingface import from_hf, to_hf
 from paper.formats.timm import from_timm
 from paper.formats.torchvision import from_torchvision, to_torchvision
+from paper.models.family import model_name
 from tests.helpers import randomised
 
 F64 = dict(rtol=0, atol=1e-10)    # float64, the same arithmetic in another order
@@ -118,3 +119,15 @@ def test_vit_h14_shapes_read_with_16_heads_in_every_state_dict_format():
     assert from_torchvision(to_torchvision(params, cfg))[0] == cfg
     assert from_hf(to_hf(params, cfg)[0], layer_norm_eps=1e-6)[0] == cfg      # no config.json: the table alone
 
+
+
+@pytest.mark.parametrize("name, heads, paper_name", [("vit_base_r50_s16_224", 12, "R50+ViT-B/16"),
+                                                     ("vit_large_r50_s32_384", 16, "R50+ViT-L/32"),
+                                                     ("vit_small_r26_s32_224", 6, "R26+ViT-S/32")])
+def test_the_papers_hybrids_read_with_their_head_count_from_the_table(name, heads, paper_name):
+    """A timm hybrid's bare state dict (on the meta device) shows (D, depth, MLP size, patch 1 on the ResNet's feature
+    map): the table gives its head count, where it once asked for --num-heads, and the hybrid is named."""
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, weight_init="skip", num_classes=1000)
+    cfg, _ = from_timm(model.state_dict())
+    assert cfg.num_heads == heads and model_name(cfg) == paper_name

@@ -2,6 +2,7 @@
 `python -m paper.convert` turning a torchvision swin_t into a state dict timm's swin_tiny_patch4_window7_224 loads
 with equal outputs, and back; a conversion that would change the function is refused and writes nothing."""
 import dataclasses
+import json
 
 import pytest
 import timm
@@ -53,7 +54,10 @@ def test_files_are_recognised_and_read_back(tmp_path, fmt, suffix):
     path = tmp_path / f"m{suffix}"
     assert write_checkpoint(params, cfg, path, fmt=fmt) == f"{fmt}-swin"
     assert detect_format(path) == f"{fmt}-swin"
-    cfg2, params2, _ = read_checkpoint(path)                          # 224 = M·P·2³, the default, told by no key
+    with pytest.raises(ValueError, match=r"image_size: .*no known Swin has their shapes \(P=4, C=12, depths "
+                                         r"\(2, 2, 2, 2\), heads \(1, 2, 3, 4\), M=7\); pass it with --image-size H W"):
+        read_checkpoint(path)                                        # no key tells 224
+    cfg2, params2, _ = read_checkpoint(path, image_size=224)
     assert cfg2 == cfg and all(torch.equal(params2[k], params[k]) for k in params)
     vit_cfg = helpers.ViTConfig(image_size=32, patch_size=8, dim=64, depth=1, num_heads=1, mlp_dim=8)
     write_timm(helpers.random_params(vit_cfg), vit_cfg, tmp_path / f"vit{suffix}")
@@ -87,6 +91,38 @@ def test_transformers_directory_is_written_read_back_and_loaded_by_from_pretrain
                                          r"\(56, 84\), where stage 1's 7×11 map gets window and shift"):
         write_checkpoint(helpers.random_params(wide), wide, tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
+
+
+def test_an_image_size_the_file_cannot_tell_is_asked_for_and_kept_where_a_format_records_it(tmp_path, capsys):
+    """The issue's Swin built at another size than M·P·2^(S−1) (here 64 px, not 32) in timm's state dict, which has no
+    place for the size: converted to a transformers directory, whose config.json would say 32, it is refused naming
+    --image-size and nothing is written; told, config.json says 64 and reads back as 64. Back to timm's or
+    torchvision's state dict the summary says how to read it, and read so, the round trip keeps size and weights."""
+    cfg = SwinConfig(image_size=64, dim=8, depths=(2, 2, 2), num_heads=(1, 2, 2), window_size=2, num_classes=3,
+                     **TIMM_CONVENTIONS)
+    params = helpers.random_params(cfg)
+    write_checkpoint(params, cfg, tmp_path / "m.pth")
+
+    def convert(*args) -> tuple[int, str]:
+        with pytest.raises(SystemExit) as ended:
+            cli.run(convert_main, [str(a) for a in args])
+        out, err = capsys.readouterr()
+        return ended.value.code, out + err
+
+    code, text = convert(tmp_path / "m.pth", tmp_path / "hf")
+    assert code == 2 and "image_size: expected an image size, but the weights do not store it" in text
+    assert "pass it with --image-size H W" in text and not (tmp_path / "hf").exists()
+    assert convert(tmp_path / "m.pth", tmp_path / "hf", "--image-size", 64, 64)[0] == 0
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["image_size"] == 64
+    assert read_checkpoint(tmp_path / "hf")[0].image_size == (64, 64)
+    for fmt in ("timm", "torchvision"):
+        code, text = convert(tmp_path / "hf", tmp_path / f"{fmt}.pth", "--to", fmt)
+        assert code == 0 and "the file cannot record image size 64x64: read it back with --image-size 64 64" in text
+        back, tensors, _ = read_checkpoint(tmp_path / f"{fmt}.pth", image_size=(64, 64))
+        assert back == dataclasses.replace(cfg, **FORMATS[fmt][0])
+        images = helpers.random_images(cfg, 2, seed=5)              # merging is named per convention: compare outputs
+        torch.testing.assert_close(swin.forward(tensors, images, back), swin.forward(params, images, cfg), rtol=0,
+                                   atol=1e-12)
 
 
 @pytest.fixture(scope="module")
@@ -149,16 +185,16 @@ def test_index_buffers_are_written_where_persistent_and_checked_where_found():
     sd["features.5.3.attn.relative_position_index"] = index.flip(0)
     with pytest.raises(ValueError, match=r"features.5.3.attn.relative_position_index: expected the relative position "
                                          r"index of a 7×7 window"):
-        from_torchvision_swin(sd)
+        from_torchvision_swin(sd, image_size=224)
     hf_cfg = dataclasses.replace(cfg, **TRANSFORMERS_CONVENTIONS)
     params = helpers.random_params(hf_cfg)
     old = {**to_hf_swin(params, hf_cfg), "swin.encoder.layers.1.blocks.0.attention.self.relative_position_index":
            index.view(49, 49)}
-    cfg2, params2 = from_hf_swin(old)
+    cfg2, params2 = from_hf_swin(old, image_size=224)
     assert cfg2 == hf_cfg and all(torch.equal(params2[k], params[k]) for k in params)
     old["swin.encoder.layers.1.blocks.0.attention.self.relative_position_index"] = index.view(49, 49).T
     with pytest.raises(ValueError, match=r"relative_position_index: expected the relative position index of a 7×7"):
-        from_hf_swin(old)
+        from_hf_swin(old, image_size=224)
 
 
 def test_formats_refuse_what_their_code_cannot_compute(tmp_path):
@@ -211,13 +247,13 @@ def test_verify_checkpoint_runs_a_swin_through_timm_transformers_and_torchvision
     model = SwinTransformer(patch_size=[4, 4], embed_dim=12, depths=[2, 2, 2, 2], num_heads=[1, 2, 3, 4],
                             window_size=[7, 7], num_classes=10).eval()
     torch.save(model.state_dict(), tmp_path / "swin.pth")
-    result = verify_checkpoint(tmp_path / "swin.pth")
+    result = verify_checkpoint(tmp_path / "swin.pth", image_size=(224, 224))       # no known Swin: the size is told
     assert "(torchvision-swin), custom, 224x224, (1, 2, 3, 4) heads (the relative-position tables" in result["header"][0]
     assert "swin_t weights" in result["header"][1]
     assert [r["implementation"] for r in result["rows"]] == ["ours", "timm", "transformers", "torchvision"] * 2
     with torch.no_grad():
         theirs = model.double()(result["image"])
-    cfg, params, _ = read_checkpoint(tmp_path / "swin.pth")
+    cfg, params, _ = read_checkpoint(tmp_path / "swin.pth", image_size=224)
     with torch.no_grad():
         ours = swin.forward({k: v.double() for k, v in params.items()}, result["image"], cfg)
     row = next(r for r in result["rows"] if r["implementation"] == "torchvision" and r["dtype"] == "float64")

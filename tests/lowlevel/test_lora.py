@@ -174,7 +174,8 @@ def test_adapted_forward_equals_the_merged_model_for_any_targets(cfg, targets, r
         targets.discard("head")
     if not targets:
         targets = {"proj"}
-    lora = LoRAConfig(rank, 2.0, tuple(sorted(targets)), rslora=rslora)
+    sides = [cfg.dim] + [cfg.mlp_dim] * bool(targets & {"fc1", "fc2"}) + [cfg.num_classes] * ("head" in targets)
+    lora = LoRAConfig(min(rank, *sides), 2.0, tuple(sorted(targets)), rslora=rslora)    # at most min(rows, in)
     params, images = random_params(cfg, seed), random_images(cfg, 2, seed)
     g = torch.Generator().manual_seed(seed)
     adapters = {k: torch.randn(s, generator=g, dtype=torch.float64) for k, s in adapter_shapes(cfg, lora).items()}
@@ -328,6 +329,53 @@ def test_bad_configs_and_adapters_name_the_field():
     adapters = init_adapters(CFG, LoRAConfig(2, 2))
     with pytest.raises(ValueError, match=r"mis-shaped keys, the first: blocks.0.q.lora_A: expected \(4, 16\), got \(2, 16\)"):
         adapt(random_params(CFG, 0), adapters, CFG, LoRAConfig(4, 2))
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(alpha="8"), "alpha: expected a finite positive number, got '8'"),
+    (dict(alpha=float("inf")), "alpha: expected a finite positive number, got inf"),     # the loss would be NaN
+    (dict(targets="qkv"), "targets: expected a tuple of names among .*, got 'qkv'"),      # not ('q', 'k', 'v')
+    (dict(targets=3), "targets: expected a tuple of names among .*, got 3"),
+    (dict(blocks=1), r"blocks: expected None \(every block\) or a tuple of block indices, got 1"),
+    (dict(blocks=("0",)), r"blocks: expected None \(every block\) or a tuple of block indices, got \('0',\)"),
+    (dict(rslora="no"), "rslora: expected True or False, got 'no'"),                    # "no" is truthy
+    (dict(dropout=None), r"dropout: expected a rate in \[0, 1\), got None"),
+])
+def test_wrongly_typed_config_values_name_the_field(fields, message):
+    """A ValueError naming the field, never a TypeError from a comparison, nor a string taken for a tuple of its
+    letters."""
+    with pytest.raises(ValueError, match=message):
+        LoRAConfig(**fields)
+
+
+def test_an_absurd_rank_or_a_config_of_another_type_is_refused():
+    """ΔW = BA of a (rows × in) matrix has rank at most min(rows, in): a larger r adds parameters and nothing else."""
+    with pytest.raises(ValueError, match=r"rank: expected at most 16, the smaller side of blocks.0.q's \(16 × 16\) "
+                                         r"update, got 1000"):
+        init_adapters(CFG, LoRAConfig(1000))
+    with pytest.raises(ValueError, match=r"rank: expected at most 3, the smaller side of head's \(3 × 16\) update"):
+        adapter_shapes(CFG, LoRAConfig(4, targets=("head",)))
+    assert adapter_shapes(CFG, LoRAConfig(16))["blocks.0.q.lora_A"] == (16, 16)          # min(rows, in) itself is fine
+    with pytest.raises(ValueError, match="cfg: expected a ViTConfig, got dict"):
+        init_adapters(vars(CFG), LoRAConfig())
+    with pytest.raises(ValueError, match="lora: expected a LoRAConfig, got dict"):
+        adapt(random_params(CFG, 0), {}, CFG, {"rank": 8})
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("r", "8", "r: expected an integer, got '8'"),
+    ("lora_alpha", None, "lora_alpha: expected a finite number, got None"),
+    ("use_rslora", "false", "use_rslora: expected true or false, got 'false'"),     # bool("false") is True
+    ("lora_dropout", "0.1", "lora_dropout: expected a finite number, got '0.1'"),
+    ("r", 64, "rank: expected at most 16"),
+])
+def test_an_adapter_config_with_wrongly_typed_values_is_refused_naming_the_file(tmp_path, field, value, message):
+    lora = LoRAConfig(2, 2)
+    write_peft(init_adapters(CFG, lora), CFG, lora, tmp_path / "adapter", "transformers")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({**config, field: value}))
+    with pytest.raises(ValueError, match=f"adapter_config.json: {message}"):
+        read_peft(tmp_path / "adapter", CFG)
 
 
 def test_forward_checks_lora_weights_as_it_checks_plain_ones():

@@ -147,6 +147,17 @@ def test_bad_lora_flags_get_clear_messages(pretrained, tmp_path, capsys):
         LoRARun(LoRAConfig(), str(pretrained), "").model(vit.init_params(distilled), distilled, seed=0)
     with pytest.raises(ValueError, match="lora: expected the finetune stage"):
         main(TINY_MAIN + ["--stages", "pretrain", "--out", str(tmp_path), "--lora", "2"])
+    with pytest.raises(ValueError, match=r"rank: expected at most 64, the smaller side of blocks.0.q's \(64 × 64\)"):
+        main(args + ["--lora", "1000"])                                   # larger than D: parameters, not rank
+    main(args + ["--lora", "2"])
+    with pytest.raises(ValueError, match=r"init: expected a whole model, got .*finetune.pt' holding only LoRA adapters"):
+        main(FINETUNE + ["--init", str(tmp_path / "finetune.pt"), "--out", str(tmp_path / "again")])
+
+
+def test_an_absurd_rank_is_refused_before_pre_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "train_step", lambda *a, **kw: pytest.fail("a training step ran"))
+    with pytest.raises(ValueError, match="rank: expected at most 64"):
+        main(TINY_MAIN + ["--out", str(tmp_path), "--lora", "65"])
 
 
 def test_lora_bench_refuses_a_missing_base_in_one_line(tmp_path, capsys):
