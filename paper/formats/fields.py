@@ -22,20 +22,25 @@ from lowlevel.swin_config import SwinConfig, convention_difference
 from paper.formats.architectures import described, matching, swin_matching
 
 
+def known_value(found: dict, field: str, quantity: str, kind: str, shapes: str, remedy: str) -> int:
+    """The one value of `field` that the known `kind`s with the weights' shapes agree on (`found`: value -> names).
+    None, or two values: a ValueError saying which, and the flag that supplies it (`remedy`)."""
+    if len(found) == 1:
+        return next(iter(found))
+    if found:
+        options = "; ".join(f"{value} in {described(names)}" for value, names in sorted(found.items()))
+        got = f"the known {kind}s with their shapes ({shapes}) differ in it ({options})"
+    else:
+        got = f"no known {kind} has their shapes ({shapes})"
+    raise ValueError(f"{field}: expected {quantity}, but the weights do not store it and {got}; pass it with {remedy}")
+
+
 def num_heads_for(dim: int, depth: int, mlp_dim: int, patch_size: int) -> int:
     """The head count of a model whose file does not store it: that of the known architecture with the same
     (D, depth, MLP size, patch size) (architectures.py). None, or two head counts: a ValueError naming --num-heads."""
-    found = matching(dim, depth, mlp_dim, patch_size)
-    if len(found) == 1:
-        return next(iter(found))
-    shapes = f"D={dim}, depth {depth}, MLP {mlp_dim}, patch {patch_size}"
-    if found:
-        options = "; ".join(f"{heads} in {described(names)}" for heads, names in sorted(found.items()))
-        got = f"the known architectures with their shapes ({shapes}) differ in it ({options})"
-    else:
-        got = f"no known architecture has their shapes ({shapes})"
-    raise ValueError(f"num_heads: expected a head count, but the weights do not store it and {got}; pass it with "
-                     f"--num-heads (num_heads=... in the API)")
+    return known_value(matching(dim, depth, mlp_dim, patch_size), "num_heads", "a head count", "architecture",
+                       f"D={dim}, depth {depth}, MLP {mlp_dim}, patch {patch_size}",
+                       "--num-heads (num_heads=... in the API)")
 
 
 def square_image_size(rows: int, prefix_tokens: int, patch_size: int) -> int:
@@ -81,17 +86,9 @@ def swin_image_size_for(patch_size: int, dim: int, depths: tuple, num_heads: tup
     (architectures.py: the paper's, timm's and torchvision's). A Swin's weights fit any size, and a Swin built at 40 px
     read as 32 would be written to a config.json that says 32: none, or two sizes, is a ValueError naming
     --image-size."""
-    found = swin_matching(patch_size, dim, depths, num_heads, window_size)
-    if len(found) == 1:
-        return next(iter(found))
-    shapes = f"P={patch_size}, C={dim}, depths {tuple(depths)}, heads {tuple(num_heads)}, M={window_size}"
-    if found:
-        options = "; ".join(f"{side} in {described(names)}" for side, names in sorted(found.items()))
-        got = f"the known Swins with their shapes ({shapes}) differ in it ({options})"
-    else:
-        got = f"no known Swin has their shapes ({shapes})"
-    raise ValueError(f"image_size: expected an image size, but the weights do not store it and {got}; pass it with "
-                     f"--image-size H W (image_size=... in the API) or name the model with --model")
+    return known_value(swin_matching(patch_size, dim, depths, num_heads, window_size), "image_size", "an image size",
+                       "Swin", f"P={patch_size}, C={dim}, depths {tuple(depths)}, heads {tuple(num_heads)}, "
+                       f"M={window_size}", "--image-size H W (image_size=... in the API) or name the model with --model")
 
 
 def window_from_tables(tables: list) -> int:
