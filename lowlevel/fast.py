@@ -54,8 +54,9 @@ def residual_linear(z: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.
     is on. `z + b` is a fresh tensor that no other operation saved, so accumulating into it in place is safe for
     autograd; it is made 2-D before, not viewed after, so that the in-place product is not on a view (which autograd
     would undo with extra copies in the backward). Dropout and drop path act on the projection alone, so while
-    either is on the add stays separate."""
-    if train and (dropout or drop_path_rate):
+    either is on the add stays separate; under autocast too, where the product is computed in bfloat16 and added to
+    the float32 residual stream, as on the explicit path."""
+    if train and (dropout or drop_path_rate) or torch.is_autocast_enabled(z.device.type):
         return z + drop_path(F.dropout(F.linear(x, w, b), dropout, train), drop_path_rate, train)
     out = z.flatten(0, -2) + b                                                 # (B·N, D)
     out.addmm_(x.flatten(0, -2), w.t())                                        # += (B·N, M) @ (M, D)
