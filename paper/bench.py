@@ -145,9 +145,10 @@ def main_loop(models: list[str], args, argv) -> dict:
         raise ValueError(f"--device: the training loop is measured on the CPU, got {args.device!r}")
     torch.set_num_threads(args.threads)
     run = {"models": models, "steps": args.steps, "rounds": args.repeats, "device_name": cpu_name(),
+           "dtype": args.dtype, "compile": args.compile,
            "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
            "command": shlex.join(["python", "-m", "paper.bench", *(sys.argv[1:] if argv is None else argv)])}
-    result = {"run": run, "loop": measure_loop(models, args.steps, args.repeats)}
+    result = {"run": run, "loop": measure_loop(models, args.steps, args.repeats, args.dtype == "bfloat16", args.compile)}
     return report(result, args.out, "loop", loop_markdown, loop_plot)
 
 

@@ -123,20 +123,23 @@ def plot(result: dict, path: str) -> None:
 def loop_markdown(result: dict) -> str:
     """The training loop's table (`paper.reports.loop_measure`): images/s, the ratio to timm, each phase's share."""
     run = result["run"]
-    lines = [f"Training loop ({', '.join(run['models'])}), {run['device_name']}, {run['threads']} thread(s), "
+    how = {"bfloat16": "bfloat16 autocast", "float32": "float32"}[run.get("dtype", "float32")] + \
+        (", torch.compile" if run.get("compile") else "")
+    lines = [f"Training loop ({', '.join(run['models'])}), {how}, {run['device_name']}, {run['threads']} thread(s), "
              f"torch {run['torch']}; {run['rounds']} interleaved rounds of {run['steps']} steps, each round ending "
-             f"with one evaluation of the 1,000 test digits and one checkpoint written.",
+             f"with one evaluation of the 1,000 test digits and one checkpoint written; a first round of each, not "
+             f"counted, warms it up (its seconds in the last column).",
              f"Command: `{run['command']}`", "",
              "| contender | image | batch | images/s (median, range) | × timm (median, range) | "
-             + " | ".join(f"{p} %" for p in PHASES) + " |",
-             "|---|---:|---:|---:|---:|" + "---:|" * len(PHASES)]
+             + " | ".join(f"{p} %" for p in PHASES) + " | warm-up s |",
+             "|---|---:|---:|---:|---:|" + "---:|" * (len(PHASES) + 1)]
     for name, c in result["loop"].items():
         vs = c.get("vs_timm")
         shares = " | ".join(f"{100 * c['phase_share'][p]:.1f}" for p in PHASES)
         speed = c["images_per_s"]
         lines.append(f"| {name} | {c['image_size'][0]}×{c['image_size'][1]} | {c['batch']} "
                      f"| {speed['median']:.0f} ({speed['min']:.0f}–{speed['max']:.0f}) "
-                     f"| {fmt_ratio(vs) if vs else '–'} | {shares} |")
+                     f"| {fmt_ratio(vs) if vs else '–'} | {shares} | {c['warm_up_s']:.1f} |")
     return "\n".join(lines) + "\n"
 
 

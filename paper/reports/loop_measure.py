@@ -10,18 +10,22 @@ checkpoint's share here is an upper bound, and paper.compare evaluates once per 
 `Phases` timer around the code of train_step's steps, laid out as train_step lays them out:
 
     data        the DataLoader's next batch (per-image crop, resize, collation) and the copy to the device
-    forward     zero_grad, the forward pass and the loss
+    forward     zero_grad, the forward pass (under bfloat16 autocast with --dtype bfloat16, as paper.train --bf16
+                runs it; through torch.compile with --compile) and the loss in float32
     backward    loss.backward()
     optimizer   clipping at global norm, the optimizer's and the schedule's step, the loss read back
     evaluation  `evaluate` on the test images
     checkpoint  `save_checkpoint` of params, optimizer and schedule
 
-Contenders take turns, round by round, in a rotated order (so that noise from other work on the machine falls on
-all of them alike); each keeps training across its rounds. The ratio ours/timm is taken within a round, then summarised
-by its median and range over the rounds.
+Each contender's first round warms it up and is not counted; under --compile it pays the compilation, and its seconds
+are reported beside the rounds'. Evaluation runs the model as it is, not compiled. Contenders take turns, round by
+round, in a rotated order (so that noise from other work on the machine falls on all of them alike); each keeps
+training across its rounds. The ratio ours/timm is taken within a round, then summarised by its median and range over
+the rounds.
 """
 import contextlib
 import dataclasses
+import functools
 import os
 import tempfile
 import time
@@ -83,8 +87,10 @@ class TimmModel(nn.Module):
 class LoopContender:
     """One model in train_stage's loop, trained round by round (`run_round`) with its phases timed."""
 
-    def __init__(self, name: str, model: nn.Module, recipe, train_data, test_data, total_steps: int, folder: str):
-        self.name, self.model, self.folder = name, model.train(), folder
+    def __init__(self, name: str, model: nn.Module, recipe, train_data, test_data, total_steps: int, folder: str,
+                 bf16: bool = False, compiled: bool = False):
+        self.name, self.model, self.folder, self.bf16 = name, model.train(), folder, bf16
+        self.forward = torch.compile(self.model) if compiled else self.model
         self.recipe = with_steps(recipe, total_steps, None)
         self.optimizer = make_optimizer(self.model.parameters(), self.recipe)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, Schedule(
@@ -104,7 +110,9 @@ class LoopContender:
                 images, labels = images.to(self.procs.device), labels.to(self.procs.device)
             with phases("forward"):
                 self.optimizer.zero_grad(set_to_none=True)
-                loss = self.criterion(self.model(images), images, labels)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                    outputs = self.forward(images)
+                loss = self.criterion(outputs.float(), images, labels)
             with phases("backward"):
                 loss.backward()
             with phases("optimizer"):
@@ -122,11 +130,12 @@ class LoopContender:
                             seed=0, dtype="float32")
 
 
-def contenders(models: list[str], total_steps: int, folder: str) -> list[LoopContender]:
+def contenders(models: list[str], total_steps: int, folder: str, bf16: bool, compiled: bool) -> list[LoopContender]:
     """mnist-vit: paper.compare's ViT (`comparison.build`, seed 0) and timm's equal model with its weights, on the
     compare recipe and its n=1000 subset, and paper.train --data mnist's two stages (ours, the model stages.py builds,
     on all 4,000 digits); mnist-resnet18: paper.compare's ResNet-18, stock stem."""
     train, test = mnist()
+    contender = functools.partial(LoopContender, total_steps=total_steps, folder=folder, bf16=bf16, compiled=compiled)
     recipe = with_steps(RECIPE, None, BATCH)
     subset = ImageArray(*(t[stratified_subset(train.labels, TRAINING_IMAGES, 0)] for t in (train.images, train.labels)))
     out = []
@@ -135,27 +144,26 @@ def contenders(models: list[str], total_steps: int, folder: str) -> list[LoopCon
         params = {k: v.detach().clone() for k, v in ours.as_dict().items()}
         pre_params, pre_cfg = pretraining_model(MNIST_MODEL, MNIST_PRETRAIN, 1, 10, 0)
         fine_params, fine_cfg = finetuning_model(pre_params, pre_cfg, MNIST_FINETUNE, 10)
-        out += [LoopContender("ours ViT", ours, recipe, subset, test, total_steps, folder),
-                LoopContender("timm ViT", TimmModel(params, ours.cfg), recipe, subset, test, total_steps, folder),
-                LoopContender("paper.train pretrain", ExplicitParams(pre_params, pre_cfg), MNIST_PRETRAIN, train,
-                              test, total_steps, folder),
-                LoopContender("paper.train finetune", ExplicitParams(fine_params, fine_cfg), MNIST_FINETUNE, train,
-                              test, total_steps, folder)]
+        out += [contender("ours ViT", ours, recipe, subset, test),
+                contender("timm ViT", TimmModel(params, ours.cfg), recipe, subset, test),
+                contender("paper.train pretrain", ExplicitParams(pre_params, pre_cfg), MNIST_PRETRAIN, train, test),
+                contender("paper.train finetune", ExplicitParams(fine_params, fine_cfg), MNIST_FINETUNE, train, test)]
     if "mnist-resnet18" in models:
-        out.append(LoopContender("ours ResNet-18", build("cnn", 0), recipe, subset, test, total_steps, folder))
+        out.append(contender("ours ResNet-18", build("cnn", 0), recipe, subset, test))
     return out
 
 
-def measure_loop(models: list[str], steps: int, rounds: int) -> dict:
-    """One warm-up round each, then `rounds` interleaved rounds. -> per contender: seconds per round, images/s
-    (median, range), phase seconds summed over the rounds and their shares; ours/timm per round."""
+def measure_loop(models: list[str], steps: int, rounds: int, bf16: bool = False, compiled: bool = False) -> dict:
+    """One warm-up round each, then `rounds` interleaved rounds. -> per contender: the warm-up's seconds, seconds per
+    round, images/s (median, range), phase seconds summed over the rounds and their shares; ours/timm per round."""
     with tempfile.TemporaryDirectory() as folder:
-        runs = contenders(models, steps * (rounds + 1), folder)
+        runs = contenders(models, steps * (rounds + 1), folder, bf16, compiled)
         times = {c.name: [] for c in runs}
         phases = {c.name: Phases() for c in runs}
+        warm_up = {c.name: Phases() for c in runs}
         with tqdm(total=(rounds + 1) * len(runs), desc="training loop", unit="round") as bar:
             for c in runs:                                                  # warm-up: not counted
-                c.run_round(steps, Phases())
+                c.run_round(steps, warm_up[c.name])
                 bar.update()
             for r in range(rounds):
                 for c in runs[r % len(runs):] + runs[:r % len(runs)]:
@@ -169,7 +177,7 @@ def measure_loop(models: list[str], steps: int, rounds: int) -> dict:
         result[c.name] = {
             "recipe": dataclasses.asdict(c.recipe) | {"total_steps": None},
             "image_size": list(c.model.cfg.image_size), "batch": c.recipe.batch_size,
-            "round_s": times[c.name],
+            "warm_up_s": sum(warm_up[c.name].seconds.values()), "round_s": times[c.name],
             "images_per_s": median_range([c.recipe.batch_size * steps / t for t in times[c.name]]),
             "phase_s": phases[c.name].seconds,
             "phase_share": {k: v / total for k, v in phases[c.name].seconds.items()}}

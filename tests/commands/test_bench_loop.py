@@ -15,9 +15,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_the_loop_benchmark_writes_speeds_the_ratio_to_timm_and_phase_shares_that_sum_to_one(tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_loop_benchmark_writes_speeds_the_ratio_to_timm_and_phase_shares_that_sum_to_one(tmp_path, dtype):
     result = bench.main(["--model", "mnist-vit", "--threads", "1", "--steps", "1", "--repeats", "1",
-                         "--out", str(tmp_path)])
+                         "--dtype", dtype, "--out", str(tmp_path)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loop.json", "loop.md", "loop.png"]
     assert json.loads((tmp_path / "loop.json").read_text())["loop"].keys() == result["loop"].keys()
     loop = result["loop"]
@@ -27,7 +28,10 @@ def test_the_loop_benchmark_writes_speeds_the_ratio_to_timm_and_phase_shares_tha
     for c in loop.values():
         assert list(c["phase_share"]) == list(PHASES) and sum(c["phase_share"].values()) == pytest.approx(1)
         assert all(s > 0 for s in c["phase_s"].values())
-    assert "× timm" in (tmp_path / "loop.md").read_text()
+    table = (tmp_path / "loop.md").read_text()
+    assert "× timm" in table and "warm-up s" in table
+    assert ("bfloat16 autocast" in table) == (dtype == "bfloat16") and result["run"]["dtype"] == dtype
+    assert all(c["warm_up_s"] > 0 for c in loop.values())
 
 
 def test_training_loop_names_mixed_with_a_model_name_are_refused():
