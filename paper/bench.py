@@ -89,6 +89,9 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(),
                    help="torch.set_num_threads for every contender (default: torch's, %(default)s here)")
+    p.add_argument("--bf16", action="store_true",
+                   help="bfloat16 autocast over float32 weights, as paper.train --bf16 trains (the matmul peak in "
+                        "bfloat16)")
     p.add_argument("--compile", action="store_true", help="torch.compile every contender's forward")
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
     p.add_argument("--steps", type=int, default=150, help="training steps per round of the training loop")
@@ -143,12 +146,15 @@ def main_loop(models: list[str], args, argv) -> dict:
     """The training loop's benchmark: loop.json, loop.md and loop.png in --out."""
     if args.device != "cpu":
         raise ValueError(f"--device: the training loop is measured on the CPU, got {args.device!r}")
+    if args.dtype != "float32":
+        raise ValueError(f"--dtype: the training loop trains float32 weights (--bf16 for bfloat16 autocast), got "
+                         f"{args.dtype}")
     torch.set_num_threads(args.threads)
     run = {"models": models, "steps": args.steps, "rounds": args.repeats, "device_name": cpu_name(),
-           "dtype": args.dtype, "compile": args.compile,
+           "bf16": args.bf16, "compile": args.compile,
            "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
            "command": shlex.join(["python", "-m", "paper.bench", *(sys.argv[1:] if argv is None else argv)])}
-    result = {"run": run, "loop": measure_loop(models, args.steps, args.repeats, args.dtype == "bfloat16", args.compile)}
+    result = {"run": run, "loop": measure_loop(models, args.steps, args.repeats, args.bf16, args.compile)}
     return report(result, args.out, "loop", loop_markdown, loop_plot)
 
 
@@ -165,7 +171,7 @@ def main(argv=None) -> dict:
         if args.sweep else []
     steps = 2 * len(names) + args.repeats * len(names) + len(sweep) * (2 + args.repeats) * len(SWEEP_CONTENDERS)
     device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else cpu_name()
-    run = {"model": args.model, "batch": args.batch, "dtype": args.dtype, "device": args.device,
+    run = {"model": args.model, "batch": args.batch, "dtype": args.dtype, "bf16": args.bf16, "device": args.device,
            "device_name": device_name, "threads": args.threads, "compile": args.compile, "repeats": args.repeats,
            "torch": torch.__version__, "python": platform.python_version(),
            "command": shlex.join(["python", "-m", "paper.bench", *(sys.argv[1:] if argv is None else argv)])}

@@ -123,8 +123,7 @@ def plot(result: dict, path: str) -> None:
 def loop_markdown(result: dict) -> str:
     """The training loop's table (`paper.reports.loop_measure`): images/s, the ratio to timm, each phase's share."""
     run = result["run"]
-    how = {"bfloat16": "bfloat16 autocast", "float32": "float32"}[run.get("dtype", "float32")] + \
-        (", torch.compile" if run.get("compile") else "")
+    how = ("bfloat16 autocast" if run.get("bf16") else "float32") + (", torch.compile" if run.get("compile") else "")
     lines = [f"Training loop ({', '.join(run['models'])}), {how}, {run['device_name']}, {run['threads']} thread(s), "
              f"torch {run['torch']}; {run['rounds']} interleaved rounds of {run['steps']} steps, each round ending "
              f"with one evaluation of the 1,000 test digits and one checkpoint written; a first round of each, not "

@@ -10,7 +10,7 @@ checkpoint's share here is an upper bound, and paper.compare evaluates once per 
 `Phases` timer around the code of train_step's steps, laid out as train_step lays them out:
 
     data        the DataLoader's next batch (per-image crop, resize, collation) and the copy to the device
-    forward     zero_grad, the forward pass (under bfloat16 autocast with --dtype bfloat16, as paper.train --bf16
+    forward     zero_grad, the forward pass (under bfloat16 autocast with --bf16, as paper.train --bf16
                 runs it; through torch.compile with --compile) and the loss in float32
     backward    loss.backward()
     optimizer   clipping at global norm, the optimizer's and the schedule's step, the loss read back

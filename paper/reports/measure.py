@@ -116,21 +116,28 @@ def batch_of(cfg: ViTConfig, batch: int, dtype, device: str) -> tuple[torch.Tens
     return images, labels
 
 
-def time_rounds(contenders: list, images, labels, repeats: int, device: str, dtype, progress: tqdm) -> dict:
+def mixed(device: str, bf16: bool):
+    """bfloat16 autocast over the float32 weights (--bf16, as paper.train --bf16 trains), or nothing."""
+    return torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
+
+
+def time_rounds(contenders: list, images, labels, repeats: int, device: str, dtype, progress: tqdm,
+                bf16: bool = False) -> dict:
     """Interleaved rounds -> {"infer": {name: [s, …]}, "train": {name: [s, …]}, "matmul": {name: [GFLOP/s, …]}},
-    "matmul" being the peak measured just before each inference call."""
+    "matmul" being the peak measured just before each inference call (in bfloat16 under autocast)."""
     n = 4096 if device == "cpu" else 8192
-    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    a, b = (torch.randn(n, n, device=device).to(torch.bfloat16 if bf16 else dtype) for _ in range(2))
     matmul_gflops(a, b, device)                                                 # warm-up
     times = {kind: {c.name: [] for c in contenders} for kind in ("infer", "train", "matmul")}
     for r in range(repeats):
         order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
         for c in order:                                       # the inference calls of a round back to back, ...
             times["matmul"][c.name].append(max(matmul_gflops(a, b, device) for _ in range(3)))   # best of three
-            with torch.inference_mode():
+            with torch.inference_mode(), mixed(device, bf16):
                 times["infer"][c.name].append(timed(lambda c=c: c.infer(images), device))
         for c in order:                                       # ... then its training steps, so paired calls are close
-            times["train"][c.name].append(timed(lambda c=c: c.train_step(images, labels), device))
+            with mixed(device, bf16):
+                times["train"][c.name].append(timed(lambda c=c: c.train_step(images, labels), device))
             progress.update()
     return times
 
@@ -172,32 +179,35 @@ def in_fresh_process(code: str, what: str) -> str:
     return done.stdout.split()[-1]
 
 
-def training_memory_here(name: str, cfg: ViTConfig, batch: int, dtype_name: str, threads: int, compile: bool) -> int:
+def training_memory_here(name: str, cfg: ViTConfig, batch: int, dtype_name: str, threads: int, compile: bool,
+                         bf16: bool = False) -> int:
     """In a fresh process: bytes by which the resident set grows, at its peak, over two training steps."""
     torch.set_num_threads(threads)
     contender = build(name, weights(cfg), cfg, dtype=DTYPES[dtype_name], device="cpu", compile=compile)
     images, labels = batch_of(cfg, batch, DTYPES[dtype_name], "cpu")
-    return peak_resident_growth(lambda: contender.train_step(images, labels))
+    with mixed("cpu", bf16):
+        return peak_resident_growth(lambda: contender.train_step(images, labels))
 
 
 def training_memory(name: str, cfg: ViTConfig, batch: int, dtype, device: str, threads: int, compile: bool,
-                    contender=None, images=None, labels=None) -> int:
+                    bf16: bool = False, contender=None, images=None, labels=None) -> int:
     """Peak training memory in bytes (see the module docstring for how it is measured)."""
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-        contender.train_step(images, labels)
+        with mixed(device, bf16):
+            contender.train_step(images, labels)
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - base
     dtype_name = next(k for k, v in DTYPES.items() if v == dtype)
     config = f"{type(cfg).__name__}(**{dataclasses.asdict(cfg)!r})"                  # ViTConfig or SwinConfig
     call = (f"from paper.reports.measure import *; print(training_memory_here({name!r}, {config}, {batch}, {dtype_name!r}, "
-            f"{threads}, {compile}))")
+            f"{threads}, {compile}, {bf16}))")
     return int(in_fresh_process(call, f"the training memory of {name!r}"))
 
 
-def activation_bytes(contender, images: torch.Tensor) -> int:
+def activation_bytes(contender, images: torch.Tensor, bf16: bool = False) -> int:
     """Bytes of the tensors autograd keeps from a training forward for the backward, parameters left out: the
     activation memory of the implementation, exact and independent of the allocator."""
     saved = {}
@@ -206,7 +216,7 @@ def activation_bytes(contender, images: torch.Tensor) -> int:
         saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), mixed(str(images.device), bf16):
         contender.train_logits(images)
     for p in contender.parameters:
         saved.pop(p.untyped_storage().data_ptr(), None)
@@ -221,16 +231,17 @@ def measure(cfg: ViTConfig, names: tuple, args, progress: tqdm) -> dict:
     contenders, diffs = [], {}
     for name in names:
         c = build(name, params, cfg, dtype=dtype, device=device, compile=args.compile)
-        with torch.inference_mode():                                            # warm-up (and compilation)
+        with torch.inference_mode(), mixed(device, args.bf16):                 # warm-up (and compilation)
             logits = c.infer(images).float()
-        c.train_step(images, labels)
+        with mixed(device, args.bf16):
+            c.train_step(images, labels)
         if not contenders:
             reference = logits
         diffs[name] = {"max_abs_logit": logits.abs().max().item(),
                        "max_abs_logit_diff_vs_first": (logits - reference).abs().max().item()}
         contenders.append(c)
         progress.update()
-    times = time_rounds(contenders, images, labels, args.repeats, device, dtype, progress)
+    times = time_rounds(contenders, images, labels, args.repeats, device, dtype, progress, args.bf16)
     peaks = [p for ps in times["matmul"].values() for p in ps]
     result = {"tokens": cfg.num_tokens, "image_size": list(cfg.image_size), "forward_gflop_per_image":
               forward_flops(cfg) / 1e9, "matmul_peak_gflops": median_range(peaks), "contenders": {}}
@@ -238,7 +249,8 @@ def measure(cfg: ViTConfig, names: tuple, args, progress: tqdm) -> dict:
         infer, train, peak = times["infer"][c.name], times["train"][c.name], times["matmul"][c.name]
         flops = executed_flops(c.name, cfg) * args.batch
         memory = None if args.no_memory else \
-            training_memory(c.name, cfg, args.batch, dtype, device, args.threads, args.compile, c, images, labels) / MIB
+            training_memory(c.name, cfg, args.batch, dtype, device, args.threads, args.compile, args.bf16, c, images,
+                            labels) / MIB
         progress.update()
         result["contenders"][c.name] = {
             "infer_s": infer, "train_s": train, "forward_gflop_per_image": executed_flops(c.name, cfg) / 1e9,
@@ -250,7 +262,7 @@ def measure(cfg: ViTConfig, names: tuple, args, progress: tqdm) -> dict:
             "infer_fraction_of_peak": median_range([flops / t / 1e9 / p for t, p in zip(infer, peak, strict=True)]),
             "infer_fraction_of_run_peak": flops / statistics.median(infer) / 1e9 / max(peaks),
             "train_memory_mib": memory,
-            "saved_activations_mib": None if args.compile else activation_bytes(c, images) / MIB,
+            "saved_activations_mib": None if args.compile else activation_bytes(c, images, args.bf16) / MIB,
             **diffs[c.name]}
     if "timm" in names:
         for c in contenders:

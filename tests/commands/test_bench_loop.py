@@ -15,10 +15,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_the_loop_benchmark_writes_speeds_the_ratio_to_timm_and_phase_shares_that_sum_to_one(tmp_path, dtype):
+@pytest.mark.parametrize("bf16", [False, True])
+def test_the_loop_benchmark_writes_speeds_the_ratio_to_timm_and_phase_shares_that_sum_to_one(tmp_path, bf16):
     result = bench.main(["--model", "mnist-vit", "--threads", "1", "--steps", "1", "--repeats", "1",
-                         "--dtype", dtype, "--out", str(tmp_path)])
+                         "--out", str(tmp_path)] + ["--bf16"] * bf16)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loop.json", "loop.md", "loop.png"]
     assert json.loads((tmp_path / "loop.json").read_text())["loop"].keys() == result["loop"].keys()
     loop = result["loop"]
@@ -30,8 +30,13 @@ def test_the_loop_benchmark_writes_speeds_the_ratio_to_timm_and_phase_shares_tha
         assert all(s > 0 for s in c["phase_s"].values())
     table = (tmp_path / "loop.md").read_text()
     assert "× timm" in table and "warm-up s" in table
-    assert ("bfloat16 autocast" in table) == (dtype == "bfloat16") and result["run"]["dtype"] == dtype
+    assert ("bfloat16 autocast" in table) == bf16 and result["run"]["bf16"] == bf16
     assert all(c["warm_up_s"] > 0 for c in loop.values())
+
+
+def test_the_loop_refuses_bfloat16_weights():
+    with pytest.raises(ValueError, match="--dtype: the training loop trains float32 weights"):
+        bench.main(["--model", "mnist-vit", "--dtype", "bfloat16"])
 
 
 def test_training_loop_names_mixed_with_a_model_name_are_refused():
