@@ -48,7 +48,7 @@ def convert(src, dst, model: str | None = None, gelu: str | None = None, npz_lay
             cfg, params = apply_peft(params, cfg, adapter)
             bar.update()
         bar.set_postfix_str(f"writing {dst}")
-        preprocessing = checkpoints.read_preprocessing(src, src_format)
+        preprocessing = checkpoints.read_preprocessing(src, src_format, cfg.in_channels)
         written = checkpoints.write_checkpoint(params, cfg, dst, npz_layout or "vit2020", fmt, preprocessing)
         bar.update()
     name = model_name(cfg) or f"D={cfg.dim} L={cfg.depth}"

@@ -30,7 +30,7 @@ from pathlib import Path
 from lowlevel import SwinConfig, ViTConfig
 from paper.formats import huggingface, huggingface_swin, npz, timm, timm_swin, torchvision, torchvision_swin
 from paper.formats.architectures import TIMM, described, matching
-from paper.formats.fields import Preprocessing, swin_image_size_for
+from paper.formats.fields import Preprocessing, checked_preprocessing, swin_image_size_for
 from paper.formats.files import is_npz, load_tensors, naming, read_json, regular_file
 from paper.models.family import FAMILIES, family_of, model_name, paper_config
 
@@ -141,13 +141,17 @@ def described_config(cfg: ViTConfig | SwinConfig) -> str:
                                                                     else "")
 
 
-def read_preprocessing(path, fmt: str) -> Preprocessing:
+def read_preprocessing(path, fmt: str, channels: int | None = None) -> Preprocessing:
     """The checkpoint's preprocessing: a timm hub config.json's pretrained_cfg, a transformers directory's
-    preprocessor_config.json, else the format's documented default."""
+    preprocessor_config.json, else the format's documented default. A mean or std of another length than the
+    model's `channels` (when given), or a std or crop_pct that is not positive, is refused naming the file."""
     if fmt == "timm-hub":
-        return timm.read_hub_preprocessing(path)
+        return checked_preprocessing(timm.read_hub_preprocessing(path), channels)
     if fmt in ("hf", "hf-swin"):
-        return huggingface.read_hf_preprocessing(path) if Path(path).is_dir() else huggingface.PREPROCESSING
+        if not Path(path).is_dir():
+            return huggingface.PREPROCESSING
+        return checked_preprocessing(huggingface.read_hf_preprocessing(path), channels,
+                                     ("image_mean", "image_std", "crop_size"))
     return {"timm": timm.PREPROCESSING, "npz": npz.PREPROCESSING, "torchvision": torchvision.PREPROCESSING,
             "timm-swin": timm_swin.PREPROCESSING, "torchvision-swin": torchvision_swin.PREPROCESSING}[fmt]
 

@@ -15,6 +15,7 @@ nor the conventions of the code that computed with them (`lowlevel.swin_config`)
 the format stores it, else from the caller, else from a known Swin with the same shapes or not at all; each format's
 reader sets its code's conventions, and a writer refuses a config whose function its code would change.
 """
+import json
 import math
 from dataclasses import dataclass, replace
 
@@ -107,21 +108,32 @@ def swin_fields(sd: dict, key, known: dict) -> dict:
     the format's (blocks and global names only), `known` (a format's conventions, the caller's fields) takes
     precedence. B̂ has a column per head and, at full size, (2M−1)² rows; the image size, unless known, is a known
     Swin's (swin_image_size_for)."""
-    c, channels, p, _ = sd[key("patch.weight")].shape
-    stages = next(s for s in range(len(sd) + 1) if key(f"stages.{s}.blocks.0.relative_position_bias_table") not in sd)
-    tables = [sd[key(f"stages.{s}.blocks.0.relative_position_bias_table")] for s in range(stages)]
-    fields = {"patch_size": p, "in_channels": channels, "dim": c,
-              "depths": tuple(next(j for j in range(len(sd) + 1) if key(f"stages.{s}.blocks.{j}.ln1.weight") not in sd)
-                              for s in range(stages)),
-              "num_heads": tuple(t.shape[1] for t in tables),
-              "mlp_ratio": sd[key("stages.0.blocks.0.fc1.weight")].shape[0] / c,
-              "qkv_bias": key("stages.0.blocks.0.qkv.bias") in sd,
-              "num_classes": sd[key("head.weight")].shape[0] if key("head.weight") in sd else 0, **known}
+    fields = {**swin_shape_fields(sd, key), **known}
     if "window_size" not in fields:
-        fields["window_size"] = window_from_tables(tables)
+        fields["window_size"] = window_from_tables(swin_tables(sd, key))
     if "image_size" not in fields:
-        fields["image_size"] = swin_image_size_for(p, c, fields["depths"], fields["num_heads"], fields["window_size"])
+        fields["image_size"] = swin_image_size_for(fields["patch_size"], fields["dim"], fields["depths"],
+                                                   fields["num_heads"], fields["window_size"])
     return fields
+
+
+def swin_tables(sd: dict, key) -> list:
+    """Each stage's first relative-position table."""
+    stages = next(s for s in range(len(sd) + 1) if key(f"stages.{s}.blocks.0.relative_position_bias_table") not in sd)
+    return [sd[key(f"stages.{s}.blocks.0.relative_position_bias_table")] for s in range(stages)]
+
+
+def swin_shape_fields(sd: dict, key) -> dict:
+    """The SwinConfig fields a Swin state dict's shapes fix, whatever the format (`key` as in swin_fields)."""
+    c, channels, p, _ = sd[key("patch.weight")].shape
+    tables = swin_tables(sd, key)
+    return {"patch_size": p, "in_channels": channels, "dim": c,
+            "depths": tuple(next(j for j in range(len(sd) + 1) if key(f"stages.{s}.blocks.{j}.ln1.weight") not in sd)
+                            for s in range(len(tables))),
+            "num_heads": tuple(t.shape[1] for t in tables),
+            "mlp_ratio": sd[key("stages.0.blocks.0.fc1.weight")].shape[0] / c,
+            "qkv_bias": key("stages.0.blocks.0.qkv.bias") in sd,
+            "num_classes": sd[key("head.weight")].shape[0] if key("head.weight") in sd else 0}
 
 
 def require_conventions(fmt: str, cfg: SwinConfig, **conventions) -> SwinConfig:
@@ -138,3 +150,68 @@ def require_conventions(fmt: str, cfg: SwinConfig, **conventions) -> SwinConfig:
                          f"convert at an image size whose stages are whole windows (e.g. {side}×{side}) or keep the "
                          f"format")
     return theirs
+
+
+# What the weights hold of a config field, as a message says it: "num_hidden_layers says 12, the weights hold 6 blocks"
+HELD = {"pool": "{} pooling", "dim": "D={}", "depth": "{} blocks", "mlp_dim": "MLPs of {} units", "patch_size": "{}-pixel patches",
+        "in_channels": "{} input channels", "num_classes": "{} classes", "patches": "{} patch rows in E_pos",
+        "depths": "stages of {} blocks", "num_heads": "{} heads (the relative-position tables' columns)",
+        "window_size": "windows of side {}", "mlp_ratio": "an MLP ratio of {}", "rank": "adapters of rank {}"}
+HELD_OR_NOT = {"qkv_bias": ("q, k, v biases", "no q, k, v biases"),
+               "distilled": ("a distillation token", "no distillation token"),
+               "class_token": ("a class token", "no class token")}
+
+
+def held(field: str, value) -> str:
+    if field in HELD_OR_NOT:
+        return HELD_OR_NOT[field][not value]
+    return HELD[field].format(value) if field in HELD else f"{field} {value!r}"
+
+
+def said(value) -> str:
+    """A metadata value as the file spells it (a string as it is: a name, or words such as "7 labels")."""
+    return value if isinstance(value, str) else json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def patch_rows(image_size, patch_size: int) -> int | None:
+    """E_pos's patch rows for an image size ([h, w] or a side) at this patch size; None where it does not tile."""
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    return (h // patch_size) * (w // patch_size) if h % patch_size == 0 and w % patch_size == 0 else None
+
+
+def agree(where, claims: list[tuple], weights: dict) -> None:
+    """Refuse metadata that contradicts itself or the weights. Each claim is (config field, the file's key, the value
+    the file says, the value it means for the field); `weights` holds the fields the tensors' shapes fix. Two keys
+    that mean the same field must agree, and each must agree with the weights: what metadata states and the
+    tensors show is never believed over them, nor ignored. An image size is held as E_pos's patch rows."""
+    first = {}
+    for field, key, says, value in claims:
+        if field in first and first[field][2] != value:
+            other, other_says, _ = first[field]
+            raise ValueError(f"{where}: {key} says {said(says)}, but {other} says {said(other_says)}")
+        first.setdefault(field, (key, says, value))
+        if field == "image_size" and "patches" in weights:
+            field, value = "patches", patch_rows(value, weights["patch_size"])
+        if field in weights and value != weights[field]:
+            raise ValueError(f"{where}: {key} says {said(says)}, the weights hold {held(field, weights[field])}")
+
+
+def whole_heads(where, heads_key: str, heads: int, dim_key: str, dim: int) -> None:
+    """A head count that does not divide its width, refused naming the file's keys."""
+    if heads < 1 or dim % heads:
+        raise ValueError(f"{where}: {heads_key}: expected a divisor of {dim_key} {dim}, got {heads}")
+
+
+def checked_preprocessing(prep: Preprocessing, channels: int | None,
+                          keys: tuple[str, str, str] = ("mean", "std", "crop_pct")) -> Preprocessing:
+    """Preprocessing numbers no tensor can check, refused where they cannot be right: a mean or std of another length
+    than the model's `channels`, a std or crop_pct that is not positive. `source` names the file, `keys` its keys
+    for mean, std and crop_pct."""
+    for key, values in zip(keys, (prep.mean, prep.std), strict=False):
+        if channels is not None and len(values) != channels:
+            raise ValueError(f"{prep.source}: {key}: expected one number per channel ({channels}), got {list(values)}")
+    if any(s <= 0 for s in prep.std):
+        raise ValueError(f"{prep.source}: {keys[1]}: expected positive numbers, got {list(prep.std)}")
+    if prep.crop_pct is not None and prep.crop_pct <= 0:
+        raise ValueError(f"{prep.source}: {keys[2]}: expected a positive fraction, got {prep.crop_pct}")
+    return prep

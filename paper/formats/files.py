@@ -170,6 +170,7 @@ JSON_KINDS = {
     "a list of numbers": lambda v: isinstance(v, list) and all(JSON_KINDS["a finite number"](x) for x in v),
     "a list of integers": lambda v: isinstance(v, list) and all(JSON_KINDS["an integer"](x) for x in v),
     "an object": lambda v: isinstance(v, dict),
+    "a list of strings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
 }
 REQUIRED = object()
 

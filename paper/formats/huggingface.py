@@ -40,7 +40,7 @@ import torch
 
 from lowlevel import ViTConfig, check_params, param_shapes
 from lowlevel.checks import check_config
-from paper.formats.fields import Preprocessing, num_heads_for, require, square_image_size
+from paper.formats.fields import Preprocessing, agree, num_heads_for, require, square_image_size, whole_heads
 from paper.formats.files import REQUIRED, json_value, load_tensors, naming, read_json, save_directory
 from paper.formats.renaming import respelled
 
@@ -164,6 +164,8 @@ def config_from_hf_config(config: dict, where="config") -> dict:
     def value(key, kind, default=REQUIRED):
         return json_value(config, key, kind, where, default)
 
+    whole_heads(where, "num_attention_heads", value("num_attention_heads", "an integer"), "hidden_size",
+                value("hidden_size", "an integer"))
     return {"image_size": value("image_size", "an integer or [height, width]", 224),
             "patch_size": value("patch_size", "an integer", 16), "in_channels": value("num_channels", "an integer", 3),
             "dim": value("hidden_size", "an integer"), "depth": value("num_hidden_layers", "an integer"),
@@ -171,6 +173,44 @@ def config_from_hf_config(config: dict, where="config") -> dict:
             "mlp_dim": value("intermediate_size", "an integer"),
             "layer_norm_eps": value("layer_norm_eps", "a finite number", 1e-12),
             "qkv_bias": value("qkv_bias", "true or false", True), "gelu": gelu_from_hf_config(config, where)}
+
+
+# config.json keys that state a field the weights fix (the defaults are transformers' ViTConfig's)
+CLAIMED = {"image_size": "image_size", "patch_size": "patch_size", "in_channels": "num_channels", "dim": "hidden_size",
+           "depth": "num_hidden_layers", "mlp_dim": "intermediate_size", "qkv_bias": "qkv_bias"}
+MODEL_TYPES = {"vit": False, "deit": True}                   # model_type -> whether it has a distillation token
+
+
+def classifier_claims(config: dict, where, bare: str) -> list[tuple]:
+    """What a transformers config.json says of the classifier (claims for fields.agree): `bare` (ViTModel, SwinModel)
+    has none; a classifier class has as many rows as id2label (label2id, num_labels) has labels. A bare model's labels
+    mean nothing (the hub's in21k ViTModel keeps transformers' default two)."""
+    archs = json_value(config, "architectures", "a list of strings", where, None)
+    if archs and archs[0].endswith("Model"):
+        return [("num_classes", "architectures", archs[0], 0)] if archs[0] == bare else []
+    claims = [("num_classes", key, f"{len(labels)} labels", len(labels)) for key in ("id2label", "label2id")
+              if (labels := json_value(config, key, "an object", where, None)) is not None]
+    if "num_labels" in config:
+        claims.append(("num_classes", "num_labels", config["num_labels"],
+                       json_value(config, "num_labels", "an integer", where)))
+    return claims
+
+
+def hf_claims(config: dict, where) -> list[tuple]:
+    """Everything a ViT's config.json says that its weights fix, as claims for fields.agree."""
+    fields = config_from_hf_config(config, where)
+    claims = [(field, key, config.get(key, fields[field]), fields[field]) for field, key in CLAIMED.items()]
+    model_type = json_value(config, "model_type", "a string", where, None)
+    if model_type is not None:
+        if model_type not in MODEL_TYPES:
+            raise ValueError(f"{where}: model_type: expected one of {sorted(MODEL_TYPES)} (transformers' ViT or DeiT), "
+                             f"got {model_type!r}")
+        claims.append(("distilled", "model_type", model_type, MODEL_TYPES[model_type]))
+    archs = json_value(config, "architectures", "a list of strings", where, None)
+    if archs and archs[0].startswith(("ViT", "DeiT")):
+        claims.append(("distilled", "architectures", archs[0], archs[0].startswith("DeiT")))
+    bare = "DeiTModel" if archs and archs[0].startswith("DeiT") else "ViTModel"
+    return claims + classifier_claims(config, where, bare)
 
 
 def gelu_from_hf_config(config: dict, where="config") -> str:
@@ -182,9 +222,8 @@ def gelu_from_hf_config(config: dict, where="config") -> str:
     return gelu
 
 
-def config_from_hf_state_dict(sd: dict, known: dict) -> dict:
-    """What the shapes say, with `known` fields (config.json's, the caller's) taking precedence; `fields.py`
-    supplies what neither tells. `sd` has normalised names."""
+def hf_weight_fields(sd: dict) -> dict:
+    """The config fields a transformers ViT state_dict's shapes fix (normalised names)."""
     d, c, p, _ = sd["embeddings.patch_embeddings.projection.weight"].shape
     distilled = "embeddings.distillation_token" in sd
     head = f"{HEAD_NAMES['deit' if distilled else 'vit']['head']}.weight"
@@ -192,16 +231,34 @@ def config_from_hf_state_dict(sd: dict, known: dict) -> dict:
     if distilled and has_pooler:
         raise ValueError("pooler.dense: a DeiT's pooler reads the class token alone, which no model of ours computes "
                          "(timm's and the official DeiT have none); expected a DeiTModel saved without it")
-    fields = {"patch_size": p, "in_channels": c, "dim": d, "distilled": distilled,
-              "depth": len({k.split(".")[2] for k in sd if k.startswith("encoder.layer.")}),
-              "mlp_dim": sd["encoder.layer.0.intermediate.dense.weight"].shape[0],
-              "qkv_bias": "encoder.layer.0.attention.attention.query.bias" in sd,
-              "num_classes": sd[head].shape[0] if head in sd else 0,
-              "representation_size": sd["pooler.dense.weight"].shape[0] if has_pooler else None, **known}
+    return {"patch_size": p, "in_channels": c, "dim": d, "distilled": distilled,
+            "depth": len({k.split(".")[2] for k in sd if k.startswith("encoder.layer.")}),
+            "mlp_dim": sd["encoder.layer.0.intermediate.dense.weight"].shape[0],
+            "qkv_bias": "encoder.layer.0.attention.attention.query.bias" in sd,
+            "num_classes": sd[head].shape[0] if head in sd else 0,
+            "representation_size": sd["pooler.dense.weight"].shape[0] if has_pooler else None}
+
+
+def check_hf_config(config: dict, state_dict: dict, where) -> None:
+    """Refuse a config.json that its weights contradict (fields.agree), naming the file and the key. Weights whose
+    keys do not tell (missing ones) are left to from_hf, which names them."""
+    sd = {saved_name(k): v for k, v in state_dict.items()}
+    try:
+        weights = hf_weight_fields(sd)
+        weights["patches"] = sd["embeddings.position_embeddings"].shape[1] - 1 - weights["distilled"]
+    except (KeyError, IndexError, ValueError):
+        return
+    agree(where, hf_claims(config, where), weights)
+
+
+def config_from_hf_state_dict(sd: dict, known: dict) -> dict:
+    """What the shapes say, with `known` fields (config.json's, the caller's) taking precedence; `fields.py`
+    supplies what neither tells. `sd` has normalised names."""
+    fields = {**hf_weight_fields(sd), **known}
     if "num_heads" not in fields:
         fields["num_heads"] = num_heads_for(fields["dim"], fields["depth"], fields["mlp_dim"], fields["patch_size"])
     if "image_size" not in fields:
-        fields["image_size"] = square_image_size(sd["embeddings.position_embeddings"].shape[1], 1 + distilled,
+        fields["image_size"] = square_image_size(sd["embeddings.position_embeddings"].shape[1], 1 + fields["distilled"],
                                                  fields["patch_size"])
     return fields
 
@@ -280,6 +337,8 @@ def read_hf(path, **overrides) -> tuple[ViTConfig, dict]:
     else:
         overrides = {"layer_norm_eps": 1e-6, **overrides}
     sd = load_tensors(path)
+    if config is not None:
+        check_hf_config(config, sd, path.parent / "config.json")
     with naming(path):
         return from_hf(sd, config, **overrides)
 

@@ -25,6 +25,8 @@ transformers computes with the original's conventions: padding "before_shift", s
 window of the shorter side, no shift, once a stage is no larger than M); the config written beside the weights
 carries eps, activation and stochastic depth.
 """
+import contextlib
+
 import torch
 
 from lowlevel import SwinConfig
@@ -32,9 +34,18 @@ from lowlevel.checks import check_config
 from lowlevel.relative_position import relative_position_index
 from lowlevel.swin import param_shapes
 from lowlevel.swin_params import merge_index
-from paper.formats.fields import require, require_conventions, swin_fields
+from paper.formats.fields import (
+    agree,
+    require,
+    require_conventions,
+    swin_fields,
+    swin_shape_fields,
+    swin_tables,
+    whole_heads,
+    window_from_tables,
+)
 from paper.formats.files import REQUIRED, json_value, load_tensors, naming, save_directory
-from paper.formats.huggingface import HF_ACTIVATIONS, WEIGHT_FILES, gelu_from_hf_config, pretrained_files
+from paper.formats.huggingface import HF_ACTIVATIONS, WEIGHT_FILES, classifier_claims, gelu_from_hf_config, pretrained_files
 from paper.formats.renaming import renamed, respelled, unrenamed
 
 PATCH = "embeddings.patch_embeddings.projection.weight"
@@ -117,6 +128,31 @@ def config_from_hf_swin_config(config: dict, where="config") -> dict:
             "drop_path": value("drop_path_rate", "a finite number", 0.1)}
 
 
+# config.json keys that state a field the weights fix (the defaults are transformers' SwinConfig's)
+CLAIMED = {"patch_size": "patch_size", "in_channels": "num_channels", "dim": "embed_dim", "depths": "depths",
+           "num_heads": "num_heads", "window_size": "window_size", "mlp_ratio": "mlp_ratio", "qkv_bias": "qkv_bias"}
+
+
+def check_hf_swin_config(config: dict, state_dict: dict, where) -> None:
+    """Refuse a Swin's config.json that its weights contradict (fields.agree), naming the file and the key; its
+    image size is believed (a Swin's weights fit any). Weights whose keys do not tell are left to from_hf_swin."""
+    fields = config_from_hf_swin_config(config, where)
+    sd = fuse_qkv({saved_name(k): v for k, v in state_dict.items()})
+    key = lambda k: hf_swin_key(k, None)                                             # noqa: E731
+    try:
+        weights = swin_shape_fields(sd, key)
+        with contextlib.suppress(ValueError):                   # a shrunk table does not tell M
+            weights["window_size"] = window_from_tables(swin_tables(sd, key))
+    except (KeyError, IndexError, ValueError, StopIteration):
+        return
+    for s, (heads, width) in enumerate(zip(fields["num_heads"], (fields["dim"] * 2 ** s for s in range(99)),
+                                           strict=False)):
+        whole_heads(where, f"num_heads[{s}]", heads, f"stage {s}'s width (embed_dim·2^{s})", width)
+    claims = [(field, key, config.get(key, fields[field]), fields[field]) for field, key in CLAIMED.items()]
+    claims = [(f, k, s, tuple(v) if isinstance(v, list) else v) for f, k, s, v in claims]
+    agree(where, claims + classifier_claims(config, where, "SwinModel"), weights)
+
+
 def from_hf_swin(state_dict: dict, config: dict | None = None, **overrides) -> tuple[SwinConfig, dict]:
     """A transformers Swin state dict (either naming, with or without "swin.") and optionally its config.json dict
     -> (cfg, params). Every key is checked (missing, unexpected, mis-shaped; q, k and v as the qkv they form) before
@@ -155,6 +191,8 @@ def read_hf_swin(path, **overrides) -> tuple[SwinConfig, dict]:
     if config is not None:
         config_from_hf_swin_config(config, path.parent / "config.json")
     sd = load_tensors(path)
+    if config is not None:
+        check_hf_swin_config(config, sd, path.parent / "config.json")
     with naming(path):
         return from_hf_swin(sd, config, **overrides)
 

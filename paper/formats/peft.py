@@ -23,12 +23,13 @@ or alphas, LoRA biases, fan_in_fan_out weights, a conv adapter) is refused, neve
 """
 import dataclasses
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
 from lowlevel import ViTConfig, check_params
 from lowlevel.lora import BLOCK_TARGETS, LoRAConfig, adapted_layers, adapter_shapes, merge
-from paper.formats.fields import require
+from paper.formats.fields import agree, require, said
 from paper.formats.files import json_value, load_tensors, naming, read_json, save_directory
 from paper.formats.huggingface import backbone, hf_names, memory_name, without_backbone
 from paper.formats.timm import timm_key
@@ -37,7 +38,7 @@ LIBRARIES = ("transformers", "timm")
 CONFIG, WEIGHTS, PREFIX = "adapter_config.json", "adapter_model.safetensors", "base_model.model."
 # peft options our LoRA has no counterpart for, and the one value it can read (peft/tuners/lora/config.py defaults).
 UNSUPPORTED = {"use_dora": False, "lora_bias": False, "bias": "none", "fan_in_fan_out": False, "rank_pattern": {},
-               "alpha_pattern": {}}
+               "alpha_pattern": {}, "target_parameters": None}
 
 
 def head_module(cfg: ViTConfig, library: str) -> str:
@@ -100,6 +101,76 @@ def write_peft(adapters: dict, cfg: ViTConfig, lora: LoRAConfig, directory, libr
     save_directory(directory, WEIGHTS, sd, {CONFIG: json.dumps(config, indent=2, sort_keys=True) + "\n"})
 
 
+def peft_matches(config: dict, module: str) -> bool:
+    """Whether peft puts an adapter on `module` (its name in the model, as the adapter file spells it): peft 0.21's
+    check_target_module_exists (tuners_utils.py). exclude_modules and modules_to_save win; a string target_modules
+    is a regex the whole name must match, a list names modules exactly or as the name's last dotted parts, and then
+    layers_to_transform keeps the modules of those layers (the first number after layers_pattern, or after any
+    segment)."""
+    exclude, saved = config.get("exclude_modules"), config.get("modules_to_save") or []
+    if exclude and (re.fullmatch(exclude, module) if isinstance(exclude, str) else
+                    module in exclude or any(module.endswith(f".{e}") for e in exclude)):
+        return False
+    if any(re.match(rf"(^|.*\.){m}($|\..*)", module) for m in saved):
+        return False
+    targets = config["target_modules"]
+    if isinstance(targets, str):
+        return re.fullmatch(targets, module) is not None
+    if module in targets:
+        return True
+    found = any(module.endswith(f".{t}") for t in targets)
+    layers, patterns = config.get("layers_to_transform"), config.get("layers_pattern")
+    if not found or layers is None or layers == []:
+        return found
+    patterns = [patterns] if isinstance(patterns, str) else patterns
+    match = next((m for p in patterns if (m := re.match(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", module))), None) \
+        if patterns else re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", module)
+    if match is None:
+        return False
+    return int(match["idx"]) == layers if isinstance(layers, int) else int(match["idx"]) in layers
+
+
+TARGETING = {"target_modules": ("a string (a regex) or a list of strings", lambda v: isinstance(v, str) or (
+                 isinstance(v, list) and all(isinstance(x, str) for x in v))),
+             "exclude_modules": ("null, a string or a list of strings", lambda v: v is None or isinstance(v, str) or (
+                 isinstance(v, list) and all(isinstance(x, str) for x in v))),
+             "modules_to_save": ("null or a list of strings", lambda v: v is None or (
+                 isinstance(v, list) and all(isinstance(x, str) for x in v))),
+             "layers_to_transform": ("null, an integer or a list of integers", lambda v: v is None or (
+                 isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, list) and all(
+                 isinstance(x, int) and not isinstance(x, bool) for x in v))),
+             "layers_pattern": ("null, a string or a list of strings", lambda v: v is None or isinstance(v, str) or (
+                 isinstance(v, list) and all(isinstance(x, str) for x in v)))}
+
+
+def check_targeting(config: dict, spelled: dict, adapted: set, head: str | None, where) -> None:
+    """Refuse an adapter_config.json whose target_modules (with exclude_modules, modules_to_save, layers_to_transform
+    and layers_pattern, by peft's rules: `peft_matches`) picks other modules than those holding adapter tensors, or
+    whose modules_to_save disagrees with the head saved whole. `spelled` maps each of our adapter names to its module
+    name as the file spells it, `head` is the classifier's module name when its weights are saved whole."""
+    for key, (kind, test) in TARGETING.items():
+        if key in config and not test(config[key]):
+            raise ValueError(f"{where}: {key}: expected {kind}, got {config[key]!r}")
+    if config.get("target_modules") is None:
+        return
+    used = [k for k in ("exclude_modules", "layers_to_transform", "layers_pattern") if config.get(k)]
+    key = "target_modules" + (f" (with {', '.join(used)})" if used else "")
+    for name, module in spelled.items():
+        if peft_matches(config, module) != (name in adapted):
+            held = "no adapter of it" if name not in adapted else "its adapter, which it does not match"
+            raise ValueError(f"{where}: {key} says {said(config['target_modules'])}, which "
+                             f"{'matches' if name not in adapted else 'leaves out'} {module}; the weights hold {held}")
+    saves = config.get("modules_to_save") or []
+    classifier = spelled.get("head") or head
+    if head is not None and not any(head.endswith(m) for m in saves):
+        raise ValueError(f"{where}: modules_to_save says {said(config.get('modules_to_save'))}, the weights hold {head} "
+                         f"saved whole")
+    for m in saves:
+        if head is None or not head.endswith(m):
+            raise ValueError(f"{where}: modules_to_save says {said(config['modules_to_save'])}, the weights hold no "
+                             f"module {m!r} saved whole" + (f" (the classifier is {classifier})" if classifier else ""))
+
+
 def read_peft(directory, cfg: ViTConfig) -> tuple[LoRAConfig, dict, dict | None]:
     """A peft LoRA directory for a transformers or timm ViT of `cfg` -> (LoRA config, adapters, the head trained
     whole or None). Every tensor must map to one of our adapters or to the head, every option must be one we compute;
@@ -140,6 +211,16 @@ def read_peft(directory, cfg: ViTConfig) -> tuple[LoRAConfig, dict, dict | None]
                           rslora=value("use_rslora", "true or false", False),
                           dropout=value("lora_dropout", "a finite number", 0.0))
         shapes = adapter_shapes(cfg, lora)
+    ranks = {t.shape[0] for k, t in adapters.items() if k.endswith(".lora_A") and t.dim() == 2}
+    if len(ranks) == 1:
+        agree(directory / CONFIG, [("rank", "r", lora.rank, lora.rank)], {"rank": ranks.pop()})
+    modules = {names[keys[saved].rpartition(".lora_")[0]]: saved.removeprefix(PREFIX).rpartition(".lora_")[0]
+               for saved in sd if keys[saved].rpartition(".lora_")[0] in names}
+    prefix = next((p for p in (f"{b}." for b in ("vit", "deit")) if any(k.startswith(PREFIX + p) for k in sd)), "")
+    old = any("encoder.layer." in k for k in sd)                        # transformers 4's spelling
+    spelled = {name: (found[0] if name == "head" else prefix + found[min(old, len(found) - 1)])
+               for name in dict.fromkeys(names.values()) if (found := module_names(name, cfg, library))}
+    check_targeting(config, {**spelled, **modules}, set(modules), classifier if head else None, directory / CONFIG)
     check_params(adapters, shapes, what=f"{directory / WEIGHTS}: adapters")
     if head and len(head) != 2:
         raise ValueError(f"{directory / WEIGHTS}: expected the head's weight and bias, got only {sorted(head)}")

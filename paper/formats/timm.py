@@ -47,7 +47,7 @@ import torch.nn as nn
 from lowlevel import BackboneConfig, ViTConfig, param_shapes
 from lowlevel.checks import check_config
 from paper.formats.architectures import TIMM
-from paper.formats.fields import Preprocessing, num_heads_for, require, square_image_size
+from paper.formats.fields import Preprocessing, agree, num_heads_for, require, square_image_size, whole_heads
 from paper.formats.files import json_value, load_tensors, naming, read_json, save_directory, save_tensors
 from paper.formats.renaming import renamed, unrenamed
 
@@ -161,19 +161,24 @@ def gelu_of(act) -> str:
     raise ValueError(f"act_layer: expected a GELU (exact or tanh), got {type(act).__name__}")
 
 
+def timm_weight_fields(sd: dict) -> dict:
+    """The config fields a timm state_dict's shapes fix (a hybrid's backbone aside)."""
+    d, c, p, _ = sd["patch_embed.proj.weight"].shape
+    if stem_kernel(sd) is not None:           # the projection's C is the feature map's; the image's is the stem's
+        c = stem_kernel(sd).shape[1]
+    return {"patch_size": p, "in_channels": c, "dim": d, "class_token": "cls_token" in sd,
+            "distilled": "dist_token" in sd, "depth": len({k.split(".")[1] for k in sd if k.startswith("blocks.")}),
+            "mlp_dim": sd["blocks.0.mlp.fc1.weight"].shape[0], "qkv_bias": "blocks.0.attn.qkv.bias" in sd,
+            "num_classes": sd["head.weight"].shape[0] if "head.weight" in sd else 0,
+            "pool": "avg" if "fc_norm.weight" in sd else "token"}
+
+
 def config_from_timm_state_dict(sd: dict, known: dict) -> dict:
     """The config fields a timm state_dict's shapes determine, with `known` fields (the caller's, or the model's)
     taking precedence; `fields.py` supplies what neither tells."""
-    d, c, p, _ = sd["patch_embed.proj.weight"].shape
-    class_token, distilled = "cls_token" in sd, "dist_token" in sd
     backbone = backbone_from_timm_state_dict(sd, known)
-    if backbone and stem_kernel(sd) is not None:     # the projection's C is the feature map's; the image's is the stem's
-        c = stem_kernel(sd).shape[1]
-    fields = {"patch_size": p, "in_channels": c, "dim": d, "class_token": class_token, "distilled": distilled,
-              "depth": len({k.split(".")[1] for k in sd if k.startswith("blocks.")}),
-              "mlp_dim": sd["blocks.0.mlp.fc1.weight"].shape[0], "qkv_bias": "blocks.0.attn.qkv.bias" in sd,
-              "num_classes": sd["head.weight"].shape[0] if "head.weight" in sd else 0,
-              "pool": "avg" if "fc_norm.weight" in sd else "token", **known, "backbone": backbone}
+    fields = {**timm_weight_fields(sd), **known, "backbone": backbone}
+    class_token, distilled, p = fields["class_token"], fields["distilled"], fields["patch_size"]
     if "num_heads" not in fields:
         fields["num_heads"] = num_heads_for(fields["dim"], fields["depth"], fields["mlp_dim"], fields["patch_size"])
     if "pos_embed" not in sd:
@@ -273,6 +278,52 @@ def config_from_hub_config(config: dict, where) -> dict:
     return known
 
 
+def hub_claims(config: dict, where) -> list[tuple]:
+    """Everything a hub config.json says that the weights fix, as claims for fields.agree: model_args (what timm
+    builds), the named architecture's shapes where model_args leave them, and the statements beside them (num_classes,
+    num_features and global_pool at the top and pretrained_cfg's num_classes and input_size), which must agree."""
+    known = config_from_hub_config(config, where)
+    arch, args = config["architecture"], config.get("model_args", {})
+    pretrained = config.get("pretrained_cfg", {})
+    claims = [(field, f"model_args {key}", args[key], known[field]) for key, (field, _) in MODEL_ARGS.items()
+              if key in args]
+    claims += [(field, f"model_args {key}", args[key], known[field]) for key, (field, _) in MODEL_ARG_CHOICES.items()
+               if key in args]
+    if "mlp_ratio" in args and "dim" in known:
+        claims.append(("mlp_dim", "model_args mlp_ratio", args["mlp_ratio"], known["mlp_dim"]))
+    if arch in TIMM:
+        set_by_args = {claim[0] for claim in claims}
+        claims += [(field, "architecture", arch, value) for field, value in
+                   zip(("dim", "depth", "mlp_dim", "patch_size"), TIMM[arch], strict=False) if field not in set_by_args]
+    tops = {"num_classes": ("num_classes", "an integer", int), "num_features": ("dim", "an integer", int),
+            "global_pool": ("pool", "a string", lambda v: "avg" if v == "avg" else "token")}
+    claims += [(field, key, config[key], meaning(json_value(config, key, kind, where)))
+               for key, (field, kind, meaning) in tops.items() if key in config]
+    if "num_classes" in pretrained:
+        n = json_value(pretrained, "num_classes", "an integer", f"{where} pretrained_cfg")
+        claims.append(("num_classes", "pretrained_cfg num_classes", n, n))
+    if "input_size" in pretrained:
+        size = pretrained["input_size"]                  # checked by config_from_hub_config
+        claims += [("in_channels", "pretrained_cfg input_size", size, size[0]),
+                   ("image_size", "pretrained_cfg input_size", size, tuple(size[1:]))]
+    if "num_heads" in known and "dim" in known:
+        whole_heads(where, "model_args num_heads" if "num_heads" in args else "architecture", known["num_heads"],
+                    "model_args embed_dim" if "embed_dim" in args else "architecture", known["dim"])
+    return [(f, k, s, tuple(v) if isinstance(v, list) else v) for f, k, s, v in claims]
+
+
+def check_hub_config(config: dict, sd: dict, where) -> None:
+    """Refuse a hub config.json that its weights contradict (fields.agree), naming the file and the key. Weights
+    whose keys do not tell (missing ones) are left to from_timm, which names them."""
+    try:
+        weights = {**timm_weight_fields(sd), "pos_embed": "learned" if "pos_embed" in sd else "none"}
+        if "pos_embed" in sd and stem_kernel(sd) is None:
+            weights["patches"] = sd["pos_embed"].shape[1] - weights["class_token"] - weights["distilled"]
+    except (KeyError, IndexError, ValueError):
+        return
+    agree(where, hub_claims(config, where), weights)
+
+
 def hub_preprocessing(config: dict, where) -> Preprocessing:
     """pretrained_cfg's mean, std and crop_pct; a field it leaves out takes timm.data's default, as timm would."""
     pretrained = json_value(config, "pretrained_cfg", "an object", where, {})
@@ -295,8 +346,10 @@ def read_timm_hub(directory, **overrides) -> tuple[ViTConfig, dict]:
     """A timm hub directory -> (cfg, params); config.json is checked before the weights are read."""
     directory = Path(directory)
     weights = hub_weights(directory)
-    known = {**config_from_hub_config(read_json(directory / "config.json"), directory / "config.json"), **overrides}
+    config = read_json(directory / "config.json")
+    known = {**config_from_hub_config(config, directory / "config.json"), **overrides}
     sd = load_tensors(weights)
+    check_hub_config(config, sd, directory / "config.json")
     with naming(weights):
         return from_timm(sd, **known)
 

@@ -137,7 +137,7 @@ def verify_checkpoint(path, image=None, dtypes=("float32", "float64"), **overrid
     cfg, params, fmt = read_checkpoint(path, **overrides)
     require_finite(params, f"checkpoint: {path}")
     family = family_of(cfg)
-    preprocessing = read_preprocessing(path, fmt)
+    preprocessing = read_preprocessing(path, fmt, cfg.in_channels)
     image = image or sample_photo()
     x = prepare(open_photo(image, cfg.in_channels), cfg, preprocessing)
     names = class_names(path, fmt, cfg.num_classes) if cfg.num_classes else None

@@ -12,7 +12,8 @@ import os
 
 import torch
 
-from lowlevel import ViTConfig
+from lowlevel import ViTConfig, check_params, param_shapes
+from lowlevel.lora import LoRAConfig, adapter_shapes
 from paper.formats.atomic import write_atomically
 from paper.formats.files import reason
 from paper.models.cnn import ResNetConfig
@@ -22,6 +23,7 @@ from paper.training.recipes import Recipe
 
 KEYS = ("config", "recipe", "params", "optimizer", "scheduler", "step", "rng", "log", "seed", "dtype", "model",
         "preprocessing")
+HEAD = ("head.weight", "head.bias")
 MODELS = {"vit": ViTConfig, "resnet18": ResNetConfig}   # a checkpoint's "model" -> the class of its "config"
 
 
@@ -70,7 +72,28 @@ def load_checkpoint(path: str) -> dict:
         raise ValueError(f"checkpoint: expected the keys {KEYS} in {path!r}, missing {missing}")
     if state["model"] not in MODELS:
         raise ValueError(f"checkpoint: expected a model of {tuple(MODELS)} in {path!r}, got {state['model']!r}")
+    check_recorded_config(state, path)
     return state
+
+
+def check_recorded_config(state: dict, path) -> None:
+    """A ViT checkpoint's params must be those of its recorded config: the whole model's, a LoRA checkpoint's
+    adapters (of its recorded LoRA config) and head, or a linear probe's head; a config the params contradict (a
+    class count, a depth, a rank) is refused, naming the file and the keys, never believed or ignored."""
+    if state["model"] != "vit":
+        return
+    try:
+        cfg = checkpoint_config(state)
+        lora = LoRAConfig(**state["lora"]) if "lora" in state else None
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"checkpoint: expected a ViT config in {path!r}, got one that is refused ({e})") from e
+    shapes = param_shapes(cfg)
+    head = {k: shapes[k] for k in HEAD if k in shapes}
+    if lora is not None:
+        shapes = {**adapter_shapes(cfg, lora), **head}
+    elif set(state["params"]) == set(HEAD):                       # a linear probe trains the head alone
+        shapes = head
+    check_params(state["params"], shapes, what=f"checkpoint: {path}: params (against its recorded config)")
 
 
 def require_whole_model(state: dict, path, what: str = "checkpoint") -> None:
