@@ -23,7 +23,6 @@ or alphas, LoRA biases, fan_in_fan_out weights, a conv adapter) is refused, neve
 """
 import dataclasses
 import json
-import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -102,32 +101,14 @@ def write_peft(adapters: dict, cfg: ViTConfig, lora: LoRAConfig, directory, libr
 
 
 def peft_matches(config: dict, module: str) -> bool:
-    """Whether peft puts an adapter on `module` (its name in the model, as the adapter file spells it): peft 0.21's
-    check_target_module_exists (tuners_utils.py). exclude_modules and modules_to_save win; a string target_modules
-    is a regex the whole name must match, a list names modules exactly or as the name's last dotted parts, and then
-    layers_to_transform keeps the modules of those layers (the first number after layers_pattern, or after any
-    segment)."""
-    exclude, saved = config.get("exclude_modules"), config.get("modules_to_save") or []
-    if exclude and (re.fullmatch(exclude, module) if isinstance(exclude, str) else
-                    module in exclude or any(module.endswith(f".{e}") for e in exclude)):
-        return False
-    if any(re.match(rf"(^|.*\.){m}($|\..*)", module) for m in saved):
-        return False
-    targets = config["target_modules"]
-    if isinstance(targets, str):
-        return re.fullmatch(targets, module) is not None
-    if module in targets:
-        return True
-    found = any(module.endswith(f".{t}") for t in targets)
-    layers, patterns = config.get("layers_to_transform"), config.get("layers_pattern")
-    if not found or layers is None or layers == []:
-        return found
-    patterns = [patterns] if isinstance(patterns, str) else patterns
-    match = next((m for p in patterns if (m := re.match(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", module))), None) \
-        if patterns else re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", module)
-    if match is None:
-        return False
-    return int(match["idx"]) == layers if isinstance(layers, int) else int(match["idx"]) in layers
+    """Whether peft puts an adapter on `module` (its name in the model, as the adapter file spells it), by peft's own
+    rule (tuners_utils.check_target_module_exists: exclude_modules and modules_to_save win; a string target_modules is
+    a regex the whole name must match, a list names modules exactly or as the name's last dotted parts, and then
+    layers_to_transform keeps the modules of those layers)."""
+    from peft.tuners.tuners_utils import check_target_module_exists  # seconds to import: only when an adapter is read
+    fields = ("exclude_modules", "modules_to_save", "target_modules", "layers_to_transform", "layers_pattern")
+    return bool(check_target_module_exists(SimpleNamespace(target_parameters=None, **{k: config.get(k) for k in fields}),
+                                           module))
 
 
 TARGETING = {"target_modules": ("a string (a regex) or a list of strings", lambda v: isinstance(v, str) or (
