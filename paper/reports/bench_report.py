@@ -23,10 +23,15 @@ def fmt_gflops(r: dict) -> str:
     return f"median {r['median']:.0f} GFLOP/s (range {r['min']:.0f}–{r['max']:.0f})"
 
 
+def precision(run: dict) -> str:
+    """How a run computed: its weights' dtype, and bfloat16 autocast over them (--bf16)."""
+    return run.get("dtype", "float32") + (" weights, bfloat16 autocast" if run.get("bf16") else "")
+
+
 def markdown(result: dict) -> str:
     """The table: one row per contender, then the sweep."""
     run, main = result["run"], result["main"]
-    lines = [f"{run['model']} @{main['image_size'][0]}×{main['image_size'][1]}, batch {run['batch']}, {run['dtype']}, "
+    lines = [f"{run['model']} @{main['image_size'][0]}×{main['image_size'][1]}, batch {run['batch']}, {precision(run)}, "
              f"{run['device_name']}, {run['threads']} threads, torch {run['torch']}, "
              f"{'torch.compile, ' if run['compile'] else ''}{run['repeats']} interleaved rounds; "
              f"matmul peak {fmt_gflops(main['matmul_peak_gflops'])} "
@@ -94,7 +99,7 @@ def plot(result: dict, path: str) -> None:
                label="inference" if kind == "infer" else "training step")
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
     ax.set_ylabel("images/s (median, range over rounds)")
-    ax.set_title(f"{result['run']['model']}, batch {batch}, {result['run']['dtype']}, {result['run']['device_name']}")
+    ax.set_title(f"{result['run']['model']}, batch {batch}, {precision(result['run'])}, {result['run']['device_name']}")
     ax.legend()
     if sweep:
         models = list(dict.fromkeys(p["model"] for p in sweep))
@@ -123,7 +128,7 @@ def plot(result: dict, path: str) -> None:
 def loop_markdown(result: dict) -> str:
     """The training loop's table (`paper.reports.loop_measure`): images/s, the ratio to timm, each phase's share."""
     run = result["run"]
-    how = ("bfloat16 autocast" if run.get("bf16") else "float32") + (", torch.compile" if run.get("compile") else "")
+    how = precision(run) + (", torch.compile" if run.get("compile") else "")
     lines = [f"Training loop ({', '.join(run['models'])}), {how}, {run['device_name']}, {run['threads']} thread(s), "
              f"torch {run['torch']}; {run['rounds']} interleaved rounds of {run['steps']} steps, each round ending "
              f"with one evaluation of the 1,000 test digits and one checkpoint written; a first round of each, not "
