@@ -5,7 +5,8 @@ a rearrangement, not an approximation (tests/lowlevel/test_fast_path.py checks o
 in float64):
 
 1. Attention, eqs. (5)-(8), through `F.scaled_dot_product_attention`: one fused kernel (flash attention on CPU and
-   GPU) that never stores the (B, H, N, N) probabilities, so the fast path cannot return them.
+   GPU) that never stores the (B, H, N, N) probabilities, so the fast path cannot return them (on the CPU under
+   bfloat16 autocast, where that kernel is slow, the explicit path's products and softmax instead).
 2. The fused kernels write their output as (B, N, H, D_h), so concatenating the heads copies nothing (q, k and v
    are views into the one qkv projection on both paths).
 3. Each residual add shares its pass with the preceding projection: z + (x Wᵀ + b) is one GEMM accumulating into
@@ -19,7 +20,7 @@ in float64):
 import torch
 import torch.nn.functional as F
 
-from .attention import merge_heads, qkv_heads
+from .attention import merge_heads, qkv_heads, scaled_dot_product_attention
 from .checks import check_config, check_num_heads
 from .config import ViTConfig
 from .drop_path import drop_path, drop_path_rates
@@ -34,7 +35,12 @@ def fused_softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b
                             scale: torch.Tensor | None) -> torch.Tensor:
     """softmax(q kᵀ/√D_h + bias) v in one kernel, or with LSA's learned scale in place of 1/√D_h: (B, H, M, D_h) queries
     against (B, H, N, D_h) keys and values -> (B, H, M, D_h). The kernel takes its scale as a number, so a learned one
-    multiplies q instead (q kᵀ·s = (s·q) kᵀ) and stays in the graph."""
+    multiplies q instead (q kᵀ·s = (s·q) kᵀ) and stays in the graph. On the CPU under bfloat16 autocast the fused
+    kernel is slower than the two products and the softmax done one by one (a training step of the digits ViT 2.5×
+    slower than in float32, and 2.9× slower than with the products; reports/README.md), so there they are done one by
+    one, as the explicit path does them."""
+    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        return scaled_dot_product_attention(q, k, v, bias, scale)[0]
     if scale is not None:
         q, scale = q * scale, 1.0
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)

@@ -72,14 +72,14 @@ def bf16_step(model, images: torch.Tensor, labels: torch.Tensor, bf16: bool) -> 
     return logits.detach().float(), {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
-def test_bf16_autocast_training_step_equals_timm():
-    """Under bfloat16 autocast (paper.train --bf16, the benchmark's bf16 rows) the fast path computes what timm's
-    fused-attention model computes under it: matrix products and attention in bfloat16, LayerNorm and the residual
-    stream in float32. The logits come out the same (same kernels, same order); the gradients sum some products in
-    another order, and bfloat16 keeps 8 significant bits, so they agree to 2% of each tensor's largest entry. The
-    explicit path, whose attention autocast computes op by op (the scores rounded to bfloat16 before the softmax), is
-    less exact, but of the same order: its distance from the float32 step is within four times timm's, for the logits
-    and every gradient (1.5 times in the median gradient here)."""
+def test_bf16_autocast_training_step_equals_explicit_and_is_as_exact_as_timm():
+    """Under bfloat16 autocast (paper.train --bf16, the benchmark's --bf16) the fast path computes attention as the
+    explicit path does on the CPU (the fused kernel is slow there, lowlevel/fast.py): attention's two products in
+    bfloat16, the softmax, LayerNorm and the residual stream in float32. The logits come out the same; the gradients
+    sum some products in another order (the last block's rows), and bfloat16 keeps 8 significant bits, so they agree
+    to 2% of each tensor's largest entry. Against timm's fused-attention model under autocast, whose kernel rounds
+    otherwise, the check is one of precision: our step is as far from the float32 step as timm's is, within four times,
+    for the logits and every gradient (1.5 times in the median gradient here)."""
     cfg = ViTConfig(image_size=28, patch_size=4, in_channels=1, dim=64, depth=2, num_heads=4, mlp_dim=128,
                     num_classes=10)
     params = random_params(cfg, seed=3, dtype=torch.float32, scale=0.3)
@@ -96,11 +96,11 @@ def test_bf16_autocast_training_step_equals_timm():
             logits, grads = bf16_step(model.train(), images, labels, bf16)
             runs[name, bf16] = logits, named(grads)
     (timm, timm_grads), (fast, fast_grads) = runs["timm", True], runs["fast", True]
-    torch.testing.assert_close(fast, timm, rtol=0, atol=1e-3 * timm.abs().max().item())
-    for name, grad in timm_grads.items():
-        torch.testing.assert_close(fast_grads[name], grad, rtol=0, atol=2e-2 * grad.abs().max().item(), msg=name)
     exact, exact_grads = runs["explicit", False]
     explicit, explicit_grads = runs["explicit", True]
+    torch.testing.assert_close(fast, explicit, rtol=0, atol=1e-3 * explicit.abs().max().item())
+    for name, grad in explicit_grads.items():
+        torch.testing.assert_close(fast_grads[name], grad, rtol=0, atol=2e-2 * grad.abs().max().item(), msg=name)
     assert (explicit - exact).abs().max() <= 4 * (timm - exact).abs().max()
     for name, grad in exact_grads.items():
         assert (explicit_grads[name] - grad).abs().max() <= 4 * (timm_grads[name] - grad).abs().max(), name
