@@ -151,3 +151,20 @@ def test_an_npz_is_loaded_by_timms_registered_hybrid(tmp_path, name, timm_name, 
         torch.testing.assert_close(forward(params, images, cfg), model(images), **F64)
     read_cfg, read, fmt = read_checkpoint(path, model=None if kwargs else name, gelu="exact")
     assert (read_cfg, fmt) == (cfg, "npz") and all(torch.equal(read[k], params[k]) for k in params)
+
+
+def test_what_a_format_cannot_record_of_a_hybrid_is_refused(tmp_path):
+    """A hub directory names a timm architecture, and no model_arg changes its ResNet: one no timm hybrid builds
+    (a stem of 32 channels) is refused. No file records the numerics, whose readers compute timm's and no flag tells
+    them others: the official code's GroupNorm eps 1e-6 is refused in all three."""
+    cfg = paper_config("R+ViT-Ti/16", image_size=64, depth=1, dim=32, num_heads=2, mlp_dim=64, num_classes=3)
+    narrow = dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, width=32))
+    with pytest.raises(ValueError, match=r"backbone: timm's VisionTransformer hub directory cannot express .*"
+                                         r"vit_tiny_r_s16_p8_224 \(\)"):
+        write_checkpoint(random_params(narrow, dtype=torch.float32), narrow, tmp_path / "hub", fmt="timm-hub")
+    official = dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, group_norm_eps=1e-6))
+    for name, fmt in (("r.npz", None), ("r.pth", None), ("hub", "timm-hub")):
+        with pytest.raises(ValueError, match=f"backbone: {fmt or '.*'} cannot record the ResNet's numerics .*"
+                                             f"group_norm_eps=1e-06.*timm's \\(32, 1e-05, 1e-08\\)"):
+            write_checkpoint(random_params(official, dtype=torch.float32), official, tmp_path / name, fmt=fmt)
+    assert not list(tmp_path.iterdir())
