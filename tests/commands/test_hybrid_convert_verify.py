@@ -1,17 +1,21 @@
-"""A hybrid (§3.1) through `python -m paper.convert`: every format that holds one (timm's state dict, a timm hub
-directory, the official .npz) round-trips it bit for bit and is loaded by timm's own loader for the format, computing
-our logits; every format that cannot (transformers' ViT: transformers 5 has no ViT hybrid; torchvision's ViT) refuses
-it with one line and writes nothing."""
+"""A hybrid (§3.1) through the commands. `python -m paper.convert`: every format that holds one (timm's state dict, a
+timm hub directory, the official .npz) round-trips it bit for bit and is loaded by timm's own loader for the format,
+computing our logits; every format that cannot (transformers' ViT: transformers 5 has no ViT hybrid; torchvision's ViT)
+refuses it with one line and writes nothing. `python -m paper.verify`: a hybrid's rows, in a table of their own."""
+import re
+
 import pytest
 import timm
 import torch
 from timm.models.vision_transformer import _load_weights
 
-from lowlevel import forward
+import paper.verify
+from lowlevel import BackboneConfig, ViTConfig, forward
 from paper import cli
 from paper.convert import main as convert_main
 from paper.formats.checkpoints import read_checkpoint, write_checkpoint
-from paper.models.family import paper_config
+from paper.models.family import paper_config, param_count
+from paper.references.equivalence import verify_config
 from tests.helpers import random_images, random_params
 
 F64 = dict(rtol=0, atol=1e-10)
@@ -71,3 +75,24 @@ def test_a_format_without_a_resnet_refuses_a_hybrid_in_one_line(tmp_path, capsys
     line = capsys.readouterr().err.strip().splitlines()[-1]                     # (above it, the progress bar)
     assert ended.value.code == 2 and line.startswith("error: backbone: ") and words in line, line
     assert not (tmp_path / dst).exists()
+
+
+def test_verify_config_finds_equality_on_a_tiny_hybrid():
+    """Our hybrid against timm's holding our state dict and holding what its npz loader reads from our .npz."""
+    cfg = ViTConfig(image_size=(45, 32), patch_size=1, dim=8, depth=2, num_heads=2, mlp_dim=12, num_classes=3,
+                    backbone=BackboneConfig(layers=(1, 2), width=8, num_groups=4))
+    row64, row32 = (verify_config(cfg, dtype, batch=2) for dtype in (torch.float64, torch.float32))
+    for key in ("timm_logits", "timm_features", "npz_logits", "npz_features"):
+        assert 0 <= row64[key][0] < 1e-10 and row32[key][0] < 1e-5, key
+    assert row64["ours"] == row64["timm"] == row64["npz"] == param_count(cfg)
+
+
+@pytest.mark.slow
+def test_verify_prints_the_hybrids_in_a_table_of_their_own(capsys):
+    """R+ViT-Ti/16, the whole model at 224 px (about 7 s): its second reference is timm's npz loader, not
+    transformers; in float64 every difference is rounding."""
+    paper.verify.main(["--models", "R+ViT-Ti/16", "--dtypes", "float64"])
+    out = capsys.readouterr().out
+    assert "logits vs timm from .npz" in out and "| R+ViT-Ti/16 | float64 |" in out and "6,337,704" in out
+    row = next(line for line in out.splitlines() if line.startswith("| R+ViT-Ti/16"))
+    assert all(float(d) < 1e-10 for d in re.findall(r"(\d\.\de-\d+) /", row)), row
