@@ -27,7 +27,7 @@ ViTs only.
 """
 from pathlib import Path
 
-from lowlevel import SwinConfig, ViTConfig
+from lowlevel import BackboneConfig, SwinConfig, ViTConfig
 from paper.formats import huggingface, huggingface_swin, npz, timm, timm_swin, torchvision, torchvision_swin
 from paper.formats.architectures import TIMM, described, matching
 from paper.formats.fields import Preprocessing, checked_preprocessing, swin_image_size_for
@@ -67,6 +67,10 @@ ASSUMED_WHEN_READ = {"timm": {"gelu": "exact", "layer_norm_eps": 1e-6, "fusion":
 # A distilled model's fusion of its two heads (lowlevel/model.py `fuse`): timm's and transformers' code computes
 # mean_logits, so "softmax_sum" written there would read back as another classifier.
 REFUSED_WHEN_UNRECORDED = ("fusion",)
+# Formats holding a hybrid's ResNet weights but not its numerics (GroupNorm groups and eps, the standardisation's eps):
+# their readers compute timm's, BackboneConfig's defaults (a hub directory's architecture builds them), and no flag
+# tells them others, so a hybrid with other numerics is refused too.
+BACKBONE_NUMERICS_UNRECORDED = ("timm", "timm-hub", "npz")
 # Formats that do not record a Swin's image size: read back, it is that of the known Swin with the same shapes
 # (paper/formats/fields.py `swin_image_size_for`), or --image-size must give it
 SIZELESS = ("timm-swin", "torchvision-swin")
@@ -208,6 +212,19 @@ def destination_format(path, fmt: str | None = None) -> str:
     return fmt
 
 
+def require_default_numerics(cfg: ViTConfig | SwinConfig, fmt: str, path) -> None:
+    """Refuse a hybrid whose ResNet numerics differ from what the readers of `fmt` compute, timm's."""
+    b = getattr(cfg, "backbone", None)
+    if b is None:
+        return
+    timms = BackboneConfig(layers=b.layers, width=b.width)
+    if b != timms:
+        raise ValueError(f"backbone: {fmt} cannot record the ResNet's numerics (num_groups={b.num_groups}, "
+                         f"group_norm_eps={b.group_norm_eps:g}, std_eps={b.std_eps:g}); its readers compute timm's "
+                         f"({timms.num_groups}, {timms.group_norm_eps:g}, {timms.std_eps:g}), so the file would hold "
+                         f"another model (got {path})")
+
+
 def write_checkpoint(params: dict, cfg: ViTConfig | SwinConfig, path, npz_layout: str = "vit2020",
                      fmt: str | None = None, preprocessing: Preprocessing | None = None) -> str:
     """Write in `fmt`, or the format the destination's name implies; returns it. npz_layout applies to the npz
@@ -224,6 +241,8 @@ def write_checkpoint(params: dict, cfg: ViTConfig | SwinConfig, path, npz_layout
         field = lost[0]
         raise ValueError(f"{field}: {fmt} cannot record {field}={getattr(cfg, field)!r}; its readers compute "
                          f"{ASSUMED_WHEN_READ[read_as][field]!r}, so the file would hold another classifier (got {path})")
+    if read_as in BACKBONE_NUMERICS_UNRECORDED:
+        require_default_numerics(cfg, fmt, path)
     options = {"layout": npz_layout, "preprocessing": preprocessing}
     write(params, cfg, path, **{k: options[k] for k in takes})
     return read_as

@@ -19,6 +19,20 @@ norm                      Transformer/encoder_norm/{scale, bias}         -
 pre_logits                pre_logits/{kernel, bias}                      kernel .T (2020 in21k files only)
 head                      head/{kernel, bias}                            kernel .T
 
+A hybrid's ResNet (§3.1; lowlevel/resnet.py), at the top level as vit_jax models_vit.py and models_resnet.py name it
+("U" = block{s+1}/unit{u+1}/, stage and unit counted from 1):
+backbone.stem.conv (w, C, 7, 7)          conv_root/kernel (7, 7, C, w)                 OIHW <-> HWIO
+backbone.stem.gn                         gn_root/{scale, bias}                         -
+backbone.stages.s.units.u.conv1..3       U conv1..3/kernel                             OIHW <-> HWIO
+backbone.stages.s.units.u.gn1..3         U gn1..3/{scale, bias}                        -
+backbone.stages.s.units.0.conv_proj      U conv_proj/kernel                            OIHW <-> HWIO
+backbone.stages.s.units.0.gn_proj        U gn_proj/{scale, bias}                       -
+A hybrid's embedding/kernel is (P, P, C, D) with C the feature map's channels; its E_pos has a row per feature-map
+patch. The stem alone (R+ViT-Ti/16) has conv_root and gn_root and no block; timm's `_load_weights` reads both.
+The file holds no numerics: the official code standardises a kernel as (W − μ)/(σ + 1e-5) and normalises with Flax's
+GroupNorm eps 1e-6, which lowlevel/resnet.py does not compute ((W − μ)/√(σ² + ε)); reading gives timm's hybrid
+numerics (BackboneConfig's defaults: 32 groups, eps 1e-5 and 1e-8), those of the model timm's loader fills.
+
 Numbering. The 2020 files were written by pre-Linen Flax, which numbered a block's submodules in one sequence
 (LayerNorm_0, MultiHeadDotProductAttention_1, LayerNorm_2, MlpBlock_3). Linen numbers per module type, so later
 files, big_vision's included, say LayerNorm_0, MultiHeadDotProductAttention_0, LayerNorm_1, MlpBlock_0 (Google's
@@ -34,11 +48,12 @@ Transformer/encoderblock/ whose arrays have a leading depth axis. The official n
 `nn.gelu` default), so reading gives gelu="tanh" unless overridden; eps is Flax's 1e-6.
 """
 import math
+import re
 
 import numpy as np
 import torch
 
-from lowlevel import ViTConfig, check_params, param_shapes
+from lowlevel import BackboneConfig, ViTConfig, check_params, param_shapes
 from lowlevel.checks import check_config
 from paper.formats.fields import Preprocessing, require, square_image_size
 from paper.formats.files import load_arrays, naming, save_arrays
@@ -52,10 +67,25 @@ NUMBERING = {"pre_linen": ("MultiHeadDotProductAttention_1", "LayerNorm_2", "Mlp
 POS_KEYS = {"vit2020": "Transformer/posembed_input/pos_embedding", "big_vision": "pos_embedding"}
 QKV = ("query", "key", "value")
 GLOBAL_NAMES = {"patch": "embedding", "norm": "Transformer/encoder_norm", "pre_logits": "pre_logits", "head": "head"}
+ROOT = "conv_root/kernel"                                  # a hybrid's stem kernel: the key that tells a hybrid
+UNIT = re.compile(r"block(\d+)/unit(\d+)/")                 # a hybrid's ResNet unit, stage and unit from 1
+
+
+def backbone_npz_name(name: str) -> str:
+    """A hybrid's ResNet parameter, named without `backbone.` -> its npz name: "stem.conv.weight" -> "conv_root/kernel",
+    "stages.0.units.2.gn1.bias" -> "block1/unit3/gn1/bias"."""
+    *module, layer, leaf = name.split(".")
+    leaf = {"weight": "kernel" if layer.startswith("conv") else "scale", "bias": "bias"}[leaf]
+    if module == ["stem"]:
+        return f"{layer.replace('conv', 'conv_root').replace('gn', 'gn_root')}/{leaf}"
+    _, s, _, u = module
+    return f"block{int(s) + 1}/unit{int(u) + 1}/{layer}/{leaf}"
 
 
 def npz_names(name: str, numbering: str) -> list[str]:
     """Our parameter name -> its npz name(s) (three for a qkv tensor); `pos` is handled apart."""
+    if name.startswith("backbone."):
+        return [backbone_npz_name(name.removeprefix("backbone."))]
     leaf = name.rsplit(".", 1)[-1]
     flax_leaf = {"weight": "kernel", "bias": "bias"}[leaf] if leaf in ("weight", "bias") else leaf
     if name.startswith("blocks."):
@@ -77,15 +107,17 @@ def npz_names(name: str, numbering: str) -> list[str]:
 
 def to_flax(name: str, t: torch.Tensor, cfg: ViTConfig) -> list[np.ndarray]:
     """One of our tensors -> its npz array(s)."""
-    d, h, dh, p, c = cfg.dim, cfg.num_heads, cfg.head_dim, cfg.patch_size, cfg.in_channels
+    d, h, dh, p, c = cfg.dim, cfg.num_heads, cfg.head_dim, cfg.patch_size, cfg.patch_channels
     t = t.detach().cpu()
     if name == "patch.weight":
         return [t.reshape(d, c, p, p).permute(2, 3, 1, 0).numpy()]                 # (D, C, P, P) -> HWIO
+    if t.ndim == 4:
+        return [t.permute(2, 3, 1, 0).numpy()]                                      # a ResNet kernel: OIHW -> HWIO
     if name.endswith("qkv.weight"):
         return [w.T.reshape(d, h, dh).numpy() for w in t.chunk(3)]                  # (D, D) -> (D, H, D_h) each
     if name.endswith("qkv.bias"):
         return [b.reshape(h, dh).numpy() for b in t.chunk(3)]
-    if name.endswith("proj.weight"):
+    if name.endswith(".proj.weight"):
         return [t.T.reshape(h, dh, d).numpy()]                                      # (D, D) -> (H, D_h, D)
     if name.endswith(".weight") and t.ndim == 2:
         return [t.T.numpy()]                                                         # Dense kernel is (in, out)
@@ -98,11 +130,13 @@ def from_flax(name: str, arrays: list[np.ndarray], shape: tuple[int, ...], cfg: 
     ts = [torch.from_numpy(np.array(a)) for a in arrays]
     if name == "patch.weight":
         return ts[0].permute(3, 2, 0, 1).reshape(shape)                             # HWIO -> (D, C, P, P) -> (D, C·P·P)
+    if len(shape) == 4:
+        return ts[0].permute(3, 2, 0, 1)                                            # a ResNet kernel: HWIO -> OIHW
     if name.endswith("qkv.weight"):
         return torch.cat([w.reshape(d, d).T for w in ts])
     if name.endswith("qkv.bias"):
         return torch.cat([b.reshape(d) for b in ts])
-    if name.endswith("proj.weight"):
+    if name.endswith(".proj.weight"):
         return ts[0].reshape(d, d).T.contiguous()
     if name.endswith(".weight") and len(shape) == 2:
         return ts[0].T.contiguous()
@@ -111,7 +145,7 @@ def from_flax(name: str, arrays: list[np.ndarray], shape: tuple[int, ...], cfg: 
 
 def npz_shapes(cfg: ViTConfig, numbering: str, pos_key: str, pos_rows: int) -> dict[str, tuple[int, ...]]:
     """Every npz array name and shape for `cfg`."""
-    d, h, dh, p, c = cfg.dim, cfg.num_heads, cfg.head_dim, cfg.patch_size, cfg.in_channels
+    d, h, dh, p, c = cfg.dim, cfg.num_heads, cfg.head_dim, cfg.patch_size, cfg.patch_channels
     shapes = {pos_key: (1, pos_rows, d)}
     for name, shape in param_shapes(cfg).items():
         if name == "pos":
@@ -119,11 +153,13 @@ def npz_shapes(cfg: ViTConfig, numbering: str, pos_key: str, pos_rows: int) -> d
         names = npz_names(name, numbering)
         if name == "patch.weight":
             shape = (p, p, c, d)
+        elif len(shape) == 4:
+            shape = (shape[2], shape[3], shape[1], shape[0])                        # OIHW -> HWIO
         elif name.endswith("qkv.weight"):
             shape = (d, h, dh)
         elif name.endswith("qkv.bias"):
             shape = (h, dh)
-        elif name.endswith("proj.weight"):
+        elif name.endswith(".proj.weight"):
             shape = (h, dh, d)
         elif len(shape) == 2:
             shape = shape[::-1]
@@ -146,10 +182,29 @@ def strip_prefix_and_unscan(arrays: dict) -> dict:
     return arrays
 
 
+def backbone_from_npz(arrays: dict, known: dict) -> BackboneConfig | None:
+    """A hybrid's ResNet from the official names (conv_root's width, the units of each block{s}), None for a plain
+    ViT. A known backbone, None or a BackboneConfig (a model name's), is taken as it is and checked against the arrays
+    with the rest; a dict holds the numerics the file does not (BackboneConfig's defaults, timm's, otherwise)."""
+    if not isinstance(known.get("backbone", {}), dict):
+        return known["backbone"]
+    if ROOT not in arrays:
+        return None
+    units: dict[int, set] = {}
+    for m in filter(None, (UNIT.match(k) for k in arrays)):
+        units.setdefault(int(m[1]), set()).add(m[2])
+    layers = tuple(len(units.get(s, ())) for s in range(1, max(units, default=0) + 1))
+    return BackboneConfig(layers=layers, width=arrays[ROOT].shape[3], **known.get("backbone", {}))
+
+
 def config_from_npz(arrays: dict, numbering: str, pos_key: str, known: dict) -> dict:
     """What the arrays say, with `known` fields (the caller's) taking precedence. The head count is in the attention
-    kernels' shape (D, H, D_h); the image size is taken as a square grid from E_pos's rows unless known."""
+    kernels' shape (D, H, D_h); the image size is taken as a square grid from E_pos's rows unless known (a hybrid's
+    grid is of its feature map, the ResNet's stride times smaller). A hybrid's image channels are its stem's."""
     p, _, c, d = arrays["embedding/kernel"].shape
+    backbone = backbone_from_npz(arrays, known)
+    if backbone and ROOT in arrays:
+        c = arrays[ROOT].shape[2]
     mha, _, mlp = NUMBERING[numbering]
     fields = {"patch_size": p, "in_channels": c, "dim": d, "gelu": "tanh", "layer_norm_eps": 1e-6,
               "depth": len({k.split("/")[1] for k in arrays if k.startswith("Transformer/encoderblock_")}),
@@ -157,11 +212,12 @@ def config_from_npz(arrays: dict, numbering: str, pos_key: str, known: dict) -> 
               "mlp_dim": arrays[f"Transformer/encoderblock_0/{mlp}/Dense_0/kernel"].shape[1],
               "num_classes": arrays["head/bias"].shape[0] if "head/bias" in arrays else 0,
               "representation_size": arrays["pre_logits/bias"].shape[0] if "pre_logits/bias" in arrays else None,
-              **known}
+              **known, "backbone": backbone}
     if "image_size" not in fields:
         rows = arrays[pos_key].shape[1]
         class_row = math.isqrt(rows) ** 2 != rows           # the 2020 layout has a class-token row, big_vision none
-        fields["image_size"] = square_image_size(rows, int(class_row), fields["patch_size"])
+        stride = backbone.stride if backbone else 1
+        fields["image_size"] = square_image_size(rows, int(class_row), fields["patch_size"]) * stride
     return fields
 
 
@@ -202,7 +258,7 @@ def to_npz(params: dict, cfg: ViTConfig, layout: str = "vit2020") -> dict[str, n
     if layout not in LAYOUTS:
         raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
     require("the official npz format", cfg, class_token=True, pool="token", pos_embed="learned", qkv_bias=True,
-            distilled=False, backbone=None, patch_embed="linear", attention="standard")
+            distilled=False, patch_embed="linear", attention="standard")
     check_params(params, param_shapes(cfg))
     numbering = "pre_linen" if layout == "vit2020" else "linen"
     arrays = {}

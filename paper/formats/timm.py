@@ -36,7 +36,11 @@ model.safetensors (or pytorch_model.bin) with the state_dict above, and config.j
 model name), the `model_args` it was built with (each overriding the architecture's default) and the
 `pretrained_cfg` (input_size, mean, std, crop_pct: the preprocessing). The architecture and model_args give the head
 count and the image size that the weights cannot; this file writes every model_arg, so timm rebuilds exactly our
-config whatever the architecture named.
+config whatever the architecture named. A hybrid's ResNet is the one exception: no model_arg changes it (the
+registered function builds it, `_resnetv2(layers)`, width 64, timm's numerics), so the architecture written is the
+timm hybrid with cfg's ResNet (vit_tiny_r_s16_p8_224 for the stem alone, vit_small_r26_s32_224, vit_base_r50_s16_224,
+vit_large_r50_s32_224), and any other ResNet is refused; read, a hybrid architecture fixes the ResNet the weights
+are checked against.
 """
 import json
 from pathlib import Path
@@ -50,6 +54,7 @@ from paper.formats.architectures import TIMM
 from paper.formats.fields import Preprocessing, agree, num_heads_for, require, square_image_size, whole_heads
 from paper.formats.files import json_value, load_tensors, naming, read_json, save_directory, save_tensors
 from paper.formats.renaming import renamed, unrenamed
+from paper.models.hybrid_configs import HYBRID_MODELS, hybrid_config, is_hybrid_name, timm_hybrid_name
 
 FORMAT = "timm's VisionTransformer"
 # timm's preprocessing for its ViTs (vision_transformer.py _cfg: IMAGENET_INCEPTION_MEAN/STD, crop_pct 0.9), and what
@@ -250,6 +255,8 @@ def config_from_hub_config(config: dict, where) -> dict:
     pretrained = json_value(config, "pretrained_cfg", "an object", where, {})
     known = dict(zip(("dim", "depth", "mlp_dim", "patch_size", "num_heads"), TIMM[arch], strict=True)) \
         if arch in TIMM else {}
+    if is_hybrid_name(arch):                                    # the ResNet its registered function builds
+        known["backbone"] = hybrid_config(arch).backbone
     if "num_classes" in config:
         known["num_classes"] = json_value(config, "num_classes", "an integer", where)
     size = json_value(pretrained, "input_size", "a list of numbers", f"{where} pretrained_cfg", None)
@@ -359,14 +366,34 @@ def read_hub_preprocessing(directory) -> Preprocessing:
     return hub_preprocessing(read_json(directory / "config.json"), directory / "config.json")
 
 
+def hub_architecture(cfg: ViTConfig) -> str:
+    """The timm model config.json names: a known one with cfg's shapes, else ANY_VIT (model_args set them all); for a
+    hybrid, the registered hybrid building cfg's ResNet (with cfg's shapes if one has them), which nothing else can
+    change."""
+    shapes = (cfg.dim, cfg.depth, cfg.mlp_dim, cfg.patch_size, cfg.num_heads)
+    if cfg.backbone is None:
+        return next((name for name, row in TIMM.items() if row == shapes), ANY_VIT)
+    builds = [timm_hybrid_name(name) for name in HYBRID_MODELS if hybrid_config(name).backbone == cfg.backbone]
+    if not builds:
+        resnets = ", ".join(f"{timm_hybrid_name(n)} {hybrid_config(n).backbone.layers}" for n in HYBRID_MODELS)
+        raise ValueError(f"backbone: {FORMAT} hub directory cannot express backbone={cfg.backbone!r}; its "
+                         f"architectures build the ResNets of width 64 with timm's numerics: {resnets}")
+    return next((name for name in builds if TIMM[name] == shapes), builds[0])
+
+
+def first_conv(cfg: ViTConfig) -> str:
+    """The module taking the image (pretrained_cfg's first_conv, which timm adapts to other channel counts): a
+    hybrid's stem convolution, else the patch projection."""
+    return timm_key("backbone.stem.conv.weight", cfg).removesuffix(".weight") if cfg.backbone else "patch_embed.proj"
+
+
 def hub_config(cfg: ViTConfig, preprocessing: Preprocessing | None) -> dict:
     """config.json of a hub directory for `cfg`: every model_arg spelled out, so that timm builds exactly this
     model; the preprocessing, when known, in pretrained_cfg."""
     check_config(cfg, ViTConfig)
     require(FORMAT + " hub directory", cfg, representation_size=None, pos_embed=("learned", "none"), layer_norm_eps=1e-6,
-            backbone=None, patch_embed="linear", attention="standard")
-    shapes = (cfg.dim, cfg.depth, cfg.mlp_dim, cfg.patch_size, cfg.num_heads)
-    arch = next((name for name, row in TIMM.items() if row == shapes), ANY_VIT)
+            patch_embed="linear", attention="standard")
+    arch = hub_architecture(cfg)
     pool = "avg" if cfg.pool == "avg" else "token"
     args = {"img_size": list(cfg.image_size), "patch_size": cfg.patch_size, "in_chans": cfg.in_channels,
             "embed_dim": cfg.dim, "depth": cfg.depth, "num_heads": cfg.num_heads,
@@ -375,7 +402,7 @@ def hub_config(cfg: ViTConfig, preprocessing: Preprocessing | None) -> dict:
             "qkv_bias": cfg.qkv_bias, "pos_embed": "learn" if cfg.pos_embed == "learned" else "none",
             "act_layer": "gelu_tanh" if cfg.gelu == "tanh" else "gelu"}
     pretrained = {"input_size": [cfg.in_channels, *cfg.image_size], "fixed_input_size": True,
-                  "num_classes": cfg.num_classes, "first_conv": "patch_embed.proj", "classifier": "head"}
+                  "num_classes": cfg.num_classes, "first_conv": first_conv(cfg), "classifier": "head"}
     if preprocessing is not None:
         pretrained.update(mean=list(preprocessing.mean), std=list(preprocessing.std))
         if preprocessing.crop_pct is not None:

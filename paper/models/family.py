@@ -71,7 +71,8 @@ def vit_family_paper_params(name: str) -> str:
     return "-" if hybrid_configs.is_hybrid_name(name) else vit_configs.vit_paper_params(name)
 
 
-VIT = Family(name="vit", title="ViT", config=ViTConfig, model=lowlevel, models=vit_configs.PAPER_MODELS + vit_configs.DEIT_MODELS,
+VIT = Family(name="vit", title="ViT", config=ViTConfig, model=lowlevel,
+             models=vit_configs.PAPER_MODELS + vit_configs.DEIT_MODELS + hybrid_configs.HYBRID_MODELS,
              is_named=is_vit_family_name, config_named=vit_family_config,
              model_name=vit_family_model_name, paper_params=vit_family_paper_params,
              architecture=("image_size", "patch_size", "dim", "depth", "num_heads", "mlp_dim", "distilled", "backbone"),

@@ -7,16 +7,21 @@ timm's VisionTransformerDistilled and transformers' DeiTForImageClassificationWi
 evaluation logits (the two heads' mean) stacked with each head's, its features the mean of the two tokens' (timm's
 pre_logits). A Swin is compared with timm's and torchvision's SwinTransformer: at the models' 224 px every stage is
 whole windows, so one set of weights (our config keeps timm's conventions) serves both. Each family's row is chosen
-by its record's name (paper/models/family.py).
+by its record's name (paper/models/family.py), a hybrid's (§3.1) apart: transformers 5 has no ViT hybrid, so a hybrid
+is compared with timm's hybrid twice, its weights given once as timm's state dict and once as the official .npz read
+by timm's own npz loader (`_load_weights`, what checks our .npz names and layouts against an independent reader).
 """
 import gc
+import io
 import sys
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from lowlevel.model import heads
 from paper.formats.huggingface import to_hf
+from paper.formats.npz import to_npz
 from paper.formats.timm import to_timm
 from paper.formats.timm_swin import to_timm_swin
 from paper.formats.torchvision_swin import to_torchvision_swin
@@ -114,9 +119,42 @@ def swin_row(cfg, dtype, batch: int, seed: int) -> dict:
     return row
 
 
-# Per family: its row, and the reference beside timm in its table ("hf" for a ViT, "torchvision" for a Swin).
-ROWS = {"vit": vit_row, "swin": swin_row}
-SECOND = {"vit": ("hf", "HF"), "swin": ("torchvision", "torchvision")}
+def hybrid_row(cfg, dtype, batch: int, seed: int) -> dict:
+    """A hybrid's differences to timm's hybrid holding our state dict ("timm_*") and holding what timm's npz loader
+    reads from our official .npz ("npz_*"), and their parameter counts."""
+    from timm.models.vision_transformer import _load_weights
+
+    row = {}
+    params, x, logits, features = our_outputs(cfg, dtype, batch, seed)
+    for key in ("timm", "npz"):
+        with torch.device("meta"):                   # build without allocating, then take our tensors
+            model = timm_vit(cfg).to(dtype).eval()
+        if key == "timm":
+            model.load_state_dict(to_timm(params, cfg), assign=True)
+        else:                                        # timm's loader copies into allocated (unset) tensors
+            npz = io.BytesIO()
+            np.savez(npz, **to_npz(params, cfg))
+            npz.seek(0)
+            model.to_empty(device="cpu")
+            _load_weights(model, npz)
+            del npz
+        row[key] = sum(p.numel() for p in model.parameters())
+        theirs, their_features = timm_outputs(model, x, cfg)
+        row[f"{key}_logits"], row[f"{key}_features"] = diffs(logits, theirs), diffs(features, their_features)
+        del model, theirs, their_features
+        gc.collect()
+    return row
+
+
+def table_of(cfg) -> str:
+    """The table a config's row is in (ROWS, SECOND): its family's, a hybrid's own."""
+    return "hybrid" if getattr(cfg, "backbone", None) else family_of(cfg).name
+
+
+# Per table: its row, and the reference beside timm ("hf" for a ViT, "torchvision" for a Swin, timm's npz loader for
+# a hybrid).
+ROWS = {"vit": vit_row, "hybrid": hybrid_row, "swin": swin_row}
+SECOND = {"vit": ("hf", "HF"), "hybrid": ("npz", "timm from .npz"), "swin": ("torchvision", "torchvision")}
 
 
 @torch.no_grad()
@@ -124,7 +162,7 @@ def verify_config(cfg, dtype=torch.float64, batch: int = 1, seed: int = 0, name:
     """One row of paper.verify's table: the differences to the family's references, and the parameter counts."""
     row = {"model": name or model_name(cfg) or "custom", "dtype": str(dtype).removeprefix("torch."),
            "ours": param_count(cfg)}
-    return row | ROWS[family_of(cfg).name](cfg, dtype, batch, seed)
+    return row | ROWS[table_of(cfg)](cfg, dtype, batch, seed)
 
 
 def available_bytes() -> int:

@@ -1,7 +1,7 @@
 """paper.verify's markdown tables: one per model family for the random-weights check, one for a checkpoint on a
 photo."""
-from paper.models.family import family_named, paper_params
-from paper.references.equivalence import SECOND
+from paper.models.family import paper_config, paper_params
+from paper.references.equivalence import SECOND, table_of
 
 
 def format_table(rows: list[dict], second: str = "hf", label: str = "HF") -> str:
@@ -23,12 +23,12 @@ def format_table(rows: list[dict], second: str = "hf", label: str = "HF") -> str
 
 
 def format_tables(rows: list[dict]) -> str:
-    """One table per model family, in the order the families first appear in `rows`, each against its second
-    reference (references/equivalence.py SECOND)."""
-    families: dict[str, list[dict]] = {}
+    """One table per model family (the hybrids in one of their own), in the order they first appear in `rows`, each
+    against its second reference (references/equivalence.py SECOND)."""
+    tables: dict[str, list[dict]] = {}
     for r in rows:
-        families.setdefault(family_named(r["model"]).name, []).append(r)
-    return "\n\n".join(format_table(family_rows, *SECOND[name]) for name, family_rows in families.items())
+        tables.setdefault(table_of(paper_config(r["model"])), []).append(r)
+    return "\n\n".join(format_table(table_rows, *SECOND[name]) for name, table_rows in tables.items())
 
 
 def format_checkpoint_table(result: dict) -> str:
