@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 SOLUTIONS = REPO / "exercises" / "solutions"
 NAMES = ["01_patch_embedding", "02_attention_maps", "03_position_embeddings", "04_fine_tuning", "05_vit_vs_cnn",
          "06_deit", "07_lora", "08_windows_and_relative_positions", "09_encoder_block",
-         "10_reading_timm_and_transformers", "11_patch_embedding_filters"]
+         "10_reading_timm_and_transformers", "11_patch_embedding_filters", "13_hybrid"]
 
 
 class InProcess(Namespace):
