@@ -6,6 +6,7 @@ from . import (
     embedding_filters,
     encoder_block,
     fine_tuning,
+    hybrid,
     lora,
     patch_embedding,
     position_embeddings,
@@ -26,4 +27,5 @@ GRADERS = {
     "09_encoder_block": encoder_block,
     "10_reading_timm_and_transformers": reading_libraries,
     "11_patch_embedding_filters": embedding_filters,
+    "13_hybrid": hybrid,
 }

@@ -594,6 +594,66 @@ PLANTED = {
         (2, '(s[:k] ** 2) / (s ** 2).sum()', '(s[:k] ** 2) / (s[:k] ** 2).sum()', 'top k only'),
         (2, 'return (top * signs).reshape(k', 'return (-top * signs).reshape(k', 'sign'),
     ],
+    '13_hybrid': [
+        (1,
+         '    w = weight.flatten(1)                                             # (C_out, C_in·kh·kw): one row per filter\n'
+         '    mean = w.mean(dim=1, keepdim=True)\n'
+         '    var = ((w - mean) ** 2).mean(dim=1, keepdim=True) ',
+         '    w = weight.flatten(2)\n    mean = w.mean(dim=-1, keepdim=True)\n'
+         '    var = ((w - mean) ** 2).mean(dim=-1, keepdim=True) ',
+         'per input channel'),
+        (1, 'torch.sqrt(var + eps)).reshape(weight.shape)', '(torch.sqrt(var) + eps)).reshape(weight.shape)', 'eps outside'),
+        (1, 'var = ((w - mean) ** 2).mean(dim=1, keepdim=True)', 'var = w.var(dim=1, keepdim=True)', 'unbiased'),
+        (1, 'F.conv2d(F.pad(x, pads), weight_standardization(weight, eps), stride=stride)',
+         'F.conv2d(F.pad(x, pads), weight, stride=stride)', 'not standardised'),
+        (1, 'F.conv2d(F.pad(x, pads), weight_standardization', 'F.conv2d(F.pad(x, [k // 2] * 4), weight_standardization',
+         'symmetric padding'),
+        (2, 'var = ((groups - mean) ** 2).mean(dim=-1, keepdim=True)', 'var = groups.var(dim=-1, keepdim=True)',
+         'gn unbiased'),
+        (2,
+         '    groups = x.reshape(b, num_groups, -1)                              '
+         '# (B, G, C/G·H·W): C/G neighbouring channels each\n'
+         '    mean = groups.mean(dim=-1, keepdim=True)\n'
+         '    var = ((groups - mean) ** 2).mean(dim=-1, keepdim=True)\n',
+         '    groups = x.reshape(b, -1, num_groups)\n'
+         '    mean = groups.mean(dim=1, keepdim=True)\n'
+         '    var = ((groups - mean) ** 2).mean(dim=1, keepdim=True)\n',
+         'groups transposed'),
+        (2, 'groups = x.reshape(b, num_groups, -1)', 'groups = x.reshape(b, c, -1)', 'per channel'),
+        (2,
+         '    y = F.relu(conv_gn("conv1", x))\n    y = F.relu(conv_gn("conv2", y, stride))\n',
+         '    def gn(i, y):\n'
+         '        return group_norm(y, params[f"gn{i}.weight"], params[f"gn{i}.bias"], cfg.num_groups, cfg.group_norm_eps)\n'
+         '    y = gn(1, F.relu(std_conv(x, params["conv1.weight"], 1, cfg.std_eps)))\n'
+         '    y = gn(2, F.relu(std_conv(y, params["conv2.weight"], stride, cfg.std_eps)))\n',
+         'relu before gn'),
+        (2,
+         '    y = F.relu(conv_gn("conv1", x))\n    y = F.relu(conv_gn("conv2", y, stride))\n',
+         '    y = F.relu(conv_gn("conv1", x, stride))\n    y = F.relu(conv_gn("conv2", y))\n',
+         'stride in conv1'),
+        (2, 'return F.relu(y + shortcut)', 'return y + shortcut', 'no final relu'),
+        (3, 'x = feature_map.flatten(2).transpose(1, 2)', 'x = feature_map.flatten(2)', 'not transposed'),
+        (3, 'x = feature_map.flatten(2).transpose(1, 2)', 'x = feature_map.reshape(feature_map.shape[0], -1, feature_map.shape[1])',
+         'not transposed'),
+        (3,
+         'torch.cat([cls.expand(x.shape[0], -1, -1), x], dim=1) + pos',
+         'torch.cat([x, cls.expand(x.shape[0], -1, -1)], dim=1) + pos',
+         'class token last'),
+        (3, 'return -(-h // stride) * -(-w // stride) + 1', 'return -(-h // stride) * -(-w // stride)',
+         'count no class token'),
+        (3, 'return -(-h // stride) * -(-w // stride) + 1', 'return (h // stride) * (w // stride) + 1', 'count floor'),
+        (3, 'stride = 4 * 2 ** max(len(layers) - 1, 0)', 'stride = 4 * 2 ** len(layers)', 'stride per stage'),
+        (4, '    return total\n\n\ndef transformer_multiply_adds', '    return 2 * total\n\n\ndef transformer_multiply_adds',
+         'flops'),
+        (4, 'total += h * w * 4 * width * channels                  # conv_proj', 'total += 0  # conv_proj',
+         'no projection'),
+        (4, 'return -(-n // 2)', 'return n // 2', 'floor'),
+        (4, 'n, t, d = cfg.num_patches, cfg.num_tokens, cfg.dim', 'n, t, d = cfg.num_patches, cfg.num_patches, cfg.dim',
+         'no class token'),
+        (4, ' + 2 * t * t * d)', ')', 'no attention products'),
+        (4, 'total = n * cfg.patch_channels * cfg.patch_size ** 2 * d', 'total = n * cfg.in_channels * cfg.patch_size ** 2 * d',
+         'image patches'),
+    ],
 }
 
 QUICK = {

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 SOLUTIONS = REPO / "exercises" / "solutions"
 NAMES = ["01_patch_embedding", "02_attention_maps", "03_position_embeddings", "04_fine_tuning", "05_vit_vs_cnn",
          "06_deit", "07_lora", "08_windows_and_relative_positions", "09_encoder_block",
-         "10_reading_timm_and_transformers", "11_patch_embedding_filters"]
+         "10_reading_timm_and_transformers", "11_patch_embedding_filters", "13_hybrid"]
 
 
 class InProcess(Namespace):
@@ -881,3 +881,71 @@ def test_workbook_05_grader_formulas_equal_the_libraries_when_nothing_is_wrong()
         net = g.resnet18(cfg).eval()
         assert g.resnet_params_by_hand(cfg) == sum(p.numel() for p in net.parameters())
         assert g.resnet_macs_by_hand(cfg) == multiply_adds(net, cfg)
+
+
+@pytest.fixture(scope="module")
+def hybrid_solution(tmp_path_factory):
+    """Workbook 13's solution checked as a learner checks it."""
+    return check_workbook(SOLUTIONS / "13_hybrid.md", timeout=120, output_dir=tmp_path_factory.mktemp("13_hybrid"))
+
+
+@pytest.mark.slow
+def test_workbook_13_prints_what_its_text_states(hybrid_solution):
+    """Every figure workbook 13 quotes, printed by its solution and computed here from the project: token counts from
+    the configs, multiply-adds from torch.utils.flop_counter on lowlevel.forward and resnet.feature_map (parameters on
+    the meta device), the standardised variance σ²/(σ² + ε) from the kernel the solution draws."""
+    from lowlevel import resnet
+    from lowlevel.encoder import params_under
+    from paper.models.hybrid_configs import hybrid_config
+    from paper.models.vit_configs import vit_config
+    from paper.reports.compare_summary import multiply_adds
+    from paper.training.recipes import MNIST_HYBRID
+
+    text = (SOLUTIONS / "13_hybrid.md").read_text()
+    assert text.split("## Setup")[0] == (REPO / "exercises" / "13_hybrid.md").read_text().split("## Setup")[0]
+    assert all(r.passed for r in hybrid_solution), [r.line() for r in hybrid_solution if not r.passed]
+
+    kernel = torch.randn(64, 3, 7, 7, generator=torch.Generator().manual_seed(0)) * 0.05 + 0.01
+    var = kernel.flatten(1).double().var(1, unbiased=False)
+    shown = var / (var + 1e-8)
+    out = printed(hybrid_solution, 1)
+    assert f"variance {shown.min():.6f} to {shown.max():.6f}" in out and "-> (1, 64, 112, 112)" in out
+    assert f"{shown.min():.6f} to\n{shown.max():.6f}" in text
+    assert resnet.same_padding(torch.zeros(1, 1, 224, 224), 7, 2).shape[-1] == 229    # 2 + 224 + 3
+    assert resnet.same_padding(torch.zeros(1, 1, 1, 224), 7, 2)[..., :2].eq(0).all()
+
+    out = printed(hybrid_solution, 2)
+    assert float(re.search(r"F.group_norm: largest difference ([\d.e+-]+)", out)[1]) < 1e-5
+    assert "-> (1, 512, 28, 28)" in out
+
+    out = printed(hybrid_solution, 3)
+    counts = [hybrid_config("R50+ViT-B/16").num_tokens, hybrid_config("R50+ViT-B/16", image_size=384).num_tokens,
+              hybrid_config("R50+ViT-L/32").num_tokens, MNIST_HYBRID.num_tokens]
+    assert counts == [197, 577, 50, 50] == [vit_config("ViT-B/16").num_tokens, 577, 50, 50]
+    assert "R50+ViT-B/16 at 224 px: 197 tokens; at 384 px: 577; R50+ViT-L/32 at 224 px: 50; MNIST hybrid at 28 px: 50" in out
+    assert hybrid_config("R50+ViT-B/16").feature_size == (14, 14) and hybrid_config("R50+ViT-B/16").patch_channels == 1024
+    for line in ("(vit.embed): largest difference", "convolution by E: largest difference"):
+        assert float(re.search(re.escape(line) + r" ([\d.e+-]+)", out)[1]) < 1e-5
+    assert "z_0 (2, 50, 64)" in out
+
+    def counted(cfg):
+        with torch.device("meta"):
+            params = vit.init_params(cfg)
+        whole = multiply_adds(lambda x: vit.forward(params, x.to("meta"), cfg), cfg)
+        cnn = multiply_adds(lambda x: resnet.feature_map(params_under(params, "backbone."), x.to("meta"), cfg.backbone),
+                            cfg) if cfg.backbone else 0
+        return cnn, whole - cnn
+
+    out = printed(hybrid_solution, 4)
+    (cnn, transformer), (_, plain), (small_cnn, small) = (counted(c) for c in (
+        hybrid_config("R50+ViT-B/16"), vit_config("ViT-B/16"), MNIST_HYBRID))
+    hybrid = cnn + transformer
+    quoted = [f"{cnn / 1e9:.2f} G", f"{transformer / 1e9:.2f} G", f"{hybrid / 1e9:.2f} G", f"{100 * cnn / hybrid:.1f}%",
+              f"{hybrid / plain:.2f}×", f"{plain / 1e9:.2f} G", f"{small_cnn / 1e6:.2f} M",
+              f"{(small_cnn + small) / 1e6:.2f} M", f"{100 * small_cnn / (small_cnn + small):.1f}%"]
+    assert quoted == ["3.93 G", "17.60 G", "21.54 G", "18.3%", "1.23×", "17.56 G", "0.38 M", "8.41 M", "4.5%"]
+    tail = text.split("## Task 4")[1].split("```\n\nA correct answer")[1]
+    for figure in quoted:
+        assert figure in out and figure.replace(" G", "").replace(" M", "") in tail, figure
+    assert transformer - plain == 196 * (1024 - 16 * 16 * 3) * 768     # the same encoder, a wider patch embedding
+    assert [f.name for f in next(r for r in hybrid_solution if r.task == 4).files] == ["hybrid_cost.png"]
