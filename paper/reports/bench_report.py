@@ -134,7 +134,7 @@ def loop_markdown(result: dict) -> str:
              f"with one evaluation of the 1,000 test digits and one checkpoint written; a first round of each, not "
              f"counted, warms it up (its seconds in the last column).",
              f"Command: `{run['command']}`", "",
-             "| contender | image | batch | images/s (median, range) | × timm (median, range) | "
+             "| contender | image | batch | images/s (median, range) | × timm float32 (median, range) | "
              + " | ".join(f"{p} %" for p in PHASES) + " | warm-up s |",
              "|---|---:|---:|---:|---:|" + "---:|" * (len(PHASES) + 1)]
     for name, c in result["loop"].items():

@@ -20,8 +20,9 @@ checkpoint's share here is an upper bound, and paper.compare evaluates once per 
 Each contender's first round warms it up and is not counted; under --compile it pays the compilation, and its seconds
 are reported beside the rounds'. Evaluation runs the model as it is, not compiled. Contenders take turns, round by
 round, in a rotated order (so that noise from other work on the machine falls on all of them alike); each keeps
-training across its rounds. The ratio ours/timm is taken within a round, then summarised by its median and range over
-the rounds.
+training across its rounds. The ratio to timm's float32 ViT is taken within a round, then summarised by its median
+and range over the rounds. With --bf16 every contender runs twice, in float32 and under bfloat16 autocast, side by
+side in the same rounds.
 """
 import contextlib
 import dataclasses
@@ -133,29 +134,36 @@ class LoopContender:
 def contenders(models: list[str], total_steps: int, folder: str, bf16: bool, compiled: bool) -> list[LoopContender]:
     """mnist-vit: paper.compare's ViT (`comparison.build`, seed 0) and timm's equal model with its weights, on the
     compare recipe and its n=1000 subset, and paper.train --data mnist's two stages (ours, the model stages.py builds,
-    on all 4,000 digits); mnist-resnet18: paper.compare's ResNet-18, stock stem."""
+    on all 4,000 digits); mnist-resnet18: paper.compare's ResNet-18, stock stem. With `bf16`, each of them twice: in
+    float32, and under bfloat16 autocast (named with " bf16"), from the same weights."""
     train, test = mnist()
-    contender = functools.partial(LoopContender, total_steps=total_steps, folder=folder, bf16=bf16, compiled=compiled)
     recipe = with_steps(RECIPE, None, BATCH)
     subset = ImageArray(*(t[stratified_subset(train.labels, TRAINING_IMAGES, 0)] for t in (train.images, train.labels)))
     out = []
-    if "mnist-vit" in models:
-        ours = build("vit", 0)
-        params = {k: v.detach().clone() for k, v in ours.as_dict().items()}
-        pre_params, pre_cfg = pretraining_model(MNIST_MODEL, MNIST_PRETRAIN, 1, 10, 0)
-        fine_params, fine_cfg = finetuning_model(pre_params, pre_cfg, MNIST_FINETUNE, 10)
-        out += [contender("ours ViT", ours, recipe, subset, test),
-                contender("timm ViT", TimmModel(params, ours.cfg), recipe, subset, test),
-                contender("paper.train pretrain", ExplicitParams(pre_params, pre_cfg), MNIST_PRETRAIN, train, test),
-                contender("paper.train finetune", ExplicitParams(fine_params, fine_cfg), MNIST_FINETUNE, train, test)]
-    if "mnist-resnet18" in models:
-        out.append(contender("ours ResNet-18", build("cnn", 0), recipe, subset, test))
+    for mixed in (False, True) if bf16 else (False,):
+        contender = functools.partial(LoopContender, total_steps=total_steps, folder=folder, bf16=mixed,
+                                      compiled=compiled)
+        tag = " bf16" if mixed else ""
+        if "mnist-vit" in models:
+            ours = build("vit", 0)
+            params = {k: v.detach().clone() for k, v in ours.as_dict().items()}
+            pre_params, pre_cfg = pretraining_model(MNIST_MODEL, MNIST_PRETRAIN, 1, 10, 0)
+            fine_params, fine_cfg = finetuning_model(pre_params, pre_cfg, MNIST_FINETUNE, 10)
+            out += [contender(f"ours ViT{tag}", ours, recipe, subset, test),
+                    contender(f"timm ViT{tag}", TimmModel(params, ours.cfg), recipe, subset, test),
+                    contender(f"paper.train pretrain{tag}", ExplicitParams(pre_params, pre_cfg), MNIST_PRETRAIN, train,
+                              test),
+                    contender(f"paper.train finetune{tag}", ExplicitParams(fine_params, fine_cfg), MNIST_FINETUNE,
+                              train, test)]
+        if "mnist-resnet18" in models:
+            out.append(contender(f"ours ResNet-18{tag}", build("cnn", 0), recipe, subset, test))
     return out
 
 
 def measure_loop(models: list[str], steps: int, rounds: int, bf16: bool = False, compiled: bool = False) -> dict:
     """One warm-up round each, then `rounds` interleaved rounds. -> per contender: the warm-up's seconds, seconds per
-    round, images/s (median, range), phase seconds summed over the rounds and their shares; ours/timm per round."""
+    round, images/s (median, range), phase seconds summed over the rounds and their shares; per round, the ratio of
+    timm's float32 ViT's seconds to those of each other ViT of compare's (ours, and timm's under autocast)."""
     with tempfile.TemporaryDirectory() as folder:
         runs = contenders(models, steps * (rounds + 1), folder, bf16, compiled)
         times = {c.name: [] for c in runs}
@@ -181,7 +189,8 @@ def measure_loop(models: list[str], steps: int, rounds: int, bf16: bool = False,
             "images_per_s": median_range([c.recipe.batch_size * steps / t for t in times[c.name]]),
             "phase_s": phases[c.name].seconds,
             "phase_share": {k: v / total for k, v in phases[c.name].seconds.items()}}
-    if "ours ViT" in times and "timm ViT" in times:
-        result["ours ViT"]["vs_timm"] = median_range([t_timm / t for t, t_timm in
-                                                      zip(times["ours ViT"], times["timm ViT"], strict=True)])
+    for name in times:                          # each ViT of compare's, ours or timm's under autocast, against timm's
+        if name.startswith(("ours ViT", "timm ViT bf16")) and "timm ViT" in times:
+            result[name]["vs_timm"] = median_range([t_timm / t for t, t_timm in
+                                                    zip(times[name], times["timm ViT"], strict=True)])
     return result

@@ -22,9 +22,12 @@ def test_the_loop_benchmark_writes_speeds_the_ratio_to_timm_and_phase_shares_tha
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loop.json", "loop.md", "loop.png"]
     assert json.loads((tmp_path / "loop.json").read_text())["loop"].keys() == result["loop"].keys()
     loop = result["loop"]
-    assert list(loop) == ["ours ViT", "timm ViT", "paper.train pretrain", "paper.train finetune"]
+    names = ["ours ViT", "timm ViT", "paper.train pretrain", "paper.train finetune"]
+    assert list(loop) == names + [f"{n} bf16" for n in names] * bf16
     assert loop["ours ViT"]["batch"] == 32 and loop["paper.train pretrain"]["image_size"] == [16, 16]
-    assert loop["ours ViT"]["vs_timm"]["median"] > 0
+    assert loop["ours ViT"]["vs_timm"]["median"] > 0 and "vs_timm" not in loop["timm ViT"]
+    if bf16:
+        assert all(loop[n]["vs_timm"]["median"] > 0 for n in ("ours ViT bf16", "timm ViT bf16"))
     for c in loop.values():
         assert list(c["phase_share"]) == list(PHASES) and sum(c["phase_share"].values()) == pytest.approx(1)
         assert all(s > 0 for s in c["phase_s"].values())
