@@ -35,10 +35,10 @@ def fused_softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b
                             scale: torch.Tensor | None) -> torch.Tensor:
     """softmax(q kᵀ/√D_h + bias) v in one kernel, or with LSA's learned scale in place of 1/√D_h: (B, H, M, D_h) queries
     against (B, H, N, D_h) keys and values -> (B, H, M, D_h). The kernel takes its scale as a number, so a learned one
-    multiplies q instead (q kᵀ·s = (s·q) kᵀ) and stays in the graph. On the CPU under bfloat16 autocast the fused
-    kernel is slower than the two products and the softmax done one by one (a training step of the digits ViT 2.5×
-    slower than in float32, and 2.9× slower than with the products; reports/README.md), so there they are done one by
-    one, as the explicit path does them."""
+    multiplies q instead (q kᵀ·s = (s·q) kᵀ) and stays in the graph. On the CPU under bfloat16 autocast PyTorch's
+    fused kernel, its backward above all, is slower than the two products and the softmax done one by one (timm's
+    digits ViT, which keeps the kernel, trains at 0.45× its float32 speed under autocast; paper/results/loop_bf16.md),
+    so there they are done one by one, as the explicit path does them."""
     if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
         return scaled_dot_product_attention(q, k, v, bias, scale)[0]
     if scale is not None:

@@ -128,7 +128,8 @@ def plot(result: dict, path: str) -> None:
 def loop_markdown(result: dict) -> str:
     """The training loop's table (`paper.reports.loop_measure`): images/s, the ratio to timm, each phase's share."""
     run = result["run"]
-    how = precision(run) + (", torch.compile" if run.get("compile") else "")
+    how = ("float32, and under bfloat16 autocast side by side (the rows named bf16)" if run.get("bf16") else
+           "float32") + (", torch.compile" if run.get("compile") else "")
     lines = [f"Training loop ({', '.join(run['models'])}), {how}, {run['device_name']}, {run['threads']} thread(s), "
              f"torch {run['torch']}; {run['rounds']} interleaved rounds of {run['steps']} steps, each round ending "
              f"with one evaluation of the 1,000 test digits and one checkpoint written; a first round of each, not "

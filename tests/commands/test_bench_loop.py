@@ -1,11 +1,15 @@
 """python -m paper.bench --model mnist-vit: the training loop's benchmark, in miniature (one round of one step)."""
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
 
 import paper.bench as bench
 from paper.reports.loop_measure import PHASES
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +37,7 @@ def test_the_loop_benchmark_writes_speeds_the_ratio_to_timm_and_phase_shares_tha
         assert all(s > 0 for s in c["phase_s"].values())
     table = (tmp_path / "loop.md").read_text()
     assert "× timm" in table and "warm-up s" in table
-    assert ("bfloat16 autocast" in table) == bf16 and result["run"]["bf16"] == bf16
+    assert ("under bfloat16 autocast" in table) == bf16 and result["run"]["bf16"] == bf16
     assert all(c["warm_up_s"] > 0 for c in loop.values())
 
 
@@ -45,3 +49,17 @@ def test_the_loop_refuses_bfloat16_weights():
 def test_training_loop_names_mixed_with_a_model_name_are_refused():
     with pytest.raises(ValueError, match="--model: expected training-loop names among"):
         bench.main(["--model", "mnist-vit,ViT-B/16"])
+
+
+def test_every_number_the_loop_section_states_is_in_its_committed_tables():
+    """paper/reports/README.md's training-loop results (between the `loop results` markers) type no number of their
+    own: each is one the committed loop tables or the bf16 main-job table print."""
+    readme = (REPO / "paper" / "reports" / "README.md").read_text()
+    section = readme[readme.index("<!-- loop results -->"):readme.index("<!-- /loop results -->")]
+    section = re.sub(r"\[[^]]*\]\([^)]*\)|`[^`]*`|<!--[^>]*-->", "", section)       # links, code and markers
+    tables = "".join((REPO / "paper" / "results" / name).read_text() for name in
+                     ("loop_before.md", "loop.md", "loop_bf16.md", "loop_compile.md", "bf16_main_job.md"))
+    number = r"\d+(?:,\d{3})*(?:\.\d+)?"
+    stated, printed = re.findall(number, section), set(re.findall(number, tables))
+    missing = [n for n in stated if n not in printed]
+    assert len(stated) > 40 and not missing, missing
