@@ -8,6 +8,7 @@ from . import (
     fine_tuning,
     hybrid,
     lora,
+    masked_patch_prediction,
     patch_embedding,
     position_embeddings,
     reading_libraries,
@@ -27,5 +28,6 @@ GRADERS = {
     "09_encoder_block": encoder_block,
     "10_reading_timm_and_transformers": reading_libraries,
     "11_patch_embedding_filters": embedding_filters,
+    "12_masked_patch_prediction": masked_patch_prediction,
     "13_hybrid": hybrid,
 }

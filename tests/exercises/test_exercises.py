@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from sklearn.datasets import load_sample_image
+from sklearn.datasets import load_digits, load_sample_image
 from sklearn.decomposition import PCA
 
 import lowlevel as vit
@@ -40,7 +40,8 @@ REPO = Path(__file__).resolve().parents[2]
 SOLUTIONS = REPO / "exercises" / "solutions"
 NAMES = ["01_patch_embedding", "02_attention_maps", "03_position_embeddings", "04_fine_tuning", "05_vit_vs_cnn",
          "06_deit", "07_lora", "08_windows_and_relative_positions", "09_encoder_block",
-         "10_reading_timm_and_transformers", "11_patch_embedding_filters", "13_hybrid"]
+         "10_reading_timm_and_transformers", "11_patch_embedding_filters", "12_masked_patch_prediction",
+         "13_hybrid"]
 
 
 class InProcess(Namespace):
@@ -118,7 +119,8 @@ def planted_copies(name: str) -> list[tuple[str, dict[int, str], set[int]]]:
 TRAINING = {"05_vit_vs_cnn": ((3, 4), "sizes, seeds = (100, 1000), (0, 1, 2)"),
             "06_deit": ((4,), "seeds, results = (0, 1, 2), {}"),
             "07_lora": ((4,), "seeds, steps, lr = (0, 1, 2), 1000, 0.1"),
-            "09_encoder_block": ((5,), 'kinds, lrs, seeds = ("token", "avg"), (1e-3, 1e-2), (0, 1, 2)')}
+            "09_encoder_block": ((5,), 'kinds, lrs, seeds = ("token", "avg"), (1e-3, 1e-2), (0, 1, 2)'),
+            "12_masked_patch_prediction": ((4,), "seeds, steps, lr = (0, 1, 2), 400, 3e-3")}
 
 
 def solution_for_the_suite(name: str, folder: Path) -> Path:
@@ -831,6 +833,43 @@ def test_workbook_09_prints_what_its_text_states(graded):
     low, high = rows["avg pooling, Adam lr 0.001"][1], rows["avg pooling, Adam lr 0.01"][1]
     assert high["mean"] > low["mean"] and level(high, low)
 
+
+
+def test_workbook_12_quotes_the_digits_mean_colour_shares():
+    """Task 2's quoted shares of the 8 mean colours among the digits' 2×2 patches, from lowlevel.mpp.targets."""
+    from lowlevel.mpp import MPPConfig, targets
+    images = torch.tensor(load_digits().images, dtype=torch.float32)[:, None] / 16.0
+    train = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:1400]]
+    cfg = vit.ViTConfig(image_size=8, patch_size=2, in_channels=1, dim=32, depth=1, num_heads=4, mlp_dim=64,
+                        num_classes=10)
+    classes = targets(train, cfg, MPPConfig())
+    shares = torch.bincount(classes.flatten(), minlength=8) / classes.numel()
+    line = "the digits' 2×2 patches by mean colour 0-7: " + ", ".join(f"{s:.1%}" for s in shares)
+    for path in (REPO / "exercises" / "12_masked_patch_prediction.md", SOLUTIONS / "12_masked_patch_prediction.md"):
+        assert f"```text\n{line}\n```" in path.read_text()
+        assert f"right for {shares[0]:.1%} of the patches" in path.read_text()
+
+
+@pytest.mark.slow
+def test_workbook_12_prints_what_its_text_states(graded):
+    """Task 2 prints the quoted shares. The pre-trained model names held-out patches' mean colours more often than
+    always guessing colour 0 (less than half of the patches) does; both fine-tuned models fit their 100 labelled
+    digits; on the held-out digits the pre-trained one is ahead of the one from scratch (the quoted run, by the
+    texts' rule)."""
+    results = graded[0]["12_masked_patch_prediction"]
+    assert quoted_block("12_masked_patch_prediction", 2) in printed(results, 2)
+    rows, rows0 = seed0_against_quoted("12_masked_patch_prediction", 4, results)
+    runs = ("MPP pre-trained, then fine-tuned, 100 labelled digits", "from scratch, 100 labelled digits")
+    for table, fits in ((rows, 99.9), (rows0, 99)):
+        assert table["mean colour of held-out chosen patches"][0]["mean"] > 50
+        assert all(table[run][0]["mean"] >= fits for run in runs)
+    assert ahead(rows[runs[0]][1], rows[runs[1]][1])
+
+
+def quoted_block(name: str, task: int) -> str:
+    """The ```text block of task `task`'s section in the workbook `name`."""
+    section = re.search(rf"\n## Task {task}:.*?(?=\n## |\Z)", (REPO / "exercises" / f"{name}.md").read_text(), re.S)[0]
+    return re.search(r"```text\n(.*?)\n```", section, re.S)[1]
 
 @pytest.mark.slow
 def test_workbook_10_prints_the_libraries_defaults_and_shifts_it_states(graded):
