@@ -33,6 +33,7 @@ from paper.training.state import (
     check_resumable,
     checkpoint_config,
     load_checkpoint,
+    require_file,
     require_whole_model,
 )
 
@@ -140,6 +141,8 @@ def check_batches(stages: dict, accum_steps: int, procs: Processes) -> None:
 def run_identity(data: str, data_dir: str | None, distillation: Distillation | None, teacher: str | None) -> dict:
     """What defines a run beside its model, recipe, seed and dtype, stored in its checkpoints and compared on resume:
     the data set, the distillation objective (kind, λ, τ, reduction) and the teacher, by its bytes."""
+    if teacher:
+        require_file(teacher, "teacher", "a checkpoint file of paper.train or paper.compare")
     return {"data": data, "data_dir": data_dir,
             "distillation": dataclasses.asdict(distillation) if distillation else None,
             "teacher_sha256": file_sha256(teacher) if teacher else None}

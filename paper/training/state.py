@@ -58,10 +58,16 @@ def save_checkpoint(path: str, *, cfg: ViTConfig | ResNetConfig, recipe: Recipe,
     write_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
+def require_file(path: str, field: str, expected: str) -> None:
+    """A path that must name a file: a directory or nothing there is a ValueError naming `field` and saying which."""
+    if not os.path.isfile(path):
+        got = "a directory" if os.path.isdir(path) else "no file" if not os.path.exists(path) else "no regular file"
+        raise ValueError(f"{field}: expected {expected}, got {path!r}, which is {got}")
+
+
 def load_checkpoint(path: str) -> dict:
     """Read a checkpoint onto the CPU; a missing, unreadable or foreign file is a ValueError naming it."""
-    if not os.path.isfile(path):
-        raise ValueError(f"checkpoint: expected a checkpoint file, got {path!r}, which does not exist")
+    require_file(path, "checkpoint", "a checkpoint file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises pickle, zip and OS errors alike

@@ -329,6 +329,11 @@ def test_training_checks_everything_before_the_first_step(tmp_path, monkeypatch,
     (tmp_path / "a_file").write_text("")
     with pytest.raises(ValueError, match="out: expected a directory, got .*a_file.*, which is a file"):
         train(["--out", str(tmp_path / "a_file")])
+    for flags in (["--distill", "hard", "--teacher"], ["--stages", "finetune", "--init"]):    # an existing folder
+        field = "teacher" if "--teacher" in flags else "checkpoint"
+        with pytest.raises(ValueError, match=f"{field}: expected a checkpoint file.*, got '{tmp_path}', which is a "
+                                             f"directory"):
+            train([*flags, str(tmp_path), "--out", str(tmp_path / "run")])
     data = image_folder(tmp_path / "broken")
     (data / "val" / "dog" / "1.png").write_bytes(b"\x89PNG truncated")     # once found after a whole stage
     with pytest.raises(ValueError, match=r"could not read .*val/dog/1.png"):
