@@ -15,7 +15,7 @@ import time
 import torch
 from tqdm import tqdm
 
-from lowlevel import SwinConfig, ViTConfig
+from lowlevel import BackboneConfig, SwinConfig, ViTConfig
 from lowlevel.swin_params import block_windows
 from paper.models.dtypes import DTYPES
 from paper.models.family import family_of
@@ -33,16 +33,32 @@ def block_macs(queries: int, tokens: int, d: int, m: int) -> int:
     return tokens * d * 2 * d + queries * (d * d + 2 * tokens * d + d * d + 2 * d * m)
 
 
+def resnet_macs(cfg: BackboneConfig, in_channels: int, image_size: tuple[int, int]) -> int:
+    """Multiply-accumulates of the hybrid's ResNet (lowlevel/resnet.py) on one image: k²·C_in·C_out per output cell of
+    every StdConv, on maps of ⌈n/stride⌉ ("SAME"); the max-pool, GroupNorm and the standardisation multiply nothing
+    into the count."""
+    h, w = (-(-n // 2) for n in image_size)                                   # the stem's 7×7/2
+    macs = h * w * 49 * in_channels * cfg.width
+    (h, w), channels = (-(-h // 2), -(-w // 2)), cfg.width                    # the 3×3/2 max-pool
+    for s, (units, width) in enumerate(zip(cfg.layers, cfg.stage_widths, strict=True)):
+        for u in range(units):
+            stride = 2 if s > 0 and u == 0 else 1
+            out = -(-h // stride) * -(-w // stride)
+            macs += h * w * channels * width + out * 9 * width * width + out * width * 4 * width   # 1×1, 3×3/s, 1×1
+            macs += out * channels * 4 * width if u == 0 else 0                                    # the projection
+            h, w, channels = -(-h // stride), -(-w // stride), 4 * width
+    return macs
+
+
 def vit_forward_flops(cfg: ViTConfig, class_token_only: bool = False) -> float:
-    """FLOPs of one image's forward pass: 2 × the multiply-accumulates of every matmul (LN, softmax, GELU not
-    counted): patch embedding, per block qkv, q kᵀ, A v, out-projection and MLP, head. tests/lowlevel/test_fast_path.py
-    checks it against torch.utils.flop_counter's count of the operations each contender runs.
-    class_token_only: the count of the fast path with class-token pooling, whose last block computes one query. A
-    hybrid's ResNet is not counted, so a hybrid is refused."""
-    if cfg.backbone:
-        raise ValueError(f"backbone: the ViT's count holds no ResNet convolutions, got a hybrid ({cfg.backbone})")
+    """FLOPs of one image's forward pass: 2 × the multiply-accumulates of every matmul and convolution (LN, softmax,
+    GELU not counted): a hybrid's ResNet, the patch embedding, per block qkv, q kᵀ, A v, out-projection and MLP,
+    head. tests/lowlevel/test_fast_path.py and test_hybrid.py check it against torch.utils.flop_counter's count of
+    the operations each contender runs.
+    class_token_only: the count of the fast path with class-token pooling, whose last block computes one query."""
     n, t, d, m = cfg.num_patches, cfg.num_tokens, cfg.dim, cfg.mlp_dim
-    macs = n * cfg.in_channels * cfg.patch_size ** 2 * d                      # x_p E
+    macs = resnet_macs(cfg.backbone, cfg.in_channels, cfg.image_size) if cfg.backbone else 0
+    macs += n * cfg.patch_channels * cfg.patch_size ** 2 * d                  # x_p E
     macs += (cfg.depth - class_token_only) * block_macs(t, t, d, m)
     macs += block_macs(1, t, d, m) if class_token_only else 0
     width = cfg.representation_size or d

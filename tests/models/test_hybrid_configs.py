@@ -6,6 +6,7 @@ import pytest
 import timm
 import torch
 
+import lowlevel as vit
 from paper.models.family import model_name, paper_config, paper_params, param_count
 from paper.models.hybrid_configs import HYBRID_MODELS, timm_hybrid_name
 from paper.training.recipes import MNIST_HYBRID, MNIST_MODEL
@@ -65,12 +66,23 @@ def test_names_paper_and_timm_give_the_same_config():
     assert model_name(paper_config("R50+ViT-B/16", patch_size=2)) is None
 
 
-def test_the_vits_multiply_add_count_refuses_a_hybrid():
-    """paper.reports.measure counts the ViT's matmuls; a hybrid's ResNet is not among them."""
+@pytest.mark.parametrize("name, size", [("R50+ViT-B/16", 224), ("R50+ViT-B/16", 97), ("R26+ViT-S/32", 224),
+                                        ("R+ViT-Ti/16", 224), ("R50+ViT-L/32", 129)])
+def test_the_multiply_add_count_holds_the_resnet(name, size):
+    """paper.reports.measure's count of a hybrid (its ResNet's convolutions, then the ViT's matmuls) against
+    torch.utils.flop_counter's count of what lowlevel.forward runs, its parameters on the meta device (shapes
+    only): equal, at sizes that are multiples of the stride and sizes that "SAME" padding rounds up."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     from paper.reports.measure import forward_flops
 
-    with pytest.raises(ValueError, match="backbone: the ViT's count holds no ResNet"):
-        forward_flops(paper_config("R+ViT-Ti/16"))
+    cfg = paper_config(name, image_size=size)
+    with torch.device("meta"):
+        params = vit.init_params(cfg)
+        images = torch.empty(1, cfg.in_channels, *cfg.image_size)
+    with FlopCounterMode(display=False) as counter:
+        vit.forward(params, images, cfg)
+    assert forward_flops(cfg) == counter.get_total_flops()
 
 
 def test_mnist_hybrid_is_the_mnist_vit_on_a_7x7_feature_map():
