@@ -1,7 +1,9 @@
 """The training loop, which knows nothing of the model: `train_stage` trains any module with a `cfg` (its image_size
 sets the data's resolution), a `forward(images) -> logits` and an `as_dict()` of the tensors a checkpoint holds. Our
 ViT (`ExplicitParams`), a distilled student (the same, returning its two heads' logits), LoRA's adapters over a frozen
-base (`training.lora.LoRAParams`) and torchvision's ResNet-18 (`paper.models.cnn.ResNetClassifier`) all are.
+base (`training.lora.LoRAParams`) and torchvision's ResNet-18 (`paper.models.cnn.ResNetClassifier`) all are;
+masked patch prediction's model (`training.mpp.MaskedPatchPrediction`) returns (predictions, chosen) and brings its
+own criterion and held-out score.
 
 Each step takes the global batch, splits it over the processes and into micro-batches, averages the gradients
 (accumulated over micro-batches, all-reduced over processes), clips their global norm, and steps."""
