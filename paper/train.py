@@ -5,6 +5,7 @@
     torchrun --standalone --nproc_per_node=2 -m paper.train   # data-parallel, 2 processes (gloo on CPU, NCCL on GPU)
     python -m paper.train --distill hard --teacher runs/main/finetune.pt --out runs/deit   # DeiT: a distilled student
     python -m paper.train --lora 8 --out runs/lora       # fine-tune through LoRA adapters (lora_training.py)
+    python -m paper.train --stages mpp finetune --out runs/mpp   # self-supervised: masked patch prediction (§4.6)
     python -m paper.train --data mnist --out runs/mnist  # the MNIST job: 28×28 digits, pre-train at 16×16
 
 Everything is checked before the first step: the flags, --out, every image of every split, the class folders, and
@@ -29,14 +30,13 @@ is any checkpoint of ours, a ViT's or a ResNet's (`paper.training.classifier.loa
 import os
 
 from paper import cli
-from paper.training import recipes
+from paper.training import lora, mpp, recipes
 from paper.training.data import DATASETS
 from paper.training.distillation import (
     KINDS,
     PAPER_TAU,
     REDUCTIONS,
 )
-from paper.training.lora import add_arguments
 from paper.training.stages import run_training
 
 
@@ -51,8 +51,9 @@ def parse_args(argv=None):
     p.add_argument("--model",
                    help="'digits' or 'mnist' (the small jobs' ViT, patch 2 or 4) or a paper name, e.g. ViT-B/16 "
                         "(default: --data's small job for digits and mnist, else digits)")
-    p.add_argument("--stages", nargs="+", choices=("pretrain", "finetune"), default=["pretrain", "finetune"])
-    p.add_argument("--init", help="a pretrain.pt to fine-tune from when --stages is only finetune")
+    p.add_argument("--stages", nargs="+", choices=("mpp", "pretrain", "finetune"), default=["pretrain", "finetune"],
+                   help="mpp: self-supervised pre-training by masked patch prediction (§4.6), instead of pretrain")
+    p.add_argument("--init", help="a pretrain.pt or mpp.pt to fine-tune from when --stages is only finetune")
     p.add_argument("--pretrain", choices=small + ["deit"] + sorted({d for d, _ in recipes.TABLE_3}),
                    help="pre-training recipe: a small job's, 'deit' (DeiT's Table 9: AdamW, RandAugment, Mixup, "
                         "CutMix, random erasing, label smoothing, stochastic depth), or a Table 3 data set (its row "
@@ -97,10 +98,13 @@ def parse_args(argv=None):
     p.add_argument("--distill-reduction", choices=REDUCTIONS, default="batchmean",
                    help="the soft term's reduction: 'batchmean' (the paper, timm, lucidrains) or 'numel' (the "
                         "official code, K times smaller)")
-    add_arguments(p)
+    lora.add_arguments(p)
+    mpp.add_arguments(p)
     args = p.parse_args(argv)
     job = args.data if args.data in recipes.SMALL_JOBS else "digits"   # the small job the defaults name
     args.model, args.pretrain, args.finetune = args.model or job, args.pretrain or job, args.finetune or job
+    if "mpp" in args.stages:                                            # without it, --mpp is refused (mpp_config)
+        args.mpp = args.mpp or job
     return args
 
 

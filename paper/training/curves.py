@@ -17,13 +17,15 @@ def plot_curves(log: dict, path: str) -> None:
         steps = [offset + r["step"] for r in stage["train"]]
         axes[0].plot(steps, [r["loss"] for r in stage["train"]], label=name, linewidth=0.8)
         axes[1].plot(steps, [r["lr"] for r in stage["train"]], label=name)
-        axes[2].plot([offset + r["step"] for r in stage["eval"]], [100 * r["test_accuracy"] for r in stage["eval"]],
-                     "o-", label=name)
+        if "test_accuracy" in stage["eval"][0]:                   # the mpp stage records its held-out loss instead
+            axes[2].plot([offset + r["step"] for r in stage["eval"]],
+                         [100 * r["test_accuracy"] for r in stage["eval"]], "o-", label=name)
         offset += stage["recipe"]["total_steps"]
     for ax, title in zip(axes, ("training loss", "learning rate", "test accuracy (%)"), strict=True):
         ax.set_title(title)
         ax.set_xlabel("step (pre-training, then fine-tuning)")
-        ax.legend()
+        if ax.has_data():                                          # the mpp stage alone plots no accuracy
+            ax.legend()
     axes[0].set_yscale("log")
     fig.tight_layout()
     write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))

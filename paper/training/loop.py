@@ -1,7 +1,9 @@
 """The training loop, which knows nothing of the model: `train_stage` trains any module with a `cfg` (its image_size
 sets the data's resolution), a `forward(images) -> logits` and an `as_dict()` of the tensors a checkpoint holds. Our
 ViT (`ExplicitParams`), a distilled student (the same, returning its two heads' logits), LoRA's adapters over a frozen
-base (`training.lora.LoRAParams`) and torchvision's ResNet-18 (`paper.models.cnn.ResNetClassifier`) all are.
+base (`training.lora.LoRAParams`) and torchvision's ResNet-18 (`paper.models.cnn.ResNetClassifier`) all are;
+masked patch prediction's model (`training.mpp.MaskedPatchPrediction`) returns (predictions, chosen) and brings its
+own criterion and held-out score.
 
 Each step takes the global batch, splits it over the processes and into micro-batches, averages the gradients
 (accumulated over micro-batches, all-reduced over processes), clips their global norm, and steps."""
@@ -18,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from lowlevel.mpp import MPPConfig
 from paper import cli
 from paper.training.augment import batch_mixing, image_augmentation
 from paper.training.data import EvalView, TrainStream, shard_positions
@@ -28,6 +31,7 @@ from paper.training.distillation import (
 )
 from paper.training.early_stopping import BestWeights, EarlyStopping
 from paper.training.lora import LoRAParams, LoRARun, check_same_adapters
+from paper.training.mpp import MaskedPatchPrediction, MPPCriterion
 from paper.training.processes import Processes, all_reduce_sum, stop_requested
 from paper.training.schedules import Schedule
 from paper.training.state import (
@@ -73,8 +77,9 @@ def train_step(model: nn.Module, optimizer, scheduler, images: torch.Tensor, lab
         with sync:
             with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
                 outputs = model(x)
-            if bf16:                                                     # the loss in float32
-                outputs = tuple(o.float() for o in outputs) if isinstance(outputs, tuple) else outputs.float()
+            if bf16:                                                     # the loss in float32 (MPP's mask stays bool)
+                outputs = tuple(o.float() if o.is_floating_point() else o for o in outputs) \
+                    if isinstance(outputs, tuple) else outputs.float()
             loss = criterion(outputs, x, y) / accum_steps
             loss.backward()
         total += loss.detach()
@@ -89,17 +94,22 @@ def train_step(model: nn.Module, optimizer, scheduler, images: torch.Tensor, lab
     return loss.item()
 
 
+def top1_hits(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """How many of the batch's images the model classifies right (a distilled student: its heads fused)."""
+    return (model(images).argmax(-1).cpu() == labels).sum().item()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: EvalView, procs: Processes, dtype: torch.dtype,
-             batch_size: int = 512) -> float:
-    """Top-1 accuracy on `data`; each process scores every world_size-th image and the counts are summed."""
+             batch_size: int = 512, score=top1_hits) -> float:
+    """The mean over `data`'s images of `score(model, images, labels)`, a batch's sum: top-1 accuracy unless told
+    otherwise (MPP's held-out loss). Each process scores every world_size-th image and the sums are summed."""
     model.eval()
     counts = torch.zeros(2, dtype=torch.float64, device=procs.device)
     mine = list(range(procs.rank, len(data), procs.world_size))
     for start in range(0, len(mine), batch_size):
         images, labels = zip(*(data[i] for i in mine[start:start + batch_size]), strict=True)
-        logits = model(torch.stack(images).to(procs.device, dtype))     # a distilled student: its heads fused
-        counts[0] += (logits.argmax(-1).cpu() == torch.tensor(labels)).sum().item()
+        counts[0] += score(model, torch.stack(images).to(procs.device, dtype), torch.tensor(labels))
         counts[1] += len(labels)
     model.train()
     counts = all_reduce_sum(counts, procs)
@@ -137,11 +147,13 @@ class Run:
     distillation: Distillation | None = None   # DeiT: the objective, with
     teacher: Callable[[torch.Tensor], torch.Tensor] | None = None   # the frozen teacher (distillation.load_teacher)
     lora: LoRARun | None = None                 # fine-tune through LoRA adapters (lora_training.py)
+    mpp: MPPConfig | None = None                # the mpp stage's objective (training/mpp.py)
     stopping: EarlyStopping | None = None       # stop on a validation split, keep the best weights (early_stopping.py)
     save: bool = True         # False: no checkpoint at all (paper.compare keeps only the models it names)
     progress: bool = True     # False: no progress bar (paper.compare shows one for the whole sweep)
-    # What else defines the run, checked when it resumes: the data set, the distillation objective and the teacher's
-    # bytes (stages.py `run_identity`); a LoRA run's adapters are checked by training.lora.check_same_adapters.
+    # What else defines the run, checked when it resumes: the data set, the distillation objective, the teacher's
+    # bytes and the MPP objective (stages.py `run_identity`); a LoRA run's adapters are checked by
+    # training.lora.check_same_adapters.
     identity: dict = dataclasses.field(default_factory=dict)
 
 
@@ -151,7 +163,9 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def train_stage(name: str, model: nn.Module, recipe, train_data, test_data, run: Run) -> dict:
     """Train `model` in place by `recipe` for its total_steps, checkpointing to OUT/NAME.pt. -> the stage's log.
-    With run.distillation the model returns two heads' logits and learns from run.teacher too. The training stream
+    With run.distillation the model returns two heads' logits and learns from run.teacher too. A MaskedPatchPrediction
+    learns lowlevel.mpp's objective without labels, its corruption seeded from (seed, step), and is evaluated by its
+    held-out loss ("test_loss") instead of the test accuracy. The training stream
     depends on the seed and the recipe's stage only, so two models trained by one recipe and seed see the same
     batches. Ctrl-C or SIGTERM: the step in hand is finished and saved, then KeyboardInterrupt.
     With run.stopping each evaluation scores the validation split too, the stage ends once it has not improved for
@@ -161,8 +175,12 @@ def train_stage(name: str, model: nn.Module, recipe, train_data, test_data, run:
         raise ValueError("resume: expected no early stopping, whose best weights live in memory only; a stopped "
                          "run is rerun, not resumed")
     lora = run.lora if isinstance(model, LoRAParams) else None
+    masked = isinstance(model, MaskedPatchPrediction)
+    extra = lora.fields() if lora else model.fields() if masked else {}
     model = model.to(procs.device, run.dtype).train()
-    if run.distillation is not None:
+    if masked:
+        criterion = MPPCriterion(cfg, model.mpp)
+    elif run.distillation is not None:
         criterion = DistillationCriterion(run.teacher, run.distillation, recipe.label_smoothing)
     else:
         criterion = LabelCriterion(recipe.label_smoothing)
@@ -190,13 +208,15 @@ def train_stage(name: str, model: nn.Module, recipe, train_data, test_data, run:
         torch.manual_seed(run.seed * 1000 + procs.rank)  # dropout's random numbers, one stream per process
     trained = DistributedDataParallel(model) if procs.world_size > 1 else model
 
-    stream_seed = 2 * run.seed + (recipe.stage == "finetune")  # each stage its own stream
+    # Each stage its own stream; the label-free mpp stage reads pre-training's, the same images in the same order.
+    stream_seed = 2 * run.seed + (recipe.stage == "finetune")
     stream = TrainStream(train_data, cfg.image_size[0], stream_seed, recipe.crop_area, recipe.flip,
                          image_augmentation(recipe))
     mixing = batch_mixing(recipe, cfg.num_classes)
     loader = DataLoader(stream, batch_sampler=StepBatches(done + 1, recipe.total_steps, recipe.batch_size, procs),
                         num_workers=run.workers, generator=torch.Generator())  # not the global RNG dropout draws from
     evaluation = EvalView(test_data, cfg.image_size[0])
+    measure, score = ("test_loss", criterion.held_out) if masked else ("test_accuracy", top1_hits)
     best = BestWeights(run.stopping, cfg.image_size[0]) if run.stopping else None
     since_eval = []                                                  # training losses since the last evaluation
     bar = tqdm(total=recipe.total_steps, initial=done, desc=name, disable=procs.rank != 0 or not run.progress,
@@ -206,8 +226,11 @@ def train_stage(name: str, model: nn.Module, recipe, train_data, test_data, run:
         for step, (images, labels) in enumerate(loader, start=done + 1):
             lr = scheduler.get_last_lr()[0]
             images, labels = images.to(procs.device, run.dtype), labels.to(procs.device)
+            step_seed = (stream_seed * 2 ** 32 + step) * 1024 + procs.rank
             if mixing:                                               # Mixup/CutMix: labels become mixed targets
-                images, labels = mixing(images, labels, seed=(stream_seed * 2 ** 32 + step) * 1024 + procs.rank)
+                images, labels = mixing(images, labels, seed=step_seed)
+            if masked:                                               # MPP's corruption: this step's patches
+                model.reseed(step_seed)
             loss = train_step(trained, optimizer, scheduler, images, labels, accum_steps=run.accum_steps,
                               grad_clip=recipe.grad_clip, procs=procs, bf16=run.bf16, criterion=criterion)
             log["train"].append({"step": step, "loss": loss, "lr": lr})
@@ -217,7 +240,7 @@ def train_stage(name: str, model: nn.Module, recipe, train_data, test_data, run:
             last = step == recipe.total_steps
             if last or (run.eval_every and step % run.eval_every == 0):
                 record = {"step": step, "train_loss": sum(since_eval) / len(since_eval),
-                          "test_accuracy": evaluate(model, evaluation, procs, run.dtype)}
+                          measure: evaluate(model, evaluation, procs, run.dtype, score=score)}
                 since_eval = []
                 if best:
                     record["val_accuracy"] = evaluate(model, best.view, procs, run.dtype)
@@ -229,8 +252,7 @@ def train_stage(name: str, model: nn.Module, recipe, train_data, test_data, run:
                 log["best"] = best.restore(model)
                 log["stopped_at"] = step
             if run.save and (stop or last or (run.save_every and step % run.save_every == 0)):
-                save(path, model, cfg, recipe, optimizer, scheduler, step, log, procs, run,
-                     lora.fields() if lora else {})
+                save(path, model, cfg, recipe, optimizer, scheduler, step, log, procs, run, extra)
             if stop:
                 raise KeyboardInterrupt(f"{name} stopped after step {step} of {recipe.total_steps}; {path} holds it, "
                                         f"--resume goes on from there")
@@ -242,7 +264,8 @@ def train_stage(name: str, model: nn.Module, recipe, train_data, test_data, run:
 
 
 def save(path, model, cfg, recipe, optimizer, scheduler, step, log, procs: Processes, run: Run, extra: dict) -> None:
-    """Rank 0 writes the checkpoint with every process's random-number state (and `extra` keys: a LoRA run's)."""
+    """Rank 0 writes the checkpoint with every process's random-number state (and `extra` keys: a LoRA run's, an MPP
+    run's)."""
     rng = [rng_state()]
     if procs.world_size > 1:
         rng = [None] * procs.world_size

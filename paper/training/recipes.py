@@ -14,12 +14,14 @@ from lowlevel import BackboneConfig, ViTConfig
 from paper.training.schedules import DECAYS
 
 OPTIMIZERS = ("adam", "sgd")
+STAGES = ("pretrain", "finetune", "mpp")
 
 
 @dataclass(frozen=True)
 class Recipe:
     """How one stage trains. Adam is (β1, β2) = (0.9, 0.999) and SGD has momentum 0.9 (both fixed by the paper)."""
-    stage: str                    # "pretrain": MLP head (pre-logits + tanh); "finetune": zero-initialised linear head
+    stage: str                    # "pretrain": MLP head (pre-logits + tanh); "finetune": zero-initialised linear head;
+                                  # "mpp": masked patch prediction's head, no labels (§4.6)
     optimizer: str                # "adam" (pre-training) or "sgd" (fine-tuning)
     base_lr: float
     total_steps: int
@@ -42,7 +44,7 @@ class Recipe:
     cutmix_alpha: float = 0.0     # CutMix's Beta(α, α) (torchvision CutMix); 0: none. Both on: one of the two per batch
 
     def __post_init__(self):
-        choices = {"stage": ("pretrain", "finetune"), "optimizer": OPTIMIZERS, "decay": DECAYS}
+        choices = {"stage": STAGES, "optimizer": OPTIMIZERS, "decay": DECAYS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {getattr(self, name)!r}")
@@ -161,6 +163,18 @@ MNIST_HYBRID = dataclasses.replace(MNIST_MODEL, patch_size=1, backbone=BackboneC
 # The small jobs by data set: (model, pre-training recipe, fine-tuning recipe).
 SMALL_JOBS = {"digits": (DIGITS_MODEL, DIGITS_PRETRAIN, DIGITS_FINETUNE),
               "mnist": (MNIST_MODEL, MNIST_PRETRAIN, MNIST_FINETUNE)}
+
+
+# ---- Masked patch prediction (§4.6, App. B.1.2) ----------------------------------------------------------------
+# The paper's self-supervised run: "1M steps (ca. 14 epochs) with batch size 4096 on JFT. We use Adam, with a base
+# learning rate of 2·10^-4, warmup of 10k steps and cosine learning rate decay" (App. B.1.2). Weight decay, dropout and
+# clipping are not stated: none here. The small jobs' MPP recipes are their pre-training recipes with the objective
+# changed, so that an MPP run and a supervised one differ in the objective alone.
+MPP_JFT = Recipe(stage="mpp", optimizer="adam", base_lr=2e-4, total_steps=1_000_000, warmup_steps=10_000,
+                 decay="cosine", batch_size=4096, weight_decay=0.0, grad_clip=None, dropout=0.0, image_size=224)
+MPP_RECIPES = {"digits": dataclasses.replace(DIGITS_PRETRAIN, stage="mpp"),
+               "mnist": dataclasses.replace(MNIST_PRETRAIN, stage="mpp"),
+               "jft": MPP_JFT}
 
 
 # ---- DeiT (Touvron et al. 2021, arXiv:2012.12877), Table 9 -----------------------------------------------------

@@ -1,5 +1,6 @@
-"""The ViT job paper.train runs: pre-training (the MLP head at a low resolution) and fine-tuning (a zero-initialised
-linear head, E_pos interpolated to a higher resolution), each a `loop.train_stage`, with everything checked before
+"""The ViT job paper.train runs: pre-training (the MLP head at a low resolution, or masked patch prediction without
+labels, training/mpp.py) and fine-tuning (a zero-initialised linear head, E_pos interpolated to a higher resolution),
+each a `loop.train_stage`, with everything checked before
 the first step: --out, the batches against the processes, resumed checkpoints against the run, a teacher against
 the data."""
 import dataclasses
@@ -13,6 +14,7 @@ import torch.distributed as dist
 
 import lowlevel as vit
 from lowlevel.lora import adapter_shapes
+from lowlevel.mpp import MPPConfig
 from paper.formats.atomic import write_text
 from paper.models.dtypes import DTYPES
 from paper.models.explicit_params import ExplicitParams
@@ -28,6 +30,7 @@ from paper.training.distillation import (
 )
 from paper.training.loop import Run, dtype_name, train_stage
 from paper.training.lora import file_sha256, lora_config, lora_run
+from paper.training.mpp import MaskedPatchPrediction, check_patch_size, check_target, encoder_params, mpp_config, mpp_model
 from paper.training.processes import Processes, start_processes
 from paper.training.state import (
     check_resumable,
@@ -42,9 +45,12 @@ def train_vit(name: str, params: dict, cfg: vit.ViTConfig, recipe, train_data, t
               run: Run) -> tuple[dict, dict]:
     """`train_stage` for lowlevel's ViT: its params in (on the run's device and dtype), the trained tensors and the
     stage's log out. The model is a distilled student's two heads with run.distillation, LoRA's adapters over the
-    frozen params in a fine-tuning stage with run.lora (then the trained tensors are the adapters and the head)."""
+    frozen params in a fine-tuning stage with run.lora (then the trained tensors are the adapters and the head), the
+    ViT with masked patch prediction's tensors in the mpp stage."""
     params = {k: v.to(run.procs.device, run.dtype) for k, v in params.items()}
-    if run.lora and recipe.stage == "finetune":
+    if recipe.stage == "mpp":
+        model = MaskedPatchPrediction(params, cfg, run.mpp)
+    elif run.lora and recipe.stage == "finetune":
         model = run.lora.model(params, cfg, run.seed)
     else:
         model = ExplicitParams(params, cfg, run.fast, heads=run.distillation is not None)
@@ -86,8 +92,8 @@ def with_steps(recipe, steps: int | None, batch_size: int | None):
     return recipe
 
 
-def stage_recipes(args) -> tuple:
-    """The two stages' recipes the command line names, with its overrides."""
+def stage_recipes(args) -> dict:
+    """The recipes of the stages the command line names, by stage, with its overrides."""
     if args.pretrain in recipes.SMALL_JOBS:
         pre = recipes.SMALL_JOBS[args.pretrain][1]
     elif args.pretrain == "deit":                 # Table 9's learning rate scales with the batch
@@ -99,8 +105,13 @@ def stage_recipes(args) -> tuple:
         fine = dataclasses.replace(fine, base_lr=args.finetune_lr or fine.base_lr)
     else:
         fine = recipes.finetune_recipe(args.finetune, args.finetune_lr or recipes.FINETUNE_LR)
-    return (with_steps(pre, args.pretrain_steps, args.pretrain_batch),
-            with_steps(fine, args.finetune_steps, args.finetune_batch))
+    stages = {"pretrain": with_steps(pre, args.pretrain_steps, args.pretrain_batch),
+              "finetune": with_steps(fine, args.finetune_steps, args.finetune_batch)}
+    if "mpp" in args.stages:
+        mpp = recipes.MPP_RECIPES[args.mpp]
+        mpp = dataclasses.replace(mpp, base_lr=args.mpp_lr or mpp.base_lr)
+        stages["mpp"] = with_steps(mpp, args.mpp_steps, args.mpp_batch)
+    return {name: stages[name] for name in ("mpp", "pretrain", "finetune") if name in args.stages}
 
 
 def distillation_teacher(path: str, image: torch.Tensor, num_classes: int, run: Run):
@@ -138,14 +149,17 @@ def check_batches(stages: dict, accum_steps: int, procs: Processes) -> None:
                              f"{procs.world_size} process(es)), got {recipe.batch_size}")
 
 
-def run_identity(data: str, data_dir: str | None, distillation: Distillation | None, teacher: str | None) -> dict:
+def run_identity(data: str, data_dir: str | None, distillation: Distillation | None, teacher: str | None,
+                 mpp: MPPConfig | None = None) -> dict:
     """What defines a run beside its model, recipe, seed and dtype, stored in its checkpoints and compared on resume:
-    the data set, the distillation objective (kind, λ, τ, reduction) and the teacher, by its bytes."""
+    the data set, the distillation objective (kind, λ, τ, reduction), the teacher, by its bytes, and the MPP
+    objective (target, rates, bits) of an mpp stage. A field missing from an older checkpoint's record reads as None."""
     if teacher:
         require_file(teacher, "teacher", "a checkpoint file of paper.train or paper.compare")
     return {"data": data, "data_dir": data_dir,
             "distillation": dataclasses.asdict(distillation) if distillation else None,
-            "teacher_sha256": file_sha256(teacher) if teacher else None}
+            "teacher_sha256": file_sha256(teacher) if teacher else None,
+            "mpp": dataclasses.asdict(mpp) if mpp else None}
 
 
 def check_resume(stages: dict, run: Run) -> None:
@@ -168,20 +182,22 @@ def run_training(args) -> dict:
     if args.bf16 and args.dtype == "float64":
         raise ValueError("bf16: expected float32 parameters for bfloat16 autocast, got --dtype float64")
     if args.stages == ["finetune"] and not args.init:
-        raise ValueError("init: expected a pretrain.pt to fine-tune from when --stages is finetune alone, got none")
+        raise ValueError("init: expected a pretrain.pt (or an mpp.pt) to fine-tune from when --stages is finetune "
+                         "alone, got none")
     if bool(args.distill) != bool(args.teacher):
         raise ValueError(f"distill, teacher: expected both (--distill hard|soft --teacher CHECKPOINT) or neither, got "
                          f"--distill {args.distill} and --teacher {args.teacher}")
     lora = lora_config(args)
+    mpp = mpp_config(args)
     torch.set_num_threads(args.threads)
     procs = start_processes(args.device)
     distillation = Distillation(args.distill, args.distill_lambda, args.distill_tau,
                                 args.distill_reduction) if args.distill else None
     run = Run(out=args.out, procs=procs, dtype=DTYPES[args.dtype], bf16=args.bf16, fast=args.fast, accum_steps=args.accum,
               seed=args.seed, resume=args.resume, workers=args.workers, save_every=args.save_every,
-              identity=run_identity(args.data, args.data_dir, distillation, args.teacher))
-    pre, fine = stage_recipes(args)
-    stages = {name: recipe for name, recipe in (("pretrain", pre), ("finetune", fine)) if name in args.stages}
+              identity=run_identity(args.data, args.data_dir, distillation, args.teacher, mpp), mpp=mpp)
+    stages = stage_recipes(args)
+    pre_stage = next((name for name in ("mpp", "pretrain") if name in stages), None)   # at most one (mpp_config)
     check_batches(stages, args.accum, procs)
     check_out(args.out)
     if args.resume:
@@ -189,7 +205,9 @@ def run_training(args) -> dict:
     train, test, num_classes = load_data(args.data, args.data_dir)
     in_channels = train[0][0].shape[0]
     base = model_config(args.model, in_channels)
-    if lora is not None and "pretrain" in args.stages:
+    if mpp is not None:
+        check_target(base, mpp)
+    if lora is not None and pre_stage:
         adapter_shapes(base, lora)                   # a rank the model cannot hold: refused now, not after pre-training
     log = {"command": vars(args), "world_size": procs.world_size, "stages": {}}
     if args.distill:
@@ -199,10 +217,13 @@ def run_training(args) -> dict:
         log["distillation"] = dataclasses.asdict(run.distillation)
     started = time.perf_counter()
 
-    if "pretrain" in args.stages:
-        params, cfg = pretraining_model(base, pre, in_channels, num_classes, args.seed)
-        run.eval_every = args.eval_every or max(1, pre.total_steps // 10)
-        params, log["stages"]["pretrain"] = train_vit("pretrain", params, cfg, pre, train, test, run)
+    if pre_stage == "pretrain":
+        params, cfg = pretraining_model(base, stages["pretrain"], in_channels, num_classes, args.seed)
+    elif pre_stage == "mpp":
+        params, cfg = mpp_model(base, stages["mpp"], in_channels, mpp, args.seed)
+    if pre_stage:
+        run.eval_every = args.eval_every or max(1, stages[pre_stage].total_steps // 10)
+        params, log["stages"][pre_stage] = train_vit(pre_stage, params, cfg, stages[pre_stage], train, test, run)
     else:
         state = load_checkpoint(args.init)
         require_whole_model(state, args.init, "init")
@@ -213,21 +234,28 @@ def run_training(args) -> dict:
         if args.distill and not cfg.distilled:
             raise ValueError(f"init: expected a distilled checkpoint for --distill, got {args.init} without a "
                              f"distillation token")
+        if "mpp" in state:
+            check_patch_size(cfg, args.model, base, args.init)
 
     if "finetune" in args.stages:
-        run.lora = lora_run(lora, os.path.join(args.out, "pretrain.pt") if "pretrain" in args.stages else args.init)
-        params, cfg = finetuning_model(params, cfg, fine, num_classes)
+        base_path = os.path.join(args.out, f"{pre_stage}.pt") if pre_stage else args.init
+        run.lora = lora_run(lora, base_path)
+        fine = stages["finetune"]
+        params, cfg = finetuning_model(encoder_params(params), cfg, fine, num_classes)
         run.eval_every = args.eval_every or max(1, fine.total_steps // 10)
         params, log["stages"]["finetune"] = train_vit("finetune", params, cfg, fine, train, test, run)
 
-    last = list(log["stages"].values())[-1]
-    log["test_accuracy"] = last["eval"][-1]["test_accuracy"]
+    last = list(log["stages"].values())[-1]["eval"][-1]
+    measure = "test_accuracy" if "test_accuracy" in last else "test_loss"      # the mpp stage alone: its loss
+    log[measure] = last[measure]
     log["seconds"] = time.perf_counter() - started
     if procs.rank == 0:
         write_text(os.path.join(args.out, "log.json"), json.dumps(log, indent=1, default=str))
         plot_curves(log, os.path.join(args.out, "curves.png"))
-        print(f"test accuracy {100 * log['test_accuracy']:.2f}% on {len(test)} held-out images; "
-              f"{log['seconds']:.0f} s; checkpoints, log.json and curves.png in {args.out}")
+        result = (f"test accuracy {100 * last[measure]:.2f}%" if measure == "test_accuracy" else
+                  f"masked patch prediction loss {last[measure]:.4f}")
+        print(f"{result} on {len(test)} held-out images; {log['seconds']:.0f} s; checkpoints, log.json and "
+              f"curves.png in {args.out}")
     if procs.world_size > 1:
         dist.destroy_process_group()
     return log

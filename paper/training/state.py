@@ -5,7 +5,8 @@ A checkpoint holds the model config, the recipe, the seed and dtype of the run, 
 scheduler state, the step, the random-number state of every process (dropout draws from it) and the log so far. The
 data stream needs no state: it is a pure function of (seed, step) (see data.py). It also names its model ("vit" or
 "resnet18") and the evaluation preprocessing its inputs had, so that `paper.training.classifier.load_classifier` can rebuild
-both from the file alone (a frozen teacher, say).
+both from the file alone (a frozen teacher, say). An MPP checkpoint (mpp.pt) also records its objective's config
+("mpp"), and its params hold the [mask] embedding and the MPP head beside a ViT without a classification head.
 """
 import dataclasses
 import os
@@ -14,6 +15,8 @@ import torch
 
 from lowlevel import ViTConfig, check_params, param_shapes
 from lowlevel.lora import LoRAConfig, adapter_shapes
+from lowlevel.mpp import MPPConfig
+from lowlevel.mpp import param_shapes as objective_shapes
 from paper.formats.atomic import write_atomically
 from paper.formats.files import reason
 from paper.models.cnn import ResNetConfig
@@ -83,17 +86,19 @@ def load_checkpoint(path: str) -> dict:
 
 
 def check_recorded_config(state: dict, path) -> None:
-    """A ViT checkpoint's params must be those of its recorded config: the whole model's, a LoRA checkpoint's
-    adapters (of its recorded LoRA config) and head, or a linear probe's head; a config the params contradict (a
+    """A ViT checkpoint's params must be those of its recorded config: the whole model's (with an MPP checkpoint's
+    [mask] embedding and head, of its recorded MPP config), a LoRA checkpoint's adapters (of its recorded LoRA config)
+    and head, or a linear probe's head; a config the params contradict (a
     class count, a depth, a rank) is refused, naming the file and the keys, never believed or ignored."""
     if state["model"] != "vit":
         return
     try:
         cfg = checkpoint_config(state)
         lora = LoRAConfig(**state["lora"]) if "lora" in state else None
+        mpp = objective_shapes(cfg, MPPConfig(**state["mpp"])) if "mpp" in state else {}
     except (TypeError, ValueError) as e:
         raise ValueError(f"checkpoint: expected a ViT config in {path!r}, got one that is refused ({e})") from e
-    shapes = param_shapes(cfg)
+    shapes = {**param_shapes(cfg), **mpp}
     head = {k: shapes[k] for k in HEAD if k in shapes}
     if lora is not None:
         shapes = {**adapter_shapes(cfg, lora), **head}

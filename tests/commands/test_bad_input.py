@@ -564,6 +564,8 @@ def test_flags_that_need_another_flag_and_results_an_earlier_run_left_are_refuse
 
     for args, words in ((["--lora-alpha", "8"], "lora: --lora-alpha set up LoRA adapters, expected with --lora R"),
                         (["--lora-targets", "q,k"], "lora: --lora-targets set up LoRA adapters"),
+                        (["--mpp-target", "pixels"], "mpp: --mpp-target set up masked patch prediction, expected "
+                                                     "with --stages mpp"),
                         (["--resume"], "resume: expected a checkpoint to go on from in")):
         with pytest.raises(SystemExit) as ended:
             cli.run(train, [*args, "--out", str(tmp_path / "run")])

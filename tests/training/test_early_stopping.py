@@ -24,9 +24,9 @@ def scripted_run(model, script: list[float], patience: int, every: int, steps: i
     """Train with validation accuracies read from `script`; -> (log, the weights seen at each validation)."""
     validation, seen, real = digits28(10, 1), [], loop.evaluate
 
-    def evaluate(model, data, procs, dtype, batch_size=512):
+    def evaluate(model, data, procs, dtype, batch_size=512, **score):
         if data.data is not validation:
-            return real(model, data, procs, dtype, batch_size)
+            return real(model, data, procs, dtype, batch_size, **score)
         seen.append({k: v.detach().clone() for k, v in model.as_dict().items()})
         return script[len(seen) - 1]
 
