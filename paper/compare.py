@@ -41,6 +41,17 @@ and, only when --models names them (they need `cnn`, their teacher):
     vit-hard        the digits-sized ViT with DeiT's distillation token and head (Touvron et al. 2021), trained by
     vit-soft        hard (eq. 3) or soft (eq. 2, τ 3, λ 0.1) distillation from the converged `cnn` of its own subset
                     and seed, frozen; the ViT's hyper-parameters, tested on the two heads' fused prediction
+and, only when --models names them, the other remedies of small data, each by another's hyper-parameters:
+    vit-hybrid      the hybrid (§3.1): the digits-sized encoder on the 7×7 cells of a conv stem and one bottleneck
+                    unit's feature map, from scratch, by the ViT's hyper-parameters
+    vit-spt-lsa     the digits-sized ViT with Shifted Patch Tokenization and Locality Self-Attention (Lee et al.
+                    2021), from scratch, by the ViT's hyper-parameters
+    vit-mpp         the digits-sized ViT pre-trained by masked patch prediction (§4.6) on the 4,000 training
+                    images without their labels (16×16, --pretrain-steps, once per seed), then fine-tuned as
+                    vit-pretrained is, by its hyper-parameters
+
+    python -m paper.compare --models vit cnn vit-hard vit-hybrid vit-mpp vit-spt-lsa --sizes 250 1000 4000 \
+        --seeds 3 --out runs/remedies      # the remedies of small data, and the share of the gap each closes
 
 The models trained on the largest set are probed (paper/analysis/probes.py: shifted digits, permuted patches).
 Parameters are counted, multiply-adds of inference and of a training step counted by torch.utils.flop_counter,
@@ -71,6 +82,7 @@ from paper.training.comparison import CHOSEN as COMMITTED_CHOICE
 from paper.training.comparison import (
     DISTILLED,
     LABELS,
+    MPP_PRETRAIN,
     PRETRAIN,
     RECIPE,
     SWEEP,
@@ -118,7 +130,8 @@ def parse_args(argv=None):
                    help=f"evaluations without a better validation accuracy before a run stops (default "
                         f"{DEFAULTS['patience']})")
     p.add_argument("--pretrain-steps", type=int,
-                   help=f"the cap of vit-pretrained's pre-training on the 8×8 digits (default "
+                   help=f"the cap of vit-pretrained's pre-training on the 8×8 digits, and the length of vit-mpp's masked "
+                        f"patch prediction (default "
                         f"{DEFAULTS['pretrain_steps']})")
     p.add_argument("--cifar-seeds", type=int,
                    help=f"seeds of the CIFAR-stem ResNet on the largest set, 0 for none "
@@ -214,7 +227,8 @@ def main(argv=None) -> dict:
     result = {"command": shlex.join(["python", "-m", "paper.compare", *(sys.argv[1:] if argv is None else argv)]),
               "machine": f"{cpu_name()}, {os.cpu_count()} cores", "settings": dataclasses.asdict(s),
               "workers": args.workers,
-              "recipes": {"mnist": dataclasses.asdict(RECIPE), "pre-training": dataclasses.asdict(PRETRAIN)},
+              "recipes": {"mnist": dataclasses.asdict(RECIPE), "pre-training": dataclasses.asdict(PRETRAIN),
+                          "mpp pre-training": dataclasses.asdict(MPP_PRETRAIN)},
               "chosen": {m: dataclasses.asdict(hp) for m, hp in chosen.items()},
               "tuning": sorted(tuning, key=lambda r: (r["model"], -r["val_accuracy"])),
               **summarise(results, s.batch), "runs": sorted(results, key=lambda r: (r["model"], r["size"], r["seed"]))}

@@ -1,7 +1,8 @@
 """Reporting a comparison (`paper.compare.main`'s dict): the markdown tables (paper/results/compare.md), the
-differences the seeds separate, and three PNGs: accuracy against data (and the shift probe), accuracy against
-training compute, and the learning curves."""
+differences the seeds separate, the share of the ViT-to-ResNet gap each remedy closes, and three PNGs: accuracy
+against data (and the shift probe), accuracy against training compute, and the learning curves."""
 from paper.formats.atomic import write_atomically
+from paper.reports.compare_summary import gap_shares
 from paper.reports.statistics import separated
 from paper.training.comparison import LABELS
 
@@ -80,6 +81,17 @@ def markdown(result: dict) -> str:
                   "by more than the sum of their standard deviations (and there are at least 2 seeds); otherwise "
                   "'not separated'.", "", "| model | against | n | difference | verdict |", "|---|---|---:|---:|---|",
                   *rows]
+    shares = gap_shares(models)
+    if shares:
+        lines += ["", "The share of the ViT-to-ResNet gap each remedy closes, (acc_model − acc_vit) / (acc_cnn − "
+                  "acc_vit) of the means over seeds: 1 closes it, 0 is the ViT's accuracy, below 0 falls behind the "
+                  "ViT, above 1 overtakes the ResNet; '—' where the ResNet is not ahead. A share is no verdict: where the "
+                  "gap is small the seeds' spread swamps it (the differences above say which rows the seeds "
+                  "separate).", "",
+                  "| model | " + " | ".join(f"n = {int(n):,}" for n in sizes) + " |", "|---|" + "---:|" * len(sizes)]
+        for name, by_size in shares.items():
+            cells = ["" if n not in by_size else "—" if by_size[n] is None else f"{by_size[n]:+.2f}" for n in sizes]
+            lines.append(f"| {models[name]['label']} | " + " | ".join(cells) + " |")
     lines += ["", "Hyper-parameters (learning rate, weight decay, warm-up's share of the cap)"
               + (f", chosen by the best validation accuracy at n = {result['tuning'][0]['size']:,}, seed 0, of the "
                  "grid below" if result["tuning"] else "") + ":", "",
@@ -99,6 +111,13 @@ def markdown(result: dict) -> str:
                   f"same rule after {pm(pre['epochs'], 1, 0)} epochs, {pre['train_seconds']['mean']:.0f} s; "
                   f"{pm(pre['val_accuracy'])}% on its validation digits; alone, before fine-tuning, it classifies "
                   f"{pm(pre['mnist_accuracy_before_fine_tuning'])}% of the MNIST test digits (at 16×16)."]
+    mpp = result.get("mpp_pretraining")
+    if mpp:
+        lines += ["", f"The masked patch prediction of vit-mpp: the {mpp['images']:,} training images without their "
+                  f"labels at 16×16, batches of {result['recipes']['mpp pre-training']['batch_size']}, "
+                  f"{mpp['steps']:,} steps ({mpp['epochs']:.0f} epochs, not stopped early), "
+                  f"{mpp['train_seconds']['mean']:.0f} s; its training loss over the last evaluation period "
+                  f"{pm(mpp['final_train_loss'], 1, 3)}, its loss on the test digits {pm(mpp['test_loss'], 1, 3)}."]
     probed = {k: m for k, m in models.items() if m["probes"]}
     if probed:
         shifts = range(len(next(iter(probed.values()))["probes"]["shift"]))

@@ -1,7 +1,7 @@
 """The summary paper.compare reports of its runs: per model, what it is (parameters, multiply-adds of inference and of
 a training step counted by torch.utils.flop_counter, inference images/s) and, over seeds, per size: its test
 accuracy at convergence and how it converged (epochs, final training loss, training accuracy); its probes and its
-training time."""
+training time; and the share of the ViT-to-ResNet gap each remedy closes."""
 import dataclasses
 import time
 
@@ -12,6 +12,10 @@ from paper.reports.statistics import mean_std
 from paper.training.classifier import Classifier
 from paper.training.comparison import LABELS, build, parameter_counts, test_images
 from paper.training.data import eval_preprocessing
+
+# The rows set against the gap between the ViT from scratch and the ResNet: the remedies of small data (the
+# pre-training, DeiT's distillation, the hybrid, SPT + LSA, masked patch prediction).
+GAP_ROWS = ("vit-pretrained", "vit-hard", "vit-soft", "vit-hybrid", "vit-spt-lsa", "vit-mpp")
 
 
 def multiply_adds(model, cfg, training: bool = False) -> int:
@@ -52,6 +56,22 @@ def images_per_second(classify, images: torch.Tensor, repeats: int = 3) -> float
     return len(images) / best
 
 
+def gap_shares(models: dict) -> dict:
+    """Per GAP_ROWS model and size that it, `vit` and `cnn` all have: the share of the ViT-to-ResNet gap it closes,
+    (acc_model − acc_vit) / (acc_cnn − acc_vit), of the means over seeds; 1 closes it, 0 is the ViT's, a negative
+    share falls behind the ViT, above 1 overtakes the ResNet. None where the ResNet is not ahead (no gap to close).
+    `models`: name -> {"accuracy": {size: {"mean", …}}}, as `summarise` gives."""
+    if "vit" not in models or "cnn" not in models:
+        return {}
+    vit, cnn, shares = models["vit"]["accuracy"], models["cnn"]["accuracy"], {}
+    for name in (m for m in GAP_ROWS if m in models):
+        accuracy = models[name]["accuracy"]
+        shares[name] = {n: (accuracy[n]["mean"] - vit[n]["mean"]) / (cnn[n]["mean"] - vit[n]["mean"])
+                        if cnn[n]["mean"] > vit[n]["mean"] else None
+                        for n in accuracy if n in vit and n in cnn}
+    return {name: by_size for name, by_size in shares.items() if by_size}
+
+
 def summarise(results: list[dict], batch: int) -> dict:
     """Per model: what it is (parameters, multiply-adds, inference speed), and per size over seeds its test accuracy
     and convergence (epochs, final training loss, training accuracy), its probes, its time."""
@@ -81,7 +101,12 @@ def summarise(results: list[dict], batch: int) -> dict:
             "probes": {"shift": [mean_std([p["shift"][k] for p in probed]) for k in range(len(probed[0]["shift"]))],
                        "permuted": mean_std([p["permuted"] for p in probed])} if probed else None}
     pretraining = [r for r in results if r["model"] == "pretraining"]
-    return {"models": models, "pretraining": None if not pretraining else {
+    mpp = [r for r in results if r["model"] == "mpp-pretraining"]
+    return {"models": models, "gap_shares": gap_shares(models), "mpp_pretraining": None if not mpp else {
+        "images": mpp[0]["size"], "steps": mpp[0]["steps"], "epochs": mpp[0]["epochs"],
+        "train_seconds": mean_std([r["train_seconds"] for r in mpp]),
+        "final_train_loss": mean_std([r["final_train_loss"] for r in mpp]),
+        "test_loss": mean_std([r["test_loss"] for r in mpp])}, "pretraining": None if not pretraining else {
         "images": pretraining[0]["size"], "train_seconds": mean_std([r["train_seconds"] for r in pretraining]),
         "epochs": mean_std([r["epochs"] for r in pretraining]),
         "val_accuracy": mean_std([r["val_accuracy"] for r in pretraining]),

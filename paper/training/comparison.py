@@ -2,7 +2,8 @@
 name, and their hyper-parameter grids; one run (a model, a training-set size, a seed, and for the grid its
 hyper-parameters) as a job a worker process can take, trained to convergence on a validation split and recorded on
 disk; the jobs of a sweep in the order their prerequisites allow (the pre-training before the pre-trained ViT, the
-ResNet before its DeiT students); the choice of each model's hyper-parameters from its grid."""
+masked patch prediction before the ViT fine-tuned from it, the ResNet before its DeiT students); the choice of each
+model's hyper-parameters from its grid."""
 import dataclasses
 import itertools
 import json
@@ -16,6 +17,7 @@ from tqdm import tqdm
 
 import lowlevel as vit
 from lowlevel.lora import LoRAConfig, init_adapters
+from lowlevel.mpp import MPPConfig
 from paper.analysis.probes import probe
 from paper.formats.atomic import write_text
 from paper.models.cnn import ResNetClassifier, ResNetConfig
@@ -26,8 +28,9 @@ from paper.training.distillation import Distillation, load_teacher
 from paper.training.early_stopping import EarlyStopping
 from paper.training.loop import Run, evaluate, train_stage
 from paper.training.lora import LoRAParams
+from paper.training.mpp import MaskedPatchPrediction, encoder_params, mpp_model
 from paper.training.processes import Processes
-from paper.training.recipes import DIGITS_PRETRAIN, MNIST_MODEL, MNIST_PRETRAIN
+from paper.training.recipes import DIGITS_PRETRAIN, MNIST_HYBRID, MNIST_MODEL, MNIST_PRETRAIN, MPP_RECIPES
 from paper.training.stages import finetuning_model, pretraining_model, with_steps
 from paper.training.state import checkpoint_config, load_checkpoint
 
@@ -91,6 +94,18 @@ DISTILLED = {"vit-hard": "hard", "vit-soft": "soft"}
 VITS |= {name: dataclasses.replace(MNIST_MODEL, distilled=True) for name in DISTILLED}
 
 
+# The remedies of the small-data gap, each the digits-sized ViT changed in one respect and trained as `vit` is, by the
+# ViT's hyper-parameters (not retuned): the hybrid (§3.1; recipes.MNIST_HYBRID: its patches the cells of a conv stem
+# and one bottleneck unit's feature map, the same encoder), the ViT with Shifted Patch Tokenization and Locality
+# Self-Attention (Lee et al. 2021; lowlevel/locality.py), and the ViT pre-trained by masked patch prediction (§4.6,
+# lowlevel.mpp, training/mpp.py) on the 4,000 training images without their labels, then fine-tuned as vit-pretrained
+# is, by vit-pretrained's hyper-parameters.
+REMEDIES = ("vit-hybrid", "vit-spt-lsa", "vit-mpp")
+VITS |= {"vit-hybrid": MNIST_HYBRID, "vit-spt-lsa": dataclasses.replace(MNIST_MODEL, patch_embed="spt", attention="lsa"),
+         "vit-mpp": MNIST_MODEL}
+TUNED_AS |= {"vit-hybrid": "vit", "vit-spt-lsa": "vit", "vit-mpp": "vit-pretrained"}
+
+
 CNNS = {"cnn": ResNetConfig(stem="stock"), "cnn-cifar": ResNetConfig(stem="cifar")}
 
 
@@ -100,7 +115,10 @@ LABELS = {"vit": "ViT, digits size (D 64, 4 layers)", "vit-large": "ViT, larger 
           "vit-hard": "ViT distilled from the ResNet-18, hard", "vit-soft": "ViT distilled from the ResNet-18, soft",
           "vit-avg": "ViT, patch tokens averaged (not the class token)",
           "vit-head": "pre-trained ViT, the head alone", "vit-lora-qv4": "pre-trained ViT, LoRA q,v r=4",
-          "vit-lora-qv16": "pre-trained ViT, LoRA q,v r=16", "vit-lora-all4": "pre-trained ViT, LoRA on every weight r=4"}
+          "vit-lora-qv16": "pre-trained ViT, LoRA q,v r=16", "vit-lora-all4": "pre-trained ViT, LoRA on every weight r=4",
+          "vit-hybrid": "hybrid ViT, conv stem + 1 bottleneck unit (ViT's hyper-parameters)",
+          "vit-spt-lsa": "ViT with SPT and LSA (ViT's hyper-parameters)",
+          "vit-mpp": "ViT pre-trained by masked patch prediction, unlabelled"}
 
 
 SWEEP = ("vit", "vit-large", "vit-avg", *PRETRAINED, "cnn")
@@ -108,6 +126,18 @@ SWEEP = ("vit", "vit-large", "vit-avg", *PRETRAINED, "cnn")
 
 # The pre-training of vit-pretrained: the main job's digits recipe (its batch of 64) at 16×16.
 PRETRAIN = dataclasses.replace(DIGITS_PRETRAIN, image_size=16)
+
+
+# The pre-training of vit-mpp: paper.train's MNIST masked patch prediction (recipes.MPP_RECIPES["mnist"], the MNIST
+# pre-training recipe with the objective changed: 16×16, batches of 64), the paper's objective (each chosen 4×4 patch
+# predicts its mean grey level in 3 bits), on the 4,000 training images without labels. Nothing to stop it early on
+# (its validation would be a loss, not an accuracy): it runs --pretrain-steps, and its held-out loss on the test
+# images is recorded, never used.
+MPP_PRETRAIN = MPP_RECIPES["mnist"]
+MPP = MPPConfig()
+# The pre-training each pre-trained model starts from (a Job's model): supervised on the digits, or MPP on MNIST.
+PRETRAININGS = ("pretraining", "mpp-pretraining")
+STARTS_FROM = dict.fromkeys(PRETRAINED, "pretraining") | {"vit-mpp": "mpp-pretraining"}
 
 
 PATCH_SIZE = MNIST_MODEL.patch_size
@@ -127,7 +157,8 @@ class Settings:
     batch: int
     eval_every: int         # steps between evaluations (validation, and the test digits for the compute view)
     patience: int           # evaluations without a better validation accuracy before a run stops
-    pretrain_steps: int     # the cap of vit-pretrained's pre-training, stopped by the same rule
+    pretrain_steps: int     # the cap of vit-pretrained's pre-training, stopped by the same rule, and of vit-mpp's,
+    #                         which runs to it
     cifar_seeds: int
     tune: bool              # choose each model's hyper-parameters by its grid first (else: CHOSEN)
     threads: int
@@ -137,8 +168,9 @@ class Settings:
 
 @dataclasses.dataclass(frozen=True)
 class Job:
-    model: str          # a key of LABELS, or "pretraining" (vit-pretrained's first stage, on the 8×8 digits)
-    size: int           # training images, validation split included (the 1,797 digits for "pretraining")
+    model: str          # a key of LABELS, or of PRETRAININGS: "pretraining" (vit-pretrained's first stage, on the 8×8
+    #                     digits), "mpp-pretraining" (vit-mpp's, on MNIST's training images without labels)
+    size: int           # training images, validation split included (0 for a pre-training)
     seed: int
     hp: HyperParameters | None = None   # a tuning run's; None: the model's chosen ones
 
@@ -146,6 +178,8 @@ class Job:
     def name(self) -> str:
         if self.model == "pretraining":
             return f"pretrained_seed{self.seed}"
+        if self.model == "mpp-pretraining":
+            return f"mpp_pretrained_seed{self.seed}"
         tuning = f"_lr{self.hp.lr:g}_wd{self.hp.weight_decay:g}_wu{self.hp.warmup:g}" if self.hp else ""
         return f"{self.model}_n{self.size}_seed{self.seed}{tuning}"
 
@@ -244,7 +278,7 @@ def run_job(job: Job, s: Settings, hp: HyperParameters | None) -> dict:
     train, test = mnist()
     checkpoints, procs = os.path.join(s.out, "checkpoints"), Processes()
     run = Run(out=checkpoints, procs=procs, seed=job.seed, progress=False, eval_every=s.eval_every,   # the CNNs:
-              save=not job.hp and (job.model in ("pretraining", "cnn") or                          # any student's
+              save=not job.hp and (job.model in (*PRETRAININGS, "cnn") or                          # any student's
                                    (job.size == max(s.sizes) and job.seed == 0                     # teacher
                                     and job.model not in PARTIAL)))       # (adapters alone: not a classifier)
     if job.model == "pretraining":
@@ -259,12 +293,14 @@ def run_job(job: Job, s: Settings, hp: HyperParameters | None) -> dict:
         result = {"model": job.model, "size": len(data), "seed": job.seed,   # test: MNIST before fine-tuning, 16×16
                   **convergence(log, model, train_part, recipe.batch_size, procs)}
         return write_record(job, s, result)
+    if job.model == "mpp-pretraining":
+        return write_record(job, s, mpp_pretraining(job, run, train, test, s.pretrain_steps))
     data = ImageArray(*(t[stratified_subset(train.labels, job.size, job.seed)] for t in (train.images, train.labels)))
     train_part, run.stopping = split_validation_stopping(data, job.seed, s.patience, s.steps)
     recipe = recipe_of(hp, s)
-    if job.model in PRETRAINED:
-        state = load_checkpoint(os.path.join(checkpoints, f"pretrained_seed{job.seed}.pt"))
-        params, cfg = finetuning_model(state["params"], checkpoint_config(state), recipe, 10)
+    if job.model in STARTS_FROM:                  # an MPP checkpoint's [mask] embedding and head are dropped
+        state = load_checkpoint(os.path.join(checkpoints, f"{prerequisite(job).name}.pt"))
+        params, cfg = finetuning_model(encoder_params(state["params"]), checkpoint_config(state), recipe, 10)
         model = (fine_tuned_in_part(job.model, params, cfg, job.seed) if job.model in PARTIAL
                  else ExplicitParams(params, cfg, fast=True))
     elif job.model in DISTILLED:
@@ -280,6 +316,20 @@ def run_job(job: Job, s: Settings, hp: HyperParameters | None) -> dict:
         classify = Classifier(model, eval_preprocessing(model.cfg.image_size))
         result["probes"] = probe(classify, *test_images(), PATCH_SIZE, job.seed)
     return write_record(job, s, result)
+
+
+def mpp_pretraining(job: Job, run: Run, train: ImageArray, test: ImageArray, steps: int) -> dict:
+    """vit-mpp's first stage: masked patch prediction on every training image, its labels never read, for `steps`
+    steps (no early stopping). -> its record: steps, epochs, the training loss over the last evaluation period and
+    the held-out MPP loss on the test images."""
+    recipe = with_steps(MPP_PRETRAIN, steps, None)
+    params, cfg = mpp_model(MNIST_MODEL, recipe, 1, MPP, job.seed)
+    model = MaskedPatchPrediction(params, cfg, MPP)
+    log = train_stage(job.name, model, recipe, train, test, run)
+    last = log["eval"][-1]
+    return {"model": job.model, "size": len(train), "seed": job.seed, "steps": last["step"],
+            "epochs": last["step"] * recipe.batch_size / len(train), "final_train_loss": last["train_loss"],
+            "test_loss": last["test_loss"], "train_seconds": log["seconds"], "curve": log["eval"]}
 
 
 def split_validation_stopping(data: ImageArray, seed: int, patience: int, cap: int) -> tuple[ImageArray,
@@ -317,17 +367,19 @@ def jobs(s: Settings) -> list[Job]:
     largest, seeds, sizes = max(s.sizes), range(s.seeds), sorted(s.sizes, reverse=True)
     todo = ([Job("pretraining", 0, seed) for seed in seeds]
             + [Job("cnn-cifar", largest, seed) for seed in range(s.cifar_seeds)]
-            + [Job(m, n, seed) for m in ("cnn", "vit-large", "vit", "vit-avg") for n in sizes for seed in seeds]
+            + [Job("mpp-pretraining", 0, seed) for seed in seeds]
+            + [Job(m, n, seed) for m in ("cnn", "vit-large", "vit-hybrid", "vit-spt-lsa", "vit", "vit-avg")
+               for n in sizes for seed in seeds]
             + [Job("vit-no-pos", largest, seed) for seed in seeds]
-            + [Job(m, n, seed) for m in (*PRETRAINED, *DISTILLED) for n in sizes for seed in seeds])
-    wanted = {*s.models, "pretraining"} if set(PRETRAINED) & set(s.models) else set(s.models)
+            + [Job(m, n, seed) for m in (*PRETRAINED, "vit-mpp", *DISTILLED) for n in sizes for seed in seeds])
+    wanted = {*s.models, *(STARTS_FROM[m] for m in s.models if m in STARTS_FROM)}
     return [job for job in todo if job.model in wanted]
 
 
 def prerequisite(job: Job) -> Job | None:
     """The job whose checkpoint `job` starts from: its seed's pre-training, or its subset's teacher."""
-    if job.model in PRETRAINED:
-        return Job("pretraining", 0, job.seed)
+    if job.model in STARTS_FROM:
+        return Job(STARTS_FROM[job.model], 0, job.seed)
     return Job("cnn", job.size, job.seed) if job.model in DISTILLED else None
 
 
@@ -346,14 +398,16 @@ def run_all(todo: list[Job], s: Settings, workers: int, chosen: dict[str, HyperP
     prerequisite has finished, a job whose record an earlier invocation wrote is read, not run. A progress bar counts
     steps against the caps."""
     results, done_jobs = [], set()
-    cap = {job: s.pretrain_steps if job.model == "pretraining" else s.steps for job in todo}
+    cap = {job: s.pretrain_steps if job.model in PRETRAININGS else s.steps for job in todo}
     hp = {job: job.hp or chosen.get(TUNED_AS.get(job.model)) for job in todo}
     with tqdm(total=sum(cap.values()), desc="compare", unit="step", dynamic_ncols=True) as bar:
         def finished(job: Job, result: dict) -> None:
             results.append(result)
             done_jobs.add(job)
             bar.update(cap[job])
-            bar.set_postfix_str(f"{job.model} n={result['size']} seed {job.seed}: {result['test_accuracy']:.1%}")
+            score = (f"{result['test_accuracy']:.1%}" if "test_accuracy" in result
+                     else f"MPP loss {result['test_loss']:.3f}")
+            bar.set_postfix_str(f"{job.model} n={result['size']} seed {job.seed}: {score}")
 
         waiting = []
         for job in todo:

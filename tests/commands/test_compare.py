@@ -245,7 +245,7 @@ def test_full_comparison_code_path_end_to_end_small(tmp_path, hundred_test_digit
     result = compare.main(["--full", *SMALL, "--seeds", "2", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "compare.json").read_text())
     assert saved["settings"]["sizes"] == [20, 40] and saved["settings"]["seeds"] == 2 and saved["settings"]["tune"]
-    assert set(saved["models"]) == set(compare.FULL["models"]) == set(comparison.LABELS)
+    assert set(saved["models"]) == set(compare.FULL["models"]) == set(comparison.LABELS) - set(comparison.REMEDIES)
     for name in comparison.SWEEP:
         assert set(saved["models"][name]["accuracy"]) == {"20", "40"}
         assert saved["models"][name]["accuracy"]["40"]["n"] == 2
@@ -465,6 +465,95 @@ def test_distilled_vits_learn_from_the_cnn_of_their_own_subset_and_seed(tmp_path
     assert "head_dist.weight" in state["params"] and result["models"]["vit-hard"]["probes"] is not None
     assert "| ViT distilled from the ResNet-18, hard |" in (tmp_path / "compare.md").read_text()
 
+
+
+@pytest.mark.slow
+def test_the_remedies_of_small_data_run_and_report_the_share_of_the_gap_they_close(tmp_path, hundred_test_digits,
+                                                                                   monkeypatch):
+    """--models vit cnn and the three remedies (vit-hard, already tested, aside): the hybrid and SPT + LSA trained from
+    scratch by the ViT's hyper-parameters, vit-mpp fine-tuned (by vit-pretrained's) from the one masked patch
+    prediction of its seed, run first on the 4,000 training images and saved; each a row of compare.json and
+    compare.md, with its share of the gap."""
+    loaded, load = [], comparison.load_checkpoint
+    monkeypatch.setattr(comparison, "load_checkpoint", lambda path: loaded.append(path) or load(path))
+    compare.main([*SMALL, "--sizes", "20", "--seeds", "1", "--models", "vit", "cnn", *comparison.REMEDIES, "--out",
+                  str(tmp_path)])
+    saved = json.loads((tmp_path / "compare.json").read_text())
+    assert set(saved["models"]) == {"vit", "cnn", *comparison.REMEDIES} and saved["pretraining"] is None
+    checkpoint = tmp_path / "checkpoints" / "mpp_pretrained_seed0.pt"
+    assert loaded == [str(checkpoint)]
+    state = load_checkpoint(str(checkpoint))
+    assert "mask_token" in state["params"] and state["mpp"]["target"] == "mean_colour"
+    assert not any(k.startswith("head.") for k in state["params"])            # trained without labels
+    (mpp,) = [r for r in saved["runs"] if r["model"] == "mpp-pretraining"]
+    assert mpp["size"] == comparison.TRAIN_IMAGES and mpp["steps"] == 2 and math.isfinite(mpp["test_loss"])
+    assert saved["mpp_pretraining"]["steps"] == 2 and saved["recipes"]["mpp pre-training"]["stage"] == "mpp"
+    for r in saved["runs"]:
+        if r["model"] in comparison.REMEDIES:
+            assert r["hp"] == saved["chosen"][comparison.TUNED_AS[r["model"]]] and 1 <= r["steps"] <= 3
+    assert comparison.TUNED_AS["vit-hybrid"] == comparison.TUNED_AS["vit-spt-lsa"] == "vit"
+    assert comparison.TUNED_AS["vit-mpp"] == "vit-pretrained"
+    models = saved["models"]
+    assert models["vit-mpp"]["params"] == models["vit"]["params"]
+    assert models["vit-hybrid"]["multiply_adds"] > models["vit"]["multiply_adds"]     # its ResNet
+    vit_acc, cnn_acc = models["vit"]["accuracy"]["20"]["mean"], models["cnn"]["accuracy"]["20"]["mean"]
+    table = (tmp_path / "compare.md").read_text()
+    assert "The share of the ViT-to-ResNet gap" in table and "The masked patch prediction of vit-mpp" in table
+    for name in comparison.REMEDIES:
+        share = (models[name]["accuracy"]["20"]["mean"] - vit_acc) / (cnn_acc - vit_acc) if cnn_acc > vit_acc \
+            else None
+        assert saved["gap_shares"][name]["20"] == share
+        cell = "—" if share is None else f"{share:+.2f}"
+        assert f"| {comparison.LABELS[name]} | {cell} |" in table
+
+
+def test_the_share_of_the_gap_is_the_remedys_gain_over_the_vits_deficit():
+    """gap_shares on made-up seeds: (acc_model − acc_vit) / (acc_cnn − acc_vit) of the means, negative for a remedy
+    worse than the ViT, above 1 for one past the ResNet, None where the ResNet is not ahead; only the sizes all three
+    rows have, only the remedy rows."""
+    from paper.reports.compare_summary import gap_shares
+    from paper.reports.statistics import mean_std
+
+    def row(**by_size):
+        return {"accuracy": {n: mean_std(list(seeds)) for n, seeds in by_size.items()}}
+
+    models = {"vit": row(a=(0.70, 0.72), b=(0.90, 0.90), c=(0.5,)), "cnn": row(a=(0.90, 0.92), b=(0.88, 0.88), c=(0.9,)),
+              "vit-hybrid": row(a=(0.85, 0.87), b=(0.95, 0.95)), "vit-mpp": row(a=(0.60, 0.62), b=(0.8, 0.8)),
+              "vit-spt-lsa": row(a=(0.95, 0.97), d=(0.9,)), "vit-avg": row(a=(0.9, 0.9))}
+    shares = gap_shares(models)
+    assert set(shares) == {"vit-hybrid", "vit-mpp", "vit-spt-lsa"}
+    assert shares["vit-hybrid"] == {"a": pytest.approx(0.75), "b": None}
+    assert shares["vit-mpp"]["a"] == pytest.approx(-0.5) and shares["vit-spt-lsa"] == {"a": pytest.approx(1.25)}
+    assert gap_shares({"vit": models["vit"], "vit-hybrid": models["vit-hybrid"]}) == {}
+
+
+def test_the_remedies_are_the_vit_changed_in_one_respect_and_counted_with_their_resnet():
+    """The hybrid is MNIST_HYBRID, SPT + LSA the ViT with those two changes, and vit-mpp ends as the ViT (the MPP
+    head and [mask] embedding dropped, a linear head, a 7×7 E_pos); the multiply-adds the report prints count a
+    hybrid's ResNet (as measure.vit_forward_flops does) and SPT's five-channel patches."""
+    from paper.reports.compare_summary import multiply_adds
+    from paper.reports.measure import vit_forward_flops
+    from paper.training.mpp import encoder_params, mpp_model
+    from paper.training.recipes import MNIST_HYBRID
+    from paper.training.stages import finetuning_model
+
+    assert comparison.VITS["vit-hybrid"] == MNIST_HYBRID and MNIST_HYBRID.backbone is not None
+    assert comparison.VITS["vit-spt-lsa"] == dataclasses.replace(comparison.VITS["vit"], patch_embed="spt",
+                                                                 attention="lsa")
+    params, cfg = mpp_model(comparison.MNIST_MODEL, comparison.MPP_PRETRAIN, 1, comparison.MPP, 0)
+    assert cfg.image_size == (16, 16) and "mask_token" in params
+    params, cfg = finetuning_model(encoder_params(params), cfg, comparison.RECIPE, 10)
+    assert cfg == comparison.VITS["vit-mpp"] == comparison.VITS["vit"]
+    vit.check_params(params, vit.param_shapes(cfg))
+    counted = {}
+    for name in ("vit", "vit-hybrid", "vit-spt-lsa"):
+        model = comparison.build(name, 0)
+        counted[name] = multiply_adds(model.eval(), model.cfg)
+    assert counted["vit"] == vit_forward_flops(comparison.VITS["vit"]) / 2
+    assert counted["vit-hybrid"] == vit_forward_flops(MNIST_HYBRID) / 2 > counted["vit"]
+    cfg = comparison.VITS["vit"]                     # SPT embeds the image and its 4 shifted copies: 5 channels
+    assert counted["vit-spt-lsa"] == counted["vit"] + cfg.num_patches * 4 * cfg.patch_size ** 2 * cfg.dim
+    assert comparison.prerequisite(comparison.Job("vit-mpp", 250, 2)) == comparison.Job("mpp-pretraining", 0, 2)
 
 
 @pytest.mark.parametrize("model", list(comparison.PARTIAL))
