@@ -52,13 +52,14 @@ def resnet_macs(cfg: BackboneConfig, in_channels: int, image_size: tuple[int, in
 
 def vit_forward_flops(cfg: ViTConfig, class_token_only: bool = False) -> float:
     """FLOPs of one image's forward pass: 2 × the multiply-accumulates of every matmul and convolution (LN, softmax,
-    GELU not counted): a hybrid's ResNet, the patch embedding, per block qkv, q kᵀ, A v, out-projection and MLP,
-    head. tests/lowlevel/test_fast_path.py and test_hybrid.py check it against torch.utils.flop_counter's count of
-    the operations each contender runs.
+    GELU not counted): a hybrid's ResNet, the patch embedding (of SPT's five images), per block qkv, q kᵀ, A v,
+    out-projection and MLP, head. Checked against torch.utils.flop_counter's count of the operations each model runs
+    (tests/lowlevel/test_fast_path.py, tests/models/test_hybrid_configs.py, tests/commands/test_compare.py).
     class_token_only: the count of the fast path with class-token pooling, whose last block computes one query."""
     n, t, d, m = cfg.num_patches, cfg.num_tokens, cfg.dim, cfg.mlp_dim
     macs = resnet_macs(cfg.backbone, cfg.in_channels, cfg.image_size) if cfg.backbone else 0
-    macs += n * cfg.patch_channels * cfg.patch_size ** 2 * d                  # x_p E
+    shifted = 5 if cfg.patch_embed == "spt" else 1                            # SPT: the image and 4 shifted copies
+    macs += n * shifted * cfg.patch_channels * cfg.patch_size ** 2 * d        # x_p E
     macs += (cfg.depth - class_token_only) * block_macs(t, t, d, m)
     macs += block_macs(1, t, d, m) if class_token_only else 0
     width = cfg.representation_size or d

@@ -553,6 +553,7 @@ def test_the_remedies_are_the_vit_changed_in_one_respect_and_counted_with_their_
     assert counted["vit-hybrid"] == vit_forward_flops(MNIST_HYBRID) / 2 > counted["vit"]
     cfg = comparison.VITS["vit"]                     # SPT embeds the image and its 4 shifted copies: 5 channels
     assert counted["vit-spt-lsa"] == counted["vit"] + cfg.num_patches * 4 * cfg.patch_size ** 2 * cfg.dim
+    assert counted["vit-spt-lsa"] == vit_forward_flops(comparison.VITS["vit-spt-lsa"]) / 2
     assert comparison.prerequisite(comparison.Job("vit-mpp", 250, 2)) == comparison.Job("mpp-pretraining", 0, 2)
 
 
