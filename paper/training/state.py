@@ -64,8 +64,9 @@ def save_checkpoint(path: str, *, cfg: ViTConfig | ResNetConfig, recipe: Recipe,
 def require_file(path: str, field: str, expected: str) -> None:
     """A path that must name a file: a directory or nothing there is a ValueError naming `field` and saying which."""
     if not os.path.isfile(path):
-        got = "a directory" if os.path.isdir(path) else "no file" if not os.path.exists(path) else "no regular file"
-        raise ValueError(f"{field}: expected {expected}, got {path!r}, which is {got}")
+        got = "is a directory" if os.path.isdir(path) else "does not exist" if not os.path.exists(path) else \
+            "is no regular file"
+        raise ValueError(f"{field}: expected {expected}, got {path!r}, which {got}")
 
 
 def load_checkpoint(path: str) -> dict:
