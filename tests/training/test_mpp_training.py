@@ -15,7 +15,7 @@ from paper import cli
 from paper.models.explicit_params import ExplicitParams
 from paper.train import main
 from paper.training.state import load_checkpoint
-from tests.training.test_training import Killed, dies_at, one_thread  # noqa: F401 (autouse: one thread)
+from tests.training.test_training import killed_then_resumed, one_thread  # noqa: F401 (autouse: one thread)
 
 # The digits model (D = 64, patch 2: 16 patches at 8×8, 8 of them chosen) for a handful of steps.
 TINY_MPP = ["--stages", "mpp", "finetune", "--mpp-steps", "6", "--finetune-steps", "4", "--mpp-batch", "16",
@@ -88,14 +88,9 @@ def test_a_killed_mpp_run_resumed_ends_with_exactly_the_same_weights(tmp_path, m
     patches (its generator seeded from the seed and the step) and ends with the uninterrupted run's weights."""
     args = TINY_MPP + ["--save-every", "2"]          # dropout 0.1 in the mpp stage: the RNG state must resume too
     main(args + ["--out", str(tmp_path / "whole")])
-    real_step = train_module.train_step
     for kill_at in (5, 9):
-        monkeypatch.setattr(train_module, "train_step", dies_at(kill_at, real_step))
         out = tmp_path / f"killed_at_{kill_at}"
-        with pytest.raises(Killed):
-            main(args + ["--out", str(out)])
-        monkeypatch.setattr(train_module, "train_step", real_step)
-        main(args + ["--out", str(out), "--resume"])
+        killed_then_resumed(args, out, kill_at, monkeypatch)
         for stage in ("mpp", "finetune"):
             whole = load_checkpoint(str(tmp_path / "whole" / f"{stage}.pt"))["params"]
             resumed = load_checkpoint(str(out / f"{stage}.pt"))["params"]

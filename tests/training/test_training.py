@@ -162,17 +162,22 @@ def dies_at(call: int, step):
     return dying_step
 
 
+def killed_then_resumed(args: list, out: Path, kill_at: int, monkeypatch) -> None:
+    """paper.train `args` into `out`, killed before its training step number `kill_at`, then run again with --resume."""
+    real_step = train_module.train_step
+    monkeypatch.setattr(train_module, "train_step", dies_at(kill_at, real_step))
+    with pytest.raises(Killed):
+        main(args + ["--out", str(out)])
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    main(args + ["--out", str(out), "--resume"])
+
+
 def test_a_killed_run_resumed_ends_with_exactly_the_same_weights(tmp_path, monkeypatch, deterministic):
     args = TINY_MAIN + ["--save-every", "2"]  # pre-training keeps its dropout: the RNG state must resume too
     main(args + ["--out", str(tmp_path / "whole")])
-    real_step = train_module.train_step
     for kill_at in (5, 9):  # step 5 of pre-training (checkpoint at 4), step 3 of fine-tuning (checkpoint at 2)
-        monkeypatch.setattr(train_module, "train_step", dies_at(kill_at, real_step))
         out = tmp_path / f"killed_at_{kill_at}"
-        with pytest.raises(Killed):
-            main(args + ["--out", str(out)])
-        monkeypatch.setattr(train_module, "train_step", real_step)
-        main(args + ["--out", str(out), "--resume"])
+        killed_then_resumed(args, out, kill_at, monkeypatch)
         whole, resumed = final_params(tmp_path / "whole"), final_params(out)
         assert all(torch.equal(whole[k], resumed[k]) for k in whole)
         saved_log = json.loads((tmp_path / "whole" / "log.json").read_text())["stages"]
