@@ -51,7 +51,8 @@ and, only when --models names them, the other remedies of small data, each by an
                     vit-pretrained is, by its hyper-parameters
 
     python -m paper.compare --models vit cnn vit-hard vit-hybrid vit-mpp vit-spt-lsa --sizes 250 1000 4000 \
-        --seeds 3 --out runs/remedies      # the remedies of small data, and the share of the gap each closes
+        --seeds 3 --out runs/remedies      # the remedies of small data, the share of the gap each closes
+                                           # (the committed paper/results/remedies.*)
 
 The models trained on the largest set are probed (paper/analysis/probes.py: shifted digits, permuted patches).
 Parameters are counted, multiply-adds of inference and of a training step counted by torch.utils.flop_counter,

@@ -11,7 +11,8 @@ CONTRASTS = (("cnn", "vit"), ("vit-pretrained", "vit"), ("vit-large", "vit"), ("
              ("vit-no-pos", "vit"), ("vit-avg", "vit"), ("vit-hard", "vit"), ("vit-soft", "vit"),
              ("vit-soft", "vit-hard"), ("vit-head", "vit-pretrained"),
              *((m, against) for m in ("vit-lora-qv4", "vit-lora-qv16", "vit-lora-all4")
-               for against in ("vit-pretrained", "vit-head")))
+               for against in ("vit-pretrained", "vit-head")),
+             *((m, against) for m in ("vit-hybrid", "vit-spt-lsa", "vit-mpp") for against in ("vit", "cnn")))
 
 
 def pm(r: dict, scale: float = 100.0, digits: int = 1) -> str:
@@ -140,10 +141,15 @@ def figure(columns: int, rows: int = 1, width: float = 6.5, height: float = 5.0)
     return plt, fig, axes
 
 
+# The colours after matplotlib's ten, darker and apart from them, for the models after the tenth (their lines dashed).
+MORE_COLOURS = ("#393b79", "#8c6d31", "#637939", "#e7ba52", "#000000", "#7b4173")
+
+
 def style(model: str) -> dict:
-    """One colour and line style per model, the same in every figure: ten colours, then the same ten dashed."""
+    """One colour and line style per model, the same in every figure: matplotlib's ten colours with solid lines, then
+    six more with dashed ones."""
     i = list(LABELS).index(model)
-    return {"color": f"C{i % 10}", "linestyle": "--" if i >= 10 else "-"}
+    return {"color": f"C{i}" if i < 10 else MORE_COLOURS[i - 10], "linestyle": "--" if i >= 10 else "-"}
 
 
 def save(plt, fig, axes, path: str) -> None:
@@ -160,9 +166,12 @@ def save(plt, fig, axes, path: str) -> None:
 
 def plot(result: dict, path: str) -> None:
     """Left: accuracy at convergence against training-set size (log x), one line per model, the paper's Figs. 3-4
-    in miniature. Right: accuracy against the shift of the test digits, for the models trained on the largest set."""
-    plt, fig, axes = figure(2)
-    left, right = axes[0]
+    in miniature. Then, where the sweep has remedies and a gap to close, the share of the ViT-to-ResNet gap each
+    closes per size (grouped bars). Right: accuracy against the shift of the test digits, for the models trained on
+    the largest set."""
+    shares = gap_shares(result["models"])
+    plt, fig, axes = figure(3 if shares else 2)
+    left, right = axes[0][0], axes[0][-1]
     for name, m in result["models"].items():
         sizes = sorted(int(n) for n in m["accuracy"])
         means = [100 * m["accuracy"][str(n)]["mean"] for n in sizes]
@@ -183,7 +192,24 @@ def plot(result: dict, path: str) -> None:
     left.minorticks_off()
     probed = [m for m in result["models"].values() if m["probes"]]
     right.set_xticks(range(len(probed[0]["probes"]["shift"])) if probed else [])
+    if shares:
+        gap_bars(axes[0][1], shares, [str(n) for n in s["sizes"]])
     save(plt, fig, axes, path)
+
+
+def gap_bars(ax, shares: dict, sizes: list[str]) -> None:
+    """The share of the ViT-to-ResNet gap each remedy closes, one group of bars per size (none where the ResNet is
+    not ahead), in its model's colour (hatched where its line is dashed); 0 is the ViT from scratch, 1 the ResNet."""
+    width = 0.8 / len(shares)
+    for i, (name, by_size) in enumerate(shares.items()):
+        x = [j + (i - (len(shares) - 1) / 2) * width for j, n in enumerate(sizes) if by_size.get(n) is not None]
+        ax.bar(x, [by_size[n] for n in sizes if by_size.get(n) is not None], width, color=style(name)["color"],
+               hatch="//" if style(name)["linestyle"] == "--" else None, edgecolor="white")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.axhline(1, color="black", linewidth=0.8, linestyle=":")
+    ax.set_xticks(range(len(sizes)), [f"n = {int(n):,}" for n in sizes])
+    ax.set(ylabel="share of the ViT-to-ResNet gap closed",
+           title="what closes the gap: 0 the ViT from scratch, 1 the ResNet")
 
 
 def runs_of(result: dict, model: str, size: int) -> list[dict]:
