@@ -81,15 +81,6 @@ def encoder_params(params: dict) -> dict:
     return {k: v for k, v in params.items() if k != "mask_token" and not k.startswith("mpp_head.")}
 
 
-def check_patch_size(cfg: vit.ViTConfig, model: str, model_cfg: vit.ViTConfig, path: str) -> None:
-    """Fine-tuning keeps the patch size (§3.2): an MPP checkpoint, whose objective predicted its patches, is refused
-    for a --model of another."""
-    if model_cfg.patch_size != cfg.patch_size:
-        raise ValueError(f"model: expected a model of the --init MPP checkpoint's patch size {cfg.patch_size} "
-                         f"(fine-tuning keeps it, §3.2), got --model {model} with patch size {model_cfg.patch_size} "
-                         f"for {path}")
-
-
 class MaskedPatchPrediction(nn.Module):
     """The ViT and the objective's tensors as `train_stage` trains a model ('/' for '.', as ExplicitParams):
     forward(images (B, C, H, W)) -> (predictions (B, N, …), chosen (B, N) bool), lowlevel.mpp.forward. Its corruption

@@ -30,7 +30,7 @@ from paper.training.distillation import (
 )
 from paper.training.loop import Run, dtype_name, train_stage
 from paper.training.lora import file_sha256, lora_config, lora_run
-from paper.training.mpp import MaskedPatchPrediction, check_patch_size, check_target, encoder_params, mpp_config, mpp_model
+from paper.training.mpp import MaskedPatchPrediction, check_target, encoder_params, mpp_config, mpp_model
 from paper.training.processes import Processes, start_processes
 from paper.training.state import (
     check_resumable,
@@ -80,6 +80,15 @@ def model_config(name: str, in_channels: int) -> vit.ViTConfig:
     if name in recipes.SMALL_JOBS:
         return recipes.SMALL_JOBS[name][0]
     return paper_config(name, in_channels=in_channels)
+
+
+def check_patch_size(cfg: vit.ViTConfig, model: str, model_cfg: vit.ViTConfig, path: str) -> None:
+    """Fine-tuning keeps the patch size (§3.2): a pre-trained checkpoint (pretrain.pt, or mpp.pt, whose objective
+    predicted its patches) is refused for a --model of another, not fine-tuned as if --model were not given."""
+    if model_cfg.patch_size != cfg.patch_size:
+        raise ValueError(f"model: expected a model of the --init checkpoint's patch size {cfg.patch_size} "
+                         f"(fine-tuning keeps it, §3.2), got --model {model} with patch size {model_cfg.patch_size} "
+                         f"for {path}")
 
 
 def with_steps(recipe, steps: int | None, batch_size: int | None):
@@ -234,8 +243,7 @@ def run_training(args) -> dict:
         if args.distill and not cfg.distilled:
             raise ValueError(f"init: expected a distilled checkpoint for --distill, got {args.init} without a "
                              f"distillation token")
-        if "mpp" in state:
-            check_patch_size(cfg, args.model, base, args.init)
+        check_patch_size(cfg, args.model, base, args.init)
 
     if "finetune" in args.stages:
         base_path = os.path.join(args.out, f"{pre_stage}.pt") if pre_stage else args.init

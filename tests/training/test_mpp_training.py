@@ -113,12 +113,15 @@ def test_resuming_with_another_objective_is_refused_naming_the_field(tmp_path):
 
 def test_mpp_settings_that_cannot_run_are_refused_in_one_line(tmp_path, capsys):
     main(TINY_MPP + ["--stages", "mpp", "--out", str(tmp_path / "mpp")])
-    init = str(tmp_path / "mpp" / "mpp.pt")
-    capsys.readouterr()                                                          # its progress bars
+    main(["--stages", "pretrain", "--pretrain-steps", "2", "--pretrain-batch", "16", "--out", str(tmp_path / "pre")])
+    init, supervised = str(tmp_path / "mpp" / "mpp.pt"), str(tmp_path / "pre" / "pretrain.pt")
+    capsys.readouterr()                                                          # their progress bars
     for args, words in (
             (["--stages", "finetune", "--init", init, "--model", "mnist"],
-             "model: expected a model of the --init MPP checkpoint's patch size 2 (fine-tuning keeps it, §3.2), got "
+             "model: expected a model of the --init checkpoint's patch size 2 (fine-tuning keeps it, §3.2), got "
              "--model mnist with patch size 4"),
+            (["--stages", "finetune", "--init", supervised, "--model", "mnist"],      # a supervised one alike
+             "model: expected a model of the --init checkpoint's patch size 2"),
             (["--mpp-target", "pixels"], "mpp: --mpp-target set up masked patch prediction, expected with --stages mpp"),
             (["--stages", "finetune", "--init", init, "--mpp-steps", "3"], "mpp: --mpp-steps set up masked patch"),
             (["--stages", "mpp", "pretrain", "finetune"], "stages: expected one pre-training stage, mpp "
