@@ -424,9 +424,32 @@ def test_the_remedies_table_is_the_report_of_its_runs():
             assert share == pytest.approx((acc(name, n) - acc("vit", n)) / (acc("cnn", n) - acc("vit", n)), abs=1e-12)
 
 
+def test_the_six_sizes_table_is_the_report_of_its_runs_and_shares_theirs_with_the_others():
+    """paper/results/sizes.md is the report of sizes.json: the ViT and the ResNet-18 at six sizes from 100 to 4,000
+    (the ViT without E_pos at the largest), 3 seeds each, every accuracy the mean of its runs; the runs at the sizes
+    the comparison and the remedies table also trained are theirs, trained again, equal run for run."""
+    results = REPO / "paper" / "results"
+    sizes, compare, remedies = (json.loads((results / f"{name}.json").read_text())
+                                for name in ("sizes", "compare", "remedies"))
+    assert markdown(sizes) == (results / "sizes.md").read_text()
+    assert (set(sizes["settings"]["models"]), sizes["settings"]["sizes"], sizes["settings"]["seeds"]) == (
+        {"vit", "cnn", "vit-no-pos"}, [100, 250, 630, 1000, 1600, 4000], 3)
+    for name, m in sizes["models"].items():
+        for n, accuracy in m["accuracy"].items():
+            runs = [r for r in sizes["runs"] if r["model"] == name and r["size"] == int(n)]
+            assert len(runs) == accuracy["n"] == 3 and accuracy["mean"] == pytest.approx(
+                sum(r["test_accuracy"] for r in runs) / 3, abs=1e-12)
+    ours = {(r["model"], r["size"], r["seed"]): r["test_accuracy"] for r in sizes["runs"]}
+    for other, count in ((compare, 2 * 2 * 3), (remedies, 2 * 3 * 3)):     # models × sizes both trained × seeds
+        shared = {(r["model"], r["size"], r["seed"]): r["test_accuracy"] for r in other["runs"]
+                  if (r["model"], r["size"], r.get("seed")) in ours}
+        assert len(shared) == count and all(ours[k] == a for k, a in shared.items())
+
+
 # The README sections that state measured results, by their markers, and the tables their numbers must come from
 # (the comparison's prose also cites the longer LoRA schedule's, its evidence that LoRA's gap is not the budget's).
-SECTIONS = {"compare results": ("compare.md", "compare_lora_long.md"), "remedies results": ("remedies.md",)}
+SECTIONS = {"compare results": ("compare.md", "compare_lora_long.md"), "remedies results": ("remedies.md",),
+            "sizes results": ("sizes.md",)}
 
 
 def sections(readme: Path, marker: str) -> str:
