@@ -202,9 +202,9 @@ def gap_bars(ax, shares: dict, sizes: list[str]) -> None:
     not ahead), in its model's colour (hatched where its line is dashed); 0 is the ViT from scratch, 1 the ResNet."""
     width = 0.8 / len(shares)
     for i, (name, by_size) in enumerate(shares.items()):
-        x = [j + (i - (len(shares) - 1) / 2) * width for j, n in enumerate(sizes) if by_size.get(n) is not None]
-        ax.bar(x, [by_size[n] for n in sizes if by_size.get(n) is not None], width, color=style(name)["color"],
-               hatch="//" if style(name)["linestyle"] == "--" else None, edgecolor="white")
+        gaps = [(j, by_size[n]) for j, n in enumerate(sizes) if by_size.get(n) is not None]
+        ax.bar([j + (i - (len(shares) - 1) / 2) * width for j, _ in gaps], [share for _, share in gaps], width,
+               color=style(name)["color"], hatch="//" if style(name)["linestyle"] == "--" else None, edgecolor="white")
     ax.axhline(0, color="black", linewidth=0.8)
     ax.axhline(1, color="black", linewidth=0.8, linestyle=":")
     ax.set_xticks(range(len(sizes)), [f"n = {int(n):,}" for n in sizes])
