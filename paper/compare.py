@@ -3,6 +3,7 @@
     python -m paper.compare               # ViT, pre-trained ViT and ResNet-18 at 100 and 4,000 images, 2 seeds: < 30 min
     python -m paper.compare --quick       # the code path in under 3 minutes (nothing converges)
     python -m paper.compare --full        # the committed tables: 5 sizes, 3 seeds, every model tuned; hours, resumable
+    python -m paper.compare --full --plan # what --full would train and how long it takes, from the committed runs
     python -m paper.compare --models vit --sizes 4000 --seeds 1
     python -m paper.compare --models cnn vit vit-hard vit-soft --sizes 100 4000 --out runs/distill
                                           # DeiT's question: does the CNN teach the ViT? (paper/training/README.md, DeiT)
@@ -76,6 +77,7 @@ import torch
 
 from paper import cli
 from paper.formats.atomic import write_text
+from paper.reports.compare_plan import committed_seconds, plan_text, sweep_plan
 from paper.reports.compare_report import compute_plot, curves_plot, markdown, plot
 from paper.reports.compare_summary import summarise
 from paper.reports.measure import cpu_name
@@ -150,6 +152,9 @@ def parse_args(argv=None):
                    help="folder for compare.json, compare.md, the PNGs, each run's record (runs/, tuning/: a rerun "
                         "skips the finished ones) and checkpoints/")
     p.add_argument("--force", action="store_true", help="delete what an earlier run left in --out and start again")
+    p.add_argument("--plan", action="store_true",
+                   help="train nothing: print the runs this command would train (those --out does not hold), what "
+                        "the committed results measured them to cost, and the wall time")
     args = p.parse_args(argv)
     profile = QUICK if args.quick else FULL if args.full else DEFAULTS
     for key, value in profile.items():
@@ -173,7 +178,7 @@ def check_args(args) -> None:
     if untuned and not args.tune:
         raise ValueError(f"--models: expected models with committed hyper-parameters "
                          f"({', '.join(m for m in LABELS if TUNED_AS[m] in COMMITTED_CHOICE)}) or --tune, got "
-                         f"{' '.join(untuned)}, whose grid paper/results/compare.json did not run")
+                         f"{' '.join(untuned)}, whose grid no committed result ran")
     students = [m for m in args.models if m in DISTILLED]
     if students and "cnn" not in args.models:
         raise ValueError(f"--models: expected cnn beside {' and '.join(students)} (their teacher), got "
@@ -220,6 +225,10 @@ def main(argv=None) -> dict:
     check_args(args)
     torch.set_num_threads(args.threads)
     s = settings_of(args)
+    if args.plan:
+        p = sweep_plan(s, args.workers, committed_seconds(), fresh=args.force)
+        print(plan_text(p))
+        return p
     claim_out(s, args.force)
     started = time.perf_counter()
     tuning = [r for r in run_all(tuning_jobs(s), s, args.workers, {}) if "hp" in r] if s.tune else []

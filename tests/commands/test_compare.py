@@ -212,12 +212,17 @@ def test_a_checkpoint_of_one_model_is_not_resumed_as_another(tmp_path):
     (["--pretrain-steps", "-1"], "--pretrain-steps: expected a positive integer, got -1"),
     (["--seeds", "2", "--cifar-seeds", "3"], "--cifar-seeds: expected 0 to --seeds=2, got 3"),
     (["--models", "vit", "vit-soft"], "--models: expected cnn beside vit-soft \\(their teacher\\), got vit vit-soft"),
-    (["--models", "vit-large"], "--models: expected models with committed hyper-parameters .* or --tune, got "
-                                "vit-large, whose grid"),
 ])
 def test_bad_flags_are_refused_naming_the_flag(argv, message):
     with pytest.raises(ValueError, match=message):
         compare.main(argv)
+
+
+def test_a_model_without_a_committed_choice_needs_tune(monkeypatch):
+    monkeypatch.delitem(comparison.CHOSEN, "vit-large")
+    with pytest.raises(ValueError, match="--models: expected models with committed hyper-parameters .* or --tune, "
+                                         "got vit-large, whose grid no committed result ran"):
+        compare.main(["--models", "vit-large"])
 
 
 def test_help_describes_the_command(capsys):
@@ -333,11 +338,15 @@ def test_choose_takes_the_best_validation_accuracy_and_the_earliest_of_equals():
     assert comparison.choose(records) == {"vit": grid[1]}
 
 
-def test_the_committed_choice_is_what_the_committed_full_sweep_chose():
-    """The profiles that do not tune train with --full's choice: CHOSEN is paper/results/compare.json's."""
-    committed = json.loads((REPO / "paper" / "results" / "compare.json").read_text())
-    assert committed["settings"]["tune"]
-    assert {m: dataclasses.asdict(hp) for m, hp in comparison.CHOSEN.items()} == committed["chosen"]
+def test_the_committed_choice_is_what_the_committed_grids_chose():
+    """The profiles that do not tune train with --full's choice: CHOSEN is what the tuned sweeps committed chose,
+    paper/results/compare.json and, for the larger ViT, large_grid.json (its grid run alone, at the tuning size)."""
+    chosen = {}
+    for name in ("compare", "large_grid"):
+        committed = json.loads((REPO / "paper" / "results" / f"{name}.json").read_text())
+        assert committed["settings"]["tune"] and not chosen.keys() & committed["chosen"].keys()
+        chosen |= committed["chosen"]
+    assert {m: dataclasses.asdict(hp) for m, hp in comparison.CHOSEN.items()} == chosen
 
 
 def committed_report(name: str) -> dict:
