@@ -2,6 +2,8 @@
 of paper.compare's pool, checked against schedules worked out by hand and against the pool's own job order."""
 import json
 import os
+import re
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +11,8 @@ from paper import compare
 from paper.reports import compare_plan
 from paper.reports.compare_plan import committed_seconds, job_seconds, wall_seconds
 from paper.training.comparison import Job, jobs, tuning_jobs
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_wall_time_is_the_pools_schedule_worked_by_hand():
@@ -99,3 +103,10 @@ def test_each_committed_result_the_plan_reads_has_per_run_seconds(name):
     with open(os.path.join(compare_plan.RESULTS, f"{name}.json")) as f:
         runs = json.load(f)["runs"]
     assert runs and all(r["train_seconds"] > 0 for r in runs)
+
+
+def test_the_readme_states_the_hours_the_full_plan_prints(tmp_path):
+    p = compare.main(["--full", "--plan", "--out", str(tmp_path / "none")])
+    readme = (REPO / "paper" / "training" / "README.md").read_text()
+    hours, grids = re.search(r"`--full` plans (\d+\.\d) hours on 2 cores, its grids (\d+\.\d) of them", readme).groups()
+    assert (hours, grids) == (f"{(p['tuning_seconds'] + p['sweep_seconds']) / 3600:.1f}", f"{p['tuning_seconds'] / 3600:.1f}")
