@@ -31,20 +31,13 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
 def qkv_heads(x: torch.Tensor, w_qkv: Weight, b_qkv: torch.Tensor | None,
               num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eq. (5) for every head at once: x (B, N, D) -> q, k, v, each (B, H, N, D_h), views of one projection."""
-    d = x.shape[-1]
+    b, n, d = x.shape
     check_num_heads(d, num_heads)
     if weight_shape(w_qkv) != (3 * d, d):
         raise ValueError(f"w_qkv: expected (3·D, D) = {(3 * d, d)} for inputs of D = {d}, got {weight_shape(w_qkv)}")
-    q, k, v = linear(x, w_qkv, b_qkv).split(d, dim=-1)                     # (B, N, 3·D) -> 3 × (B, N, D)
-    return split_heads(q, num_heads), split_heads(k, num_heads), split_heads(v, num_heads)
-
-
-def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """(B, N, D) -> (B, H, N, D_h), a view: head h reads columns h·D_h … (h+1)·D_h − 1. Split from the one
-    projection along its last axis, the gradients of q, k and v (laid out (B, N, H, D_h) by the attention kernels)
-    join back by one concatenation, with no transposing copy."""
-    b, n, d = x.shape
-    return x.view(b, n, num_heads, d // num_heads).transpose(1, 2)
+    qkv = linear(x, w_qkv, b_qkv).view(b, n, 3, num_heads, d // num_heads)  # (B, N, 3·D) -> (B, N, 3, H, D_h)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                           # 3 × (B, H, N, D_h)
+    return q, k, v
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ in float64):
 import torch
 import torch.nn.functional as F
 
-from .attention import merge_heads, qkv_heads, scaled_dot_product_attention, split_heads
+from .attention import merge_heads, qkv_heads, scaled_dot_product_attention
 from .checks import check_config, check_num_heads
 from .config import ViTConfig
 from .drop_path import drop_path, drop_path_rates
@@ -87,12 +87,14 @@ def prefix_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor |
                      scale: torch.Tensor | None = None) -> torch.Tensor:
     """Eqs. (5)-(7) for the P prefix tokens' queries alone: x (B, N, D) -> [SA_1(x); …; SA_k(x)] rows 0 … P−1,
     (B, P, D); `bias` (N, N) and `scale` as for the whole sequence (the bias's rows 0 … P−1 are read)."""
-    d = x.shape[-1]
+    b, n, d = x.shape
     check_num_heads(d, num_heads)
     w_q, w_kv = w_qkv.split([d, 2 * d])                                      # rows of q, then of k and v
     b_q, b_kv = (None, None) if b_qkv is None else b_qkv.split([d, 2 * d])
-    q = split_heads(F.linear(x[:, :num_prefix_tokens], w_q, b_q), num_heads)  # (B, P, D) -> (B, H, P, D_h)
-    k, v = (split_heads(t, num_heads) for t in F.linear(x, w_kv, b_kv).split(d, dim=-1))  # 2 × (B, H, N, D_h)
+    q = F.linear(x[:, :num_prefix_tokens], w_q, b_q)                        # (B, P, D)
+    q = q.view(b, num_prefix_tokens, num_heads, d // num_heads).transpose(1, 2)  # (B, H, P, D_h)
+    kv = F.linear(x, w_kv, b_kv).view(b, n, 2, num_heads, d // num_heads)  # (B, N, 2·D) -> (B, N, 2, H, D_h)
+    k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)                              # 2 × (B, H, N, D_h), views
     rows = None if bias is None else bias[:num_prefix_tokens]               # (P, N)
     return merge_heads(fused_softmax_attention(q, k, v, rows, scale))        # (B, H, P, D_h) -> (B, P, D)
 
