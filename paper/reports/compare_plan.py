@@ -17,10 +17,10 @@ from collections import defaultdict
 from paper.training.comparison import (
     CHOSEN,
     PRETRAININGS,
-    TUNED_AS,
     Job,
     Settings,
     choose,
+    hyper_parameters,
     jobs,
     prerequisite,
     read_record,
@@ -86,7 +86,7 @@ def plan(tuning: list[Job], todo: list[Job], workers: int, costs: dict[str, dict
         row = runs.setdefault(f"{job.model} (grid)" if job in tuning else job.model, {"count": 0, "seconds": 0.0})
         row["count"] += 1
         row["seconds"] += seconds[job]
-    return {"runs": runs, "unknown": unknown, "workers": workers, "run_seconds": sum(seconds.values()),
+    return {"runs": runs, "unknown": unknown, "workers": workers,
             "tuning_seconds": wall_seconds(tuning, seconds, workers), "sweep_seconds": wall_seconds(todo, seconds,
                                                                                                     workers)}
 
@@ -95,14 +95,14 @@ def sweep_plan(s: Settings, workers: int, costs: dict[str, dict[int, float]], fr
     """`plan` of the runs the sweep `s` would train: those whose record s.out does not hold (all of them if `fresh`,
     as with --force), each sweep run under the choice its finished grid made (with s.tune; the committed choice while
     the grid is unfinished) or the committed one."""
-    def finished(job: Job, hp) -> dict | None:
-        return None if fresh else read_record(job, s, hp)
+    def finished(job: Job, chosen: dict) -> dict | None:
+        return None if fresh else read_record(job, s, hyper_parameters(job, chosen))
 
     grid = tuning_jobs(s) if s.tune else []
-    tuned = [finished(job, job.hp) for job in grid]
+    tuned = [finished(job, {}) for job in grid]
     chosen = choose([r for r in tuned if r and "hp" in r]) if grid and all(tuned) else CHOSEN
     tuning = [job for job, r in zip(grid, tuned, strict=True) if not r]
-    todo = [job for job in jobs(s) if job not in tuning and not finished(job, chosen.get(TUNED_AS.get(job.model)))]
+    todo = [job for job in jobs(s) if job not in tuning and not finished(job, chosen)]
     return plan(tuning, todo, workers, costs)
 
 

@@ -385,6 +385,11 @@ def prerequisite(job: Job) -> Job | None:
     return Job("cnn", job.size, job.seed) if job.model in DISTILLED else None
 
 
+def hyper_parameters(job: Job, chosen: dict[str, HyperParameters]) -> HyperParameters | None:
+    """What `job` trains by: its grid point, or the choice of the model it is tuned as (None: a pre-training)."""
+    return job.hp or chosen.get(TUNED_AS.get(job.model))
+
+
 def read_record(job: Job, s: Settings, hp: HyperParameters | None) -> dict | None:
     """The record an earlier invocation wrote of `job`, if it trained with `hp` (a choice changed since, by a grid
     grown or rerun, makes the run one to train again)."""
@@ -401,7 +406,7 @@ def run_all(todo: list[Job], s: Settings, workers: int, chosen: dict[str, HyperP
     steps against the caps."""
     results, done_jobs = [], set()
     cap = {job: s.pretrain_steps if job.model in PRETRAININGS else s.steps for job in todo}
-    hp = {job: job.hp or chosen.get(TUNED_AS.get(job.model)) for job in todo}
+    hp = {job: hyper_parameters(job, chosen) for job in todo}
     with tqdm(total=sum(cap.values()), desc="compare", unit="step", dynamic_ncols=True) as bar:
         def finished(job: Job, result: dict) -> None:
             results.append(result)
