@@ -30,13 +30,16 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
 
 def qkv_heads(x: torch.Tensor, w_qkv: Weight, b_qkv: torch.Tensor | None,
               num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Eq. (5) for every head at once: x (B, N, D) -> q, k, v, each (B, H, N, D_h), views of one projection."""
+    """Eq. (5) for every head at once: x (B, N, D) -> q, k, v, each (B, H, N, D_h), views of one projection. Each is
+    taken apart along the projection's own axis before its heads are moved forward, so that in the backward the
+    gradients of q, k and v (laid out (B, N, H, D_h) by the fused attention) stack straight into the projection's
+    (B, N, 3, H, D_h) layout, with no strided copy."""
     b, n, d = x.shape
     check_num_heads(d, num_heads)
     if weight_shape(w_qkv) != (3 * d, d):
         raise ValueError(f"w_qkv: expected (3·D, D) = {(3 * d, d)} for inputs of D = {d}, got {weight_shape(w_qkv)}")
     qkv = linear(x, w_qkv, b_qkv).view(b, n, 3, num_heads, d // num_heads)  # (B, N, 3·D) -> (B, N, 3, H, D_h)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                           # 3 × (B, H, N, D_h)
+    q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))                     # 3 × (B, H, N, D_h)
     return q, k, v
 
 

@@ -94,7 +94,7 @@ def prefix_attention(x: torch.Tensor, w_qkv: torch.Tensor, b_qkv: torch.Tensor |
     q = F.linear(x[:, :num_prefix_tokens], w_q, b_q)                        # (B, P, D)
     q = q.view(b, num_prefix_tokens, num_heads, d // num_heads).transpose(1, 2)  # (B, H, P, D_h)
     kv = F.linear(x, w_kv, b_kv).view(b, n, 2, num_heads, d // num_heads)  # (B, N, 2·D) -> (B, N, 2, H, D_h)
-    k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)                              # 2 × (B, H, N, D_h), views
+    k, v = (t.transpose(1, 2) for t in kv.unbind(2))                        # 2 × (B, H, N, D_h), views
     rows = None if bias is None else bias[:num_prefix_tokens]               # (P, N)
     return merge_heads(fused_softmax_attention(q, k, v, rows, scale))        # (B, H, P, D_h) -> (B, P, D)
 
