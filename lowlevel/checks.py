@@ -38,8 +38,8 @@ def check_params(params: dict, expected: dict[str, tuple[int, ...]], what: str =
     missing = sorted(set(expected) - set(params), key=in_block_order)
     unexpected = sorted(set(params) - set(expected), key=in_block_order)
     misshaped = [f"{k}: expected {tuple(expected[k])}, got {tuple(params[k].shape)}"
-                 for k in sorted(set(expected) & set(params), key=in_block_order)
-                 if tuple(params[k].shape) != tuple(expected[k])]
+                 for k in sorted((k for k in set(expected) & set(params) if tuple(params[k].shape) != tuple(expected[k])),
+                                 key=in_block_order)]
     if missing or unexpected or misshaped:
         lines = [f"{what} do not match the config:"]
         lines += bad_keys("missing key:", missing) + bad_keys("unexpected key:", unexpected)

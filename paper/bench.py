@@ -8,9 +8,9 @@
 
 The training loop (--model mnist-vit, mnist-resnet18, or both, comma-separated): paper.compare's ViT against timm's
 equal model with its weights, paper.train --data mnist's two stages and paper.compare's ResNet-18, each trained in
-train_stage's loop on the real MNIST digits in interleaved rounds of --steps steps, an evaluation and a checkpoint;
-images/s, the ratio to timm and each phase's share (paper/reports/loop_measure.py states the method). It writes
-loop.json, loop.md and loop.png.
+train_stage's loop on the real MNIST digits in rounds of --steps steps (taken in turns of a few steps, contender
+after contender), an evaluation and a checkpoint; images/s, the ratio to timm and each phase's share
+(paper/reports/loop_measure.py states the method). It writes loop.json, loop.md and loop.png.
 
 Method. One process holds every contender with the same weights (`init_params`, seed 0). Each round runs, for every
 contender in a rotated order, one inference call (`torch.inference_mode`), each just after timing a large square
@@ -50,7 +50,7 @@ from paper.formats.atomic import write_text
 from paper.models.family import paper_config
 from paper.reports.bench_report import loop_markdown, loop_plot, markdown, plot
 from paper.reports.contenders import CONTENDERS
-from paper.reports.loop_measure import measure_loop
+from paper.reports.loop_measure import TURN, measure_loop
 from paper.reports.measure import cpu_name, measure
 
 SWEEP = (224, 384, 512)
@@ -150,7 +150,7 @@ def main_loop(models: list[str], args, argv) -> dict:
         raise ValueError(f"--dtype: the training loop trains float32 weights (--bf16 for bfloat16 autocast), got "
                          f"{args.dtype}")
     torch.set_num_threads(args.threads)
-    run = {"models": models, "steps": args.steps, "rounds": args.repeats, "device_name": cpu_name(),
+    run = {"models": models, "steps": args.steps, "rounds": args.repeats, "turn": TURN, "device_name": cpu_name(),
            "bf16": args.bf16, "compile": args.compile,
            "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
            "command": shlex.join(["python", "-m", "paper.bench", *(sys.argv[1:] if argv is None else argv)])}

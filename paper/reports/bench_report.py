@@ -131,8 +131,9 @@ def loop_markdown(result: dict) -> str:
     how = ("float32, and under bfloat16 autocast side by side (the rows named bf16)" if run.get("bf16") else
            "float32") + (", torch.compile" if run.get("compile") else "")
     lines = [f"Training loop ({', '.join(run['models'])}), {how}, {run['device_name']}, {run['threads']} thread(s), "
-             f"torch {run['torch']}; {run['rounds']} interleaved rounds of {run['steps']} steps, each round ending "
-             f"with one evaluation of the 1,000 test digits and one checkpoint written; a first round of each, not "
+             f"torch {run['torch']}; {run['rounds']} rounds of {run['steps']} steps, the contenders taking turns of "
+             f"{run['turn']} steps, each round ending with one evaluation of the 1,000 test digits and one checkpoint "
+             f"written; a first round of each, not "
              f"counted, warms it up (its seconds in the last column).",
              f"Command: `{run['command']}`", "",
              "| contender | image | batch | images/s (median, range) | × timm float32 (median, range) | "

@@ -18,11 +18,13 @@ checkpoint's share here is an upper bound, and paper.compare evaluates once per 
     checkpoint  `save_checkpoint` of params, optimizer and schedule
 
 Each contender's first round warms it up and is not counted; under --compile it pays the compilation, and its seconds
-are reported beside the rounds'. Evaluation runs the model as it is, not compiled. Contenders take turns, round by
-round, in a rotated order (so that noise from other work on the machine falls on all of them alike); each keeps
-training across its rounds. The ratio to timm's float32 ViT is taken within a round, then summarised by its median
-and range over the rounds. With --bf16 every contender runs twice, in float32 and under bfloat16 autocast, side by
-side in the same rounds.
+are reported beside the rounds'. Evaluation runs the model as it is, not compiled. Within a round the contenders take
+turns of TURN steps, in an order rotated from round to round, then each evaluates and writes its checkpoint: a turn
+lasts a fraction of a second, so the drift of a machine shared with other work falls on all of them alike, while
+TURN consecutive steps keep each model's weights and optimizer state warm in the caches as its own training would.
+Each contender keeps training across its rounds. The ratio to timm's float32 ViT is taken within a round, then
+summarised by its median and range over the rounds. With --bf16 every contender runs twice, in float32 and under
+bfloat16 autocast, side by side in the same rounds.
 """
 import contextlib
 import dataclasses
@@ -51,6 +53,7 @@ from paper.training.stages import finetuning_model, pretraining_model, with_step
 from paper.training.state import rng_state, save_checkpoint
 
 PHASES = ("data", "forward", "backward", "optimizer", "evaluation", "checkpoint")
+TURN = 10                  # consecutive training steps of one contender before the next one's turn
 TRAINING_IMAGES = 1000     # paper.compare's run at n=1000: a stratified subset of MNIST's 4,000 training digits
 BATCH = 32                 # paper.compare's batch (its DEFAULTS), which replaces the recipe's 64
 
@@ -103,8 +106,8 @@ class LoopContender:
         self.evaluation = EvalView(test_data, model.cfg.image_size[0])
         self.step = 0
 
-    def run_round(self, steps: int, phases: Phases) -> None:
-        """`steps` training steps, one evaluation, one checkpoint, each phase timed into `phases`."""
+    def train_steps(self, steps: int, phases: Phases) -> None:
+        """`steps` training steps, each phase timed into `phases`."""
         for _ in range(steps):
             with phases("data"):
                 images, labels = next(self.batches)
@@ -122,6 +125,9 @@ class LoopContender:
                 self.scheduler.step()
                 loss.item()
             self.step += 1
+
+    def evaluate_and_save(self, phases: Phases) -> None:
+        """One evaluation and one checkpoint, each timed into `phases`."""
         with phases("evaluation"):
             evaluate(self.model, self.evaluation, self.procs, torch.float32)
         with phases("checkpoint"):
@@ -160,6 +166,11 @@ def contenders(models: list[str], total_steps: int, folder: str, bf16: bool, com
     return out
 
 
+def turns(steps: int) -> list[int]:
+    """A round's `steps` as turns of TURN steps, the last one shorter when TURN does not divide them."""
+    return [TURN] * (steps // TURN) + [steps % TURN] * bool(steps % TURN)
+
+
 def measure_loop(models: list[str], steps: int, rounds: int, bf16: bool = False, compiled: bool = False) -> dict:
     """One warm-up round each, then `rounds` interleaved rounds. -> per contender: the warm-up's seconds, seconds per
     round, images/s (median, range), phase seconds summed over the rounds and their shares; per round, the ratio of
@@ -171,14 +182,19 @@ def measure_loop(models: list[str], steps: int, rounds: int, bf16: bool = False,
         warm_up = {c.name: Phases() for c in runs}
         with tqdm(total=(rounds + 1) * len(runs), desc="training loop", unit="round") as bar:
             for c in runs:                                                  # warm-up: not counted
-                c.run_round(steps, warm_up[c.name])
+                c.train_steps(steps, warm_up[c.name])
+                c.evaluate_and_save(warm_up[c.name])
                 bar.update()
             for r in range(rounds):
-                for c in runs[r % len(runs):] + runs[:r % len(runs)]:
-                    before = sum(phases[c.name].seconds.values())
-                    c.run_round(steps, phases[c.name])
-                    times[c.name].append(sum(phases[c.name].seconds.values()) - before)
-                    bar.update()
+                order = runs[r % len(runs):] + runs[:r % len(runs)]
+                before = {c.name: sum(phases[c.name].seconds.values()) for c in order}
+                for turn in turns(steps):
+                    for c in order:
+                        c.train_steps(turn, phases[c.name])
+                for c in order:
+                    c.evaluate_and_save(phases[c.name])
+                    times[c.name].append(sum(phases[c.name].seconds.values()) - before[c.name])
+                bar.update(len(order))
     result = {}
     for c in runs:
         total = sum(phases[c.name].seconds.values())

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import paper.bench as bench
-from paper.reports.loop_measure import PHASES
+from paper.reports.loop_measure import PHASES, turns
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,3 +65,8 @@ def test_every_number_a_results_section_states_is_in_its_committed_tables(marker
     stated, printed = re.findall(number, section), set(re.findall(number, printed_tables))
     missing = [n for n in stated if n not in printed]
     assert len(stated) > 10 and not missing, missing
+
+
+@pytest.mark.parametrize("steps, expected", [(100, [10] * 10), (25, [10, 10, 5]), (1, [1]), (10, [10])])
+def test_a_round_is_taken_in_turns_that_add_up_to_its_steps(steps, expected):
+    assert turns(steps) == expected
