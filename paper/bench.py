@@ -5,6 +5,7 @@
     python -m paper.bench --sweep 224,384,512,768 --sweep-models ViT-B/16,Swin-T   # global vs windowed attention
     python -m paper.bench --dtype bfloat16 --device cuda --compile
     python -m paper.bench --model mnist-vit,mnist-resnet18 --threads 1   # the training loop of the small models
+    python -m paper.bench --model mnist-vit --threads 1 --operators     # its time by kind of operator
 
 The training loop (--model mnist-vit, mnist-resnet18, or both, comma-separated): paper.compare's ViT against timm's
 equal model with its weights, paper.train --data mnist's two stages and paper.compare's ResNet-18, each trained in
@@ -41,6 +42,7 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 
 import torch
 from tqdm import tqdm
@@ -48,9 +50,10 @@ from tqdm import tqdm
 from paper import cli
 from paper.formats.atomic import write_text
 from paper.models.family import paper_config
-from paper.reports.bench_report import loop_markdown, loop_plot, markdown, plot
+from paper.reports.bench_report import loop_markdown, loop_plot, markdown, operators_markdown, operators_plot, plot
 from paper.reports.contenders import CONTENDERS
 from paper.reports.loop_measure import TURN, measure_loop
+from paper.reports.loop_operators import profile_operators
 from paper.reports.measure import cpu_name, measure
 
 SWEEP = (224, 384, 512)
@@ -93,6 +96,9 @@ def parse_args(argv=None):
                    help="bfloat16 autocast over float32 weights, as paper.train --bf16 trains (the matmul peak in "
                         "bfloat16)")
     p.add_argument("--compile", action="store_true", help="torch.compile every contender's forward")
+    p.add_argument("--operators", action="store_true",
+                   help="training loop: profile --steps steps of every contender with torch.profiler and split their "
+                        "time by kind of operator (loop_operators.json, .md and .png), instead of timing rounds")
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
     p.add_argument("--steps", type=int, default=150, help="training steps per round of the training loop")
     p.add_argument("--only", default=",".join(CONTENDERS),
@@ -154,6 +160,10 @@ def main_loop(models: list[str], args, argv) -> dict:
            "bf16": args.bf16, "compile": args.compile,
            "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
            "command": shlex.join(["python", "-m", "paper.bench", *(sys.argv[1:] if argv is None else argv)])}
+    if args.operators:
+        with tempfile.TemporaryDirectory() as folder:
+            result = {"run": run, "operators": profile_operators(models, args.steps, args.bf16, args.compile, folder)}
+        return report(result, args.out, "loop_operators", operators_markdown, operators_plot)
     result = {"run": run, "loop": measure_loop(models, args.steps, args.repeats, args.bf16, args.compile)}
     return report(result, args.out, "loop", loop_markdown, loop_plot)
 

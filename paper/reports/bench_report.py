@@ -5,6 +5,7 @@ import statistics
 
 from paper.formats.atomic import write_atomically
 from paper.reports.loop_measure import PHASES
+from paper.reports.loop_operators import KINDS
 
 
 def mib(value: float | None) -> str:
@@ -165,6 +166,52 @@ def loop_plot(result: dict, path: str) -> None:
     ax.set_title(f"training loop, {result['run']['device_name']}, {result['run']['threads']} thread(s)", fontsize=9)
     ax.tick_params(axis="x", rotation=20)
     ax.legend()
+    fig.tight_layout()
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+def operators_markdown(result: dict) -> str:
+    """The training step's time by kind of operator (`paper.reports.loop_operators`), a column per contender."""
+    run, ops = result["run"], result["operators"]
+    how = ("float32, and under bfloat16 autocast (the columns named bf16)" if run.get("bf16") else
+           "float32") + (", torch.compile" if run.get("compile") else "")
+    names = list(ops)
+    lines = [f"Training step by kind of operator ({', '.join(run['models'])}), {how}, {run['device_name']}, "
+             f"{run['threads']} thread(s), torch {run['torch']}: milliseconds of operators' self time per step, "
+             f"and share, over {run['steps']} steps profiled after a turn of warm-up (the profiler's times run above "
+             f"the loop's; loop_operators.py states the method).",
+             f"Command: `{run['command']}`", "",
+             "| kind | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for kind in KINDS:
+        lines.append(f"| {kind} | " + " | ".join(f"{ops[n]['ms_per_step'][kind]:.2f} "
+                                                 f"({100 * ops[n]['share'][kind]:.1f}%)" for n in names) + " |")
+    lines.append("| total | " + " | ".join(f"{ops[n]['ms_per_step_total']:.2f}" for n in names) + " |")
+    lines.append("| matrix products' GFLOP per step | " + " | ".join(
+        f"{ops[n]['matmul_gflop_per_step']:.2f}" for n in names) + " |")
+    lines.append("| matrix products' GFLOP/s | " + " | ".join(
+        f"{ops[n]['matmul_gflops']:.0f}" if ops[n]["matmul_gflops"] else "–" for n in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def operators_plot(result: dict, path: str) -> None:
+    """Each contender's milliseconds per step, stacked by kind of operator."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ops = result["operators"]
+    names = list(ops)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    bottom = [0.0] * len(names)
+    for kind in KINDS:
+        values = [ops[n]["ms_per_step"][kind] for n in names]
+        ax.bar(names, values, 0.6, bottom=bottom, label=kind)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.set_ylabel("ms of operators' self time per training step")
+    ax.set_title(f"training step by kind of operator, {result['run']['device_name']}, "
+                 f"{result['run']['threads']} thread(s)", fontsize=9)
+    ax.tick_params(axis="x", rotation=20)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)

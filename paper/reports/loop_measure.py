@@ -59,7 +59,8 @@ BATCH = 32                 # paper.compare's batch (its DEFAULTS), which replace
 
 
 class Phases:
-    """Seconds spent in each phase, summed over its `with phases(name):` blocks."""
+    """Seconds spent in each phase, summed over its `with phases(name):` blocks; each block is a profiler range named
+    "phase NAME" too, so that a profile can tell the phases apart (loop_operators.py)."""
 
     def __init__(self):
         self.seconds = dict.fromkeys(PHASES, 0.0)
@@ -68,7 +69,8 @@ class Phases:
     def __call__(self, name: str):
         start = time.perf_counter()
         try:
-            yield
+            with torch.profiler.record_function(f"phase {name}"):
+                yield
         finally:
             self.seconds[name] += time.perf_counter() - start
 

@@ -52,7 +52,8 @@ def test_training_loop_names_mixed_with_a_model_name_are_refused():
 
 
 @pytest.mark.parametrize("marker, tables", [
-    ("loop results", ("loop_before.md", "loop.md", "loop_bf16.md", "loop_compile.md", "bf16_main_job.md")),
+    ("loop results", ("loop_before.md", "loop.md", "loop_bf16.md", "loop_compile.md", "loop_operators.md",
+                      "bf16_main_job.md")),
     ("bf16 results", ("bench_amd.md", "bench_autocast.md", "bench_bf16_weights.md"))])
 def test_every_number_a_results_section_states_is_in_its_committed_tables(marker, tables):
     """paper/reports/README.md's training-loop and bfloat16 results (between their markers) type no number of their
