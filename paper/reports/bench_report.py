@@ -210,7 +210,7 @@ def operators_plot(result: dict, path: str) -> None:
     ax.set_ylabel("ms of operators' self time per training step")
     ax.set_title(f"training step by kind of operator, {result['run']['device_name']}, "
                  f"{result['run']['threads']} thread(s)", fontsize=9)
-    ax.tick_params(axis="x", rotation=20)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax.legend(fontsize=7)
     fig.tight_layout()
     write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
