@@ -126,11 +126,36 @@ def plot(result: dict, path: str) -> None:
     plt.close(fig)
 
 
+def loop_how(run: dict, side_by_side: str) -> str:
+    """A training-loop run's precision: float32, or with --bf16 both (`side_by_side` says how the bf16 ones are
+    named), and whether compiled."""
+    return (f"float32, and under bfloat16 autocast {side_by_side}" if run.get("bf16") else
+            "float32") + (", torch.compile" if run.get("compile") else "")
+
+
+def stacked_bars(path: str, names: list[str], layers: dict[str, list[float]], ylabel: str, title: str) -> None:
+    """A bar per name, its layers stacked in order, written to `path` as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    bottom = [0.0] * len(names)
+    for label, values in layers.items():
+        ax.bar(range(len(names)), values, 0.6, bottom=bottom, label=label)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
 def loop_markdown(result: dict) -> str:
     """The training loop's table (`paper.reports.loop_measure`): images/s, the ratio to timm, each phase's share."""
     run = result["run"]
-    how = ("float32, and under bfloat16 autocast side by side (the rows named bf16)" if run.get("bf16") else
-           "float32") + (", torch.compile" if run.get("compile") else "")
+    how = loop_how(run, "side by side (the rows named bf16)")
     lines = [f"Training loop ({', '.join(run['models'])}), {how}, {run['device_name']}, {run['threads']} thread(s), "
              f"torch {run['torch']}; {run['rounds']} rounds of {run['steps']} steps, the contenders taking turns of "
              f"{run['turn']} steps, each round ending with one evaluation of the 1,000 test digits and one checkpoint "
@@ -152,30 +177,16 @@ def loop_markdown(result: dict) -> str:
 
 def loop_plot(result: dict, path: str) -> None:
     """Each contender's seconds per round, stacked by phase."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    names = list(result["loop"])
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    bottom = [0.0] * len(names)
-    for phase in PHASES:
-        per_round = [result["loop"][n]["phase_s"][phase] / result["run"]["rounds"] for n in names]
-        ax.bar(names, per_round, 0.6, bottom=bottom, label=phase)
-        bottom = [b + v for b, v in zip(bottom, per_round, strict=True)]
-    ax.set_ylabel(f"seconds per round of {result['run']['steps']} steps (mean)")
-    ax.set_title(f"training loop, {result['run']['device_name']}, {result['run']['threads']} thread(s)", fontsize=9)
-    ax.tick_params(axis="x", rotation=20)
-    ax.legend()
-    fig.tight_layout()
-    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
+    run, loop = result["run"], result["loop"]
+    stacked_bars(path, list(loop), {p: [c["phase_s"][p] / run["rounds"] for c in loop.values()] for p in PHASES},
+                 f"seconds per round of {run['steps']} steps (mean)",
+                 f"training loop, {run['device_name']}, {run['threads']} thread(s)")
 
 
 def operators_markdown(result: dict) -> str:
     """The training step's time by kind of operator (`paper.reports.loop_operators`), a column per contender."""
     run, ops = result["run"], result["operators"]
-    how = ("float32, and under bfloat16 autocast (the columns named bf16)" if run.get("bf16") else
-           "float32") + (", torch.compile" if run.get("compile") else "")
+    how = loop_how(run, "(the columns named bf16)")
     names = list(ops)
     lines = [f"Training step by kind of operator ({', '.join(run['models'])}), {how}, {run['device_name']}, "
              f"{run['threads']} thread(s), torch {run['torch']}: milliseconds of operators' self time per step, "
@@ -196,22 +207,7 @@ def operators_markdown(result: dict) -> str:
 
 def operators_plot(result: dict, path: str) -> None:
     """Each contender's milliseconds per step, stacked by kind of operator."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    ops = result["operators"]
-    names = list(ops)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    bottom = [0.0] * len(names)
-    for kind in KINDS:
-        values = [ops[n]["ms_per_step"][kind] for n in names]
-        ax.bar(names, values, 0.6, bottom=bottom, label=kind)
-        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-    ax.set_ylabel("ms of operators' self time per training step")
-    ax.set_title(f"training step by kind of operator, {result['run']['device_name']}, "
-                 f"{result['run']['threads']} thread(s)", fontsize=9)
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
+    run, ops = result["run"], result["operators"]
+    stacked_bars(path, list(ops), {k: [c["ms_per_step"][k] for c in ops.values()] for k in KINDS},
+                 "ms of operators' self time per training step",
+                 f"training step by kind of operator, {run['device_name']}, {run['threads']} thread(s)")

@@ -48,8 +48,8 @@ def product_flops(event) -> int:
 
 
 def operator_times(events, steps: int) -> dict:
-    """Profiler events -> per kind, milliseconds of self time per step and share; the matrix products' GFLOP per step
-and GFLOP/s."""
+    """Profiler events -> per kind, milliseconds of self time per step and share; the matrix products' GFLOP per
+    step and GFLOP/s."""
     ms = dict.fromkeys(KINDS, 0.0)
     flops = 0
     for e in events:
@@ -64,9 +64,9 @@ and GFLOP/s."""
             "matmul_gflops": flops / (ms["matrix products"] * steps * 1e6) if ms["matrix products"] else None}
 
 
-def profile_operators(models: list[str], steps: int, bf16: bool = False, compiled: bool = False,
-                      folder: str = ".") -> dict:
-    """-> per contender of `contenders(models, …)`, `operator_times` of `steps` profiled training steps."""
+def profile_operators(models: list[str], steps: int, bf16: bool, compiled: bool, folder: str) -> dict:
+    """-> per contender of `contenders(models, …)` (their files in `folder`), `operator_times` of `steps` profiled
+    training steps."""
     result = {}
     for c in contenders(models, TURN + steps, folder, bf16, compiled):
         c.train_steps(TURN, Phases())                                          # warm-up, not recorded
